@@ -1,0 +1,180 @@
+"""The public entry points: build, to_relax, check_modeltype, inspect."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.keras.files import KerasSource, open_model
+from bridge.runtime import Model, file_digest
+
+PathLike = str | Path
+
+
+@dataclass
+class Loaded:
+    """A Keras source with its weights assigned to layers (and any assignment problems)."""
+
+    source: KerasSource
+    weights: dict[str, list[np.ndarray]]
+    problems: list = field(default_factory=list)
+
+    @property
+    def weights_label(self) -> str:
+        path = self.source.weights_path or (self.source.model_path if self.source.weights else None)
+        return str(path) if path else "(no weights file)"
+
+
+def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
+    """Open the files and assign stored weights to layers."""
+    from bridge.convert.registry import NON_TRAINABLE, lookup
+
+    def flags(layer, trainable: bool) -> list[bool] | None:
+        converter = lookup(layer.class_name)
+        if converter is None:
+            return None
+        return [trainable and n not in NON_TRAINABLE for n in converter.weight_names(layer.config)]
+
+    source = open_model(model, weights)
+    if source.weights is None:
+        return Loaded(source, {})
+    assigned, problems = source.weights.assign(source.graph, flags)
+    return Loaded(source, assigned, problems)
+
+
+def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
+    from bridge.convert.walk import translate
+
+    return translate(
+        loaded.source.graph,
+        loaded.weights,
+        loaded.source.label,
+        loaded.weights_label,
+        batch_size=batch_size,
+        outputs=outputs,
+        extra_problems=loaded.problems,
+    )
+
+
+def to_relax(
+    model: PathLike,
+    weights: PathLike | None = None,
+    *,
+    batch_size: int = 1,
+    outputs: list[str] | None = None,
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """The model as a Relax IRModule plus its weights.
+
+    ``main`` takes the model inputs then every weight (attribute ``num_input`` counts the
+    inputs); ``params`` maps each weight parameter's name to its array.
+    """
+    translation = _translate(load_keras(model, weights), batch_size, outputs)
+    return translation.mod, translation.params
+
+
+def build(
+    model: PathLike,
+    weights: PathLike | None = None,
+    *,
+    target: Any = "llvm",
+    batch_size: int = 1,
+    outputs: list[str] | None = None,
+) -> Model:
+    """Read Keras files, translate to Relax, compile for ``target``; returns a callable Model."""
+    import tvm
+
+    from bridge import __version__
+    from bridge.compile import compile_module
+    from bridge.targets import resolve, target_json
+
+    tvm_target = resolve(target)
+    started = time.perf_counter()
+    loaded = load_keras(model, weights)
+    translation = _translate(loaded, batch_size, outputs)
+    executable = compile_module(translation.mod, translation.params, tvm_target)
+    source = loaded.source
+    metadata = {
+        "bridge_version": __version__,
+        "tvm_version": tvm.__version__,
+        "target": target_json(tvm_target),
+        "model": source.graph.name,
+        "model_type": source.graph.kind,
+        "keras_version": source.keras_version,
+        "layers": translation.layer_count,
+        "source_files": [p.name for p in source.files],
+        "source_sha256": file_digest(source.files),
+        "batch_size": batch_size,
+        "build_seconds": round(time.perf_counter() - started, 3),
+    }
+    module = executable.jit() if hasattr(executable, "jit") else executable
+    return Model(module, translation.inputs, translation.outputs, metadata, executable)
+
+
+def check_modeltype(model: PathLike) -> str:
+    """``"sequential"`` or ``"functional"`` (reads the architecture only)."""
+    return open_model(model).graph.kind
+
+
+@dataclass
+class LayerRow:
+    """One line of ``bridge inspect``."""
+
+    path: str
+    class_name: str
+    output_shapes: list[tuple[int, ...]] | None
+    params: int
+    status: str  # "ok" or the reasons it is unsupported
+
+
+@dataclass
+class ModelReport:
+    kind: str
+    name: str
+    keras_version: str
+    layers: list[LayerRow]
+
+    @property
+    def supported(self) -> bool:
+        return all(row.status == "ok" for row in self.layers)
+
+
+def inspect(
+    model: PathLike, weights: PathLike | None = None, *, batch_size: int = 1
+) -> ModelReport:
+    """Per-layer class, output shape, parameter count and support status (never raises for
+    unsupported layers; they are reported in the rows)."""
+    from bridge.convert.preflight import check_layer
+    from bridge.errors import UnsupportedModelError
+
+    loaded = load_keras(model, weights)
+    graph = loaded.source.graph
+    problems: dict[str, list[str]] = {}
+    for path, layer in graph.walk_layers():
+        if layer.model is None:
+            for p in check_layer(path, layer, loaded.weights, loaded.weights_label):
+                problems.setdefault(path, []).append(p.reason)
+    for p in loaded.problems:
+        problems.setdefault(p.layer, []).append(p.reason)
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    if not problems:
+        try:
+            shapes = _translate(loaded, batch_size, None).layer_shapes
+        except UnsupportedModelError as exc:
+            for p in exc.problems:
+                problems.setdefault(p.layer, []).append(p.reason)
+    rows = [
+        LayerRow(
+            path,
+            layer.class_name,
+            shapes.get(path),
+            sum(int(a.size) for a in loaded.weights.get(path, [])),
+            "; ".join(problems.get(path, [])) or "ok",
+        )
+        for path, layer in graph.walk_layers()
+    ]
+    source = loaded.source
+    return ModelReport(graph.kind, graph.name, source.keras_version, rows)

@@ -1,0 +1,167 @@
+"""The ``bridge`` command line: build, inspect, run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from bridge.errors import BridgeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{num_bytes} B"
+        num_bytes /= 1024
+    return ""
+
+
+def _io_table(model) -> Table:
+    table = Table(title="Signature", show_edge=False)
+    for column in ("", "name", "shape", "dtype"):
+        table.add_column(column)
+    for kind, infos in (("input", model.inputs), ("output", model.outputs)):
+        for info in infos:
+            table.add_row(kind, info.name, _shape(info.shape), info.dtype)
+    return table
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    import bridge
+
+    outputs = args.outputs.split(",") if args.outputs else None
+    started = time.perf_counter()
+    with console.status(f"Building {args.model} for {args.target} ..."):
+        model = bridge.build(
+            args.model,
+            args.weights,
+            target=args.target,
+            batch_size=args.batch_size,
+            outputs=outputs,
+        )
+    build_seconds = time.perf_counter() - started
+    out_dir = Path(args.output)
+    library = model.export(out_dir / f"{args.name or Path(args.model).name.split('.')[0]}.so")
+    console.print(_io_table(model))
+    meta = model.metadata
+    console.print(
+        f"model       {meta['model']} ({meta['model_type']}, Keras "
+        f"{meta['keras_version'] or '?'}), {meta['layers']} layers"
+    )
+    console.print(f"target      {meta['target'].get('kind')} {meta['target'].get('mcpu', '')}")
+    console.print(f"build time  {build_seconds:.1f} s")
+    console.print(f"artifact    {library} ({_size(library.stat().st_size)})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from bridge.api import inspect
+
+    report = inspect(args.model, args.weights)
+    console.print(f"{report.name}: {report.kind} model, Keras {report.keras_version or '?'}")
+    table = Table(show_edge=False)
+    for column in ("layer", "class", "output shape", "params", "status"):
+        table.add_column(column, overflow="fold")
+    for row in report.layers:
+        shapes = ", ".join(_shape(s) for s in row.output_shapes) if row.output_shapes else "-"
+        status = "[green]ok[/]" if row.status == "ok" else f"[red]{row.status}[/]"
+        table.add_row(row.path, row.class_name, shapes, f"{row.params:,}", status)
+    console.print(table)
+    total = sum(r.params for r in report.layers)
+    bad = [r for r in report.layers if r.status != "ok"]
+    console.print(
+        f"{len(report.layers)} layers, {total:,} parameters, "
+        f"{'all supported' if not bad else f'{len(bad)} unsupported'}"
+    )
+    return 0 if not bad else 1
+
+
+def _parse_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for index, spec in enumerate(specs):
+        name, _, file = spec.rpartition("=")
+        name = name or (names[index] if index < len(names) else f"input_{index}")
+        arrays[name] = np.load(file)
+    return arrays
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import bridge
+
+    model = bridge.load(args.artifact)
+    inputs = _parse_inputs(args.input, [i.name for i in model.inputs])
+    result = model(inputs)
+    outputs = result if isinstance(result, list) else [result]
+    if args.out:
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for index, (info, value) in enumerate(zip(model.outputs, outputs)):
+            np.save(out_dir / f"output{index}.npy", value)
+            console.print(f"{info.name}: {_shape(value.shape)} -> {out_dir / f'output{index}.npy'}")
+        return 0
+    for info, value in zip(model.outputs, outputs):
+        console.print(f"[bold]{info.name}[/] {_shape(value.shape)} {value.dtype}")
+        console.print(np.array2string(value, threshold=200, precision=6))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="bridge",
+        description="Keras models to native libraries through Apache TVM, without TensorFlow.",
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="compile a model and export a library")
+    build.add_argument("model", help=".keras, .h5 or architecture .json")
+    build.add_argument("weights", nargs="?", help="weights file (with a .json architecture)")
+    build.add_argument("--target", default="llvm", help="'llvm' (this CPU), a TVM tag or JSON")
+    build.add_argument("-o", "--output", default="out", help="output folder (default: out/)")
+    build.add_argument("--name", help="library file name (default: the model file's stem)")
+    build.add_argument("--batch-size", type=int, default=1)
+    build.add_argument("--outputs", help="comma-separated layer names to use as outputs")
+    build.set_defaults(func=cmd_build)
+
+    inspect = sub.add_parser("inspect", help="list layers, shapes, parameters and support")
+    inspect.add_argument("model")
+    inspect.add_argument("weights", nargs="?")
+    inspect.set_defaults(func=cmd_inspect)
+
+    run = sub.add_parser("run", help="run an exported library on .npy inputs")
+    run.add_argument("artifact", help="exported .so (with its .meta.json beside it)")
+    run.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        required=True,
+        help="an input .npy, optionally NAME=file.npy; repeat for several inputs",
+    )
+    run.add_argument("--out", help="folder to write output0.npy, output1.npy, ... to")
+    run.set_defaults(func=cmd_run)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BridgeError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

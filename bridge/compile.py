@@ -1,0 +1,30 @@
+"""Relax module + weights -> a TVM executable for a target."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from bridge.errors import CompileError
+
+
+def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModule:
+    """Bind weights as constants and fold everything computable from them (BN scales, reshaped
+    depthwise kernels, transposed kernels) so none of it runs at inference time."""
+    bound = relax.transform.BindParams(
+        "main", {k: tvm.runtime.tensor(v) for k, v in params.items()}
+    )
+    mod = bound(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
+def compile_module(mod: tvm.IRModule, params: dict[str, np.ndarray], target: tvm.target.Target):
+    """Compile ``mod`` with ``params`` bound, for ``target``; returns a relax Executable."""
+    try:
+        mod = bind_weights(mod, params)
+        with target:
+            return tvm.compile(mod, target=target)
+    except Exception as exc:
+        raise CompileError(f"TVM failed to compile the model for {target}: {exc}") from exc

@@ -1,0 +1,95 @@
+"""What a converter sees: the layer's config, its weights, and helpers to emit Relax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tvm import relax
+
+from bridge.errors import Problem
+from bridge.keras.graph import Call, Layer
+
+
+def static_shape(expr: relax.Expr) -> tuple[int, ...]:
+    """The static shape of a Relax tensor value."""
+    return tuple(int(d) for d in expr.ty.shape.values)
+
+
+def dtype_of(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+class LayerContext:
+    """Per-call context handed to a converter function ``fn(ctx, inputs)``."""
+
+    def __init__(
+        self,
+        bb: relax.BlockBuilder,
+        layer: Layer,
+        path: str,
+        call: Call,
+        weight_names: list[str],
+        weight_vars: list[relax.Var],
+        keras_major: int,
+        problems: list[Problem],
+    ):
+        self.bb = bb
+        self.layer = layer
+        self.path = path
+        self.call = call
+        self.keras_major = keras_major
+        self._weights = dict(zip(weight_names, weight_vars))
+        self._problems = problems
+
+    # --- config -----------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.layer.config
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.layer.config.get(key, default)
+        return default if value is None else value
+
+    # --- emitting ---------------------------------------------------------------------------
+    def emit(self, expr: relax.Expr) -> relax.Var:
+        return self.bb.emit(expr)
+
+    @staticmethod
+    def shape(expr: relax.Expr) -> tuple[int, ...]:
+        """Static shape of an emitted value."""
+        return static_shape(expr)
+
+    @staticmethod
+    def const(value: Any, dtype: str = "float32") -> relax.Constant:
+        return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+    # --- weights ----------------------------------------------------------------------------
+    def has_weight(self, name: str) -> bool:
+        return name in self._weights
+
+    def weight(self, name: str, shape: tuple[int, ...] | None = None) -> relax.Expr:
+        """The named weight; if its stored shape differs from ``shape``, a problem is recorded
+        (raised after translation, with every other one) and zeros stand in."""
+        var = self._weights[name]
+        if shape is not None:
+            got = self.shape(var)
+            if got != tuple(shape):
+                self._problems.append(
+                    Problem(
+                        self.path,
+                        self.layer.class_name,
+                        f"weight '{name}' has shape {list(got)} in the weights file, "
+                        f"the architecture needs {list(shape)}",
+                    )
+                )
+                return self.const(np.zeros(shape, dtype="float32"))
+        return var
+
+    def fail(self, reason: str) -> None:
+        """Record a problem found while translating (e.g. a shape the config cannot produce)."""
+        self._problems.append(Problem(self.path, self.layer.class_name, reason))

@@ -1,0 +1,67 @@
+"""Pooling: Max/Average 1D/2D windows and Global Average/Max 1D/2D."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm.relax import op as R
+
+from bridge.convert.registry import register
+from bridge.convert.spatial import DATA_LAYOUT, channels_first, channels_last_op, ntuple, paddings
+
+POOL_OPS = {
+    ("max", 1): R.nn.max_pool1d,
+    ("max", 2): R.nn.max_pool2d,
+    ("avg", 1): R.nn.avg_pool1d,
+    ("avg", 2): R.nn.avg_pool2d,
+}
+
+
+def _check_padding(config: dict[str, Any]) -> list[str]:
+    padding = config.get("padding", "valid")
+    return [] if padding in ("valid", "same") else [f"padding={padding!r} is not supported"]
+
+
+def _window(ctx, inputs, kind: str):
+    def body(x):
+        n = len(ctx.shape(x)) - 2
+        pool = ntuple(ctx.get("pool_size", 2), n)
+        strides = ntuple(ctx.get("strides") or pool, n)
+        befores, afters = paddings(
+            ctx.get("padding", "valid"), ctx.shape(x)[1:-1], pool, strides, (1,) * n
+        )
+        extra = {"count_include_pad": False} if kind == "avg" else {}
+        return ctx.emit(
+            POOL_OPS[kind, n](
+                x, pool, strides, padding=befores + afters, layout=DATA_LAYOUT[n], **extra
+            )
+        )
+
+    return channels_last_op(ctx, inputs[0], body)
+
+
+@register("MaxPooling1D", "MaxPooling2D", check=_check_padding)
+def max_pooling(ctx, inputs):
+    return _window(ctx, inputs, "max")
+
+
+@register("AveragePooling1D", "AveragePooling2D", check=_check_padding)
+def average_pooling(ctx, inputs):
+    return _window(ctx, inputs, "avg")
+
+
+def _global(ctx, inputs, reduce):
+    x = inputs[0]
+    rank = len(ctx.shape(x))
+    axes = list(range(2, rank)) if channels_first(ctx.config) else list(range(1, rank - 1))
+    return ctx.emit(reduce(x, axis=axes, keepdims=bool(ctx.get("keepdims", False))))
+
+
+@register("GlobalAveragePooling1D", "GlobalAveragePooling2D")
+def global_average_pooling(ctx, inputs):
+    return _global(ctx, inputs, R.mean)
+
+
+@register("GlobalMaxPooling1D", "GlobalMaxPooling2D")
+def global_max_pooling(ctx, inputs):
+    return _global(ctx, inputs, R.max)

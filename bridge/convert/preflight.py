@@ -1,0 +1,55 @@
+"""Preflight: find every layer bridge cannot translate before translating anything."""
+
+from __future__ import annotations
+
+from bridge.convert.activations import activation_problem
+from bridge.convert.registry import lookup
+from bridge.errors import Problem
+from bridge.keras.graph import Layer, ModelGraph
+from bridge.keras.weights import LayerWeights
+
+
+def unsupported_reason(layer: Layer) -> str:
+    """Why a layer class has no converter, with what the user can do about it."""
+    if layer.class_name in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
+        return (
+            "Lambda layers hold Python code, which bridge never executes from a model file; "
+            "rewrite it with built-in Keras layers"
+        )
+    if layer.registered_name and ">" in layer.registered_name:
+        return (
+            f"custom layer {layer.registered_name!r}: its Python code is not in the file and "
+            f"bridge has no converter for it"
+        )
+    return f"layer class {layer.class_name!r} is not supported by bridge"
+
+
+def check_layer(
+    path: str, layer: Layer, weights: LayerWeights, weights_label: str
+) -> list[Problem]:
+    """Every problem of one (non-model) layer: class, config values, weight count."""
+    converter = lookup(layer.class_name)
+    if converter is None:
+        return [Problem(path, layer.class_name, unsupported_reason(layer))]
+    reasons = list(converter.problems(layer.config))
+    if converter.activation:
+        reasons += activation_problem(layer.config.get("activation"))
+    expected = converter.weight_names(layer.config)
+    got = weights.get(path)
+    if expected and got is None:
+        reasons.append(f"no weights for this layer in {weights_label} (expects {expected})")
+    elif got is not None and len(got) != len(expected):
+        reasons.append(
+            f"{weights_label} holds {len(got)} weight arrays for this layer, "
+            f"the config needs {len(expected)} {expected}"
+        )
+    return [Problem(path, layer.class_name, r) for r in reasons]
+
+
+def preflight(graph: ModelGraph, weights: LayerWeights, weights_label: str) -> list[Problem]:
+    """All problems of all layers, in model order (nested models' layers in place)."""
+    problems: list[Problem] = []
+    for path, layer in graph.walk_layers():
+        if layer.model is None:
+            problems += check_layer(path, layer, weights, weights_label)
+    return problems

@@ -1,0 +1,249 @@
+"""The graph walk: a parsed Keras graph plus weights -> a Relax IRModule and its parameters.
+
+The module's ``main`` takes the model inputs followed by every weight (function attribute
+``num_input`` counts the inputs), so callers can bind weights as constants (the default build) or
+keep them as run-time parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from bridge.convert.activations import apply_activation
+from bridge.convert.context import LayerContext, dtype_of, static_shape
+from bridge.convert.preflight import preflight
+from bridge.convert.registry import lookup
+from bridge.errors import BridgeError, Problem, UnsupportedModelError, WeightsError
+from bridge.keras.graph import Layer, ModelGraph, TensorRef
+from bridge.keras.weights import LayerWeights
+from bridge.signature import TensorInfo
+
+FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
+
+
+@dataclass
+class Translation:
+    """The result of translating a Keras model."""
+
+    mod: tvm.IRModule
+    params: dict[str, np.ndarray]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    layer_count: int
+    layer_shapes: dict[str, list[tuple[int, ...]]]
+
+
+def input_dtype(layer: Layer) -> str:
+    dtype = layer.config.get("dtype") or "float32"
+    if isinstance(dtype, dict):  # a dtype policy
+        dtype = dtype.get("config", {}).get("name", "float32")
+    return "float32" if dtype in FLOAT_DTYPES else str(dtype)
+
+
+def input_shape(layer: Layer) -> list | None:
+    config = layer.config
+    shape = config.get("batch_shape") or config.get("batch_input_shape")
+    return list(shape) if shape is not None else None
+
+
+class _Walker:
+    def __init__(self, graph: ModelGraph, weights: LayerWeights, label: str, batch_size: int):
+        self.graph = graph
+        self.label = label
+        self.batch_size = batch_size
+        self.problems: list[Problem] = []
+        self.bb = relax.BlockBuilder()
+        self.layer_values: dict[str, list[relax.Expr]] = {}
+        self.weight_vars: dict[str, list[relax.Var]] = {}
+        self.weight_names: dict[str, list[str]] = {}
+        self.params: dict[str, np.ndarray] = {}
+        for path, layer in graph.walk_layers():
+            converter = lookup(layer.class_name) if layer.model is None else None
+            if converter is None or path not in weights:
+                continue
+            names = converter.weight_names(layer.config)
+            self.weight_names[path] = names
+            self.weight_vars[path] = []
+            for name, array in zip(names, weights[path]):
+                key = f"{path}/{name}"
+                array = np.ascontiguousarray(array)
+                self.params[key] = array
+                var = relax.Var(key, relax.TensorType(array.shape, str(array.dtype)))
+                self.weight_vars[path].append(var)
+
+    # --- inputs -------------------------------------------------------------------------------
+    def input_vars(self) -> list[relax.Var]:
+        variables = []
+        for ref in self.graph.inputs:
+            layer = self.graph.layer(ref.layer)
+            shape = input_shape(layer)
+            if shape is None:
+                raise UnsupportedModelError(
+                    self.label,
+                    [Problem(layer.name, layer.class_name, "input has no shape in the config")],
+                )
+            if shape[0] is None:
+                shape[0] = self.batch_size
+            if any(d is None for d in shape):
+                raise UnsupportedModelError(
+                    self.label,
+                    [
+                        Problem(
+                            layer.name,
+                            layer.class_name,
+                            f"input shape {shape} has unknown dimensions besides the batch; "
+                            f"only the batch dimension may be unknown",
+                        )
+                    ],
+                )
+            variables.append(relax.Var(layer.name, relax.TensorType(shape, input_dtype(layer))))
+        return variables
+
+    # --- the walk -----------------------------------------------------------------------------
+    def run_graph(self, graph: ModelGraph, prefix: str, args: list[relax.Expr]) -> list[relax.Expr]:
+        """Emit every call of every layer of ``graph`` once its inputs exist; return its outputs."""
+        values: dict[TensorRef, relax.Expr] = dict(zip(graph.inputs, args))
+        for ref, value in values.items():
+            self.layer_values.setdefault(f"{prefix}{ref.layer}", [value])
+        pending = [(layer, index) for layer in graph.layers for index in range(len(layer.calls))]
+        while pending:
+            remaining = []
+            for layer, index in pending:
+                call = layer.calls[index]
+                if all(ref in values for ref in call.inputs):
+                    outs = self.emit_call(layer, prefix, index, [values[r] for r in call.inputs])
+                    for tensor, value in enumerate(outs):
+                        values[TensorRef(layer.name, index, tensor)] = value
+                else:
+                    remaining.append((layer, index))
+            if len(remaining) == len(pending):
+                names = ", ".join(f"{prefix}{layer.name}" for layer, _ in remaining)
+                raise UnsupportedModelError(
+                    self.label,
+                    [
+                        Problem(
+                            prefix.rstrip("/") or graph.name,
+                            "graph",
+                            f"the graph has loops or disconnected nodes; cannot resolve: {names}",
+                        )
+                    ],
+                )
+            pending = remaining
+        missing = [r for r in graph.outputs if r not in values]
+        if missing:
+            raise UnsupportedModelError(
+                self.label,
+                [
+                    Problem(
+                        prefix.rstrip("/") or graph.name,
+                        "graph",
+                        f"model outputs reference tensors no layer produces: {missing}",
+                    )
+                ],
+            )
+        return [values[r] for r in graph.outputs]
+
+    def emit_call(
+        self, layer: Layer, prefix: str, index: int, inputs: list[relax.Expr]
+    ) -> list[relax.Expr]:
+        path = f"{prefix}{layer.name}"
+        if layer.model is not None:
+            outs = self.run_graph(layer.model, path + "/", inputs)
+        else:
+            converter = lookup(layer.class_name)
+            ctx = LayerContext(
+                self.bb,
+                layer,
+                path,
+                layer.calls[index],
+                self.weight_names.get(path, []),
+                self.weight_vars.get(path, []),
+                self.graph.keras_major,
+                self.problems,
+            )
+            try:
+                result = converter.fn(ctx, inputs)
+                outs = list(result) if isinstance(result, (list, tuple)) else [result]
+                if converter.activation:
+                    outs = [apply_activation(ctx, o, layer.config.get("activation")) for o in outs]
+            except BridgeError:
+                raise
+            except Exception as exc:  # a TVM shape/type check, or a config value we misread
+                raise UnsupportedModelError(
+                    self.label,
+                    [Problem(path, layer.class_name, f"translation failed: {_first_line(exc)}")],
+                ) from exc
+        self.layer_values.setdefault(path, outs)
+        return outs
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _info(name: str, expr: relax.Expr) -> TensorInfo:
+    return TensorInfo(name, static_shape(expr), dtype_of(expr))
+
+
+def translate(
+    graph: ModelGraph,
+    weights: LayerWeights,
+    label: str,
+    weights_label: str,
+    *,
+    batch_size: int = 1,
+    outputs: list[str] | None = None,
+    extra_problems: list[Problem] | None = None,
+) -> Translation:
+    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first)."""
+    problems = list(extra_problems or []) + preflight(graph, weights, weights_label)
+    if problems:
+        raise UnsupportedModelError(label, problems)
+    walker = _Walker(graph, weights, label, batch_size)
+    inputs = walker.input_vars()
+    params = [v for vars_ in walker.weight_vars.values() for v in vars_]
+    bb = walker.bb
+    with bb.function("main", inputs + params, attrs={"num_input": len(inputs)}):
+        with bb.dataflow():
+            results = walker.run_graph(graph, "", inputs)
+            names = [
+                f"{r.layer}" if r.tensor == 0 else f"{r.layer}:{r.tensor}" for r in graph.outputs
+            ]
+            if outputs:
+                results, names = _pick_outputs(walker, outputs, label)
+            out_vars = [bb.emit_output(r) for r in results]
+            output = out_vars[0] if len(out_vars) == 1 else bb.emit_output(relax.Tuple(out_vars))
+        bb.emit_func_output(output)
+    if walker.problems:
+        raise WeightsError(label, walker.problems)
+    mod = bb.get()
+    return Translation(
+        mod=mod,
+        params=walker.params,
+        inputs=[_info(v.name, v) for v in inputs],
+        outputs=[_info(n, r) for n, r in zip(names, out_vars)],
+        layer_count=sum(1 for _, layer in graph.walk_layers() if layer.model is None),
+        layer_shapes={k: [static_shape(v) for v in vs] for k, vs in walker.layer_values.items()},
+    )
+
+
+def _pick_outputs(
+    walker: _Walker, wanted: list[str], label: str
+) -> tuple[list[relax.Expr], list[str]]:
+    results, names, problems = [], [], []
+    for name in wanted:
+        values = walker.layer_values.get(name)
+        if values is None:
+            problems.append(Problem(name, "outputs", "no layer of that name in the model"))
+            continue
+        for i, value in enumerate(values):
+            results.append(value)
+            names.append(name if i == 0 else f"{name}:{i}")
+    if problems:
+        raise UnsupportedModelError(label, problems)
+    return results, names

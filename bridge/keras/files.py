@@ -1,0 +1,156 @@
+"""Open Keras model files: detect the kind of each file by content and return config + weights.
+
+Supported: architecture ``.json`` (+ a weights file), Keras 3 ``.keras`` zips, legacy full-model
+``.h5``; weights as Keras 3 ``.weights.h5``, sharded ``.weights.json``, or legacy ``.h5``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from bridge.errors import ModelFileError
+from bridge.keras.graph import ModelGraph, parse_model
+from bridge.keras.weights import WeightStore, open_weights_h5, open_weights_json
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass
+class KerasSource:
+    """A Keras model read from disk: its graph, its weights, and where they came from."""
+
+    graph: ModelGraph
+    weights: WeightStore | None
+    model_path: Path
+    weights_path: Path | None
+    keras_version: str
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The file name used in error messages."""
+        return str(self.model_path)
+
+
+def file_kind(path: Path) -> str:
+    """'hdf5', 'zip' or 'json', from the first bytes; raises ModelFileError otherwise."""
+    if not path.exists():
+        raise ModelFileError(path, "file not found")
+    if not path.is_file():
+        raise ModelFileError(path, "not a regular file")
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    raise ModelFileError(path, "unrecognized file kind: expected a Keras .json, .keras or .h5 file")
+
+
+def read_json(data: bytes | str, path: Path) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(path, f"invalid JSON: {exc}") from exc
+
+
+def keras_major(version: str, envelope: Any) -> int:
+    """Keras major version from a version string, else from the config's own shape."""
+    if version and version[0].isdigit():
+        return int(version.split(".")[0])
+    # Keras 3 writes a top-level "module"; Keras 2 JSON carries "keras_version" instead.
+    return 3 if isinstance(envelope, dict) and "module" in envelope else 2
+
+
+def open_model(model_path: str | Path, weights_path: str | Path | None = None) -> KerasSource:
+    """Read a model (and its weights) from any supported Keras file combination."""
+    model_path = Path(model_path)
+    kind = file_kind(model_path)
+    if kind == "json":
+        return _open_json(model_path, weights_path)
+    source = _open_keras_zip(model_path) if kind == "zip" else _open_full_h5(model_path)
+    if weights_path is not None:
+        source.weights = _open_weights(Path(weights_path))
+        source.weights_path = Path(weights_path)
+        source.files.append(Path(weights_path))
+    return source
+
+
+def _open_weights(path: Path) -> WeightStore:
+    kind = file_kind(path)
+    if kind == "json":
+        return open_weights_json(path, read_json(path.read_bytes(), path))
+    if kind != "hdf5":
+        raise ModelFileError(path, "not a Keras weights file (.weights.h5, .weights.json or .h5)")
+    return open_weights_h5(_open_h5(path), path)
+
+
+def _open_h5(path: Path | io.BytesIO, label: Path | None = None) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ModelFileError(label or path, f"corrupt or truncated HDF5 file ({exc})") from exc
+
+
+def _open_json(path: Path, weights_path: str | Path | None) -> KerasSource:
+    envelope = read_json(path.read_bytes(), path)
+    if isinstance(envelope, dict) and "weight_map" in envelope:
+        raise ModelFileError(path, "this is a sharded weights index, not a model architecture")
+    version = envelope.get("keras_version", "") if isinstance(envelope, dict) else ""
+    major = keras_major(version, envelope)
+    graph = parse_model(envelope, major, str(path))
+    weights = _open_weights(Path(weights_path)) if weights_path is not None else None
+    files = [path] + ([Path(weights_path)] if weights_path is not None else [])
+    return KerasSource(graph, weights, path, weights_path and Path(weights_path), version, files)
+
+
+def _open_keras_zip(path: Path) -> KerasSource:
+    try:
+        archive = zipfile.ZipFile(path)
+        names = set(archive.namelist())
+        if "config.json" not in names:
+            raise ModelFileError(path, "not a .keras archive (no config.json inside)")
+        config = read_json(archive.read("config.json"), path)
+        metadata = (
+            read_json(archive.read("metadata.json"), path) if "metadata.json" in names else {}
+        )
+        weights = None
+        if "model.weights.h5" in names:
+            buffer = io.BytesIO(archive.read("model.weights.h5"))
+            weights = open_weights_h5(_open_h5(buffer, path), path)
+        elif "model.weights.npz" in names:
+            raise ModelFileError(path, "model.weights.npz inside .keras is not supported yet")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        raise ModelFileError(path, f"corrupt or truncated .keras archive ({exc})") from exc
+    version = metadata.get("keras_version", "") if isinstance(metadata, dict) else ""
+    graph = parse_model(config, keras_major(version, config), str(path))
+    return KerasSource(graph, weights, path, None, version, [path])
+
+
+def _attr_text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _open_full_h5(path: Path) -> KerasSource:
+    handle = _open_h5(path)
+    if "model_config" not in handle.attrs:
+        raise ModelFileError(
+            path,
+            "this HDF5 file holds weights only (no 'model_config'); pass the architecture "
+            "(.json) as the model and this file as the weights",
+        )
+    config = read_json(_attr_text(handle.attrs["model_config"]), path)
+    version = _attr_text(handle.attrs.get("keras_version", ""))
+    weights = open_weights_h5(handle, path) if "model_weights" in handle else None
+    graph = parse_model(config, keras_major(version, config), str(path))
+    return KerasSource(graph, weights, path, None, version, [path])

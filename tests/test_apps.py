@@ -1,0 +1,69 @@
+"""keras.applications models (weights=None) with fixed random weights, against Keras 3.
+
+Their weights are too big to commit, so each fixture is a recipe (fixtures/apps/*.manifest.json):
+every variable's HDF5 path, shape and distribution; values are np.random.default_rng([seed, i]).
+The test writes a Keras 3 .weights.h5 from it and builds json + weights. Logits are compared
+(classifier_activation=None) with rtol=1e-3 and atol=1e-3 times the logits' magnitude.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import bridge
+from tests.conftest import APPS, assert_matches, reference
+
+APP_NAMES = sorted(p.name.removesuffix(".manifest.json") for p in APPS.glob("*.manifest.json"))
+
+
+def write_weights(manifest_file: Path, target: Path) -> Path:
+    """Materialize the manifest's weights as a Keras 3 .weights.h5 file."""
+    manifest = json.loads(manifest_file.read_text())
+    seed = manifest["seed"]
+    with h5py.File(target, "w") as handle:
+        for index, var in enumerate(manifest["variables"]):
+            rng = np.random.default_rng([seed, index])
+            kind, a, b = var["init"]
+            sample = rng.normal if kind == "normal" else rng.uniform
+            handle.create_dataset(
+                var["path"], data=sample(a, b, size=var["shape"]).astype("float32")
+            )
+    return target
+
+
+@pytest.mark.parametrize("app", APP_NAMES)
+def test_application_matches_keras(app, tmp_path, record_property):
+    weights = write_weights(APPS / f"{app}.manifest.json", tmp_path / f"{app}.weights.h5")
+    inputs, outputs = reference(APPS / f"{app}.npz")
+    started = time.perf_counter()
+    model = bridge.build(APPS / f"{app}.json", weights)
+    build_seconds = time.perf_counter() - started
+    got = model(*inputs)
+    abs_err = float(np.abs(got - outputs[0]).max())
+    rel_err = abs_err / float(np.abs(outputs[0]).max())
+    record_property("max_abs_err", abs_err)
+    record_property("max_rel_err", rel_err)
+    record_property("build_seconds", build_seconds)
+    print(
+        f"{app}: max abs err {abs_err:.3g}, max rel err {rel_err:.3g}, build {build_seconds:.1f}s"
+    )
+    assert_matches(got, outputs, rtol=1e-3, atol=1e-3)
+
+
+def test_all_required_applications_present():
+    required = {
+        "ResNet50",
+        "ResNet50V2",
+        "MobileNet",
+        "MobileNetV2",
+        "VGG16",
+        "DenseNet121",
+        "EfficientNetB0",
+    }
+    assert required <= set(APP_NAMES)

@@ -1,0 +1,53 @@
+"""Keras file readers: details real files exercise rarely (chunked attributes, bfloat16, naming)."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+
+import bridge
+from bridge.keras.weights import read_name_list, snake_case, to_float_array
+from tests.conftest import KERAS2, assert_matches, reference
+
+
+def test_snake_case_matches_keras():
+    cases = {
+        "Conv2D": "conv2d",
+        "BatchNormalization": "batch_normalization",
+        "ReLU": "re_lu",
+        "PReLU": "p_re_lu",
+        "DepthwiseConv2D": "depthwise_conv2d",
+        "MultiHeadAttention": "multi_head_attention",
+        "LSTM": "lstm",
+        "GlobalAveragePooling1D": "global_average_pooling1d",
+    }
+    for name, expected in cases.items():
+        assert snake_case(name) == expected
+
+
+def test_bfloat16_opaque_datasets_widen_to_float32(tmp_path):
+    values = np.array([1.0, -2.5, 3.140625], dtype=np.float32)
+    bits = (values.view(np.uint32) >> 16).astype(np.uint16)
+    with h5py.File(tmp_path / "w.h5", "w") as handle:
+        handle["x"] = bits.view("V2")
+        np.testing.assert_array_equal(to_float_array(handle["x"]), values)
+
+
+def test_chunked_name_attributes(tmp_path):
+    """Keras splits name lists over 64 KiB into layer_names0, layer_names1, ..."""
+    source = KERAS2 / "models" / "seq_cnn.h5"
+    chunked = tmp_path / "seq_cnn.h5"
+    shutil.copy(source, chunked)
+    with h5py.File(chunked, "r+") as handle:
+        group = handle["model_weights"]
+        names = list(group.attrs["layer_names"])
+        del group.attrs["layer_names"]
+        group.attrs["layer_names0"] = names[: len(names) // 2]
+        group.attrs["layer_names1"] = names[len(names) // 2 :]
+        assert read_name_list(group.attrs, "layer_names") == [
+            n.decode() if isinstance(n, bytes) else n for n in names
+        ]
+    inputs, outputs = reference(KERAS2 / "models" / "seq_cnn.npz")
+    assert_matches(bridge.build(chunked, batch_size=2)(*inputs), outputs)

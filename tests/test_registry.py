@@ -1,0 +1,53 @@
+"""Meta-tests: every registered converter has a numeric test fixture; one family per module."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import h5py
+
+from bridge.convert.registry import all_converters, register
+from tests.conftest import KERAS2, KERAS3
+
+
+def _classes(config) -> set[str]:
+    found = set()
+    if isinstance(config, dict):
+        if "class_name" in config:
+            found.add(config["class_name"])
+        for value in config.values():
+            found |= _classes(value)
+    elif isinstance(config, list):
+        for value in config:
+            found |= _classes(value)
+    return found
+
+
+def tested_classes() -> set[str]:
+    """Keras classes appearing in any numeric layer fixture (both versions)."""
+    found: set[str] = set()
+    for path in KERAS3.glob("layers/*.keras"):
+        with zipfile.ZipFile(path) as archive:
+            found |= _classes(json.loads(archive.read("config.json")))
+    for path in KERAS2.glob("layers/*.h5"):
+        with h5py.File(path) as handle:
+            found |= _classes(json.loads(handle.attrs["model_config"]))
+    return found
+
+
+def test_every_registered_converter_has_a_numeric_test():
+    untested = sorted(set(all_converters()) - tested_classes())
+    assert not untested, f"converters without a layer fixture: {untested}"
+
+
+def test_duplicate_registration_is_refused():
+    import pytest
+
+    with pytest.raises(RuntimeError, match="registered twice"):
+        register("Dense")(lambda ctx, inputs: inputs[0])
+
+
+def test_families_are_modules():
+    families = {c.family for c in all_converters().values()}
+    assert {"conv", "pooling", "core", "merging", "normalization", "reshaping"} <= families

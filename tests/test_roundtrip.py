@@ -1,0 +1,53 @@
+"""build -> export -> bridge.load in a fresh process (TVM runtime only) -> same outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import bridge
+from bridge.runtime import metadata_path
+from tests.conftest import KERAS3, assert_matches, reference
+
+MODEL = KERAS3 / "models" / "func_multi_io.keras"
+
+
+def test_export_load_in_fresh_runtime_only_process(tmp_path):
+    inputs, outputs = reference(KERAS3 / "models" / "func_multi_io.npz")
+    model = bridge.build(MODEL, batch_size=2)
+    library = model.export(tmp_path / "lib" / "model.so")
+    meta = json.loads(metadata_path(library).read_text())
+    assert meta["inputs"][0]["name"] == "image" and meta["tvm_version"]
+    assert meta["source_sha256"] and meta["target"]["kind"] == "llvm"
+    np.savez(tmp_path / "in.npz", *inputs)
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, bridge
+        m = bridge.load({str(library)!r})
+        data = np.load({str(tmp_path / "in.npz")!r})
+        out = m(*[data[f"arr_{{i}}"] for i in range(len(data.files))])
+        np.savez({str(tmp_path / "out.npz")!r}, *out)
+        maps = open("/proc/self/maps").read()
+        assert "libtvm_compiler" not in maps, "compiler library was loaded"
+        assert "tvm.relax" not in sys.modules
+    """)
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    got = np.load(tmp_path / "out.npz")
+    got = [got[f"arr_{i}"] for i in range(len(got.files))]
+    assert_matches(got, outputs)
+    for a, b in zip(got, model(*inputs)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_loaded_model_has_same_interface(tmp_path):
+    model = bridge.build(MODEL, batch_size=2)
+    loaded = bridge.load(model.export(tmp_path / "model.so"))
+    assert loaded.inputs == model.inputs and loaded.outputs == model.outputs
+    inputs, _ = reference(KERAS3 / "models" / "func_multi_io.npz")
+    for a, b in zip(loaded({"image": inputs[0], "meta": inputs[1]}), model(*inputs)):
+        np.testing.assert_array_equal(a, b)
