@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,18 +84,26 @@ def build(
     target: Any = "llvm",
     batch_size: int = 1,
     outputs: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Model:
-    """Read Keras files, translate to Relax, compile for ``target``; returns a callable Model."""
+    """Read Keras files, translate to Relax, compile for ``target``; returns a callable Model.
+
+    ``progress``, if given, is called with a short description as each stage starts.
+    """
     import tvm
 
     from bridge import __version__
     from bridge.compile import compile_module
     from bridge.targets import resolve, target_json
 
+    report = progress or (lambda stage: None)
     tvm_target = resolve(target)
     started = time.perf_counter()
+    report(f"reading {Path(model).name}")
     loaded = load_keras(model, weights)
+    report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
     translation = _translate(loaded, batch_size, outputs)
+    report(f"compiling for {tvm_target.kind.name} {target_json(tvm_target).get('mcpu', '')}")
     executable = compile_module(translation.mod, translation.params, tvm_target)
     source = loaded.source
     metadata = {
@@ -110,8 +119,7 @@ def build(
         "batch_size": batch_size,
         "build_seconds": round(time.perf_counter() - started, 3),
     }
-    module = executable.jit() if hasattr(executable, "jit") else executable
-    return Model(module, translation.inputs, translation.outputs, metadata, executable)
+    return Model(executable, translation.inputs, translation.outputs, metadata, executable)
 
 
 def check_modeltype(model: PathLike) -> str:

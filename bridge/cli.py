@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bridge.errors import BridgeError
@@ -44,17 +45,21 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     outputs = args.outputs.split(",") if args.outputs else None
     started = time.perf_counter()
-    with console.status(f"Building {args.model} for {args.target} ..."):
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
         model = bridge.build(
             args.model,
             args.weights,
             target=args.target,
             batch_size=args.batch_size,
             outputs=outputs,
+            progress=lambda stage: bar.update(task, description=stage),
         )
+        bar.update(task, description="exporting")
+        stem = args.name or Path(args.model).name.split(".")[0]
+        library = model.export(Path(args.output) / f"{stem}.so")
     build_seconds = time.perf_counter() - started
-    out_dir = Path(args.output)
-    library = model.export(out_dir / f"{args.name or Path(args.model).name.split('.')[0]}.so")
     console.print(_io_table(model))
     meta = model.metadata
     console.print(

@@ -56,7 +56,7 @@ def test_build_inspect_run(tmp_path, capsys):
 def test_inspect_lists_layers_and_support(capsys):
     assert main(["inspect", str(MODELS / "seq_cnn.keras")]) == 0
     text = capsys.readouterr().out
-    assert "sequential" in text and "Conv2D" in text and "(1, 16, 16, 8)" in text
+    assert "sequential" in text and "Conv2D" in text and "(1, 14, 14, 8)" in text
     assert "all supported" in text
 
 

@@ -58,8 +58,9 @@ def test_model_matches_keras(args):
 @pytest.mark.parametrize("args", list(_cases(DTYPE_MODELS)))
 def test_dtype_policy_models_compute_in_float32(args):
     # Keras ran these in float16/bfloat16; bridge computes in float32, so agreement is bounded
-    # by the reduced precision of the reference (bfloat16 has an 8-bit mantissa).
-    _build_and_compare(args, rtol=3e-2, atol=3e-2)
+    # by the reference's precision: bfloat16 keeps 8 mantissa bits (~4e-3), float16 11 (~5e-4).
+    tolerance = 2e-2 if "bfloat16" in args[0].name else 3e-3
+    _build_and_compare(args, rtol=tolerance, atol=tolerance)
 
 
 def test_every_format_is_present():

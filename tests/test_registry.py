@@ -24,7 +24,7 @@ def _classes(config) -> set[str]:
     return found
 
 
-def tested_classes() -> set[str]:
+def classes_with_fixtures() -> set[str]:
     """Keras classes appearing in any numeric layer fixture (both versions)."""
     found: set[str] = set()
     for path in KERAS3.glob("layers/*.keras"):
@@ -37,7 +37,7 @@ def tested_classes() -> set[str]:
 
 
 def test_every_registered_converter_has_a_numeric_test():
-    untested = sorted(set(all_converters()) - tested_classes())
+    untested = sorted(set(all_converters()) - classes_with_fixtures())
     assert not untested, f"converters without a layer fixture: {untested}"
 
 
@@ -51,3 +51,12 @@ def test_duplicate_registration_is_refused():
 def test_families_are_modules():
     families = {c.family for c in all_converters().values()}
     assert {"conv", "pooling", "core", "merging", "normalization", "reshaping"} <= families
+
+
+def test_readme_lists_every_supported_layer():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("## Supported layers", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in all_converters() if name not in table]
+    assert not missing, f"README's layer table lacks {missing}"

@@ -122,30 +122,18 @@ class _Walker:
                     remaining.append((layer, index))
             if len(remaining) == len(pending):
                 names = ", ".join(f"{prefix}{layer.name}" for layer, _ in remaining)
-                raise UnsupportedModelError(
-                    self.label,
-                    [
-                        Problem(
-                            prefix.rstrip("/") or graph.name,
-                            "graph",
-                            f"the graph has loops or disconnected nodes; cannot resolve: {names}",
-                        )
-                    ],
+                self.graph_error(
+                    graph, prefix, f"loops or disconnected nodes; cannot resolve {names}"
                 )
             pending = remaining
         missing = [r for r in graph.outputs if r not in values]
         if missing:
-            raise UnsupportedModelError(
-                self.label,
-                [
-                    Problem(
-                        prefix.rstrip("/") or graph.name,
-                        "graph",
-                        f"model outputs reference tensors no layer produces: {missing}",
-                    )
-                ],
-            )
+            self.graph_error(graph, prefix, f"outputs reference tensors no layer makes: {missing}")
         return [values[r] for r in graph.outputs]
+
+    def graph_error(self, graph: ModelGraph, prefix: str, reason: str) -> None:
+        where = prefix.rstrip("/") or graph.name
+        raise UnsupportedModelError(self.label, [Problem(where, "graph", reason)])
 
     def emit_call(
         self, layer: Layer, prefix: str, index: int, inputs: list[relax.Expr]
