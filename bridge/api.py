@@ -65,7 +65,7 @@ def to_relax(
     model: PathLike,
     weights: PathLike | None = None,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = 1,
     outputs: list[str] | None = None,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """The model as a Relax IRModule plus its weights.
@@ -82,13 +82,18 @@ def build(
     weights: PathLike | None = None,
     *,
     target: Any = "llvm",
-    batch_size: int = 1,
+    batch_size: int | None = 1,
     outputs: list[str] | None = None,
+    separate_params: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Model:
     """Read Keras files, translate to Relax, compile for ``target``; returns a callable Model.
 
-    ``progress``, if given, is called with a short description as each stage starts.
+    ``target`` is a preset name (``bridge targets``), ``"llvm"``/``"native"``, ``"cuda"``, a TVM
+    tag or a TVM target dict. ``batch_size=None`` compiles a symbolic batch dimension.
+    ``separate_params=True`` keeps the weights out of the library (``export`` then writes them
+    to ``model.params``, loaded at run time). ``progress``, if given, is called with a short
+    description as each stage starts.
     """
     import tvm
 
@@ -97,19 +102,29 @@ def build(
     from bridge.targets import resolve, target_json
 
     report = progress or (lambda stage: None)
-    tvm_target = resolve(target)
+    spec = resolve(target)
+    tvm_target = spec.tvm_target()
+    if spec.device == "cuda":
+        from bridge.cuda import enable_offline_codegen
+
+        enable_offline_codegen()
     started = time.perf_counter()
     report(f"reading {Path(model).name}")
     loaded = load_keras(model, weights)
     report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
     translation = _translate(loaded, batch_size, outputs)
-    report(f"compiling for {tvm_target.kind.name} {target_json(tvm_target).get('mcpu', '')}")
-    executable = compile_module(translation.mod, translation.params, tvm_target)
+    report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
+    executable = compile_module(
+        translation.mod, translation.params, tvm_target, bind=not separate_params
+    )
     source = loaded.source
     metadata = {
         "bridge_version": __version__,
         "tvm_version": tvm.__version__,
+        "target_name": spec.name,
         "target": target_json(tvm_target),
+        "arch": spec.arch,
+        "device": spec.device,
         "model": source.graph.name,
         "model_type": source.graph.kind,
         "keras_version": source.keras_version,
@@ -117,9 +132,21 @@ def build(
         "source_files": [p.name for p in source.files],
         "source_sha256": file_digest(source.files),
         "batch_size": batch_size,
+        "params": list(translation.params) if separate_params else [],
         "build_seconds": round(time.perf_counter() - started, 3),
     }
-    return Model(executable, translation.inputs, translation.outputs, metadata, executable)
+    if spec.device == "cuda":
+        metadata["cuda_arch"] = str(tvm_target.attrs["arch"])
+    params = list(translation.params.values()) if separate_params else None
+    return Model(
+        executable,
+        translation.inputs,
+        translation.outputs,
+        metadata,
+        executable,
+        params=params,
+        spec=spec,
+    )
 
 
 def check_modeltype(model: PathLike) -> str:

@@ -54,11 +54,15 @@ def cmd_build(args: argparse.Namespace) -> int:
             target=args.target,
             batch_size=args.batch_size,
             outputs=outputs,
+            separate_params=args.separate_params,
             progress=lambda stage: bar.update(task, description=stage),
         )
-        bar.update(task, description="exporting")
+        bar.update(task, description="bundling" if args.bundle else "exporting")
         stem = args.name or Path(args.model).name.split(".")[0]
-        library = model.export(Path(args.output) / f"{stem}.so")
+        out = Path(args.output)
+        library = (
+            model.export(out, bundle=True) if args.bundle else model.export(out / f"{stem}.so")
+        )
     build_seconds = time.perf_counter() - started
     console.print(_io_table(model))
     meta = model.metadata
@@ -66,10 +70,38 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"model       {meta['model']} ({meta['model_type']}, Keras "
         f"{meta['keras_version'] or '?'}), {meta['layers']} layers"
     )
-    console.print(f"target      {meta['target'].get('kind')} {meta['target'].get('mcpu', '')}")
+    console.print(f"target      {meta['target_name']} ({meta['arch']}, {meta['device']})")
     console.print(f"build time  {build_seconds:.1f} s")
     console.print(f"artifact    {library} ({_size(library.stat().st_size)})")
+    if args.bundle:
+        total = sum(p.stat().st_size for p in library.parent.iterdir() if p.is_file())
+        console.print(f"bundle      {library.parent}/ ({_size(total)}): ./run in0.npy --out DIR")
     return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from bridge.targets import presets
+
+    table = Table(show_edge=False)
+    for column in ("preset", "arch", "device", "description"):
+        table.add_column(column)
+    for name, spec in presets().items():
+        table.add_row(name, spec.arch, spec.device, spec.description)
+    console.print(table)
+    console.print(
+        "'llvm' = native (this CPU); 'cuda' = cuda-sm80. TVM tags and target dicts (JSON) work too."
+    )
+    return 0
+
+
+def _batch(text: str) -> int | None:
+    """--batch-size: a number, or 'dynamic' for a symbolic batch dimension."""
+    if text.lower() in ("dynamic", "none", "any"):
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("batch size must be >= 1 or 'dynamic'")
+    return value
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -133,12 +165,29 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="compile a model and export a library")
     build.add_argument("model", help=".keras, .h5 or architecture .json")
     build.add_argument("weights", nargs="?", help="weights file (with a .json architecture)")
-    build.add_argument("--target", default="llvm", help="'llvm' (this CPU), a TVM tag or JSON")
+    build.add_argument(
+        "--target",
+        default="llvm",
+        help="a preset (see 'bridge targets'), 'llvm' (this CPU), a TVM tag or JSON",
+    )
     build.add_argument("-o", "--output", default="out", help="output folder (default: out/)")
     build.add_argument("--name", help="library file name (default: the model file's stem)")
-    build.add_argument("--batch-size", type=int, default=1)
+    build.add_argument("--batch-size", type=_batch, default=1, help="N, or 'dynamic'")
+    build.add_argument(
+        "--bundle",
+        action="store_true",
+        help="write a folder that runs on the target without Python (./run)",
+    )
+    build.add_argument(
+        "--separate-params",
+        action="store_true",
+        help="keep weights out of the library, in a .params file beside it",
+    )
     build.add_argument("--outputs", help="comma-separated layer names to use as outputs")
     build.set_defaults(func=cmd_build)
+
+    targets = sub.add_parser("targets", help="list target presets")
+    targets.set_defaults(func=cmd_targets)
 
     inspect = sub.add_parser("inspect", help="list layers, shapes, parameters and support")
     inspect.add_argument("model")

@@ -20,10 +20,14 @@ def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModu
     return relax.transform.DeadCodeElimination(["main"])(mod)
 
 
-def compile_module(mod: tvm.IRModule, params: dict[str, np.ndarray], target: tvm.target.Target):
-    """Compile ``mod`` with ``params`` bound, for ``target``; returns a relax Executable."""
+def compile_module(
+    mod: tvm.IRModule, params: dict[str, np.ndarray], target: tvm.target.Target, bind: bool = True
+):
+    """Compile ``mod`` for ``target``, with ``params`` bound as constants unless ``bind`` is
+    False (then ``main`` keeps taking them after the inputs); returns a relax Executable."""
     try:
-        mod = bind_weights(mod, params)
+        if bind:
+            mod = bind_weights(mod, params)
         with target:
             return tvm.compile(mod, target=target)
     except Exception as exc:

@@ -54,6 +54,10 @@ class ArtifactError(BridgeError):
     """An exported artifact (library or its metadata sidecar) cannot be loaded."""
 
 
+class DeviceError(BridgeError):
+    """The model cannot run here (another CPU architecture, or no GPU); run it on its target."""
+
+
 class InputError(BridgeError, ValueError):
     """Arguments passed to a compiled model do not match its inputs."""
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from bridge.errors import ArtifactError, InputError
+from bridge.errors import ArtifactError, DeviceError, InputError
 from bridge.signature import TensorInfo
+from bridge.targets import host_arch
 
 METADATA_FORMAT = 1
 
@@ -67,16 +68,50 @@ class Model:
         outputs: list[TensorInfo],
         metadata: dict[str, Any],
         executable: Any = None,
+        params: list[np.ndarray] | None = None,
+        spec: Any = None,
     ):
-        from tvm.runtime import cpu
-        from tvm.runtime.vm import VirtualMachine
-
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.metadata = metadata
         self._executable = executable
-        self._device = cpu()
+        self._spec = spec
+        self._params = list(params or [])
+        self._vm, self._device, self._param_tensors = None, None, []
+        self._unavailable = self._runnable_here()
+        if self._unavailable is None:
+            self._start(module)
+
+    def _runnable_here(self) -> str | None:
+        """Why this model cannot run in this process, or None if it can."""
+        arch, device = self.metadata.get("arch", host_arch()), self.metadata.get("device", "cpu")
+        if arch != host_arch():
+            return (
+                f"this model is compiled for {arch} and this machine is {host_arch()}: "
+                f"export it (bundle=True) and run it on the target"
+            )
+        if device == "cuda":
+            from tvm.runtime import cuda
+
+            if not cuda(0).exist:
+                return (
+                    "this model is compiled for CUDA and no GPU is usable here: export it and "
+                    "run it on a machine with an NVIDIA GPU"
+                )
+        return None
+
+    def _start(self, module: Any) -> None:
+        from tvm.runtime import cpu, cuda, tensor
+        from tvm.runtime.vm import VirtualMachine
+
+        self._device = cuda(0) if self.metadata.get("device") == "cuda" else cpu()
         self._vm = VirtualMachine(module, self._device)
+        self._param_tensors = [tensor(p, self._device) for p in self._params]
+
+    @property
+    def runnable(self) -> bool:
+        """Whether this process can call the model (same CPU architecture, device present)."""
+        return self._vm is not None
 
     # --- calling ------------------------------------------------------------------------------
     def _arrange(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
@@ -126,38 +161,90 @@ class Model:
         """Run the model. Several outputs come back as a list in ``outputs`` order."""
         from tvm.runtime import tensor
 
+        if self._vm is None:
+            raise DeviceError(self._unavailable)
         arrays = self._arrange(args, kwargs)
-        result = self._vm["main"](*[tensor(a, self._device) for a in arrays])
+        values = [tensor(a, self._device) for a in arrays] + self._param_tensors
+        result = self._vm["main"](*values)
         if len(self.outputs) == 1:
             return result.numpy()
         return [r.numpy() for r in result]
 
     # --- export -------------------------------------------------------------------------------
-    def export(self, path: str | Path) -> Path:
-        """Write the library ``path`` (e.g. ``out/model.so``) and its ``.meta.json`` sidecar."""
+    def export(self, path: str | Path, *, bundle: bool = False) -> Path:
+        """Write the library ``path`` (e.g. ``out/model.so``) and its ``.meta.json`` sidecar
+        (plus ``.params`` when weights are kept out of the library); returns the library path.
+
+        With ``bundle=True``, ``path`` is a folder that becomes a bundle: ``model.so``, the TVM
+        runtime libraries for the target's CPU and the native ``run`` program (see
+        ``bridge.deploy``).
+        """
         if self._executable is None:
             raise ArtifactError("this model was loaded from an artifact; copy its files instead")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            staged = Path(tmp) / path.name
-            with quiet_native_stderr():
-                self._executable.export_library(str(staged))
-            shutil.move(str(staged), path)
+        library = path / "model.so" if bundle else path
+        library.parent.mkdir(parents=True, exist_ok=True)
+        self._write_library(library)
+        if self._params:
+            _save_params(self._params, params_path(library))
         meta = dict(self.metadata) | {
             "format": METADATA_FORMAT,
-            "library": path.name,
+            "library": library.name,
             "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "inputs": [i.to_json() for i in self.inputs],
             "outputs": [o.to_json() for o in self.outputs],
         }
-        metadata_path(path).write_text(json.dumps(meta, indent=2) + "\n")
-        return path
+        metadata_path(library).write_text(json.dumps(meta, indent=2) + "\n")
+        if bundle:
+            from bridge.deploy import write_bundle
+
+            write_bundle(path, library, self._spec, self.inputs, self.outputs)
+        return library
+
+    def _write_library(self, library: Path) -> None:
+        """Export (cross-linking where needed) and, for CUDA, prove it holds device code."""
+        options = {}
+        if self._spec is not None and self._spec.is_cross:
+            from tvm.support import cc
+
+            options["fcompile"] = cc.cross_compiler(self._spec.cross_compiler)
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / library.name
+            try:
+                with quiet_native_stderr():
+                    self._executable.export_library(str(staged), **options)
+            except Exception as exc:
+                raise ArtifactError(f"{library}: exporting failed ({exc})") from exc
+            if self.metadata.get("device") == "cuda":
+                from bridge.cuda import check_device_code
+
+                check_device_code(staged, self.metadata["cuda_arch"])
+            shutil.move(str(staged), library)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
         outs = ", ".join(f"{o.name}{list(o.shape)}" for o in self.outputs)
         return f"<bridge.Model ({ins}) -> ({outs}) target={self.metadata.get('target')}>"
+
+
+def params_path(library: str | Path) -> Path:
+    """Weights kept out of a library: ``model.so`` -> ``model.params``."""
+    return Path(library).with_suffix(".params")
+
+
+def _save_params(params: list[np.ndarray], path: Path) -> None:
+    """Keys ``p00000``, ``p00001``, ... so that key order is argument order (the C++ runner
+    passes them sorted)."""
+    from tvm.runtime import save_param_dict_to_file, tensor
+
+    save_param_dict_to_file({f"p{i:05d}": tensor(a) for i, a in enumerate(params)}, str(path))
+
+
+def _load_params(path: Path) -> list[np.ndarray]:
+    from tvm.runtime import load_param_dict_from_file
+
+    table = load_param_dict_from_file(str(path))
+    return [table[key].numpy() for key in sorted(table)]
 
 
 def load(path: str | Path) -> Model:
@@ -176,9 +263,17 @@ def load(path: str | Path) -> Model:
         outputs = [TensorInfo.from_json(o) for o in meta["outputs"]]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{meta_file}: malformed metadata ({exc!r})") from exc
+    params = []
+    if meta.get("params"):
+        if not params_path(path).is_file():
+            raise ArtifactError(f"{path}: weights file {params_path(path).name} not found")
+        params = _load_params(params_path(path))
+    arch = meta.get("arch", host_arch())
+    if arch != host_arch():  # dlopen would only say "No such file"; the model says why
+        return Model(None, inputs, outputs, meta, params=params)
     try:
         with quiet_native_stderr():
             module = load_module(str(path.resolve()))
     except Exception as exc:
         raise ArtifactError(f"{path}: TVM runtime cannot load the library ({exc})") from exc
-    return Model(module, inputs, outputs, meta)
+    return Model(module, inputs, outputs, meta, params=params)

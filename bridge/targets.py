@@ -1,11 +1,35 @@
-"""Compilation targets: names, tags and dicts -> ``tvm.target.Target``."""
+"""Compilation targets: presets from ``targets/*.json``, TVM tags and TVM target dicts.
+
+A preset names the TVM target (and host, for GPUs), the CPU architecture the library runs on,
+the device it computes on, and the cross compiler that links it when that is not this machine.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bridge.errors import TargetError
+
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-g++"}
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets live: the source tree's ``targets/``, or the installed data files."""
+    return [
+        Path(__file__).resolve().parent.parent / "targets",
+        Path(sys.prefix) / "share" / "bridge" / "targets",
+    ]
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def host_cpu() -> str:
@@ -14,36 +38,117 @@ def host_cpu() -> str:
     return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
-def target_dict(target: str | dict[str, Any]) -> dict[str, Any] | str:
-    """Normalize a user target to a TVM target dict (or a TVM tag string).
+@dataclass(frozen=True)
+class TargetSpec:
+    """Everything bridge needs to know about where a model will run."""
 
-    ``"llvm"`` and ``"native"`` mean this machine's CPU with all its features (AVX-512 where
-    present); a dict or a JSON string is a TVM target config; other strings are TVM tags.
-    """
-    if isinstance(target, dict):
-        return dict(target)
-    if not isinstance(target, str) or not target:
-        raise TargetError(f"target must be a name, a TVM tag or a dict, got {target!r}")
-    if target in ("llvm", "native"):
-        return {"kind": "llvm", "mcpu": host_cpu()}
-    if target.lstrip().startswith("{"):
+    name: str
+    target: dict[str, Any] | str
+    arch: str = "x86_64"
+    device: str = "cpu"
+    host: dict[str, Any] | None = None
+    cross_compiler: str | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_cross(self) -> bool:
+        """True when the library cannot run on this machine's CPU."""
+        return self.arch != host_arch()
+
+    def tvm_target(self):
+        """The ``tvm.target.Target`` (with its host for GPU targets)."""
+        import tvm
+
         try:
-            return json.loads(target)
-        except json.JSONDecodeError as exc:
-            raise TargetError(f"target JSON is invalid: {exc}") from exc
+            host = _native(self.host) if self.host else None
+            return tvm.target.Target(_native(self.target), host=host)
+        except Exception as exc:  # TVM raises its own error types for bad kinds/attributes
+            raise TargetError(f"target {self.name!r} is not a valid TVM target: {exc}") from exc
+
+
+def _native(target: dict[str, Any] | str) -> dict[str, Any] | str:
+    """Replace ``mcpu: native`` with this machine's CPU name."""
+    if isinstance(target, dict) and target.get("mcpu") == "native":
+        return target | {"mcpu": host_cpu()}
     return target
 
 
-def resolve(target: str | dict[str, Any]):
-    """A ``tvm.target.Target`` for ``target``; raises TargetError naming what was wrong."""
+def presets() -> dict[str, TargetSpec]:
+    """All presets by name (file stem), first directory wins."""
+    found: dict[str, TargetSpec] = {}
+    for folder in preset_dirs():
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if path.stem not in found:
+                data = json.loads(path.read_text())
+                found[path.stem] = TargetSpec(
+                    name=path.stem,
+                    target=data["target"],
+                    arch=data.get("arch", "x86_64"),
+                    device=data.get("device", "cpu"),
+                    host=data.get("host"),
+                    cross_compiler=data.get("cross_compiler"),
+                    description=data.get("description", ""),
+                )
+    return found
+
+
+def _from_tvm(name: str, target: dict[str, Any] | str) -> TargetSpec:
+    """A spec for a TVM tag or dict: architecture and device read off the TVM target."""
     import tvm
 
-    spec = target_dict(target)
     try:
-        return tvm.target.Target(spec)
-    except Exception as exc:  # TVM raises its own error types for unknown kinds/tags
-        known = "'llvm', 'native', a TVM target dict, or a TVM tag such as 'arm/rasp4b64'"
-        raise TargetError(f"unknown target {target!r} ({exc}); use {known}") from exc
+        parsed = tvm.target.Target(_native(target))
+    except Exception as exc:
+        known = ", ".join(sorted(presets()))
+        close = difflib.get_close_matches(name, list(presets()), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise TargetError(
+            f"unknown target {name!r}.{hint} Presets: {known}; or a TVM tag "
+            f"(e.g. 'arm/rasp4b64') or a TVM target dict ({exc})"
+        ) from exc
+    cpu = parsed.host if parsed.kind.name != "llvm" and parsed.host is not None else parsed
+    triple = str(cpu.attrs.get("mtriple", "")) if cpu.kind.name == "llvm" else ""
+    arch = (
+        "aarch64"
+        if triple.startswith(("aarch64", "arm64"))
+        else ("x86_64" if not triple or triple.startswith("x86_64") else triple.split("-")[0])
+    )
+    device = "cuda" if parsed.kind.name == "cuda" else "cpu"
+    host = {"kind": "llvm"} if device == "cuda" and parsed.host is None else None
+    return TargetSpec(
+        name=name,
+        target=target,
+        arch=arch,
+        device=device,
+        host=host,
+        cross_compiler=CROSS_COMPILERS.get(arch) if arch != host_arch() else None,
+    )
+
+
+def resolve(target: str | dict[str, Any] | TargetSpec) -> TargetSpec:
+    """A preset name, ``"llvm"``/``"native"``/``"cuda"``, a TVM tag, a dict or JSON -> spec.
+
+    ``"llvm"`` and ``"native"`` compile for this machine's CPU with all its features (AVX-512
+    where present); ``"cuda"`` is the ``cuda-sm80`` preset (runs on sm_80, 86, 87 and 89).
+    """
+    if isinstance(target, TargetSpec):
+        return target
+    if isinstance(target, str):
+        table = presets()
+        alias = {"llvm": "native", "cuda": "cuda-sm80"}.get(target, target)
+        if alias in table:
+            return table[alias]
+        if target.lstrip().startswith("{"):
+            try:
+                target = json.loads(target)
+            except json.JSONDecodeError as exc:
+                raise TargetError(f"target JSON is invalid: {exc}") from exc
+    if isinstance(target, dict):
+        return _from_tvm(target.get("kind", "target"), target)
+    if not isinstance(target, str) or not target:
+        raise TargetError(f"target must be a preset name, a TVM tag or a dict, got {target!r}")
+    return _from_tvm(target, target)
 
 
 def _plain(value: Any) -> Any:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from bridge.errors import Problem
 from bridge.keras.graph import Call, Layer
 
 
-def static_shape(expr: relax.Expr) -> tuple[int, ...]:
-    """The static shape of a Relax tensor value."""
-    return tuple(int(d) for d in expr.ty.shape.values)
+def static_shape(expr: relax.Expr) -> tuple:
+    """The shape of a Relax tensor value: ints, and a symbolic expression for a dynamic batch."""
+    return tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in expr.ty.shape.values)
 
 
 def dtype_of(expr: relax.Expr) -> str:

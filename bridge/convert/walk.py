@@ -51,10 +51,13 @@ def input_shape(layer: Layer) -> list | None:
 
 
 class _Walker:
-    def __init__(self, graph: ModelGraph, weights: LayerWeights, label: str, batch_size: int):
+    def __init__(
+        self, graph: ModelGraph, weights: LayerWeights, label: str, batch_size: int | None
+    ):
         self.graph = graph
         self.label = label
-        self.batch_size = batch_size
+        # A fixed batch, or one symbolic dimension shared by every input.
+        self.batch_dim = batch_size if batch_size is not None else tvm.tirx.Var("batch", "int64")
         self.problems: list[Problem] = []
         self.bb = relax.BlockBuilder()
         self.layer_values: dict[str, list[relax.Expr]] = {}
@@ -87,7 +90,7 @@ class _Walker:
                     [Problem(layer.name, layer.class_name, "input has no shape in the config")],
                 )
             if shape[0] is None:
-                shape[0] = self.batch_size
+                shape[0] = self.batch_dim
             if any(d is None for d in shape):
                 raise UnsupportedModelError(
                     self.label,
@@ -175,7 +178,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def _info(name: str, expr: relax.Expr) -> TensorInfo:
-    return TensorInfo(name, static_shape(expr), dtype_of(expr))
+    shape = tuple(d if isinstance(d, int) else None for d in static_shape(expr))
+    return TensorInfo(name, shape, dtype_of(expr))
 
 
 def translate(
@@ -184,7 +188,7 @@ def translate(
     label: str,
     weights_label: str,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = 1,
     outputs: list[str] | None = None,
     extra_problems: list[Problem] | None = None,
 ) -> Translation:

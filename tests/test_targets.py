@@ -1,0 +1,110 @@
+"""Target presets: every preset compiles and exports; names, tags and dicts resolve."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+import bridge
+from bridge.cli import main
+from bridge.cuda import device_code
+from bridge.errors import DeviceError, TargetError
+from bridge.targets import host_arch, presets, resolve
+from tests.conftest import KERAS3
+
+MODEL = KERAS3 / "models" / "seq_cnn.keras"
+ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
+PRESETS = sorted(presets())
+REQUIRED = {
+    "x86-64",
+    "x86-64-v3",
+    "x86-64-v4",
+    "native",
+    "rpi4",
+    "rpi5",
+    "graviton3",
+    "aarch64",
+    "jetson-orin-nano",
+    "jetson-agx-orin",
+    "cuda-sm75",
+    "cuda-sm80",
+    "cuda-sm86",
+    "cuda-sm89",
+    "cuda-sm90",
+}
+
+
+def needs_tools(spec) -> None:
+    """Skip when a toolchain is missing here; CI sets BRIDGE_REQUIRE_TOOLCHAINS=1 to fail."""
+    missing = []
+    if spec.cross_compiler and shutil.which(spec.cross_compiler) is None:
+        missing.append(spec.cross_compiler)
+    if spec.device == "cuda" and shutil.which("nvcc") is None:
+        missing.append("nvcc")
+    if missing:
+        if os.environ.get("BRIDGE_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail(f"toolchain missing: {missing}")
+        pytest.skip(f"toolchain missing: {missing}")
+
+
+def test_required_presets_exist():
+    assert set(PRESETS) >= REQUIRED
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_compiles_and_exports(name, tmp_path):
+    spec = resolve(name)
+    needs_tools(spec)
+    model = bridge.build(MODEL, target=name)
+    library = model.export(tmp_path / "model.so")
+    header = library.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    assert int.from_bytes(header[18:20], "little") == ELF_MACHINE[spec.arch]
+    assert model.metadata["target_name"] == name and model.metadata["arch"] == spec.arch
+    if spec.device == "cuda":
+        arch = spec.target["arch"]
+        assert device_code(library) == [("fatbin", [arch])], "must hold compiled device code"
+    else:
+        assert device_code(library) == []
+    assert model.runnable == (spec.arch == host_arch() and spec.device == "cpu")
+
+
+def test_cross_compiled_model_says_where_to_run(tmp_path):
+    needs_tools(resolve("rpi4"))
+    model = bridge.build(MODEL, target="rpi4")
+    with pytest.raises(DeviceError, match="aarch64"):
+        model(None)
+    loaded = bridge.load(model.export(tmp_path / "model.so"))
+    with pytest.raises(DeviceError, match="aarch64"):
+        loaded(None)
+
+
+@pytest.mark.parametrize(
+    "target, arch, device",
+    [
+        ("llvm", host_arch(), "cpu"),
+        ("cuda", "x86_64", "cuda"),
+        ("arm/rasp4b64", "aarch64", "cpu"),
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a55"}, "aarch64", "cpu"),
+        ('{"kind": "llvm", "mcpu": "x86-64-v3"}', "x86_64", "cpu"),
+        ("nvidia/jetson-orin-nano", "aarch64", "cuda"),
+    ],
+)
+def test_target_forms(target, arch, device):
+    spec = resolve(target)
+    assert (spec.arch, spec.device) == (arch, device)
+    spec.tvm_target()
+
+
+def test_unknown_target_suggests_closest():
+    with pytest.raises(TargetError, match="Did you mean 'rpi4'"):
+        resolve("rpi44")
+
+
+def test_targets_cli_lists_presets(capsys):
+    assert main(["targets"]) == 0
+    text = capsys.readouterr().out
+    for name in REQUIRED:
+        assert name in text
