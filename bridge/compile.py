@@ -7,6 +7,7 @@ import tvm
 from tvm import relax
 
 from bridge.errors import CompileError
+from bridge.schedules import relax_pipeline
 
 
 def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModule:
@@ -29,6 +30,6 @@ def compile_module(
         if bind:
             mod = bind_weights(mod, params)
         with target:
-            return tvm.compile(mod, target=target)
+            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
     except Exception as exc:
         raise CompileError(f"TVM failed to compile the model for {target}: {exc}") from exc

@@ -1,0 +1,219 @@
+"""Default CPU schedules, applied to every fused kernel without any search.
+
+TVM 0.27's CPU pipeline legalizes and fuses operators but schedules nothing, so every kernel is
+a scalar loop nest (a 3x3 conv ran at ~1 GFLOP/s). These rules give each kernel the classic
+shape of a fast channels_last CPU kernel:
+
+* a reduction kernel (convolution, depthwise convolution, dense/matmul, pooling, mean) whose
+  innermost output axis is contiguous (channels, units): a register tile of ``T`` output pixels x
+  ``F`` channels accumulated in registers (``F`` a multiple of the SIMD width), the reduction
+  loops inside the tile, the output-channel axis vectorized, the pixel axis unrolled, and the
+  outer loops fused and run in parallel; the fused epilogue (bias, batch norm, activation,
+  residual add) is inlined into the tile's write-back so it runs on data still in registers;
+* an injective kernel (elementwise chains, padding, concatenation, reshapes): intermediate
+  stages inlined, loops fused, split by the SIMD width, vectorized and parallelized.
+
+Kernels these rules do not recognize (e.g. softmax's row reductions) are left to TVM's dlight
+CPU rules.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_vector_width
+
+DATA_PAR, COMM_REDUCE = 0, 2
+MAX_PIXEL_TILE = 8
+
+
+# LLVM answers with the build machine's width for generic x86 CPU names; these are fixed.
+X86_LEVEL_BITS = {"x86-64": 128, "x86-64-v2": 128, "x86-64-v3": 256, "x86-64-v4": 512}
+
+
+def simd_lanes(target: Target, bits: int = 32) -> int:
+    """float32 lanes of the target's widest vector register (16 with AVX-512, 4 with NEON)."""
+    mcpu = str(target.attrs.get("mcpu", ""))
+    width = X86_LEVEL_BITS.get(mcpu)
+    if width is None:
+        try:
+            width = int(llvm_get_vector_width(target))
+        except Exception:  # an LLVM target TVM cannot query
+            width = -1
+    return max(1, (width if width > 0 else 128) // bits)
+
+
+def _extent(loop_or_var) -> int | None:
+    extent = loop_or_var.dom.extent if hasattr(loop_or_var, "dom") else loop_or_var.extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _static(func: tirx.PrimFunc) -> bool:
+    """Every parameter is a buffer of static shape."""
+    try:
+        return all(isinstance(d, tirx.IntImm) for p in func.params for d in p.shape)
+    except AttributeError:  # a scalar parameter: a symbolic dimension is passed in
+        return False
+
+
+def _iter_kinds(sch: s_tir.Schedule, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return COMM_REDUCE in _iter_kinds(sch, block)
+
+
+def _largest_divisor(extent: int, limit: int) -> int:
+    return next(d for d in range(min(limit, extent), 0, -1) if extent % d == 0)
+
+
+def _channel_block(channels: int, lanes: int) -> int:
+    """Channels per register tile: two or one full vectors when they divide the channels,
+    else the largest divisor up to two vectors (LLVM splits odd vector lengths)."""
+    for block in (2 * lanes, lanes, max(lanes // 2, 1)):
+        if channels % block == 0:
+            return block
+    return _largest_divisor(channels, 2 * lanes)
+
+
+def _find(sch: s_tir.Schedule, name: str):
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # inlined away
+        return None
+
+
+def _has_condition(sch: s_tir.Schedule, block) -> bool:
+    return "if_then_else" in str(sch.get(block).body)
+
+
+def _try(action, *args) -> bool:
+    try:
+        action(*args)
+        return True
+    except Exception:  # a primitive refusing is an expected outcome: the block stays as is
+        return False
+
+
+class ChannelsLastKernels(CPUScheduleRule):
+    """Register-tiled, vectorized, parallel schedules for channels_last CPU kernels."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        if not _static(func):
+            return None  # symbolic shapes (dynamic batch): leave to the generic path
+        sch = s_tir.Schedule(func)
+        root = _find(sch, "root")
+        if root is None:  # hand-written TIR without blocks (sort, scan): nothing to do
+            return None
+        blocks = sch.get_child_blocks(root)
+        reductions = [b for b in blocks if _is_reduction(sch, b)]
+        lanes = simd_lanes(target)
+        if not reductions:
+            return schedule_injective(sch, blocks, lanes)
+        others = [sch.get(b).name_hint for b in blocks if not _is_reduction(sch, b)]
+        if len(reductions) == 1 and tile_reduction(sch, reductions[0], lanes):
+            for name in others:  # stages neither inlined nor folded into the tile (e.g. pads)
+                block = _find(sch, name)
+                if block is not None:
+                    vectorize_block(sch, block, lanes)
+            return sch
+        return None
+
+
+def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedule:
+    """Inline intermediate stages, then fuse + parallelize + vectorize what remains."""
+    for block in blocks[:-1]:
+        _try(sch.compute_inline, block)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        vectorize_block(sch, block, lanes)
+    return sch
+
+
+def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Fuse a top-level spatial block's loops; parallel outside, SIMD inside."""
+    loops = sch.get_loops(block)
+    if not loops or any(k != DATA_PAR for k in _iter_kinds(sch, block)):
+        return
+    if any(_extent(sch.get(loop)) is None for loop in loops):
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = _extent(sch.get(fused))
+    inner = lanes if total % lanes == 0 else 1
+    if inner > 1 and total > inner:
+        outer, vector = sch.split(fused, [None, inner])
+        sch.parallel(outer)
+        sch.vectorize(vector)
+    elif total > 1:
+        sch.parallel(fused)
+
+
+def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
+    """Register-tile one reduction block whose last spatial axis is contiguous in its output."""
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    n_spatial = kinds.index(COMM_REDUCE)
+    if len(loops) != len(kinds) or any(k != COMM_REDUCE for k in kinds[n_spatial:]):
+        return False
+    if n_spatial < 1 or not _contiguous_output_axis(sch, block, n_spatial):
+        return False
+    channels = _extent(sch.get(loops[n_spatial - 1]))
+    width = _extent(sch.get(loops[n_spatial - 2])) if n_spatial >= 2 else 1
+    vector = _channel_block(channels, lanes)
+
+    for producer in sch.get_producers(block):  # pure copies (e.g. a zero-size pad): inline
+        if not _is_reduction(sch, producer) and not _has_condition(sch, producer):
+            _try(sch.compute_inline, producer)
+    write_back = sch.cache_write(block, 0, "local")
+    _inline_epilogue(sch, write_back)
+
+    loops = sch.get_loops(block)
+    spatial, reduce = loops[:n_spatial], loops[n_spatial:]
+    ch_outer, ch_inner = sch.split(spatial[-1], [None, vector])
+    if n_spatial >= 2:
+        tile = _largest_divisor(width, MAX_PIXEL_TILE)
+        px_outer, px_inner = sch.split(spatial[-2], [None, tile])
+        outer = [*spatial[:-2], px_outer, ch_outer]
+        sch.reorder(*outer, *reduce, px_inner, ch_inner)
+    else:
+        px_inner = None
+        outer = [ch_outer]
+        sch.reorder(ch_outer, *reduce, ch_inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(fused)
+    sch.reverse_compute_at(write_back, fused)
+    sch.vectorize(ch_inner)
+    if px_inner is not None:
+        sch.unroll(px_inner)
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    init = sch.decompose_reduction(block, reduce[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    return True
+
+
+def _contiguous_output_axis(sch: s_tir.Schedule, block, n_spatial: int) -> bool:
+    """The last spatial iterator indexes the output's last axis and some input's last axis."""
+    stmt = sch.get(block)
+    last = stmt.iter_vars[n_spatial - 1].var
+    out = stmt.writes[0].region
+    if not out or not _uses(out[-1].min, last):
+        return False
+    return any(r.region and _uses(r.region[-1].min, last) for r in stmt.reads)
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _inline_epilogue(sch: s_tir.Schedule, write_back) -> None:
+    """Fold elementwise consumers (bias, BN, activation, residual add) into the write-back."""
+    while True:
+        consumers = sch.get_consumers(write_back)
+        # Only a sole consumer: inlining one of several would drop the buffer the others read.
+        if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
+            return
+        if not _try(sch.reverse_compute_inline, consumers[0]):
+            return
