@@ -25,6 +25,15 @@ LayerWeights = dict[str, list[np.ndarray]]
 # For a layer, which of its weights are trainable, in weight order; None if unknown.
 TrainableFlags = Callable[[Layer, bool], "list[bool] | None"]
 CONTAINER_KEYS = ("layers", "_layer_checkpoint_dependencies")
+# New layout: layers that keep their variables in sub-layers, saved under the sub-layers'
+# attribute names (``<group>/<sub>/vars``), listed in weight order. K2.15's Bidirectional also
+# writes an empty ``layer/cell/vars``, which is not a weight source.
+SUBLAYER_VARS: dict[str, tuple[str, ...]] = {
+    "SimpleRNN": ("cell",),
+    "LSTM": ("cell",),
+    "GRU": ("cell",),
+    "Bidirectional": ("forward_layer/cell", "backward_layer/cell"),
+}
 
 
 def snake_case(name: str) -> str:
@@ -118,9 +127,18 @@ class NewLayoutStore(WeightStore):
             if layer.model is not None:
                 self._assign(layer.model, group + "/", f"{path_prefix}{layer.name}/", out)
                 continue
-            arrays = self._read(lambda g=group: self.read_vars(g + "/vars"))
+            arrays = self._read(lambda g=group, c=layer.class_name: self.read_layer_vars(g, c))
             if arrays is not None:
                 out[path_prefix + layer.name] = arrays
+
+    def read_layer_vars(self, group: str, class_name: str) -> list[np.ndarray] | None:
+        """A layer's own ``vars``, then those of its sub-layers (``SUBLAYER_VARS``), in order."""
+        arrays = self.read_vars(group + "/vars")
+        for sub in SUBLAYER_VARS.get(class_name, ()):
+            more = self.read_vars(f"{group}/{sub}/vars")
+            if more is not None:
+                arrays = (arrays or []) + more
+        return arrays
 
 
 def _numeric_members(group: h5py.Group) -> dict[int, h5py.Dataset]:

@@ -2,12 +2,14 @@
 
 from bridge.convert.layers import (  # noqa: F401
     activations,
+    attention,
     conv,
     core,
     merging,
     normalization,
     pooling,
     preprocessing,
+    recurrent,
     regularization,
     reshaping,
 )

@@ -1,4 +1,4 @@
-"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, Softmax."""
+"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, Softmax, ThresholdedReLU (Keras 2)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,11 @@ def softmax(ctx, inputs):
     shifted = ctx.emit(R.subtract(x, ctx.emit(R.max(x, axis=axes, keepdims=True))))
     exp = ctx.emit(R.exp(shifted))
     return ctx.emit(R.divide(exp, ctx.emit(R.sum(exp, axis=axes, keepdims=True))))
+
+
+@register("ThresholdedReLU")
+def thresholded_relu(ctx, inputs):
+    """Keras 2 only: ``x`` where ``x > theta``, else 0."""
+    x = inputs[0]
+    theta = float(ctx.get("theta", 1.0))
+    return ctx.emit(R.where(ctx.emit(R.greater(x, _c(theta))), x, _c(0.0)))

@@ -1,4 +1,4 @@
-"""Convolutions: Conv1D/2D/3D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose.
+"""Convolutions: Conv1D/2D/3D, Depthwise/SeparableConv1D/2D, Conv1D/2D/3DTranspose.
 
 Data stays channels_last (NWC/NHWC/NDHWC) and Keras kernels are used in their stored layout
 (WIO/HWIO/DHWIO), so no weight is rearranged at run time.
@@ -19,6 +19,8 @@ from bridge.convert.spatial import (
     channels_last_op,
     ntuple,
     paddings,
+    to_channels_first,
+    to_channels_last,
 )
 
 CONV_OPS = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}
@@ -85,34 +87,43 @@ def convolution(ctx, inputs):
     return channels_last_op(ctx, inputs[0], body)
 
 
-def _depthwise(ctx, x: relax.Expr, strides: tuple[int, ...] | None = None) -> relax.Expr:
-    size = ntuple(ctx.get("kernel_size"), 2)
+def _depthwise(ctx, x: relax.Expr) -> relax.Expr:
+    n = len(ctx.shape(x)) - 2
+    size = ntuple(ctx.get("kernel_size"), n)
     channels = ctx.shape(x)[-1]
     multiplier = int(ctx.get("depth_multiplier", 1))
     kernel = ctx.weight("depthwise_kernel", (*size, channels, multiplier))
-    # (kh, kw, C, M) -> (kh, kw, 1, C*M): output channel c*M + m, as Keras orders them.
+    # (k..., C, M) -> (k..., 1, C*M): output channel c*M + m, as Keras orders them.
     kernel = ctx.emit(R.reshape(kernel, (*size, 1, channels * multiplier)))
-    return conv_nd(ctx, x, kernel, size, groups=channels, strides=strides)
+    return conv_nd(ctx, x, kernel, size, groups=channels)
 
 
 @register(
-    "DepthwiseConv2D", weights=_with_bias("depthwise_kernel"), check=_check_conv, activation=True
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    weights=_with_bias("depthwise_kernel"),
+    check=_check_conv,
+    activation=True,
 )
-def depthwise_conv2d(ctx, inputs):
+def depthwise_conv(ctx, inputs):
     return channels_last_op(ctx, inputs[0], lambda x: add_bias(ctx, _depthwise(ctx, x)))
 
 
 @register(
+    "SeparableConv1D",
     "SeparableConv2D",
     weights=_with_bias("depthwise_kernel", "pointwise_kernel"),
     check=_check_conv,
     activation=True,
 )
-def separable_conv2d(ctx, inputs):
+def separable_conv(ctx, inputs):
     def body(x):
+        n = len(ctx.shape(x)) - 2
         y = _depthwise(ctx, x)
-        kernel = ctx.weight("pointwise_kernel", (1, 1, ctx.shape(y)[-1], ctx.get("filters")))
-        y = ctx.emit(R.nn.conv2d(y, kernel, data_layout="NHWC", kernel_layout="HWIO"))
+        kernel = ctx.weight("pointwise_kernel", (*(1,) * n, ctx.shape(y)[-1], ctx.get("filters")))
+        y = ctx.emit(
+            CONV_OPS[n](y, kernel, data_layout=DATA_LAYOUT[n], kernel_layout=KERNEL_LAYOUT[n])
+        )
         return add_bias(ctx, y)
 
     return channels_last_op(ctx, inputs[0], body)
@@ -136,33 +147,49 @@ def transpose_padding(
     return effective - 1 - left, max(crop_after, 0), max(-crop_after, 0)
 
 
-@register("Conv2DTranspose", weights=_with_bias("kernel"), check=_check_conv, activation=True)
-def conv2d_transpose(ctx, inputs):
+TRANSPOSE_OPS = {
+    1: (R.nn.conv1d_transpose, "NCW", "IOW"),
+    2: (R.nn.conv2d_transpose, "NCHW", "IOHW"),
+    3: (R.nn.conv3d_transpose, "NCDHW", "IODHW"),
+}
+
+
+@register(
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    weights=_with_bias("kernel"),
+    check=_check_conv,
+    activation=True,
+)
+def conv_transpose(ctx, inputs):
     def body(x):
-        size = ntuple(ctx.get("kernel_size"), 2)
-        strides = ntuple(ctx.get("strides", 1), 2)
-        dilation = ntuple(ctx.get("dilation_rate", 1), 2)
+        n = len(ctx.shape(x)) - 2
+        size = ntuple(ctx.get("kernel_size"), n)
+        strides = ntuple(ctx.get("strides", 1), n)
+        dilation = ntuple(ctx.get("dilation_rate", 1), n)
         out_pad = ctx.config.get("output_padding")
-        out_pad = ntuple(out_pad, 2) if out_pad is not None else (None, None)
+        out_pad = ntuple(out_pad, n) if out_pad is not None else (None,) * n
         pads = [
             transpose_padding(k, s, d, ctx.get("padding", "valid"), p)
             for k, s, d, p in zip(size, strides, dilation, out_pad)
         ]
         kernel = ctx.weight("kernel", (*size, ctx.get("filters"), ctx.shape(x)[-1]))
-        # TVM lowers transposed convs only as NCHW data with IOHW kernels.
-        kernel = ctx.emit(R.permute_dims(kernel, [3, 2, 0, 1]))
+        # TVM lowers transposed convs only as channels_first data with IO... kernels.
+        kernel = ctx.emit(R.permute_dims(kernel, [n + 1, n, *range(n)]))
+        op, data_layout, kernel_layout = TRANSPOSE_OPS[n]
         y = ctx.emit(
-            R.nn.conv2d_transpose(
-                ctx.emit(R.permute_dims(x, [0, 3, 1, 2])),
+            op(
+                to_channels_first(ctx, x),
                 kernel,
                 strides=strides,
                 padding=[p[0] for p in pads] + [p[1] for p in pads],
                 output_padding=[p[2] for p in pads],
                 dilation=dilation,
-                data_layout="NCHW",
-                kernel_layout="IOHW",
+                data_layout=data_layout,
+                kernel_layout=kernel_layout,
             )
         )
-        return add_bias(ctx, ctx.emit(R.permute_dims(y, [0, 2, 3, 1])))
+        return add_bias(ctx, to_channels_last(ctx, y))
 
     return channels_last_op(ctx, inputs[0], body)

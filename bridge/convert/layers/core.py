@@ -1,10 +1,15 @@
-"""Core layers: InputLayer, Dense, Activation."""
+"""Core layers: InputLayer, Identity, Dense, EinsumDense, Activation, Embedding."""
 
 from __future__ import annotations
+
+import re
+import string
+from typing import Any
 
 from tvm.relax import op as R
 
 from bridge.convert.activations import activation_problem, apply_activation
+from bridge.convert.context import dtype_of
 from bridge.convert.registry import register
 from bridge.convert.spatial import add_bias
 
@@ -12,6 +17,11 @@ from bridge.convert.spatial import add_bias
 @register("InputLayer")
 def input_layer(ctx, inputs):
     """Inputs are bound by the graph walk; an InputLayer called on a tensor passes it on."""
+    return inputs[0]
+
+
+@register("Identity")
+def identity(ctx, inputs):
     return inputs[0]
 
 
@@ -26,6 +36,88 @@ def dense(ctx, inputs):
     return add_bias(ctx, ctx.emit(R.matmul(x, kernel)))
 
 
+# The three equation forms Keras' EinsumDense accepts (no ellipsis, left, right).
+EINSUM_FORMS = (
+    r"[a-zA-Z]+,[a-zA-Z]+->[a-zA-Z]+",
+    r"\.\.\.[a-zA-Z]+,[a-zA-Z]+->\.\.\.[a-zA-Z]+",
+    r"[a-zA-Z]{2,}\.\.\.,[a-zA-Z]+->[a-zA-Z]{2,}\.\.\.",
+)
+
+
+def _check_einsum(config: dict[str, Any]) -> list[str]:
+    equation = str(config.get("equation", ""))
+    if not any(re.fullmatch(form, equation) for form in EINSUM_FORMS):
+        return [f"equation {equation!r} is not a form Keras' EinsumDense accepts"]
+    if config.get("lora_rank"):
+        return ["LoRA kernels (lora_rank) are not supported"]
+    return []
+
+
+def _einsum_specs(equation: str, shape: tuple[int, ...]) -> tuple[str, str, str, int, bool]:
+    """(input, kernel, output) specs with any ``...`` spelled out as letters; elided count;
+    whether the ellipsis is on the left."""
+    lhs, out = equation.split("->")
+    inp, kernel = lhs.split(",")
+    elided = len(shape) - len(inp.replace("...", ""))
+    left = inp.startswith("...")
+    if "..." in inp:
+        free = "".join(c for c in string.ascii_letters if c not in equation)[:elided]
+        inp, out = inp.replace("...", free), out.replace("...", free)
+    return inp, kernel, out, elided if "..." in lhs else 0, left
+
+
+@register(
+    "EinsumDense",
+    weights=lambda c: ["kernel", "bias"] if c.get("bias_axes") else ["kernel"],
+    check=_check_einsum,
+    activation=True,
+)
+def einsum_dense(ctx, inputs):
+    """``einsum(equation, x, kernel) + bias``; weight shapes follow Keras' own analysis."""
+    x = inputs[0]
+    shape = ctx.shape(x)
+    equation = ctx.get("equation")
+    inp, kernel_spec, out, elided, left = _einsum_specs(equation, shape)
+    partial = ctx.get("output_shape")
+    partial = [partial] if isinstance(partial, int) else list(partial)
+    if left:  # the batch is one of the elided dimensions
+        partial = list(shape[1:elided]) + partial
+    elif elided:
+        partial = partial + list(shape[len(shape) - elided :])
+    full = dict(zip(out, [shape[0], *partial]))
+    dims = dict(zip(inp, shape))
+    dim = lambda c: full[c] if full.get(c) is not None else dims[c]  # noqa: E731
+    kernel = ctx.weight("kernel", tuple(dim(c) for c in kernel_spec))
+    y = ctx.emit(R.einsum([x, kernel], f"{inp},{kernel_spec}->{out}"))
+    bias_axes = ctx.get("bias_axes")
+    if bias_axes:
+        spec = equation.split("->")[1].replace("...", "")
+        tail = spec[min(spec.find(c) for c in bias_axes) :]
+        bias_shape = [dim(c) if c in bias_axes else 1 for c in tail]
+        bias_shape += [1] * (elided if not left else 0)
+        y = ctx.emit(R.add(y, ctx.weight("bias", tuple(bias_shape))))
+    return y
+
+
 @register("Activation", check=lambda c: activation_problem(c.get("activation")))
 def activation(ctx, inputs):
     return apply_activation(ctx, inputs[0], ctx.config.get("activation"))
+
+
+def _check_embedding(config: dict[str, Any]) -> list[str]:
+    reasons = []
+    if config.get("mask_zero"):
+        reasons.append("mask_zero=True is not supported (bridge does not propagate masks)")
+    if config.get("lora_rank"):
+        reasons.append("LoRA embeddings (lora_rank) are not supported")
+    return reasons
+
+
+@register("Embedding", weights=lambda c: ["embeddings"], check=_check_embedding)
+def embedding(ctx, inputs):
+    """A row lookup; non-integer inputs are truncated to int32, as Keras casts them."""
+    x = inputs[0]
+    if not dtype_of(x).startswith(("int", "uint")):
+        x = ctx.emit(R.astype(x, "int32"))
+    table = ctx.weight("embeddings", (ctx.get("input_dim"), ctx.get("output_dim")))
+    return ctx.emit(R.take(table, x, axis=0))

@@ -1,4 +1,4 @@
-"""Pooling: Max/Average 1D/2D windows and Global Average/Max 1D/2D."""
+"""Pooling: Max/Average 1D/2D/3D windows and Global Average/Max 1D/2D/3D."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ POOL_OPS = {
     ("max", 2): R.nn.max_pool2d,
     ("avg", 1): R.nn.avg_pool1d,
     ("avg", 2): R.nn.avg_pool2d,
+    ("max", 3): R.nn.max_pool3d,
+    ("avg", 3): R.nn.avg_pool3d,
 }
 
 
@@ -40,12 +42,12 @@ def _window(ctx, inputs, kind: str):
     return channels_last_op(ctx, inputs[0], body)
 
 
-@register("MaxPooling1D", "MaxPooling2D", check=_check_padding)
+@register("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", check=_check_padding)
 def max_pooling(ctx, inputs):
     return _window(ctx, inputs, "max")
 
 
-@register("AveragePooling1D", "AveragePooling2D", check=_check_padding)
+@register("AveragePooling1D", "AveragePooling2D", "AveragePooling3D", check=_check_padding)
 def average_pooling(ctx, inputs):
     return _window(ctx, inputs, "avg")
 
@@ -57,11 +59,11 @@ def _global(ctx, inputs, reduce):
     return ctx.emit(reduce(x, axis=axes, keepdims=bool(ctx.get("keepdims", False))))
 
 
-@register("GlobalAveragePooling1D", "GlobalAveragePooling2D")
+@register("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D")
 def global_average_pooling(ctx, inputs):
     return _global(ctx, inputs, R.mean)
 
 
-@register("GlobalMaxPooling1D", "GlobalMaxPooling2D")
+@register("GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D")
 def global_max_pooling(ctx, inputs):
     return _global(ctx, inputs, R.max)

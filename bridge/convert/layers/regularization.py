@@ -13,6 +13,7 @@ from bridge.convert.registry import register
     "GaussianNoise",
     "GaussianDropout",
     "AlphaDropout",
+    "ActivityRegularization",
 )
 def identity_at_inference(ctx, inputs):
     return inputs[0]

@@ -1,4 +1,4 @@
-"""Reshaping layers: Flatten, Reshape, Permute, ZeroPadding2D, Cropping2D, UpSampling2D."""
+"""Reshaping: Flatten, Reshape, Permute, RepeatVector, ZeroPadding/Cropping/UpSampling 1D-3D."""
 
 from __future__ import annotations
 
@@ -36,14 +36,23 @@ def permute(ctx, inputs):
     return ctx.emit(R.permute_dims(inputs[0], [0, *(int(d) for d in ctx.get("dims"))]))
 
 
+@register("RepeatVector")
+def repeat_vector(ctx, inputs):
+    x = ctx.emit(R.expand_dims(inputs[0], 1))
+    return ctx.emit(R.repeat(x, int(ctx.get("n")), axis=1))
+
+
 def _pairs(value: Any, n: int) -> list[tuple[int, int]]:
-    """Keras padding/cropping: int, (a, b) per axis, or ((before, after), ...) per axis."""
+    """Keras padding/cropping: int, (a, b) per axis, or ((before, after), ...) per axis; the 1D
+    layers take an int or one (before, after) pair."""
     if isinstance(value, int):
         return [(value, value)] * n
+    if n == 1 and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return [(int(value[0]), int(value[1]))]
     return [tuple(v) if isinstance(v, (list, tuple)) else (int(v), int(v)) for v in value]
 
 
-@register("ZeroPadding2D")
+@register("ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D")
 def zero_padding(ctx, inputs):
     def body(x):
         pads = _pairs(ctx.get("padding", 1), len(ctx.shape(x)) - 2)
@@ -53,7 +62,7 @@ def zero_padding(ctx, inputs):
     return channels_last_op(ctx, inputs[0], body)
 
 
-@register("Cropping2D")
+@register("Cropping1D", "Cropping2D", "Cropping3D")
 def cropping(ctx, inputs):
     def body(x):
         shape = ctx.shape(x)
@@ -70,7 +79,9 @@ INTERPOLATION = {"nearest": "nearest_neighbor", "bilinear": "linear", "bicubic":
 
 
 @register(
+    "UpSampling1D",
     "UpSampling2D",
+    "UpSampling3D",
     check=lambda c: (
         []
         if c.get("interpolation", "nearest") in INTERPOLATION
