@@ -7,6 +7,13 @@
 >>> m2 = bridge.load("out/model.so")
 """
 
+import os as _os
+
+# TVM sizes its CPU thread pool from TVM_NUM_THREADS when the first parallel kernel runs, and
+# otherwise uses half the logical cores on x86 (one thread on a 2-vCPU machine). Default to
+# every core this process may run on; an explicit TVM_NUM_THREADS wins.
+_os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
+
 from bridge import errors
 from bridge.api import build, check_modeltype, to_relax
 from bridge.runtime import Model, load

@@ -57,3 +57,17 @@ def test_loaded_model_has_same_interface(tmp_path):
     inputs, _ = reference(KERAS3 / "models" / "func_multi_io.npz")
     for a, b in zip(loaded({"image": inputs[0], "meta": inputs[1]}), model(*inputs)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_thread_pool_defaults_to_every_available_core():
+    code = "import os, bridge; print(os.environ['TVM_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == str(len(os.sched_getaffinity(0)))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"TVM_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == "1"
