@@ -35,7 +35,7 @@ def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
     from bridge.convert.registry import NON_TRAINABLE, lookup
 
     def flags(layer, trainable: bool) -> list[bool] | None:
-        converter = lookup(layer.class_name)
+        converter = lookup(layer.class_name, layer.module)
         if converter is None:
             return None
         return [trainable and n not in NON_TRAINABLE for n in converter.weight_names(layer.config)]

@@ -1,4 +1,4 @@
-"""The ``bridge`` command line: build, inspect, run."""
+"""The ``bridge`` command line: build, inspect, run, targets, layers."""
 
 from __future__ import annotations
 
@@ -91,6 +91,26 @@ def cmd_targets(args: argparse.Namespace) -> int:
     console.print(
         "'llvm' = native (this CPU); 'cuda' = cuda-sm80. TVM tags and target dicts (JSON) work too."
     )
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from bridge.convert.registry import UNSUPPORTED, support_table
+
+    table = Table(title="Supported layers", show_edge=False)
+    for column in ("family", "Keras classes"):
+        table.add_column(column)
+    families = support_table()
+    for family, classes in families.items():
+        table.add_row(family, ", ".join(classes))
+    console.print(table)
+    console.print(f"{sum(map(len, families.values()))} classes in {len(families)} families")
+    unsupported = Table(title="Deliberately unsupported", show_edge=False)
+    for column in ("Keras class", "why"):
+        unsupported.add_column(column)
+    for name, reason in UNSUPPORTED.items():
+        unsupported.add_row(name, reason)
+    console.print(unsupported)
     return 0
 
 
@@ -193,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("model")
     inspect.add_argument("weights", nargs="?")
     inspect.set_defaults(func=cmd_inspect)
+
+    layers = sub.add_parser("layers", help="list the supported Keras layers (and unsupported)")
+    layers.set_defaults(func=cmd_layers)
 
     run = sub.add_parser("run", help="run an exported library on .npy inputs")
     run.add_argument("artifact", help="exported .so (with its .meta.json beside it)")

@@ -69,3 +69,15 @@ def test_inspect_reports_unsupported(capsys):
 def test_errors_exit_2_with_message(tmp_path, capsys):
     assert main(["build", str(tmp_path / "missing.keras")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_layers_prints_the_registry_and_unsupported(capsys):
+    from bridge.convert.registry import UNSUPPORTED, all_converters
+
+    assert main(["layers"]) == 0
+    text = capsys.readouterr().out
+    for name, converter in all_converters().items():
+        assert name in text and converter.family in text
+    for name in UNSUPPORTED:
+        assert name in text
+    assert "string" in text and "Deliberately unsupported" in text

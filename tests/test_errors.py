@@ -175,3 +175,40 @@ def test_load_missing_artifact(tmp_path):
 def test_relative_paths_work(monkeypatch):
     monkeypatch.chdir(MODELS)
     assert bridge.check_modeltype(Path("seq_cnn.json")) == "sequential"
+
+
+def test_a_tensor_call_argument_the_converter_ignores_is_refused(tmp_path):
+    """A call tensor no converter reads (here MultiHeadAttention's ``attention_mask``) would be
+    silently dropped; the walk refuses it instead."""
+    import zipfile
+
+    with zipfile.ZipFile(KERAS3 / "layers" / "mha_cross_key_scores.keras") as archive:
+        config = archive.read("config.json").decode()
+        (tmp_path / "m.weights.h5").write_bytes(archive.read("model.weights.h5"))
+    assert '"key": {' in config
+    (tmp_path / "m.json").write_text(config.replace('"key": {', '"attention_mask": {'))
+    error = _raises(UnsupportedModelError, tmp_path / "m.json", tmp_path / "m.weights.h5")
+    assert "attention_mask" in str(error) and "multi_head_attention" in str(error)
+
+
+def test_unsupported_keras_operation_is_reported(tmp_path):
+    """Keras 3 records `x - 3.0` in a functional graph as an operation node, not a layer."""
+    from tests.conftest import APPS
+
+    config = json.loads((APPS / "MobileNetV3Small.json").read_text())
+    op = next(e for e in config["config"]["layers"] if e.get("module") == "keras.src.ops.numpy")
+    op["class_name"] = "Subtract"
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match=r"ops\.numpy\.Subtract") as info:
+        bridge.to_relax(path)
+    assert [p.layer for p in info.value.problems if p.class_name == "Subtract"] == [op["name"]]
+
+
+def test_operation_constants_are_kept():
+    from bridge.keras import open_model
+    from tests.conftest import APPS
+
+    graph = open_model(APPS / "MobileNetV3Small.json").graph
+    ops = [layer for layer in graph.layers if layer.module == "keras.src.ops.numpy"]
+    assert {layer.calls[0].constants.get(1) for layer in ops} >= {3.0, 1 / 6}

@@ -13,11 +13,17 @@ import pytest
 import bridge
 from tests.conftest import KERAS2, KERAS3, assert_matches, reference
 
-CASES = sorted(KERAS3.glob("layers/*.keras")) + sorted(KERAS2.glob("layers/*.h5"))
+CASES = (
+    sorted(KERAS3.glob("layers/*.keras"))
+    + sorted(KERAS2.glob("layers/*.h5"))
+    + sorted(KERAS2.glob("layers/*.keras"))  # Keras 2.15's new layout, for a few cases
+)
 
 
 def case_id(path: Path) -> str:
-    return f"{path.parent.parent.name}-{path.stem}"
+    version = path.parent.parent.name
+    extra = "-keras" if version == "keras2" and path.suffix == ".keras" else ""
+    return f"{version}-{path.stem}{extra}"
 
 
 @pytest.mark.parametrize("model_file", CASES, ids=case_id)

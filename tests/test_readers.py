@@ -51,3 +51,20 @@ def test_chunked_name_attributes(tmp_path):
         ]
     inputs, outputs = reference(KERAS2 / "models" / "seq_cnn.npz")
     assert_matches(bridge.build(chunked, batch_size=2)(*inputs), outputs)
+
+
+def test_tensor_kwargs_of_a_call_are_inputs():
+    """MultiHeadAttention(q, v, key=k): Keras 3 keeps ``key`` in kwargs, Keras 2 ``value`` too."""
+    from bridge.api import load_keras
+    from tests.conftest import KERAS3
+
+    for path, positional, keywords in (
+        (KERAS3 / "layers" / "mha_cross_key_scores.keras", 2, ["key"]),
+        (KERAS2 / "layers" / "mha_cross_key_scores.h5", 1, ["value", "key"]),
+    ):
+        graph = load_keras(path).source.graph
+        call = next(layer for layer in graph.layers if layer.class_name == "MultiHeadAttention")
+        call = call.calls[0]
+        assert len(call.inputs) == positional
+        assert list(call.tensor_kwargs()) == keywords
+        assert len(call.all_inputs()) == 3 and call.kwargs["return_attention_scores"] is True

@@ -7,15 +7,15 @@ import zipfile
 
 import h5py
 
-from bridge.convert.registry import all_converters, register
-from tests.conftest import KERAS2, KERAS3
+from bridge.convert.registry import all_converters, register, registry_key
+from tests.conftest import APPS, KERAS2, KERAS3
 
 
 def _classes(config) -> set[str]:
     found = set()
     if isinstance(config, dict):
         if "class_name" in config:
-            found.add(config["class_name"])
+            found.add(registry_key(config["class_name"], config.get("module")))
         for value in config.values():
             found |= _classes(value)
     elif isinstance(config, list):
@@ -33,6 +33,9 @@ def classes_with_fixtures() -> set[str]:
     for path in KERAS2.glob("layers/*.h5"):
         with h5py.File(path) as handle:
             found |= _classes(json.loads(handle.attrs["model_config"]))
+    for path in APPS.glob("*.json"):  # applications are compared with Keras too
+        if not path.name.endswith(".manifest.json"):
+            found |= _classes(json.loads(path.read_text()))
     return found
 
 
@@ -60,3 +63,22 @@ def test_readme_lists_every_supported_layer():
     table = readme.split("## Supported layers", 1)[1].split("\n## ", 1)[0]
     missing = [name for name in all_converters() if name not in table]
     assert not missing, f"README's layer table lacks {missing}"
+
+
+def test_readme_table_rows_match_registry_families():
+    from pathlib import Path
+
+    from bridge.convert.registry import UNSUPPORTED, support_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Supported layers", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 2 and cells[0].split():
+            rows[cells[0].split()[0]] = cells[1]
+    for family, classes in support_table().items():
+        assert family in rows, f"README's layer table has no row for family {family!r}"
+        misplaced = [name for name in classes if name not in rows[family]]
+        assert not misplaced, f"README row {family!r} lacks {misplaced}"
+    assert all(name in section for name in UNSUPPORTED)

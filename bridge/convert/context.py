@@ -34,6 +34,7 @@ class LayerContext:
         weight_vars: list[relax.Var],
         keras_major: int,
         problems: list[Problem],
+        tensor_kwargs: dict[str, list[relax.Expr]] | None = None,
     ):
         self.bb = bb
         self.layer = layer
@@ -42,6 +43,8 @@ class LayerContext:
         self.keras_major = keras_major
         self._weights = dict(zip(weight_names, weight_vars))
         self._problems = problems
+        self._tensor_kwargs = tensor_kwargs or {}
+        self._read: set[str] = set()
 
     # --- config -----------------------------------------------------------------------------
     @property
@@ -56,6 +59,26 @@ class LayerContext:
         value = self.layer.config.get(key, default)
         return default if value is None else value
 
+    # --- the call ---------------------------------------------------------------------------
+    def call_arg(self, key: str, default: Any = None) -> Any:
+        """A non-tensor kwarg of the call (``use_causal_mask``, ``training``, ...)."""
+        value = self.call.kwargs.get(key, default)
+        return default if value is None or key in self._tensor_kwargs else value
+
+    def call_tensor(self, key: str) -> relax.Expr | None:
+        """A tensor passed to the call as keyword ``key`` (e.g. ``value``, ``key``, ``mask``)."""
+        tensors = self.call_tensors(key)
+        return tensors[0] if tensors else None
+
+    def call_tensors(self, key: str) -> list[relax.Expr]:
+        """Every tensor of keyword ``key`` (a list-valued kwarg such as ``initial_state``)."""
+        self._read.add(key)
+        return list(self._tensor_kwargs.get(key, []))
+
+    def unread_tensor_kwargs(self) -> list[str]:
+        """Tensor kwargs of the call that the converter never asked for (so it ignored them)."""
+        return [key for key in self._tensor_kwargs if key not in self._read]
+
     # --- emitting ---------------------------------------------------------------------------
     def emit(self, expr: relax.Expr) -> relax.Var:
         return self.bb.emit(expr)
@@ -68,6 +91,19 @@ class LayerContext:
     @staticmethod
     def const(value: Any, dtype: str = "float32") -> relax.Constant:
         return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+    def wrapped(self, layer: Layer) -> LayerContext:
+        """A context for a layer wrapped by this one (TimeDistributed), sharing its weights."""
+        return LayerContext(
+            self.bb,
+            layer,
+            self.path,
+            Call(self.call.inputs),
+            list(self._weights),
+            list(self._weights.values()),
+            self.keras_major,
+            self._problems,
+        )
 
     # --- weights ----------------------------------------------------------------------------
     def has_weight(self, name: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge.convert.activations import activation_problem
-from bridge.convert.registry import lookup
+from bridge.convert.registry import UNSUPPORTED, lookup, registry_key
 from bridge.errors import Problem
 from bridge.keras.graph import Layer, ModelGraph
 from bridge.keras.weights import LayerWeights
@@ -16,6 +16,11 @@ def unsupported_reason(layer: Layer) -> str:
             "Lambda layers hold Python code, which bridge never executes from a model file; "
             "rewrite it with built-in Keras layers"
         )
+    if layer.module and layer.module.startswith("keras.src.ops."):
+        key = registry_key(layer.class_name, layer.module)
+        return f"the Keras operation {key} (recorded from a functional call) is not supported"
+    if layer.class_name in UNSUPPORTED:
+        return f"{layer.class_name} is deliberately unsupported: {UNSUPPORTED[layer.class_name]}"
     if layer.registered_name and ">" in layer.registered_name:
         return (
             f"custom layer {layer.registered_name!r}: its Python code is not in the file and "
@@ -28,7 +33,7 @@ def check_layer(
     path: str, layer: Layer, weights: LayerWeights, weights_label: str
 ) -> list[Problem]:
     """Every problem of one (non-model) layer: class, config values, weight count."""
-    converter = lookup(layer.class_name)
+    converter = lookup(layer.class_name, layer.module)
     if converter is None:
         return [Problem(path, layer.class_name, unsupported_reason(layer))]
     reasons = list(converter.problems(layer.config))

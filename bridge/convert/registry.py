@@ -38,6 +38,18 @@ class Converter:
 
 REGISTRY: dict[str, Converter] = {}
 
+# Keras classes bridge deliberately does not convert, and why (``bridge layers`` prints these).
+UNSUPPORTED: dict[str, str] = {
+    "Lambda": "holds Python code (bytecode), which bridge never executes from a model file; "
+    "rewrite it with built-in Keras layers",
+    "StringLookup": "string tensors: TVM has no string type or string ops",
+    "TextVectorization": "string tensors (splitting, n-grams, vocabulary lookup of strings)",
+    "TFSMLayer": "wraps a TensorFlow SavedModel, which only TensorFlow can run",
+    "TorchModuleWrapper": "wraps a PyTorch module, stored as pickled Python",
+    "JaxLayer": "wraps Python JAX functions, not stored in the file",
+    "FlaxLayer": "wraps a Python Flax module, not stored in the file",
+}
+
 
 def no_weights(config: dict[str, Any]) -> list[str]:
     return []
@@ -62,9 +74,18 @@ def register(
     return decorate
 
 
-def lookup(class_name: str) -> Converter | None:
+def registry_key(class_name: str, module: str | None = None) -> str:
+    """Layers register by class name; Keras 3 operations recorded in functional graphs (the
+    ``keras.src.ops.numpy.Add`` of ``x + 3.0``) by ``ops.<module>.<Class>``, since their class
+    names clash with layers'."""
+    if module and module.startswith("keras.src.ops."):
+        return f"{module.removeprefix('keras.src.')}.{class_name}"
+    return class_name
+
+
+def lookup(class_name: str, module: str | None = None) -> Converter | None:
     _load_families()
-    return REGISTRY.get(class_name)
+    return REGISTRY.get(registry_key(class_name, module))
 
 
 def all_converters() -> dict[str, Converter]:
@@ -74,3 +95,11 @@ def all_converters() -> dict[str, Converter]:
 
 def _load_families() -> None:
     from bridge.convert import layers  # noqa: F401  (imports every family module, filling REGISTRY)
+
+
+def support_table() -> dict[str, list[str]]:
+    """Family (module in ``bridge/convert/layers/``) -> its registered Keras classes, sorted."""
+    table: dict[str, list[str]] = {}
+    for name, converter in sorted(all_converters().items()):
+        table.setdefault(converter.family, []).append(name)
+    return dict(sorted(table.items()))

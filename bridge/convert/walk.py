@@ -65,7 +65,7 @@ class _Walker:
         self.weight_names: dict[str, list[str]] = {}
         self.params: dict[str, np.ndarray] = {}
         for path, layer in graph.walk_layers():
-            converter = lookup(layer.class_name) if layer.model is None else None
+            converter = lookup(layer.class_name, layer.module) if layer.model is None else None
             if converter is None or path not in weights:
                 continue
             names = converter.weight_names(layer.config)
@@ -117,8 +117,8 @@ class _Walker:
             remaining = []
             for layer, index in pending:
                 call = layer.calls[index]
-                if all(ref in values for ref in call.inputs):
-                    outs = self.emit_call(layer, prefix, index, [values[r] for r in call.inputs])
+                if all(ref in values for ref in call.all_inputs()):
+                    outs = self.emit_call(layer, prefix, index, values)
                     for tensor, value in enumerate(outs):
                         values[TensorRef(layer.name, index, tensor)] = value
                 else:
@@ -139,25 +139,33 @@ class _Walker:
         raise UnsupportedModelError(self.label, [Problem(where, "graph", reason)])
 
     def emit_call(
-        self, layer: Layer, prefix: str, index: int, inputs: list[relax.Expr]
+        self, layer: Layer, prefix: str, index: int, values: dict[TensorRef, relax.Expr]
     ) -> list[relax.Expr]:
         path = f"{prefix}{layer.name}"
+        call = layer.calls[index]
+        inputs = [values[r] for r in call.inputs]
         if layer.model is not None:
             outs = self.run_graph(layer.model, path + "/", inputs)
         else:
-            converter = lookup(layer.class_name)
+            converter = lookup(layer.class_name, layer.module)
             ctx = LayerContext(
                 self.bb,
                 layer,
                 path,
-                layer.calls[index],
+                call,
                 self.weight_names.get(path, []),
                 self.weight_vars.get(path, []),
                 self.graph.keras_major,
                 self.problems,
+                {k: [values[r] for r in refs] for k, refs in call.tensor_kwargs().items()},
             )
             try:
                 result = converter.fn(ctx, inputs)
+                unread = ctx.unread_tensor_kwargs()
+                if unread:  # e.g. an RNN's initial_state: ignoring it would give wrong results
+                    reason = f"tensors passed to the call as {unread} are not supported"
+                    problem = Problem(path, layer.class_name, reason)
+                    raise UnsupportedModelError(self.label, [problem])
                 outs = list(result) if isinstance(result, (list, tuple)) else [result]
                 if converter.activation:
                     outs = [apply_activation(ctx, o, layer.config.get("activation")) for o in outs]

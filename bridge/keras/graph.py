@@ -27,10 +27,25 @@ class TensorRef:
 
 @dataclass
 class Call:
-    """One call of a layer: its tensor inputs (flattened, in order) and non-tensor kwargs."""
+    """One call of a layer: its positional tensor inputs (flattened, in order) and its kwargs;
+    a tensor-valued kwarg (MultiHeadAttention's ``key``, a ``mask``) is a list of TensorRef."""
 
     inputs: list[TensorRef]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Non-tensor positional arguments by position, e.g. {1: 3.0} for Keras 3's ``x + 3.0``.
+    constants: dict[int, Any] = field(default_factory=dict)
+
+    def tensor_kwargs(self) -> dict[str, list[TensorRef]]:
+        """The tensor-valued kwargs, in config order."""
+        return {
+            k: v
+            for k, v in self.kwargs.items()
+            if isinstance(v, list) and v and all(isinstance(t, TensorRef) for t in v)
+        }
+
+    def all_inputs(self) -> list[TensorRef]:
+        """Every tensor the call reads: positional inputs, then tensor kwargs."""
+        return self.inputs + [t for refs in self.tensor_kwargs().values() for t in refs]
 
 
 @dataclass
@@ -43,6 +58,7 @@ class Layer:
     calls: list[Call]
     registered_name: str | None = None
     model: ModelGraph | None = None  # set for nested models
+    module: str | None = None  # "keras.layers", or e.g. "keras.src.ops.numpy" for operations
     in_model_layers: bool = True  # False for a Sequential's InputLayer (not in model.layers)
 
     @property
@@ -114,6 +130,7 @@ def _make_layer(entry: dict, keras_major: int, calls: list[Call]) -> Layer:
         calls=calls,
         registered_name=entry.get("registered_name"),
         model=nested,
+        module=entry.get("module"),
     )
 
 
@@ -219,6 +236,19 @@ def _parse_node(node: Any) -> tuple[list[list], dict]:
     return triples, kwargs
 
 
+def _constants(node: Any) -> dict[int, Any]:
+    """Keras 3 positional arguments holding no tensor (the ``3.0`` of ``x + 3.0``)."""
+    if not isinstance(node, dict):
+        return {}
+    constants = {}
+    for position, value in enumerate(node.get("args", [])):
+        found: list[list] = []
+        _flatten_tensors(value, found)
+        if not found:
+            constants[position] = value
+    return constants
+
+
 def _parse_functional(envelope: dict, keras_major: int) -> ModelGraph:
     config = envelope["config"]
     entries = config["layers"]
@@ -241,10 +271,10 @@ def _parse_functional(envelope: dict, keras_major: int) -> ModelGraph:
             kwargs = {
                 k: [ref(t, False) for t in v]
                 if isinstance(v, list) and v and _is_triple(v[0])
-                else (ref(v, False) if keras_major < 3 and _is_triple(v) else v)
+                else ([ref(v, False)] if keras_major < 3 and _is_triple(v) else v)
                 for k, v in kwargs.items()
             }
-            calls.append(Call([ref(t, False) for t in triples], kwargs))
+            calls.append(Call([ref(t, False) for t in triples], kwargs, _constants(node)))
         layers.append(_make_layer(entry, keras_major, calls))
     inputs = [ref(t, True) for t in _endpoint_refs(config["input_layers"])]
     outputs = [ref(t, True) for t in _endpoint_refs(config["output_layers"])]

@@ -7,9 +7,11 @@ from bridge.convert.layers import (  # noqa: F401
     core,
     merging,
     normalization,
+    ops,
     pooling,
     preprocessing,
     recurrent,
     regularization,
     reshaping,
+    wrappers,
 )

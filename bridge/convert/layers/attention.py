@@ -1,4 +1,5 @@
-"""Attention layers: Attention (dot-product, Luong style; ``score_mode`` dot or concat)."""
+"""Attention layers: Attention (dot-product, Luong style; ``score_mode`` dot or concat) and
+MultiHeadAttention (self/cross, causal mask, attention scores as a second output)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,6 @@ def _scalar(ctx, name: str) -> relax.Expr:
 def attention(ctx, inputs):
     """``softmax(scores(q, k)) @ v`` with ``inputs`` [query, value] or [query, value, key];
     the call's ``use_causal_mask`` and ``return_attention_scores`` are honoured."""
-    if ctx.call.kwargs.get("mask") is not None:
-        ctx.fail("masks passed to the call are not supported")
     query, value = inputs[0], inputs[1]
     key = inputs[2] if len(inputs) > 2 else value
     scale = _scalar(ctx, "scale") if ctx.has_weight("scale") else None
@@ -57,3 +56,77 @@ def attention(ctx, inputs):
     weights = ctx.emit(R.nn.softmax(scores, axis=-1))
     output = ctx.emit(R.matmul(weights, value))
     return [output, weights] if ctx.call.kwargs.get("return_attention_scores", False) else output
+
+
+MHA_PARTS = ("query", "key", "value", "output")
+
+
+def _mha_weights(config: dict[str, Any]) -> list[str]:
+    names = ("kernel", "bias") if config.get("use_bias", True) else ("kernel",)
+    return [f"{part}/{name}" for part in MHA_PARTS for name in names]
+
+
+def _check_mha(config: dict[str, Any]) -> list[str]:
+    reasons = []
+    axes = config.get("attention_axes")
+    if axes not in (None, 1, [1], (1,)):
+        reasons.append(f"attention_axes={axes!r} is not supported (only the default, axis 1)")
+    if config.get("use_gate"):
+        reasons.append("use_gate=True is not supported")
+    if config.get("sliding_window") is not None:
+        reasons.append("sliding_window is not supported")
+    return reasons
+
+
+def _project(ctx, x: relax.Expr, part: str, heads: int, depth: int) -> relax.Expr:
+    """``einsum('abc,cde->abde', x, kernel) + bias`` as one matmul, then (B, heads, T, depth)."""
+    batch, steps, features = ctx.shape(x)
+    kernel = ctx.weight(f"{part}/kernel", (features, heads, depth))
+    y = ctx.emit(R.matmul(x, ctx.emit(R.reshape(kernel, (features, heads * depth)))))
+    if ctx.has_weight(f"{part}/bias"):
+        bias = ctx.weight(f"{part}/bias", (heads, depth))
+        y = ctx.emit(R.add(y, ctx.emit(R.reshape(bias, (heads * depth,)))))
+    y = ctx.emit(R.reshape(y, (batch, steps, heads, depth)))
+    return ctx.emit(R.permute_dims(y, [0, 2, 1, 3]))
+
+
+@register("MultiHeadAttention", weights=_mha_weights, check=_check_mha)
+def multi_head_attention(ctx, inputs):
+    """Scaled dot-product attention over ``num_heads`` projected heads, rank-3 inputs.
+
+    ``value`` and ``key`` come positionally (Keras 3) or as call kwargs (Keras 2, Keras 3's
+    ``key``); the call's ``use_causal_mask`` and ``return_attention_scores`` are honoured."""
+    query = inputs[0]
+    value = inputs[1] if len(inputs) > 1 else ctx.call_tensor("value")
+    key = inputs[2] if len(inputs) > 2 else ctx.call_tensor("key")
+    value = query if value is None else value
+    key = value if key is None else key
+    if any(len(ctx.shape(t)) != 3 for t in (query, value, key)):
+        ctx.fail("only rank-3 (batch, steps, features) inputs are supported")
+        return query
+    heads, key_dim = int(ctx.get("num_heads")), int(ctx.get("key_dim"))
+    value_dim = int(ctx.get("value_dim") or key_dim)
+    q = _project(ctx, query, "query", heads, key_dim)
+    k = _project(ctx, key, "key", heads, key_dim)
+    v = _project(ctx, value, "value", heads, value_dim)
+    q = ctx.emit(R.multiply(q, ctx.const(1.0 / np.sqrt(float(key_dim)))))
+    scores = ctx.emit(R.matmul(q, ctx.emit(R.permute_dims(k, [0, 1, 3, 2]))))
+    if ctx.call_arg("use_causal_mask", False):
+        steps_q, steps_k = ctx.shape(scores)[-2:]
+        causal = np.triu(np.full((steps_q, steps_k), -MASK_VALUE, dtype="float32"), 1)
+        scores = ctx.emit(R.add(scores, relax.const(causal, "float32")))
+    weights = ctx.emit(R.nn.softmax(scores, axis=-1))
+    attended = ctx.emit(R.permute_dims(ctx.emit(R.matmul(weights, v)), [0, 2, 1, 3]))
+    batch, steps = ctx.shape(query)[:2]
+    attended = ctx.emit(R.reshape(attended, (batch, steps, heads * value_dim)))
+    out_kernel = ctx.weight("output/kernel")
+    out_shape = ctx.shape(out_kernel)[2:]
+    width = int(np.prod(out_shape))
+    flat = ctx.weight("output/kernel", (heads, value_dim, *out_shape))
+    output = ctx.emit(R.matmul(attended, ctx.emit(R.reshape(flat, (heads * value_dim, width)))))
+    if ctx.has_weight("output/bias"):
+        bias = ctx.weight("output/bias", tuple(out_shape))
+        output = ctx.emit(R.add(output, ctx.emit(R.reshape(bias, (width,)))))
+    if len(out_shape) != 1:
+        output = ctx.emit(R.reshape(output, (batch, steps, *out_shape)))
+    return [output, weights] if ctx.call_arg("return_attention_scores", False) else output

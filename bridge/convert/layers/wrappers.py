@@ -1,0 +1,51 @@
+"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm.relax import op as R
+
+from bridge.convert.activations import apply_activation
+from bridge.convert.registry import Converter, lookup, register
+from bridge.keras.graph import Layer
+
+NOT_WRAPPABLE = frozenset({"TimeDistributed", "Sequential", "Functional", "Model"})
+
+
+def _wrapped(config: dict[str, Any]) -> tuple[str, dict[str, Any], Converter | None]:
+    """(class_name, config, converter) of the wrapped layer."""
+    entry = config.get("layer") or {}
+    class_name = entry.get("class_name", "")
+    converter = None if class_name in NOT_WRAPPABLE else lookup(class_name)
+    return class_name, entry.get("config") or {}, converter
+
+
+def _time_distributed_weights(config: dict[str, Any]) -> list[str]:
+    _, inner, converter = _wrapped(config)
+    return converter.weight_names(inner) if converter else []
+
+
+def _check_time_distributed(config: dict[str, Any]) -> list[str]:
+    class_name, inner, converter = _wrapped(config)
+    if converter is None:
+        return [f"wrapped layer {class_name!r} is not supported"]
+    return [f"wrapped {class_name}: {reason}" for reason in converter.problems(inner)]
+
+
+@register("TimeDistributed", weights=_time_distributed_weights, check=_check_time_distributed)
+def time_distributed(ctx, inputs):
+    """Fold time into the batch, ``(B, T, ...) -> (B*T, ...)``, run the wrapped layer, unfold."""
+    class_name, inner, converter = _wrapped(ctx.config)
+    x = inputs[0]
+    batch, steps, *rest = ctx.shape(x)
+    folded = ctx.emit(R.reshape(x, (batch * steps, *rest)))
+    layer = Layer(inner.get("name", class_name), class_name, inner, [])
+    inner_ctx = ctx.wrapped(layer)
+    y = converter.fn(inner_ctx, [folded])
+    if isinstance(y, (list, tuple)):
+        ctx.fail(f"wrapped {class_name} has several outputs; TimeDistributed needs one")
+        return x
+    if converter.activation:
+        y = apply_activation(inner_ctx, y, inner.get("activation"))
+    return ctx.emit(R.reshape(y, (batch, steps, *ctx.shape(y)[1:])))
