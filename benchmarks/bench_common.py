@@ -1,0 +1,81 @@
+"""What make_models.py and run.py share: the model list, file names, and the benchmark inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MODELS_DIR = HERE / "models"
+WORK_DIR = HERE / "work"
+RESULTS_DIR = HERE / "results"
+
+SEED = 20240601  # weights and inputs; change it and every file is regenerated
+INPUT_SHAPE = (224, 224, 3)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str  # also the keras.applications constructor
+    low: float  # benchmark inputs are uniform(low, high): what the model's first layer expects
+    high: float
+    note: str
+
+
+MODELS: dict[str, Spec] = {
+    s.name: s
+    for s in [
+        Spec("MobileNetV2", -1.0, 1.0, "expects inputs in [-1, 1] (no preprocessing layer)"),
+        Spec("ResNet50", -1.0, 1.0, "no preprocessing layer; inputs in [-1, 1]"),
+        Spec("EfficientNetB0", 0.0, 255.0, "Rescaling + Normalization inside; inputs in [0, 255]"),
+        Spec("MobileNetV3Small", 0.0, 255.0, "Rescaling inside; inputs in [0, 255]"),
+    ]
+}
+QUICK_MODEL = "MobileNetV3Small"
+
+
+def paths(name: str, batch: int | None = None) -> dict[str, Path]:
+    """The files make_models.py writes for one model (and, given ``batch``, that batch's)."""
+    files = {
+        "keras": MODELS_DIR / f"{name}.keras",
+        "reference": MODELS_DIR / f"{name}.reference.npz",
+        "manifest": MODELS_DIR / f"{name}.manifest.json",
+    }
+    if batch is not None:
+        files |= {
+            "tflite_fp32": MODELS_DIR / f"{name}.b{batch}.fp32.tflite",
+            "tflite_int8": MODELS_DIR / f"{name}.b{batch}.int8.tflite",
+            "onnx": MODELS_DIR / f"{name}.b{batch}.onnx",
+        }
+    return files
+
+
+def bench_input(name: str, batch: int) -> np.ndarray:
+    """The input every runtime gets for (model, batch): fixed, seeded, in the model's range."""
+    spec = MODELS[name]
+    rng = np.random.default_rng([SEED, batch, 7])
+    return rng.uniform(spec.low, spec.high, size=(batch, *INPUT_SHAPE)).astype("float32")
+
+
+def read_manifest(name: str) -> dict | None:
+    path = paths(name)["manifest"]
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def models_ready(name: str, batches: list[int]) -> bool:
+    """Whether make_models.py has produced a complete, current set of files for ``name``."""
+    manifest = read_manifest(name)
+    if manifest is None or manifest.get("seed") != SEED or not manifest.get("complete"):
+        return False
+    if not set(batches) <= {int(b) for b in manifest.get("batches", {})}:
+        return False
+    return all(p.is_file() for b in batches for p in paths(name, b).values())
