@@ -36,13 +36,15 @@ REQUIRED = {
 }
 
 
-def needs_tools(spec) -> None:
-    """Skip when a toolchain is missing here; CI sets BRIDGE_REQUIRE_TOOLCHAINS=1 to fail."""
-    missing = []
-    if spec.cross_compiler and shutil.which(spec.cross_compiler) is None:
-        missing.append(spec.cross_compiler)
-    if spec.device == "cuda" and shutil.which("nvcc") is None:
-        missing.append("nvcc")
+def needs_tools(spec=None, *programs: str) -> None:
+    """Skip when a toolchain (the spec's cross compiler, nvcc for CUDA, or ``programs``) is
+    missing here; CI sets BRIDGE_REQUIRE_TOOLCHAINS=1 to fail instead."""
+    wanted = list(programs)
+    if spec is not None and spec.cross_compiler:
+        wanted.append(spec.cross_compiler)
+    if spec is not None and spec.device == "cuda":
+        wanted.append("nvcc")
+    missing = [program for program in wanted if shutil.which(program) is None]
     if missing:
         if os.environ.get("BRIDGE_REQUIRE_TOOLCHAINS") == "1":
             pytest.fail(f"toolchain missing: {missing}")
