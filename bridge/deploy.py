@@ -100,9 +100,9 @@ def runtime_libraries(arch: str, device: str = "cpu") -> list[Path]:
     keys = _wanted(device)
     if arch != host_arch():
         return _from_wheels(arch, keys)
-    return [
-        _package_dir(RUNTIME[k][1].split("/")[0]) / "lib" / Path(RUNTIME[k][1]).name for k in keys
-    ]
+    # The installed packages hold the same files at the same paths as the wheels.
+    members = [RUNTIME[k][1] for k in keys]
+    return [_package_dir(m.split("/")[0]).parent / m for m in members]
 
 
 def build_runner(spec: TargetSpec) -> Path:

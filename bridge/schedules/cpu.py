@@ -44,9 +44,8 @@ def simd_lanes(target: Target, bits: int = 32) -> int:
     return max(1, (width if width > 0 else 128) // bits)
 
 
-def _extent(loop_or_var) -> int | None:
-    extent = loop_or_var.dom.extent if hasattr(loop_or_var, "dom") else loop_or_var.extent
-    return int(extent) if isinstance(extent, tirx.IntImm) else None
+def _extent(loop) -> int | None:
+    return int(loop.extent) if isinstance(loop.extent, tirx.IntImm) else None
 
 
 def _static(func: tirx.PrimFunc) -> bool:
