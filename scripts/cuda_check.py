@@ -25,6 +25,19 @@ MODELS = {
     "func_multi_io": ROOT / "tests/fixtures/keras3/models/func_multi_io",
     "digits_cnn": ROOT / "examples/digits/digits_cnn",
 }
+# Optional: a full-size model from benchmarks/ (made by benchmarks/make_models.py), timed at batch 8.
+BENCH_MODEL = ROOT / "benchmarks/models/MobileNetV2"
+
+
+def _reference(name: str, stem: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    if name == "mobilenetv2_224":
+        reference = np.load(stem.parent / f"{stem.name}.reference.npz")
+        return [reference["x8"]], [reference["y8"]]
+    path = stem.parent / (f"{stem.name}.npz" if name != "digits_cnn" else "sample.npz")
+    reference = np.load(path)
+    inputs = [reference[k] for k in sorted(reference.files) if k.startswith("input_")]
+    outputs = [reference[k] for k in sorted(reference.files) if k.startswith("output_")]
+    return inputs, outputs
 
 
 def prepare(target: str, out: Path) -> None:
@@ -32,12 +45,11 @@ def prepare(target: str, out: Path) -> None:
     from bridge.cuda import device_code
 
     shutil.rmtree(out, ignore_errors=True)
-    for name, stem in MODELS.items():
-        reference = np.load(
-            stem.parent / f"{stem.name}.npz" if name != "digits_cnn" else stem.parent / "sample.npz"
-        )
-        inputs = [reference[k] for k in sorted(reference.files) if k.startswith("input_")]
-        outputs = [reference[k] for k in sorted(reference.files) if k.startswith("output_")]
+    models = dict(MODELS)
+    if BENCH_MODEL.with_suffix(".keras").exists():
+        models["mobilenetv2_224"] = BENCH_MODEL
+    for name, stem in models.items():
+        inputs, outputs = _reference(name, stem)
         model = bridge.build(stem.with_suffix(".keras"), target=target, batch_size=len(inputs[0]))
         folder = out / name
         library = model.export(folder, bundle=True)
@@ -46,6 +58,30 @@ def prepare(target: str, out: Path) -> None:
             np.save(folder / f"in{i}.npy", array)
         np.savez(folder / "expected.npz", *outputs)
     (out / "target.json").write_text(json.dumps({"target": target}))
+
+
+def _torch_peer(batch: int) -> str:
+    """Latency of torchvision's MobileNetV2 (fp32, TF32 off, eager) on the same GPU, as a peer."""
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        return "torch peer: not installed"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    model = torchvision.models.mobilenet_v2().eval().cuda()
+    x = torch.randn(batch, 3, 224, 224, device="cuda")
+    times = []
+    with torch.no_grad():
+        for i in range(70):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(x)
+            end.record()
+            torch.cuda.synchronize()
+            if i >= 20:
+                times.append(start.elapsed_time(end))
+    return f"torch {torch.__version__} eager cudnn MobileNetV2 batch {batch}: median {np.median(times):.3f} ms"
 
 
 def verify(out: Path) -> int:
@@ -71,6 +107,8 @@ def verify(out: Path) -> int:
         failures += not ok
         timing = run.stdout.strip().splitlines()[-1]
         print(f"{folder.name}: {'OK' if ok else 'MISMATCH'} max scaled error {worst:.2e}; {timing}")
+    if (out / "mobilenetv2_224").is_dir():
+        print(_torch_peer(8))
     return 1 if failures else 0
 
 

@@ -6,6 +6,7 @@ Numeric correctness of every scheduled kernel is covered by the layer/model/appl
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import tvm
 from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_dispatch_passes
@@ -48,3 +49,56 @@ def test_simd_width_follows_target():
     assert simd_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})) == 8
     neon = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
     assert simd_lanes(neon) == 4
+
+
+def conv_clip_pad_module() -> tvm.IRModule:
+    """conv2d -> clip -> zero-pad, the MobileNetV2 pattern that TVM misclassifies (the pad as
+    element-wise) and then fuses into the convolution."""
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 16, 16, 8], "float32"))
+    w = relax.const(np.ones((3, 3, 8, 16), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit(relax.op.nn.conv2d(x, w, data_layout="NHWC", kernel_layout="HWIO"))
+            y = builder.emit(relax.op.clip(y, 0.0, 6.0))
+            y = builder.emit(relax.op.nn.pad(y, [0, 0, 0, 1, 0, 1, 0, 0]))
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def test_gpu_pipeline_keeps_padding_out_of_conv_epilogues():
+    from bridge.schedules import gpu
+
+    target = bridge.targets.resolve("cuda-sm90").tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(gpu.legalize_passes()[:-1])(conv_clip_pad_module())
+    names = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("conv2d" in n for n in names) and any("pad" in n for n in names), names
+    assert not any("conv2d" in n and "pad" in n for n in names), names
+
+
+def test_gpu_build_of_conv_clip_pad_has_compiled_device_code(tmp_path):
+    from bridge.compile import compile_module
+    from bridge.cuda import check_device_code, enable_offline_codegen
+
+    enable_offline_codegen()
+    target = bridge.targets.resolve("cuda-sm90").tvm_target()
+    executable = compile_module(conv_clip_pad_module(), {}, target)
+    library = tmp_path / "model.so"
+    executable.export_library(str(library))
+    check_device_code(library, "sm_90")
+
+
+def test_guarded_rule_failure_means_not_applicable():
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    from bridge.schedules.gpu import Guarded
+
+    class Broken(ScheduleRule):
+        def apply(self, func, target, tunable):
+            raise RuntimeError("consumers not inlined")
+
+    assert Guarded(Broken()).apply(None, None, False) is None

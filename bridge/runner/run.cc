@@ -318,9 +318,13 @@ int Run(int argc, char** argv) {
   for (const std::string& path : inputs) tensors.push_back(OnDevice(ReadNpy(path), device));
   for (const ffi::Tensor& weight : LoadParams(model)) tensors.push_back(OnDevice(weight, device));
   std::vector<ffi::AnyView> args(tensors.begin(), tensors.end());
+  // GPU kernels run asynchronously: a timed call ends when the device's stream is drained.
+  ffi::Optional<ffi::Function> sync;
+  if (device.device_type != kDLCPU) sync = Global("runtime.Device_StreamSync");
   auto call = [&] {
     ffi::Any result;
     main_fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
+    if (sync) (*sync)(device, static_cast<int64_t>(0));  // 0: the default stream
     return result;
   };
 
