@@ -17,6 +17,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+from bridge.cache import cache_dir
 from bridge.errors import CompileError
 
 STUB_SOURCE = r"""
@@ -33,11 +34,6 @@ int cuModuleUnload(void) { return 34; }
 int cuTensorMapEncodeTiled(void) { return 34; }
 """
 FACTORY = "ffi.Module.create.cuda"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bridge"
 
 
 def _load_driver() -> str:

@@ -21,7 +21,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from bridge.cuda import cache_dir
+from bridge.cache import cache_dir
 from bridge.errors import ArtifactError
 from bridge.targets import TargetSpec, host_arch
 

@@ -25,7 +25,7 @@ MODELS = {
     "func_multi_io": ROOT / "tests/fixtures/keras3/models/func_multi_io",
     "digits_cnn": ROOT / "examples/digits/digits_cnn",
 }
-# Optional: a full-size model from benchmarks/ (made by benchmarks/make_models.py), timed at batch 8.
+# Optional: a full-size model from benchmarks/ (benchmarks/make_models.py), timed at batch 8.
 BENCH_MODEL = ROOT / "benchmarks/models/MobileNetV2"
 
 
@@ -81,7 +81,8 @@ def _torch_peer(batch: int) -> str:
             torch.cuda.synchronize()
             if i >= 20:
                 times.append(start.elapsed_time(end))
-    return f"torch {torch.__version__} eager cudnn MobileNetV2 batch {batch}: median {np.median(times):.3f} ms"
+    median = np.median(times)
+    return f"torch {torch.__version__} cuDNN MobileNetV2 batch {batch}: median {median:.3f} ms"
 
 
 def verify(out: Path) -> int:

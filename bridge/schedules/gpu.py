@@ -63,7 +63,7 @@ class Guarded(ScheduleRule):
     def apply(self, func, target, tunable):
         try:
             return self.rule.apply(func, target, tunable)
-        except Exception as exc:  # noqa: BLE001 - any failure of a rule falls through
+        except Exception as exc:  # any failure of a rule means it does not apply
             log.debug("%s did not schedule a kernel: %s", type(self.rule).__name__, exc)
             return None
 
