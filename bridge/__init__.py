@@ -15,9 +15,18 @@ import os as _os
 _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
 
 from bridge import errors
-from bridge.api import build, check_modeltype, to_relax
+from bridge.api import build, check_modeltype, to_relax, tune
 from bridge.runtime import Model, load
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "__version__", "build", "check_modeltype", "errors", "load", "to_relax"]
+__all__ = [
+    "Model",
+    "__version__",
+    "build",
+    "check_modeltype",
+    "errors",
+    "load",
+    "to_relax",
+    "tune",
+]

@@ -12,6 +12,7 @@ import numpy as np
 
 from bridge.keras.files import KerasSource, open_model
 from bridge.runtime import Model, file_digest
+from bridge.targets import host_arch
 
 PathLike = str | Path
 
@@ -85,6 +86,10 @@ def build(
     batch_size: int | None = 1,
     outputs: list[str] | None = None,
     separate_params: bool = False,
+    tune: int | str | None = None,
+    tuning_db: PathLike | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Model:
     """Read Keras files, translate to Relax, compile for ``target``; returns a callable Model.
@@ -94,12 +99,18 @@ def build(
     ``separate_params=True`` keeps the weights out of the library (``export`` then writes them
     to ``model.params``, loaded at run time). ``progress``, if given, is called with a short
     description as each stage starts.
+
+    ``tune`` (a time such as ``"20m"`` or a number of trials) first searches faster kernels
+    with MetaSchedule (see :func:`tune`); tuned kernels already in the target's database
+    (``tuning_db``, default ``~/.cache/bridge/tuning``) are used by every build, tuned or not.
+    ``rpc_tracker="host:port"`` and ``rpc_key`` measure candidates on a remote device.
     """
     import tvm
 
     from bridge import __version__
-    from bridge.compile import compile_module
+    from bridge.compile import bind_weights, compile_module
     from bridge.targets import resolve, target_json
+    from bridge.tuning import Budget, database_dir, existing_database
 
     report = progress or (lambda stage: None)
     spec = resolve(target)
@@ -113,10 +124,15 @@ def build(
     loaded = load_keras(model, weights)
     report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
     translation = _translate(loaded, batch_size, outputs)
+    mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
+    folder = database_dir(tvm_target, tuning_db)
+    tuning = None
+    if tune is not None:
+        report(f"tuning kernels for {spec.name} ({Budget.parse(tune)})")
+        tuning = _tune_kernels(mod, spec, tune, folder, rpc_tracker, rpc_key)
     report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
-    executable = compile_module(
-        translation.mod, translation.params, tvm_target, bind=not separate_params
-    )
+    database = existing_database(folder)
+    executable = compile_module(mod, translation.params, tvm_target, bind=False, database=database)
     source = loaded.source
     metadata = {
         "bridge_version": __version__,
@@ -134,7 +150,10 @@ def build(
         "batch_size": batch_size,
         "params": list(translation.params) if separate_params else [],
         "build_seconds": round(time.perf_counter() - started, 3),
+        "tuning_database": str(folder) if database is not None else None,
     }
+    if tuning is not None:
+        metadata["tuning"] = tuning.summary()
     if spec.device == "cuda":
         metadata["cuda_arch"] = str(tvm_target.attrs["arch"])
     params = list(translation.params.values()) if separate_params else None
@@ -147,6 +166,66 @@ def build(
         params=params,
         spec=spec,
     )
+
+
+def _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress: bool = True):
+    """Tune ``mod`` (weights bound or not, as it will be compiled) into ``folder``."""
+    from bridge.errors import TargetError
+    from bridge.schedules.pipeline import fuse
+    from bridge.tuning import Budget, Remote
+    from bridge.tuning import tune as run_tuning
+
+    if folder is None:
+        raise TargetError("tuning needs a database folder: BRIDGE_TUNING_DB is 'off'")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise TargetError("remote tuning needs both rpc_tracker='host:port' and rpc_key")
+    remote = Remote(rpc_tracker, rpc_key) if rpc_tracker else None
+    if remote is None and spec.arch != host_arch():
+        raise TargetError(
+            f"{spec.name} ({spec.arch}) cannot run on this {host_arch()} machine: tune through an"
+            " RPC tracker (rpc_tracker='host:port', rpc_key=...) with the device registered"
+        )
+    tvm_target = spec.tvm_target()
+    return run_tuning(
+        fuse(mod, tvm_target),
+        tvm_target,
+        Budget.parse(budget),
+        folder=folder,
+        remote=remote,
+        cross_compiler=spec.cross_compiler,
+        progress=progress,
+    )
+
+
+def tune(
+    model: PathLike,
+    weights: PathLike | None = None,
+    *,
+    target: Any = "llvm",
+    budget: int | str = "20m",
+    batch_size: int | None = 1,
+    separate_params: bool = False,
+    tuning_db: PathLike | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    progress: bool = True,
+):
+    """Search faster kernels for a model's target within ``budget`` (``"20m"``, ``"90s"``, or a
+    number of trials) and store them in the target's tuning database; returns a TuningReport.
+
+    Only kernels faster than bridge's default schedule *and* numerically equal to it on random
+    inputs are stored. Kernels tuned before (by any model) are skipped, so tuning again only
+    tunes what is new. Later builds for the same target use the stored kernels.
+    """
+    from bridge.compile import bind_weights
+    from bridge.targets import resolve
+    from bridge.tuning import database_dir
+
+    spec = resolve(target)
+    translation = _translate(load_keras(model, weights), batch_size, None)
+    mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
+    folder = database_dir(spec.tvm_target(), tuning_db)
+    return _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress)
 
 
 def check_modeltype(model: PathLike) -> str:

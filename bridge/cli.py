@@ -1,4 +1,4 @@
-"""The ``bridge`` command line: build, inspect, run, targets, layers."""
+"""The ``bridge`` command line: build, tune, inspect, run, targets, layers."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     outputs = args.outputs.split(",") if args.outputs else None
     started = time.perf_counter()
+    if args.tune:
+        _print_tuning(_tune(args, args.tune))
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("starting", total=None)
@@ -55,6 +57,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             outputs=outputs,
             separate_params=args.separate_params,
+            tuning_db=args.tuning_db,
             progress=lambda stage: bar.update(task, description=stage),
         )
         bar.update(task, description="bundling" if args.bundle else "exporting")
@@ -76,6 +79,49 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.bundle:
         total = sum(p.stat().st_size for p in library.parent.iterdir() if p.is_file())
         console.print(f"bundle      {library.parent}/ ({_size(total)}): ./run in0.npy --out DIR")
+    return 0
+
+
+def _tune(args: argparse.Namespace, budget: str):
+    import bridge
+
+    return bridge.tune(
+        args.model,
+        args.weights,
+        target=args.target,
+        budget=int(budget) if budget.isdigit() else budget,
+        batch_size=args.batch_size,
+        separate_params=getattr(args, "separate_params", False),
+        tuning_db=args.tuning_db,
+        rpc_tracker=args.rpc_tracker,
+        rpc_key=args.rpc_key,
+    )
+
+
+def _print_tuning(report) -> None:
+    table = Table(title="Tuned kernels", show_edge=False)
+    for column in ("kernel", "calls", "default ms", "tuned ms", "speedup", "trials", "wrong"):
+        table.add_column(column, justify="left" if column == "kernel" else "right")
+    for k in sorted(report.kernels, key=lambda k: -k.weight * k.default_ms):
+        speedup = f"{k.speedup:.2f}x" if k.best_ms < k.default_ms else "default kept"
+        speedup = speedup if k.trials else "not reached"
+        row = (k.name, k.weight, f"{k.default_ms:.4f}", f"{k.best_ms:.4f}", speedup, k.trials)
+        table.add_row(*map(str, row), str(k.wrong))
+    if report.kernels:
+        console.print(table)
+    console.print(
+        f"tuning      {len(report.kernels)} kernels in {report.seconds:.0f} s, {report.trials}"
+        f" candidates, {report.improved} faster, {report.wrong} wrong dropped;"
+        f" {report.skipped} tuned before"
+    )
+    if report.kernels:
+        before, after = report.estimate_ms(False), report.estimate_ms(True)
+        console.print(f"kernels     {before:.2f} ms -> {after:.2f} ms (summed, per call)")
+    console.print(f"database    {report.database}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    _print_tuning(_tune(args, args.budget))
     return 0
 
 
@@ -175,6 +221,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tuning_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tuning-db", help="tuning database folder (default: ~/.cache/bridge/tuning)"
+    )
+    command.add_argument(
+        "--rpc-tracker", metavar="HOST:PORT", help="measure on a remote device via this tracker"
+    )
+    command.add_argument("--rpc-key", help="the remote device's key at the tracker")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="bridge",
@@ -204,7 +260,22 @@ def parser() -> argparse.ArgumentParser:
         help="keep weights out of the library, in a .params file beside it",
     )
     build.add_argument("--outputs", help="comma-separated layer names to use as outputs")
+    build.add_argument(
+        "--tune", metavar="BUDGET", help="tune first: a time ('20m', '90s') or a trial count"
+    )
+    _tuning_arguments(build)
     build.set_defaults(func=cmd_build)
+
+    tune = sub.add_parser(
+        "tune", help="search faster kernels for a model (stored per target, used by every build)"
+    )
+    tune.add_argument("model", help=".keras, .h5, architecture .json or .tflite")
+    tune.add_argument("weights", nargs="?", help="weights file (with a .json architecture)")
+    tune.add_argument("--target", default="llvm", help="a preset, 'llvm' (this CPU), tag or JSON")
+    tune.add_argument("--budget", default="20m", help="a time ('20m', '90s') or a trial count")
+    tune.add_argument("--batch-size", type=_batch, default=1, help="N (as you will build it)")
+    _tuning_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
 
     targets = sub.add_parser("targets", help="list target presets")
     targets.set_defaults(func=cmd_targets)

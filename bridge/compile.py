@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -22,14 +24,21 @@ def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModu
 
 
 def compile_module(
-    mod: tvm.IRModule, params: dict[str, np.ndarray], target: tvm.target.Target, bind: bool = True
+    mod: tvm.IRModule,
+    params: dict[str, np.ndarray],
+    target: tvm.target.Target,
+    bind: bool = True,
+    database=None,
 ):
     """Compile ``mod`` for ``target``, with ``params`` bound as constants unless ``bind`` is
-    False (then ``main`` keeps taking them after the inputs); returns a relax Executable."""
+    False (then ``main`` keeps taking them after the inputs); returns a relax Executable.
+    Kernels found in ``database`` (a MetaSchedule database of tuned kernels) replace bridge's
+    default schedules."""
     try:
         if bind:
             mod = bind_weights(mod, params)
-        with target:
-            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+        pipeline = relax_pipeline(target, tuned=database is not None)
+        with target, database if database is not None else contextlib.nullcontext():
+            return tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:
         raise CompileError(f"TVM failed to compile the model for {target}: {exc}") from exc

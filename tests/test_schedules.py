@@ -70,11 +70,11 @@ def conv_clip_pad_module() -> tvm.IRModule:
 
 
 def test_gpu_pipeline_keeps_padding_out_of_conv_epilogues():
-    from bridge.schedules import gpu
+    from bridge.schedules.pipeline import fuse
 
     target = bridge.targets.resolve("cuda-sm90").tvm_target()
     with target:
-        mod = tvm.transform.Sequential(gpu.legalize_passes()[:-1])(conv_clip_pad_module())
+        mod = fuse(conv_clip_pad_module(), target)
     names = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert any("conv2d" in n for n in names) and any("pad" in n for n in names), names
     assert not any("conv2d" in n and "pad" in n for n in names), names

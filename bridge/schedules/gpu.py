@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 import tvm
-from tvm import relax, tirx
+from tvm import tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 
@@ -68,20 +68,12 @@ class Guarded(ScheduleRule):
             return None
 
 
-def legalize_passes() -> list:
-    """TVM's CUDA legalization with the padding-pattern repair and guarded dlight rules."""
+def default_schedule() -> tvm.transform.Pass:
+    """dlight's GPU rules, guarded, ending in ``Fallback`` (every kernel gets a thread binding)."""
     rules = (
         dlight.gpu.Matmul(),
         dlight.gpu.GEMV(),
         dlight.gpu.Reduction(),
         dlight.gpu.GeneralReduction(),
     )
-    return [
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        fix_padding_pattern,
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        dlight.ApplyDefaultSchedule(*(Guarded(r) for r in rules), dlight.gpu.Fallback()),
-    ]
+    return dlight.ApplyDefaultSchedule(*(Guarded(r) for r in rules), dlight.gpu.Fallback())
