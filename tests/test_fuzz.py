@@ -345,3 +345,33 @@ def test_models_nested_too_deep_are_refused(tmp_path):
         config = {"class_name": "Sequential", "name": "s", "config": inner}
     err = _raises(ModelFileError, _write(tmp_path, config), weights)
     assert "nested more than" in str(err)
+
+
+def _with_steps(tmp_path: Path, case: str, steps: int) -> tuple[Path, Path]:
+    """A layer case with its input's time dimension set to ``steps``."""
+    with zipfile.ZipFile(FIXTURES / "keras3" / "layers" / f"{case}.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+        weights = tmp_path / "w.weights.h5"
+        weights.write_bytes(archive.read("model.weights.h5"))
+    for entry in config["config"]["layers"]:
+        if entry["class_name"] == "InputLayer":
+            entry["config"]["batch_shape"][1] = steps
+    return _write(tmp_path, config), weights
+
+
+@pytest.mark.parametrize("case", ["attention_scale_key_causal", "mha_causal_nobias_outshape"])
+def test_causal_mask_is_not_a_constant_of_declared_size(tmp_path, case):
+    """The causal mask was a steps x steps numpy constant: 40000 steps asked for 6 GiB."""
+    tracemalloc.start()
+    try:
+        bridge.to_relax(*_with_steps(tmp_path, case, 8000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak >> 20} MiB allocated"
+
+
+def test_recurrent_steps_beyond_unrolling_limit_are_refused(tmp_path):
+    """Recurrent layers are unrolled; 10**6 declared steps hung translation (GRU, LSTM)."""
+    err = _raises(UnsupportedModelError, *_with_steps(tmp_path, "lstm", 10**6))
+    assert "lstm (LSTM)" in str(err) and "1000000 time steps" in str(err)

@@ -98,7 +98,7 @@ def parse_model(envelope: Any, keras_major: int, source: str) -> ModelGraph:
     if not isinstance(envelope, dict) or "class_name" not in envelope:
         raise ModelFileError(source, "not a Keras model config (no 'class_name' at the top level)")
     class_name = envelope["class_name"]
-    if class_name not in MODEL_CLASSES:
+    if not isinstance(class_name, str) or class_name not in MODEL_CLASSES:
         raise ModelFileError(
             source,
             f"not a Keras model config: top-level class is {class_name!r}, expected one of "

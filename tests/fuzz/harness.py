@@ -33,6 +33,7 @@ class Runner:
         self.base = base
         self.canaries = Canaries(base / "outside")
         self.canaries.create()
+        self.log = base / "worker.log"
         self.counts: Counter[tuple[str, str]] = Counter()
         self._case_index = 0
         self._process = None
@@ -42,7 +43,7 @@ class Runner:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=serve, args=(child, str(self.canaries.folder)), daemon=True
+            target=serve, args=(child, str(self.canaries.folder), str(self.log)), daemon=True
         )
         self._process.start()
         child.close()
@@ -79,7 +80,10 @@ class Runner:
         except (EOFError, ConnectionError):
             code = self._process.exitcode if self._process else None
             self._stop()
-            return Outcome("died", message=f"worker process died (exit code {code})")
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            return Outcome(
+                "died", message=f"worker process died (exit code {code})", traceback=tail
+            )
 
 
 def fuzz_one(data: st.DataObject, runner: Runner, format_name: str) -> Outcome:

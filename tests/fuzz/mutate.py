@@ -24,7 +24,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 # Values that break naive readers: sizes far beyond memory, signs, types, special floats.
-HUGE = [10**12, 2**31, 2**63, 10**30, 10**9]
+HUGE = [10**12, 2**31, 2**63, 10**30, 10**9, 50_000]
 INTERESTING: list[Any] = [
     *HUGE,
     -1,
@@ -48,6 +48,7 @@ INTERESTING: list[Any] = [
     {},
     [None],
     [None, 10**9, 10**9],
+    [None, 40_000, 8],
     [10**6, 10**6, 10**6],
     [[["deep"]]],
     {"class_name": "Sequential", "config": {"layers": []}},
@@ -142,7 +143,50 @@ def _scale(value: Any, factor: int) -> Any:
     return [_scale(v, factor) for v in value]
 
 
-JSON_OPS = ("replace", "retype", "delete", "rename", "scale", "negate", "duplicate", "graft")
+JSON_OPS = (
+    "replace", "retype", "delete", "rename", "scale", "negate", "duplicate", "graft", "rewire",
+    "grow-dim", "grow-dim",
+)  # fmt: skip
+SHAPE_KEYS = {"batch_shape", "batch_input_shape", "target_shape", "build_input_shape"}
+
+
+def grow_dim(data: st.DataObject, tree: Any, paths: list[tuple]) -> bool:
+    """Make one dimension of a declared shape large but plausible: what runs out of memory or
+    time in code that is linear or quadratic in it (unrolled loops, dense masks)."""
+    shapes = [p for p in paths if p and p[-1] in SHAPE_KEYS and isinstance(_get(tree, p), list)]
+    if not shapes:
+        return False
+    shape = _get(tree, shapes[data.draw(st.integers(0, len(shapes) - 1), label="shape")])
+    if not shape:
+        return False
+    index = data.draw(st.integers(min(1, len(shape) - 1), len(shape) - 1), label="dim")
+    shape[index] = data.draw(st.sampled_from([1000, 40_000, 10**6, 2**31 - 1]), label="size")
+    return True
+
+
+def _is_ref(value: Any) -> bool:
+    """A tensor reference ``[layer, node, tensor(, kwargs)]`` (keras_history or Keras 2 form)."""
+    return (
+        isinstance(value, list)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
+
+
+def rewire(data: st.DataObject, tree: Any, paths: list[tuple]) -> bool:
+    """Point one tensor reference at another layer: cycles, self-loops, shape clashes."""
+    refs = [p for p in paths if _is_ref(_get(tree, p))]
+    names = sorted(
+        {v for p in paths if p and p[-1] == "name" and isinstance(v := _get(tree, p), str)}
+    )
+    if not refs or not names:
+        return False
+    ref = _get(tree, refs[data.draw(st.integers(0, len(refs) - 1), label="ref")])
+    ref[0] = names[data.draw(st.integers(0, len(names) - 1), label="to layer")]
+    if data.draw(st.booleans()):
+        ref[1] = data.draw(st.sampled_from([1, 2, 10**9]))
+    return True
 
 
 def mutate_tree(data: st.DataObject, tree: Any) -> Any:
@@ -150,9 +194,15 @@ def mutate_tree(data: st.DataObject, tree: Any) -> Any:
     tree = copy.deepcopy(tree)
     paths = _paths(tree)
     hot = [p for p in paths if p and p[-1] in HOT_KEYS]
-    pool = data.draw(st.sampled_from([hot, paths] if hot else [paths]), label="pool")
+    inner = [p for p in paths if len(p) > 3]  # inside a layer entry, not the envelope
+    pool = data.draw(st.sampled_from(["hot", "inner", "any"]), label="pool")
+    pool = {"hot": hot, "inner": inner}.get(pool) or paths
     path = pool[data.draw(st.integers(0, len(pool) - 1), label="node")]
     op = data.draw(st.sampled_from(JSON_OPS), label="json op")
+    if (op == "rewire" and rewire(data, tree, paths)) or (
+        op == "grow-dim" and grow_dim(data, tree, paths)
+    ):
+        return tree
     if not path:  # the root
         return data.draw(st.sampled_from(INTERESTING)) if op == "replace" else _retype(tree)
     parent, key = _get(tree, path[:-1]), path[-1]

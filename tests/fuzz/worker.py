@@ -23,8 +23,9 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 
-# Memory cap for the worker. bridge and TVM need ~0.6 GB of address space after import.
-ADDRESS_SPACE_LIMIT = 4 << 30
+# Memory cap for the worker. bridge and TVM need ~0.6 GB of address space after import; a case
+# that tries to allocate the rest is a finding (a MemoryError, even one wrapped in a typed error).
+ADDRESS_SPACE_LIMIT = 3 << 30
 IN_OPEN = 0x20
 IN_NONBLOCK = 0o4000
 
@@ -97,6 +98,12 @@ def _call(entry: str):
     return getattr(sys.modules[module], name)
 
 
+def _chain(exc: BaseException | None):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def run_case(case: Case, watch: _Inotify | None) -> Outcome:
     from bridge.errors import BridgeError
 
@@ -108,6 +115,9 @@ def run_case(case: Case, watch: _Inotify | None) -> Outcome:
         outcome = Outcome("ok")
     except BridgeError as exc:
         outcome = Outcome("error", type(exc).__name__, str(exc)[:2000])
+        if any(isinstance(e, MemoryError) for e in _chain(exc)):
+            outcome.violations.append("ran out of memory (a MemoryError behind the typed error)")
+            outcome.traceback = "".join(traceback.format_exception(exc))[-6000:]
     except BaseException as exc:
         outcome = Outcome(
             "crash", type(exc).__name__, str(exc)[:2000], traceback.format_exc()[-6000:]
@@ -118,8 +128,11 @@ def run_case(case: Case, watch: _Inotify | None) -> Outcome:
     return outcome
 
 
-def serve(conn, outside: str) -> None:
-    """Worker main loop: receive a Case, answer an Outcome, until the pipe closes."""
+def serve(conn, outside: str, log: str) -> None:
+    """Worker main loop: receive a Case, answer an Outcome, until the pipe closes. Native
+    messages (TVM warnings, a crash's stack) go to ``log``, not the test output."""
+    with open(log, "ab") as handle:
+        os.dup2(handle.fileno(), 2)
     import bridge.convert.layers
     import bridge.convert.walk  # noqa: F401
 
