@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -33,10 +34,14 @@ LONG_EXAMPLES = 2000
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    runner = Runner(tmp_path_factory.mktemp("fuzz"))
+def runner():
+    # Not under pytest's shared temporary root: another pytest session cleaning old folders
+    # there would open (and delete) the canary folder mid-run.
+    base = Path(tempfile.mkdtemp(prefix="bridge-fuzz-"))
+    runner = Runner(base)
     yield runner
     runner.close()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _fuzz(runner: Runner, format_name: str, examples: int, derandomize: bool) -> None:
@@ -375,3 +380,17 @@ def test_recurrent_steps_beyond_unrolling_limit_are_refused(tmp_path):
     """Recurrent layers are unrolled; 10**6 declared steps hung translation (GRU, LSTM)."""
     err = _raises(UnsupportedModelError, *_with_steps(tmp_path, "lstm", 10**6))
     assert "lstm (LSTM)" in str(err) and "1000000 time steps" in str(err)
+
+
+def test_converter_config_checks_report_malformed_configs(tmp_path):
+    """A converter's weight list / config check raised AttributeError on ``layer: 5``, out of
+    weight assignment; preflight now reports it against the layer."""
+    with zipfile.ZipFile(FIXTURES / "keras3" / "layers" / "bidi_lstm.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+        weights = tmp_path / "w.weights.h5"
+        weights.write_bytes(archive.read("model.weights.h5"))
+    next(e for e in config["config"]["layers"] if e["class_name"] == "Bidirectional")["config"][
+        "layer"
+    ] = 5
+    err = _raises(UnsupportedModelError, _write(tmp_path, config), weights)
+    assert "(Bidirectional): malformed layer config" in str(err)

@@ -301,6 +301,8 @@ def _objects(handle: h5py.File) -> tuple[list[str], list[str]]:
 
 
 def _typed(dtype: str, shape: tuple) -> np.ndarray | tuple:
+    if math.prod(shape) > 4096:  # an earlier edit declared it huge: keep the mutator's memory small
+        shape = (2, 3)
     size = math.prod(shape)
     if dtype == "vlen-str":
         return np.array(["a"] * size, dtype=h5py.string_dtype()).reshape(shape)
