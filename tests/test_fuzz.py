@@ -29,8 +29,8 @@ from tests.conftest import FIXTURES
 from tests.fuzz.formats import FORMATS
 from tests.fuzz.harness import Runner, fuzz_one
 
-BOUNDED_EXAMPLES = 60
-LONG_EXAMPLES = 2000
+BOUNDED_EXAMPLES = 400
+LONG_EXAMPLES = 3000
 
 
 @pytest.fixture(scope="module")

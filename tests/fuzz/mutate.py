@@ -14,6 +14,7 @@ import io
 import json
 import math
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,7 +453,8 @@ EVIL_NAMES = [
 
 def _write_zip(members: list[tuple[str, bytes, int]]) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as archive:
+        warnings.simplefilter("ignore")  # duplicate member names are intended
         for name, blob, compression in members:
             info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
             info.compress_type = compression
