@@ -336,6 +336,14 @@ def test_references_to_unknown_layers_are_typed(tmp_path, where):
     _raises(BridgeError, _write(tmp_path, config), weights)
 
 
+def test_cyclic_graph_is_reported(tmp_path):
+    config, weights = _dense(tmp_path)
+    node = _layer(config, "dense")["inbound_nodes"][0]["args"][0]
+    node["config"]["keras_history"] = ["dense", 0, 0]  # dense feeds itself
+    err = _raises(UnsupportedModelError, _write(tmp_path, config), weights)
+    assert "loops or disconnected nodes" in str(err)
+
+
 def test_json_nesting_and_huge_numbers_are_typed(tmp_path):
     path = tmp_path / "model.json"
     for text in ["[" * 100_000 + "]" * 100_000, '{"class_name": 1' + "0" * 5000 + "}"]:

@@ -44,7 +44,9 @@ class Case:
 
 @dataclass
 class Outcome:
-    status: str  # "ok", "error" (a bridge.errors exception) or "crash" (anything else)
+    # "ok", "error" (a bridge.errors exception), "crash" (any other exception); the parent adds
+    # "hang" (no answer in time) and "died" (the worker process ended).
+    status: str
     error_type: str = ""
     message: str = ""
     traceback: str = ""
@@ -133,6 +135,7 @@ def serve(conn, outside: str, log: str) -> None:
     messages (TVM warnings, a crash's stack) go to ``log``, not the test output."""
     with open(log, "ab") as handle:
         os.dup2(handle.fileno(), 2)
+    # Import everything before capping memory.
     import bridge.convert.layers
     import bridge.convert.walk  # noqa: F401
 
