@@ -37,9 +37,11 @@ def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
 
     def flags(layer, trainable: bool) -> list[bool] | None:
         converter = lookup(layer.class_name, layer.module)
-        if converter is None:
+        try:
+            names = converter.weight_names(layer.config) if converter else None
+        except Exception:  # a malformed config: preflight reports it, naming the layer
             return None
-        return [trainable and n not in NON_TRAINABLE for n in converter.weight_names(layer.config)]
+        return None if names is None else [trainable and n not in NON_TRAINABLE for n in names]
 
     source = open_model(model, weights)
     if source.weights is None:

@@ -114,6 +114,8 @@ class LayerContext:
         (raised after translation, with every other one) and zeros stand in."""
         var = self._weights[name]
         if shape is not None:
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise ValueError(f"the config gives weight '{name}' the shape {list(shape)}")
             got = self.shape(var)
             if got != tuple(shape):
                 self._problems.append(
@@ -124,7 +126,8 @@ class LayerContext:
                         f"the architecture needs {list(shape)}",
                     )
                 )
-                return self.const(np.zeros(shape, dtype="float32"))
+                # A zeros op, not a constant: the config's shape may be far too large to hold.
+                return self.emit(relax.op.zeros(relax.ShapeExpr(list(shape)), "float32"))
         return var
 
     def fail(self, reason: str) -> None:

@@ -36,10 +36,13 @@ def check_layer(
     converter = lookup(layer.class_name, layer.module)
     if converter is None:
         return [Problem(path, layer.class_name, unsupported_reason(layer))]
-    reasons = list(converter.problems(layer.config))
-    if converter.activation:
-        reasons += activation_problem(layer.config.get("activation"))
-    expected = converter.weight_names(layer.config)
+    try:
+        reasons = list(converter.problems(layer.config))
+        if converter.activation:
+            reasons += activation_problem(layer.config.get("activation"))
+        expected = converter.weight_names(layer.config)
+    except Exception as exc:  # a converter reading a config value of the wrong type or shape
+        return [Problem(path, layer.class_name, f"malformed layer config ({exc!r:.200})")]
     got = weights.get(path)
     if expected and got is None:
         reasons.append(f"no weights for this layer in {weights_label} (expects {expected})")

@@ -22,6 +22,8 @@ from bridge.keras.graph import Layer, ModelGraph, TensorRef
 from bridge.keras.weights import LayerWeights
 from bridge.signature import TensorInfo
 
+# Largest size of one dimension of a declared input shape.
+MAX_DIM = 2**31
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
 
 
@@ -47,7 +49,24 @@ def input_dtype(layer: Layer) -> str:
 def input_shape(layer: Layer) -> list | None:
     config = layer.config
     shape = config.get("batch_shape") or config.get("batch_input_shape")
-    return list(shape) if shape is not None else None
+    return list(shape) if isinstance(shape, (list, tuple)) else None
+
+
+def _shape_problem(shape: list) -> str | None:
+    """Why a declared input shape cannot be a tensor shape (None if it can)."""
+    if not shape:
+        return "input shape is empty: the batch dimension is missing"
+    for dim in shape:
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool)):
+            return f"input shape {shape} holds {dim!r}, not a size"
+        if dim is not None and not 0 <= dim < MAX_DIM:
+            return f"input shape {shape} holds {dim}, outside 0..{MAX_DIM - 1}"
+    if any(d is None for d in shape[1:]):
+        return (
+            f"input shape {shape} has unknown dimensions besides the batch; "
+            f"only the batch dimension may be unknown"
+        )
+    return None
 
 
 class _Walker:
@@ -84,26 +103,19 @@ class _Walker:
         for ref in self.graph.inputs:
             layer = self.graph.layer(ref.layer)
             shape = input_shape(layer)
-            if shape is None:
+            reason = "input has no shape in the config" if shape is None else _shape_problem(shape)
+            if reason is not None:
                 raise UnsupportedModelError(
-                    self.label,
-                    [Problem(layer.name, layer.class_name, "input has no shape in the config")],
+                    self.label, [Problem(layer.name, layer.class_name, reason)]
                 )
             if shape[0] is None:
                 shape[0] = self.batch_dim
-            if any(d is None for d in shape):
-                raise UnsupportedModelError(
-                    self.label,
-                    [
-                        Problem(
-                            layer.name,
-                            layer.class_name,
-                            f"input shape {shape} has unknown dimensions besides the batch; "
-                            f"only the batch dimension may be unknown",
-                        )
-                    ],
-                )
-            variables.append(relax.Var(layer.name, relax.TensorType(shape, input_dtype(layer))))
+            try:
+                tensor_type = relax.TensorType(shape, input_dtype(layer))
+            except Exception as exc:  # e.g. a dtype TVM does not know
+                problem = Problem(layer.name, layer.class_name, f"bad input: {_first_line(exc)}")
+                raise UnsupportedModelError(self.label, [problem]) from exc
+            variables.append(relax.Var(layer.name, tensor_type))
         return variables
 
     # --- the walk -----------------------------------------------------------------------------
@@ -204,6 +216,22 @@ def translate(
     problems = list(extra_problems or []) + preflight(graph, weights, weights_label)
     if problems:
         raise UnsupportedModelError(label, problems)
+    try:
+        return _translate(graph, weights, label, batch_size, outputs)
+    except BridgeError:
+        raise
+    except Exception as exc:  # not a layer's own failure (those name the layer): the graph's
+        problem = Problem(graph.name, "graph", f"translation failed: {_first_line(exc)}")
+        raise UnsupportedModelError(label, [problem]) from exc
+
+
+def _translate(
+    graph: ModelGraph,
+    weights: LayerWeights,
+    label: str,
+    batch_size: int | None,
+    outputs: list[str] | None,
+) -> Translation:
     walker = _Walker(graph, weights, label, batch_size)
     inputs = walker.input_vars()
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]

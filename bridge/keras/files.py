@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import h5py
 
 from bridge.errors import ModelFileError
 from bridge.keras.graph import ModelGraph, parse_model
+from bridge.keras.guards import check_links, read_member, reading
 from bridge.keras.weights import WeightStore, open_weights_h5, open_weights_json
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -60,14 +62,15 @@ def file_kind(path: Path) -> str:
 def read_json(data: bytes | str, path: Path) -> Any:
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(path, f"invalid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, nesting, 5000-digit numbers
+        raise ModelFileError(path, f"invalid JSON: {str(exc)[:200]}") from exc
 
 
-def keras_major(version: str, envelope: Any) -> int:
+def keras_major(version: Any, envelope: Any) -> int:
     """Keras major version from a version string, else from the config's own shape."""
-    if version and version[0].isdigit():
-        return int(version.split(".")[0])
+    major = re.match(r"\d{1,3}(?!\d)", version) if isinstance(version, str) else None
+    if major:
+        return int(major.group())
     # Keras 3 writes a top-level "module"; Keras 2 JSON carries "keras_version" instead.
     return 3 if isinstance(envelope, dict) and "module" in envelope else 2
 
@@ -76,9 +79,10 @@ def open_model(model_path: str | Path, weights_path: str | Path | None = None) -
     """Read a model (and its weights) from any supported Keras file combination."""
     model_path = Path(model_path)
     kind = file_kind(model_path)
-    if kind == "json":
-        return _open_json(model_path, weights_path)
-    source = _open_keras_zip(model_path) if kind == "zip" else _open_full_h5(model_path)
+    with reading(model_path, "model file"):
+        if kind == "json":
+            return _open_json(model_path, weights_path)
+        source = _open_keras_zip(model_path) if kind == "zip" else _open_full_h5(model_path)
     if weights_path is not None:
         source.weights = _open_weights(Path(weights_path))
         source.weights_path = Path(weights_path)
@@ -88,25 +92,31 @@ def open_model(model_path: str | Path, weights_path: str | Path | None = None) -
 
 def _open_weights(path: Path) -> WeightStore:
     kind = file_kind(path)
-    if kind == "json":
-        return open_weights_json(path, read_json(path.read_bytes(), path))
-    if kind != "hdf5":
-        raise ModelFileError(path, "not a Keras weights file (.weights.h5, .weights.json or .h5)")
-    return open_weights_h5(_open_h5(path), path)
+    with reading(path, "weights file"):
+        if kind == "json":
+            return open_weights_json(path, read_json(path.read_bytes(), path))
+        if kind != "hdf5":
+            raise ModelFileError(
+                path, "not a Keras weights file (.weights.h5, .weights.json or .h5)"
+            )
+        return open_weights_h5(_open_h5(path), path)
 
 
 def _open_h5(path: Path | io.BytesIO, label: Path | None = None) -> h5py.File:
+    """Open an HDF5 file for reading, refusing links that lead out of it."""
     try:
-        return h5py.File(path, "r")
+        handle = h5py.File(path, "r")
     except OSError as exc:
         raise ModelFileError(label or path, f"corrupt or truncated HDF5 file ({exc})") from exc
+    check_links(handle, label or path)
+    return handle
 
 
 def _open_json(path: Path, weights_path: str | Path | None) -> KerasSource:
     envelope = read_json(path.read_bytes(), path)
     if isinstance(envelope, dict) and "weight_map" in envelope:
         raise ModelFileError(path, "this is a sharded weights index, not a model architecture")
-    version = envelope.get("keras_version", "") if isinstance(envelope, dict) else ""
+    version = _version_text(envelope.get("keras_version") if isinstance(envelope, dict) else "")
     major = keras_major(version, envelope)
     graph = parse_model(envelope, major, str(path))
     weights = _open_weights(Path(weights_path)) if weights_path is not None else None
@@ -120,25 +130,31 @@ def _open_keras_zip(path: Path) -> KerasSource:
         names = set(archive.namelist())
         if "config.json" not in names:
             raise ModelFileError(path, "not a .keras archive (no config.json inside)")
-        config = read_json(archive.read("config.json"), path)
+        config = read_json(read_member(archive, "config.json", path), path)
         metadata = (
-            read_json(archive.read("metadata.json"), path) if "metadata.json" in names else {}
+            read_json(read_member(archive, "metadata.json", path), path)
+            if "metadata.json" in names
+            else {}
         )
         weights = None
         if "model.weights.h5" in names:
-            buffer = io.BytesIO(archive.read("model.weights.h5"))
+            buffer = io.BytesIO(read_member(archive, "model.weights.h5", path))
             weights = open_weights_h5(_open_h5(buffer, path), path)
         elif "model.weights.npz" in names:
             raise ModelFileError(path, "model.weights.npz inside .keras is not supported yet")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
         raise ModelFileError(path, f"corrupt or truncated .keras archive ({exc})") from exc
-    version = metadata.get("keras_version", "") if isinstance(metadata, dict) else ""
+    version = _version_text(metadata.get("keras_version") if isinstance(metadata, dict) else "")
     graph = parse_model(config, keras_major(version, config), str(path))
     return KerasSource(graph, weights, path, None, version, [path])
 
 
 def _attr_text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _version_text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _open_full_h5(path: Path) -> KerasSource:

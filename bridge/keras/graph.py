@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import ModelFileError
+from bridge.keras.guards import MAX_MODEL_DEPTH
 
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 
@@ -97,40 +98,60 @@ def parse_model(envelope: Any, keras_major: int, source: str) -> ModelGraph:
     if not isinstance(envelope, dict) or "class_name" not in envelope:
         raise ModelFileError(source, "not a Keras model config (no 'class_name' at the top level)")
     class_name = envelope["class_name"]
-    if class_name not in MODEL_CLASSES:
+    if not isinstance(class_name, str) or class_name not in MODEL_CLASSES:
         raise ModelFileError(
             source,
             f"not a Keras model config: top-level class is {class_name!r}, expected one of "
             f"{sorted(MODEL_CLASSES)} (subclassed models cannot be read without their Python code)",
         )
     try:
-        return _parse(envelope, keras_major)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ModelFileError(source, f"malformed Keras model config: {exc!r}") from exc
+        return _parse(envelope, keras_major, 0)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
+        raise ModelFileError(source, f"malformed Keras model config: {exc!r:.300}") from exc
 
 
-def _parse(envelope: dict, keras_major: int) -> ModelGraph:
+def _parse(envelope: dict, keras_major: int, depth: int) -> ModelGraph:
+    if depth > MAX_MODEL_DEPTH:
+        raise ValueError(f"models nested more than {MAX_MODEL_DEPTH} deep")
     if envelope["class_name"] == "Sequential":
-        return _parse_sequential(envelope, keras_major)
-    return _parse_functional(envelope, keras_major)
+        graph = _parse_sequential(envelope, keras_major, depth)
+    else:
+        graph = _parse_functional(envelope, keras_major, depth)
+    names = {layer.name for layer in graph.layers}
+    unknown = [r.layer for r in graph.inputs + graph.outputs if r.layer not in names]
+    if unknown:
+        raise ValueError(f"model {graph.name!r}: inputs/outputs name no layer: {unknown}")
+    return graph
 
 
 def _layer_name(entry: dict) -> str:
-    return entry.get("name") or entry.get("config", {}).get("name")
+    config = entry.get("config")
+    return entry.get("name") or (config.get("name") if isinstance(config, dict) else None)
 
 
-def _make_layer(entry: dict, keras_major: int, calls: list[Call]) -> Layer:
-    class_name = entry["class_name"]
+def _text_or_none(entry: dict, key: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key} {value!r} is not a string")
+    return value
+
+
+def _make_layer(entry: dict, keras_major: int, calls: list[Call], depth: int) -> Layer:
+    if not isinstance(entry, dict):
+        raise TypeError(f"layer entry {entry!r:.80} is not an object")
+    class_name, name = entry["class_name"], _layer_name(entry)
+    if not isinstance(class_name, str) or not isinstance(name, str) or not name:
+        raise TypeError(f"layer entry has no string class_name and name: {class_name!r}, {name!r}")
     config = entry.get("config") or {}
-    nested = _parse(entry, keras_major) if class_name in MODEL_CLASSES else None
+    nested = _parse(entry, keras_major, depth + 1) if class_name in MODEL_CLASSES else None
     return Layer(
-        name=_layer_name(entry),
+        name=name,
         class_name=class_name,
         config=config if isinstance(config, dict) else {"layers": config},
         calls=calls,
-        registered_name=entry.get("registered_name"),
+        registered_name=_text_or_none(entry, "registered_name"),
         model=nested,
-        module=entry.get("module"),
+        module=_text_or_none(entry, "module"),
     )
 
 
@@ -149,13 +170,15 @@ def _sequential_input_shape(envelope: dict, entries: list[dict]) -> list | None:
     return next((list(c) for c in candidates if c), None)
 
 
-def _parse_sequential(envelope: dict, keras_major: int) -> ModelGraph:
+def _parse_sequential(envelope: dict, keras_major: int, depth: int) -> ModelGraph:
     config = envelope["config"]
     entries = config if isinstance(config, list) else config["layers"]  # Keras <= 2.2.4: bare list
     name = "sequential" if isinstance(config, list) else config.get("name", "sequential")
+    if not isinstance(name, str) or not isinstance(entries, list):
+        raise TypeError("Sequential config needs a string name and a list of layers")
     layers: list[Layer] = []
     if entries and entries[0]["class_name"] == "InputLayer":
-        input_layer = _make_layer(entries[0], keras_major, [])
+        input_layer = _make_layer(entries[0], keras_major, [], depth)
         entries = entries[1:]
     else:
         shape = _sequential_input_shape(envelope, entries)
@@ -171,7 +194,7 @@ def _parse_sequential(envelope: dict, keras_major: int) -> ModelGraph:
     layers.append(input_layer)
     previous = TensorRef(input_layer.name, 0, 0)
     for entry in entries:
-        layer = _make_layer(entry, keras_major, [Call([previous])])
+        layer = _make_layer(entry, keras_major, [Call([previous])], depth)
         layers.append(layer)
         previous = TensorRef(layer.name, 0, 0)
     return ModelGraph(
@@ -249,13 +272,15 @@ def _constants(node: Any) -> dict[int, Any]:
     return constants
 
 
-def _parse_functional(envelope: dict, keras_major: int) -> ModelGraph:
+def _parse_functional(envelope: dict, keras_major: int, depth: int) -> ModelGraph:
     config = envelope["config"]
     entries = config["layers"]
     classes = {_layer_name(e): e["class_name"] for e in entries}
 
     def ref(triple: list, endpoint: bool) -> TensorRef:
         name, node, tensor = triple[0], int(triple[1]), int(triple[2])
+        if not isinstance(name, str):
+            raise TypeError(f"tensor reference {triple!r:.80} does not name a layer")
         target = classes.get(name)
         # Keras 2 never serializes a nested model's construction node, so every reference to a
         # nested model counts from 1. Keras 3 does so only in input/output_layers of Functionals.
@@ -275,9 +300,8 @@ def _parse_functional(envelope: dict, keras_major: int) -> ModelGraph:
                 for k, v in kwargs.items()
             }
             calls.append(Call([ref(t, False) for t in triples], kwargs, _constants(node)))
-        layers.append(_make_layer(entry, keras_major, calls))
+        layers.append(_make_layer(entry, keras_major, calls, depth))
     inputs = [ref(t, True) for t in _endpoint_refs(config["input_layers"])]
     outputs = [ref(t, True) for t in _endpoint_refs(config["output_layers"])]
-    return ModelGraph(
-        config.get("name", "model"), "functional", layers, inputs, outputs, keras_major
-    )
+    name = config.get("name", "model")
+    return ModelGraph(str(name), "functional", layers, inputs, outputs, keras_major)

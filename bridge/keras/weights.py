@@ -20,6 +20,7 @@ import numpy as np
 
 from bridge.errors import ModelFileError, Problem
 from bridge.keras.graph import Layer, ModelGraph
+from bridge.keras.guards import check_dataset, check_links, reading
 
 LayerWeights = dict[str, list[np.ndarray]]
 # For a layer, which of its weights are trainable, in weight order; None if unknown.
@@ -86,13 +87,21 @@ class WeightStore:
     def assign(
         self, graph: ModelGraph, flags: TrainableFlags
     ) -> tuple[LayerWeights, list[Problem]]:
+        """Each layer's stored arrays (by layer path), and problems found assigning them."""
+        with reading(self.path, "weights file"):
+            return self.assign_layers(graph, flags)
+
+    def assign_layers(
+        self, graph: ModelGraph, flags: TrainableFlags
+    ) -> tuple[LayerWeights, list[Problem]]:
         raise NotImplementedError
 
-    def _read(self, reader: Callable[[], Any]) -> Any:
-        try:
-            return reader()
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise ModelFileError(self.path, f"cannot read weights ({exc!r})") from exc
+    def array(self, dataset: Any) -> np.ndarray:
+        """A checked dataset (numeric, stored in this file, plausible size) as an array."""
+        if not isinstance(dataset, h5py.Dataset):
+            raise ModelFileError(self.path, f"{dataset.name} is a group where an array belongs")
+        check_dataset(dataset, self.path)
+        return to_float_array(dataset)
 
 
 # --- new layout -----------------------------------------------------------------------------------
@@ -107,7 +116,7 @@ class NewLayoutStore(WeightStore):
     def has_group(self, group: str) -> bool:
         raise NotImplementedError
 
-    def assign(
+    def assign_layers(
         self, graph: ModelGraph, flags: TrainableFlags
     ) -> tuple[LayerWeights, list[Problem]]:
         out: LayerWeights = {}
@@ -132,7 +141,7 @@ class NewLayoutStore(WeightStore):
             if layer.model is not None:
                 self._assign(layer.model, group + "/", f"{path_prefix}{layer.name}/", out)
                 continue
-            arrays = self._read(lambda g=group, c=layer.class_name: self.read_layer_vars(g, c))
+            arrays = self.read_layer_vars(group, layer.class_name)
             if arrays is not None:
                 out[path_prefix + layer.name] = arrays
 
@@ -146,8 +155,11 @@ class NewLayoutStore(WeightStore):
         return arrays
 
 
-def _numeric_members(group: h5py.Group) -> dict[int, h5py.Dataset]:
-    return {int(k): v for k, v in group.items() if k.isdigit() and isinstance(v, h5py.Dataset)}
+def _numeric_members(group: Any) -> dict[int, h5py.Dataset]:
+    """``vars/0``, ``vars/1``, ... of a group (a dataset where the group belongs has none)."""
+    if not isinstance(group, h5py.Group):
+        return {}
+    return {int(k): v for k, v in group.items() if k.isdigit() and len(k) < 10}
 
 
 class H5NewLayoutStore(NewLayoutStore):
@@ -162,7 +174,7 @@ class H5NewLayoutStore(NewLayoutStore):
         if group not in self.root:
             return None
         members = _numeric_members(self.root[group])
-        return [to_float_array(members[i]) for i in sorted(members)]
+        return [self.array(members[i]) for i in sorted(members)]
 
 
 class ShardedStore(NewLayoutStore):
@@ -171,8 +183,11 @@ class ShardedStore(NewLayoutStore):
     def __init__(self, path: Path, weight_map: dict[str, Any]):
         super().__init__(path)
         self.weight_map = {
-            k.strip("/"): [v] if isinstance(v, str) else list(v) for k, v in weight_map.items()
+            k.strip("/"): [v] if isinstance(v, str) else v for k, v in weight_map.items()
         }
+        for names in self.weight_map.values():
+            if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+                raise ModelFileError(path, "weight_map values must be shard file names")
         self._files: dict[str, h5py.File] = {}
 
     def _shard(self, name: str) -> h5py.File:
@@ -181,9 +196,11 @@ class ShardedStore(NewLayoutStore):
             if self.path.parent.resolve() not in shard.parents or not shard.is_file():
                 raise ModelFileError(self.path, f"shard {name!r} not found next to the index")
             try:
-                self._files[name] = h5py.File(shard, "r")
+                handle = h5py.File(shard, "r")
             except OSError as exc:
                 raise ModelFileError(shard, f"corrupt or truncated HDF5 shard ({exc})") from exc
+            check_links(handle, shard)
+            self._files[name] = handle
         return self._files[name]
 
     def has_group(self, group: str) -> bool:
@@ -197,7 +214,7 @@ class ShardedStore(NewLayoutStore):
             shard = self._shard(name)
             if group in shard:
                 members.update(_numeric_members(shard[group]))
-        return [to_float_array(members[i]) for i in sorted(members)]
+        return [self.array(members[i]) for i in sorted(members)]
 
 
 # --- legacy layout --------------------------------------------------------------------------------
@@ -216,15 +233,15 @@ class LegacyStore(WeightStore):
             return None
         group = self.root[name]
         names = read_name_list(group.attrs, "weight_names") or []
-        return [to_float_array(group[n]) for n in names]
+        return [self.array(group[n]) for n in names]
 
-    def assign(
+    def assign_layers(
         self, graph: ModelGraph, flags: TrainableFlags
     ) -> tuple[LayerWeights, list[Problem]]:
         out: LayerWeights = {}
         problems: list[Problem] = []
         for layer in graph.layers:
-            arrays = self._read(lambda n=layer.name: self.read_layer(n))
+            arrays = self.read_layer(layer.name)
             if arrays is None:
                 continue
             if layer.model is None:

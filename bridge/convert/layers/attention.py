@@ -14,6 +14,12 @@ from bridge.convert.registry import register
 MASK_VALUE = 1.0e9  # Keras subtracts this from masked float32 scores
 
 
+def _causal_mask(ctx, steps_q: int, steps_k: int) -> relax.Expr:
+    """-MASK_VALUE above the diagonal, as ops: a constant would be steps_q * steps_k floats."""
+    full = ctx.emit(R.full((steps_q, steps_k), ctx.const(-MASK_VALUE)))
+    return ctx.emit(R.triu(full, 1))
+
+
 def _attention_weights(config: dict[str, Any]) -> list[str]:
     names = ["scale"] if config.get("use_scale", False) else []
     return names + (["concat_score_weight"] if config.get("score_mode", "dot") == "concat" else [])
@@ -50,9 +56,7 @@ def attention(ctx, inputs):
         summed = ctx.emit(R.sum(ctx.emit(R.tanh(pairs)), axis=[-1]))
         scores = ctx.emit(R.multiply(_scalar(ctx, "concat_score_weight"), summed))
     if ctx.call.kwargs.get("use_causal_mask", False):
-        steps_q, steps_v = ctx.shape(scores)[-2:]
-        causal = np.triu(np.full((steps_q, steps_v), -MASK_VALUE, dtype="float32"), 1)
-        scores = ctx.emit(R.add(scores, relax.const(causal, "float32")))
+        scores = ctx.emit(R.add(scores, _causal_mask(ctx, *ctx.shape(scores)[-2:])))
     weights = ctx.emit(R.nn.softmax(scores, axis=-1))
     output = ctx.emit(R.matmul(weights, value))
     return [output, weights] if ctx.call.kwargs.get("return_attention_scores", False) else output
@@ -112,9 +116,7 @@ def multi_head_attention(ctx, inputs):
     q = ctx.emit(R.multiply(q, ctx.const(1.0 / np.sqrt(float(key_dim)))))
     scores = ctx.emit(R.matmul(q, ctx.emit(R.permute_dims(k, [0, 1, 3, 2]))))
     if ctx.call_arg("use_causal_mask", False):
-        steps_q, steps_k = ctx.shape(scores)[-2:]
-        causal = np.triu(np.full((steps_q, steps_k), -MASK_VALUE, dtype="float32"), 1)
-        scores = ctx.emit(R.add(scores, relax.const(causal, "float32")))
+        scores = ctx.emit(R.add(scores, _causal_mask(ctx, *ctx.shape(scores)[-2:])))
     weights = ctx.emit(R.nn.softmax(scores, axis=-1))
     attended = ctx.emit(R.permute_dims(ctx.emit(R.matmul(weights, v)), [0, 2, 1, 3]))
     batch, steps = ctx.shape(query)[:2]

@@ -18,6 +18,7 @@ from bridge.convert.registry import register
 
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+MAX_STEPS = 10_000
 Expr = relax.Expr
 
 
@@ -177,6 +178,8 @@ def run_rnn(
     The output is the last step's ``h``, or with ``return_sequences`` every step's, in the order
     the steps were processed (reversed in time for ``go_backwards``, as Keras returns them).
     """
+    if ctx.shape(x)[1] > MAX_STEPS:  # unrolled: ops and translation time grow with the steps
+        raise ValueError(f"{ctx.shape(x)[1]} time steps; recurrent layers unroll up to {MAX_STEPS}")
     cell = _Cell(ctx, class_name, config, ctx.shape(x)[-1], prefix)
     steps = cell.projected_steps(x)
     if config.get("go_backwards", False):

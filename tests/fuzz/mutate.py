@@ -1,0 +1,512 @@
+"""Structure-aware mutations of Keras inputs, driven by hypothesis draws (so failures shrink).
+
+Each mutator takes ``data`` (hypothesis' ``st.data()`` object) and a valid input, and returns a
+mutated one: JSON trees (values, types, keys, shapes), HDF5 files (dataset shapes, dtypes,
+declared sizes, attributes, links), zip archives (member names, sizes, contents) and raw bytes
+(truncation, flips). ``Canaries`` are files outside the case folder that mutations point at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import struct
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from hypothesis import strategies as st
+
+# Values that break naive readers: sizes far beyond memory, signs, types, special floats.
+HUGE = [10**12, 2**31, 2**63, 10**30, 10**9, 50_000]
+INTERESTING: list[Any] = [
+    *HUGE,
+    -1,
+    0,
+    1,
+    -(2**31),
+    0.5,
+    float("nan"),
+    float("inf"),
+    -1e308,
+    "",
+    "x",
+    "../../etc/passwd",
+    "channels_first",
+    "same",
+    "float64",
+    "int8",
+    None,
+    True,
+    [],
+    {},
+    [None],
+    [None, 10**9, 10**9],
+    [None, 40_000, 8],
+    [10**6, 10**6, 10**6],
+    [[["deep"]]],
+    {"class_name": "Sequential", "config": {"layers": []}},
+    {"class_name": "__keras_tensor__", "config": {"keras_history": ["x", 0, 0]}},
+]
+# Config keys worth aiming at: shapes, sizes and the graph's wiring.
+HOT_KEYS = {
+    "batch_shape", "batch_input_shape", "units", "filters", "kernel_size", "strides",
+    "pool_size", "size", "target_shape", "dims", "axis", "axes", "num_heads", "key_dim",
+    "input_dim", "output_dim", "n", "cropping", "padding", "dilation_rate", "groups",
+    "depth_multiplier", "inbound_nodes", "keras_history", "class_name", "name", "dtype",
+    "layers", "input_layers", "output_layers", "config", "args", "kwargs", "module",
+    "registered_name", "activation", "data_format", "num_tokens", "output_mode", "equation",
+    "output_shape", "bias_axes", "layer", "forward_layer", "backward_layer", "cell", "rate",
+    "build_config", "input_shape", "shared_object_id",
+}  # fmt: skip
+
+
+@dataclass
+class Canaries:
+    """Files outside the case folder; a reader that opens one has read outside its inputs."""
+
+    folder: Path
+
+    @property
+    def h5(self) -> Path:
+        return self.folder / "canary.weights.h5"
+
+    @property
+    def raw(self) -> Path:
+        return self.folder / "canary.bin"
+
+    @property
+    def json(self) -> Path:
+        return self.folder / "canary.json"
+
+    def create(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with h5py.File(self.h5, "w") as handle:
+            handle["canary"] = np.full((4, 4), 7777.0, dtype="float32")
+            handle.create_group("layers/dense/vars")["0"] = np.full((4,), 7777.0, "float32")
+        self.raw.write_bytes(np.full(4096, 7777.0, dtype="float32").tobytes())
+        self.json.write_text('{"class_name": "Sequential", "config": {"layers": []}}')
+
+    def targets(self, case_root: Path) -> list[str]:
+        """Ways to name a canary from inside a case folder: absolute and ``../`` relative."""
+        relative = Path("..") / ".." / self.folder.name
+        return [str(self.h5), str(relative / self.h5.name), "../" * 8 + str(self.h5)[1:]]
+
+
+# --- JSON trees ---------------------------------------------------------------------------------
+
+
+def _paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out += _paths(value, (*prefix, key))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            out += _paths(value, (*prefix, index))
+    return out
+
+
+def _get(tree: Any, path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _retype(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value) + 7
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, str):
+        return [value, value]
+    if isinstance(value, list):
+        return {str(i): v for i, v in enumerate(value)}
+    if isinstance(value, dict):
+        return list(value.values())
+    return "null"
+
+
+def _scale(value: Any, factor: int) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        return value
+    if isinstance(value, int):
+        return value * factor
+    return [_scale(v, factor) for v in value]
+
+
+JSON_OPS = (
+    "replace", "retype", "delete", "rename", "scale", "negate", "duplicate", "graft", "rewire",
+    "grow-dim", "grow-dim",
+)  # fmt: skip
+SHAPE_KEYS = {"batch_shape", "batch_input_shape", "target_shape", "build_input_shape"}
+
+
+def grow_dim(data: st.DataObject, tree: Any, paths: list[tuple]) -> bool:
+    """Make one dimension of a declared shape large but plausible: what runs out of memory or
+    time in code that is linear or quadratic in it (unrolled loops, dense masks)."""
+    shapes = [p for p in paths if p and p[-1] in SHAPE_KEYS and isinstance(_get(tree, p), list)]
+    if not shapes:
+        return False
+    shape = _get(tree, shapes[data.draw(st.integers(0, len(shapes) - 1), label="shape")])
+    if not shape:
+        return False
+    index = data.draw(st.integers(min(1, len(shape) - 1), len(shape) - 1), label="dim")
+    shape[index] = data.draw(st.sampled_from([1000, 40_000, 10**6, 2**31 - 1]), label="size")
+    return True
+
+
+def _is_ref(value: Any) -> bool:
+    """A tensor reference ``[layer, node, tensor(, kwargs)]`` (keras_history or Keras 2 form)."""
+    return (
+        isinstance(value, list)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
+
+
+def rewire(data: st.DataObject, tree: Any, paths: list[tuple]) -> bool:
+    """Point one tensor reference at another layer: cycles, self-loops, shape clashes."""
+    refs = [p for p in paths if _is_ref(_get(tree, p))]
+    names = sorted(
+        {v for p in paths if p and p[-1] == "name" and isinstance(v := _get(tree, p), str)}
+    )
+    if not refs or not names:
+        return False
+    ref = _get(tree, refs[data.draw(st.integers(0, len(refs) - 1), label="ref")])
+    ref[0] = names[data.draw(st.integers(0, len(names) - 1), label="to layer")]
+    if data.draw(st.booleans()):
+        ref[1] = data.draw(st.sampled_from([1, 2, 10**9]))
+    return True
+
+
+def mutate_tree(data: st.DataObject, tree: Any) -> Any:
+    """One structural mutation of a parsed JSON document (returns a new tree)."""
+    tree = copy.deepcopy(tree)
+    paths = _paths(tree)
+    hot = [p for p in paths if p and p[-1] in HOT_KEYS]
+    inner = [p for p in paths if len(p) > 3]  # inside a layer entry, not the envelope
+    pool = data.draw(st.sampled_from(["hot", "inner", "any"]), label="pool")
+    pool = {"hot": hot, "inner": inner}.get(pool) or paths
+    path = pool[data.draw(st.integers(0, len(pool) - 1), label="node")]
+    op = data.draw(st.sampled_from(JSON_OPS), label="json op")
+    if (op == "rewire" and rewire(data, tree, paths)) or (
+        op == "grow-dim" and grow_dim(data, tree, paths)
+    ):
+        return tree
+    if not path:  # the root
+        return data.draw(st.sampled_from(INTERESTING)) if op == "replace" else _retype(tree)
+    parent, key = _get(tree, path[:-1]), path[-1]
+    value = parent[key]
+    if op == "replace":
+        parent[key] = copy.deepcopy(data.draw(st.sampled_from(INTERESTING), label="value"))
+    elif op == "retype":
+        parent[key] = _retype(value)
+    elif op == "delete":
+        del parent[key]
+    elif op == "rename" and isinstance(parent, dict):
+        new = data.draw(st.sampled_from(["", "name", "config", "class_name", key + "_"]))
+        parent[new] = parent.pop(key)
+    elif op == "scale":
+        parent[key] = _scale(value, data.draw(st.sampled_from([10**6, 10**9, 0, -1])))
+    elif op == "negate":
+        parent[key] = _scale(value, -1)
+    elif op == "duplicate" and isinstance(value, list) and value:
+        index = data.draw(st.integers(0, len(value) - 1))
+        value.insert(index, copy.deepcopy(value[index]))
+    elif op == "graft":  # another subtree put here: shared names, nesting, self-reference
+        donor = paths[data.draw(st.integers(0, len(paths) - 1), label="donor")]
+        parent[key] = copy.deepcopy(_get(tree, donor))
+    else:
+        parent[key] = None
+    return tree
+
+
+TEXT_OPS = ("truncate", "flip", "nest", "bad-utf8", "huge-number")
+
+
+def mutate_json_text(data: st.DataObject, text: bytes) -> bytes:
+    """A mutation of the JSON text itself (what the tree mutations cannot express)."""
+    op = data.draw(st.sampled_from(TEXT_OPS), label="text op")
+    if op == "nest":  # nesting deep enough to exhaust a recursive parser
+        depth = data.draw(st.sampled_from([1000, 100_000]))
+        return b"[" * depth + b"]" * depth
+    if op == "bad-utf8":
+        return text[: len(text) // 2] + b"\xff\xfe" + text[len(text) // 2 :]
+    if op == "huge-number":
+        return text.replace(b"1", b"1" + b"0" * 5000, 1)
+    return mutate_bytes(data, text, op)
+
+
+def mutate_json_doc(data: st.DataObject, text: bytes) -> bytes:
+    """Tree mutations (1-3), or now and then a text mutation."""
+    if data.draw(st.integers(0, 9), label="text?") == 0:
+        return mutate_json_text(data, text)
+    tree = json.loads(text)
+    for _ in range(data.draw(st.integers(1, 3), label="json edits")):
+        tree = mutate_tree(data, tree)
+    return json.dumps(tree).encode()
+
+
+# --- raw bytes ----------------------------------------------------------------------------------
+
+
+def mutate_bytes(data: st.DataObject, blob: bytes, op: str | None = None) -> bytes:
+    """Truncate, flip bytes or zero a range: what a broken download or disk does."""
+    op = op or data.draw(st.sampled_from(["truncate", "flip", "zero"]), label="bytes op")
+    if not blob:
+        return blob
+    at = data.draw(st.integers(0, len(blob) - 1), label="offset")
+    if op == "truncate":
+        return blob[:at]
+    out = bytearray(blob)
+    if op == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            out[data.draw(st.integers(0, len(out) - 1))] ^= data.draw(st.integers(1, 255))
+    else:
+        out[at : at + data.draw(st.integers(1, 64))] = b"\0" * min(64, len(out) - at)
+        out = out[: len(blob)]
+    return bytes(out)
+
+
+# --- HDF5 ---------------------------------------------------------------------------------------
+
+H5_OPS = (
+    "shape", "dtype", "declared-huge", "scalar", "delete", "swap-kind", "soft-link",
+    "external-link", "virtual", "external-storage", "hard-cycle", "attr", "config-attr",
+)  # fmt: skip
+DTYPES = [
+    "float64", "float16", "int8", "int64", "bool", "S5", "complex64", "V2", "V7", "vlen-str",
+    "compound",
+]  # fmt: skip
+
+
+def _objects(handle: h5py.File) -> tuple[list[str], list[str]]:
+    datasets, groups = [], []
+
+    def visit(name: str, obj: Any) -> None:
+        (datasets if isinstance(obj, h5py.Dataset) else groups).append(name)
+
+    handle.visititems(visit)
+    return datasets, groups
+
+
+def _typed(dtype: str, shape: tuple) -> np.ndarray | tuple:
+    if math.prod(shape) > 4096:  # an earlier edit declared it huge: keep the mutator's memory small
+        shape = (2, 3)
+    size = math.prod(shape)
+    if dtype == "vlen-str":
+        return np.array(["a"] * size, dtype=h5py.string_dtype()).reshape(shape)
+    if dtype == "compound":
+        return np.zeros(shape, dtype=[("a", "f4"), ("b", "i4")])
+    if dtype.startswith("V"):
+        return np.zeros(shape, dtype=dtype)
+    return np.ones(shape, dtype=dtype)
+
+
+def _replace(handle: h5py.File, name: str, make) -> None:
+    del handle[name]
+    make(name)
+
+
+def _shape(data: st.DataObject, old: tuple) -> tuple:
+    rank = data.draw(st.integers(0, 4), label="rank")
+    return tuple(data.draw(st.integers(0, 5)) for _ in range(rank)) or old[:0]
+
+
+def mutate_h5_file(data: st.DataObject, path: Path, canaries: Canaries) -> None:
+    """Edit an HDF5 file in place, one structural change (an h5py-level edit, not bytes)."""
+    with h5py.File(path, "r+") as handle:
+        datasets, groups = _objects(handle)
+        op = data.draw(st.sampled_from(H5_OPS), label="h5 op")
+        if op in ("attr", "config-attr"):
+            _mutate_attrs(data, handle, groups, op == "config-attr")
+            return
+        names = datasets if op not in ("hard-cycle", "swap-kind") or not groups else groups
+        if op in ("delete", "soft-link", "external-link", "swap-kind"):
+            names = data.draw(st.sampled_from([datasets, groups]), label="kind") or names
+        if not names:
+            return
+        name = names[data.draw(st.integers(0, len(names) - 1), label="object")]
+        obj = handle[name]
+        old_shape = obj.shape if isinstance(obj, h5py.Dataset) else ()
+        if op == "shape":
+            new = _shape(data, old_shape)
+            _replace(handle, name, lambda n: handle.create_dataset(n, data=np.ones(new, "f4")))
+        elif op == "dtype":
+            dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+            _replace(
+                handle, name, lambda n: handle.create_dataset(n, data=_typed(dtype, old_shape))
+            )
+        elif op == "declared-huge":  # chunked, never written: costs nothing on disk
+            shape = data.draw(st.sampled_from([(10**6, 10**6), (2**40,), (2**20, 2**20, 64)]))
+            chunks = (1,) * len(shape)
+            _replace(handle, name, lambda n: handle.create_dataset(n, shape, "f4", chunks=chunks))
+        elif op == "scalar":
+            _replace(handle, name, lambda n: handle.create_dataset(n, data=np.float32(1)))
+        elif op == "delete":
+            del handle[name]
+        elif op == "swap-kind":
+            if isinstance(obj, h5py.Dataset):
+                _replace(handle, name, handle.create_group)
+            else:
+                _replace(handle, name, lambda n: handle.create_dataset(n, data=np.ones(3, "f4")))
+        elif op == "soft-link":
+            target = data.draw(st.sampled_from(["/", "/" + name, "/nowhere", "/" + names[0]]))
+            _replace(handle, name, lambda n: handle.__setitem__(n, h5py.SoftLink(target)))
+        elif op == "external-link":
+            file = data.draw(st.sampled_from(canaries.targets(path.parent)), label="target")
+            obj_path = data.draw(st.sampled_from(["/", "/canary", "/layers/dense/vars"]))
+            _replace(
+                handle, name, lambda n: handle.__setitem__(n, h5py.ExternalLink(file, obj_path))
+            )
+        elif op == "virtual":
+            layout = h5py.VirtualLayout(shape=(4, 4), dtype="f4")
+            layout[:] = h5py.VirtualSource(str(canaries.h5), "canary", shape=(4, 4))
+            _replace(handle, name, lambda n: handle.create_virtual_dataset(n, layout))
+        elif op == "external-storage":
+            ext = [(str(canaries.raw), 0, 64)]
+            _replace(handle, name, lambda n: handle.create_dataset(n, (4, 4), "f4", external=ext))
+        elif op == "hard-cycle":
+            group = handle[name] if isinstance(obj, h5py.Group) else handle
+            group["loop"] = group  # a group containing itself
+            if name in groups:
+                handle[name + "/vars_cycle"] = handle["/"]
+
+
+def _name_list_edit(data: st.DataObject, values: list) -> Any:
+    op = data.draw(st.sampled_from(["drop", "dup", "bogus", "ints", "empty", "many", "reverse"]))
+    if op == "drop" and values:
+        return values[1:]
+    if op == "dup" and values:
+        return [*values, values[0]]
+    if op == "bogus":
+        return [*values, b"no_such_layer", b"../x", b"/"]
+    if op == "ints":
+        return np.arange(max(1, len(values)))
+    if op == "many":
+        return [b"x%d" % i for i in range(2000)]
+    if op == "reverse":
+        return values[::-1]
+    return np.array([], dtype="S1")
+
+
+def _mutate_attrs(data: st.DataObject, handle: h5py.File, groups: list[str], config: bool) -> None:
+    if config:
+        if "model_config" not in handle.attrs:
+            return
+        raw = handle.attrs["model_config"]
+        text = raw.encode() if isinstance(raw, str) else bytes(raw)
+        handle.attrs["model_config"] = mutate_json_doc(data, text).decode(errors="replace")
+        return
+    holders = ["/", *groups]
+    holder = handle[holders[data.draw(st.integers(0, len(holders) - 1), label="holder")]]
+    keys = list(holder.attrs)
+    if not keys:
+        holder.attrs["layer_names"] = [b"ghost"]
+        return
+    key = keys[data.draw(st.integers(0, len(keys) - 1), label="attr")]
+    value = holder.attrs[key]
+    if key in ("layer_names", "weight_names") or (
+        isinstance(value, np.ndarray) and value.dtype.kind in "SOU"
+    ):
+        names = [v if isinstance(v, bytes) else str(v).encode() for v in np.atleast_1d(value)]
+        holder.attrs[key] = _name_list_edit(data, names)
+    elif data.draw(st.booleans()):
+        holder.attrs[key] = b"\xff\xfe not utf-8"
+    else:
+        del holder.attrs[key]
+
+
+def mutate_h5(data: st.DataObject, path: Path, canaries: Canaries) -> None:
+    """1-2 structural edits, or (a tenth of the time) a byte-level corruption."""
+    if data.draw(st.integers(0, 9), label="bytes?") == 0:
+        path.write_bytes(mutate_bytes(data, path.read_bytes()))
+        return
+    for _ in range(data.draw(st.integers(1, 2), label="h5 edits")):
+        # An edit h5py refuses (e.g. a name taken by an earlier edit) is not a finding.
+        with contextlib.suppress(OSError, KeyError, ValueError, TypeError, RuntimeError):
+            mutate_h5_file(data, path, canaries)
+
+
+# --- zip archives -------------------------------------------------------------------------------
+
+ZIP_OPS = (
+    "config", "metadata", "weights", "rename", "delete", "duplicate", "declared-size",
+    "deflate-bomb", "bytes",
+)  # fmt: skip
+EVIL_NAMES = [
+    "../config.json", "/config.json", "/tmp/config.json", "config.json/", "./config.json",
+    "sub/../config.json", "CONFIG.JSON", "..\\config.json", "../../../../tmp/model.weights.h5",
+]  # fmt: skip
+
+
+def _write_zip(members: list[tuple[str, bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as archive:
+        warnings.simplefilter("ignore")  # duplicate member names are intended
+        for name, blob, compression in members:
+            info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
+            info.compress_type = compression
+            archive.writestr(info, blob)
+    return buffer.getvalue()
+
+
+def _patch_declared_size(blob: bytes, member: int, size: int) -> bytes:
+    """Rewrite a member's uncompressed size in the central directory (what zipfile trusts)."""
+    out = bytearray(blob)
+    offset = -1
+    for _ in range(member + 1):
+        offset = out.find(b"PK\x01\x02", offset + 1)
+        if offset < 0:
+            return blob
+    struct.pack_into("<I", out, offset + 24, size)
+    return bytes(out)
+
+
+def mutate_zip(data: st.DataObject, blob: bytes, workdir: Path, canaries: Canaries) -> bytes:
+    """One change to a .keras archive: its members (names, contents, sizes) or its bytes."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        members = [(i.filename, archive.read(i), i.compress_type) for i in archive.infolist()]
+    op = data.draw(st.sampled_from(ZIP_OPS), label="zip op")
+    index = data.draw(st.integers(0, len(members) - 1), label="member")
+    name, content, compression = members[index]
+    by_name = {m[0]: i for i, m in enumerate(members)}
+    if op in ("config", "metadata") and f"{op}.json" in by_name:
+        i = by_name[f"{op}.json"]
+        members[i] = (members[i][0], mutate_json_doc(data, members[i][1]), members[i][2])
+    elif op == "weights" and "model.weights.h5" in by_name:
+        i = by_name["model.weights.h5"]
+        scratch = workdir / "scratch.weights.h5"
+        scratch.write_bytes(members[i][1])
+        mutate_h5(data, scratch, canaries)
+        members[i] = (members[i][0], scratch.read_bytes(), members[i][2])
+        scratch.unlink()
+    elif op == "rename":
+        members[index] = (
+            data.draw(st.sampled_from(EVIL_NAMES), label="name"),
+            content,
+            compression,
+        )
+    elif op == "delete":
+        del members[index]
+    elif op == "duplicate":
+        members.append((name, b'{"class_name": "Sequential"}', compression))
+    elif op == "deflate-bomb":  # small on disk, large once inflated
+        members[index] = (name, b" " * (8 << 20), zipfile.ZIP_DEFLATED)
+    out = _write_zip(members)
+    if op == "declared-size":
+        return _patch_declared_size(out, index, data.draw(st.sampled_from([0xFFFFFFF0, 2**31])))
+    if op == "bytes":
+        return mutate_bytes(data, out)
+    return out
