@@ -94,6 +94,15 @@ class BridgeConverter(OperatorConverter):
         for i, tensor in enumerate(output_tensors):
             self.exp_tab.set_expr(get_tensor_name(self.subgraph, tensor.tensor_idx), result[i])
 
+    def convert_prelu(self, op):
+        """``x if x > 0 else alpha * x`` with alpha broadcast as stored (TVM's converter
+        materializes alpha at the full activation size, one constant per activation element)."""
+        data, alpha = self.get_input_tensors(op)[:2]
+        x = self.get_tensor_expr(data)
+        zero = relax.const(0, self.get_tensor_type_str(data.tensor.Type()))
+        negative = relax.op.multiply(x, self.get_tensor_expr(alpha))
+        return relax.op.where(relax.op.greater(x, zero), x, negative)
+
     # --- custom operators ---------------------------------------------------------------------
     def convert_transpose_conv_bias(self, op):
         """MediaPipe ``Convolution2DTransposeBias``: inputs (data NHWC, weights OHWI, bias), options
@@ -178,9 +187,10 @@ def preflight(source: TFLiteFile, rewrites: Rewrites) -> list[Problem]:
 
 
 def op_label(source: TFLiteFile, op: OpDesc) -> str:
-    """``#index`` plus the name of the operator's first output tensor."""
-    out = source.tensors[op.outputs[0]].name if op.outputs else "-"
-    return f"#{op.index} {out}"
+    """``#index`` plus the name of the operator's first output tensor (the first of the names
+    the converter fused with ';', at most 48 characters)."""
+    out = source.tensors[op.outputs[0]].name.split(";")[0] if op.outputs else "-"
+    return f"#{op.index} {out if len(out) <= 48 else '...' + out[-45:]}"
 
 
 def _known_names() -> list[str]:

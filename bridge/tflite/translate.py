@@ -168,3 +168,32 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]
         list(main.params) + lifter.variables, body, main.ret_ty, main.is_pure
     ).with_attrs(attrs)
     return tvm.IRModule({"main": func}), lifter.values
+
+
+def report_rows(source: TFLiteFile) -> list[tuple[str, str, list | None, int, str]]:
+    """``bridge inspect`` rows, one per operator: (label, operator, output shapes, weight
+    elements, "ok" or why not). Never raises for unsupported operators."""
+    rewrites = plan_rewrites(source)
+    problems: dict[str, list[str]] = {}
+    for p in preflight(source, rewrites):
+        problems.setdefault(p.layer, []).append(p.reason)
+    if not problems:
+        try:
+            translate(source)
+        except UnsupportedModelError as exc:
+            for p in exc.problems:
+                problems.setdefault(p.layer, []).append(p.reason)
+    rows = []
+    for op in source.ops:
+        label = op_label(source, op)
+        weights = sum(
+            int(np.prod(source.tensors[t].shape, dtype=np.int64))
+            for t in op.inputs
+            if t >= 0 and source.buffer_bytes(source.tensors[t].buffer) is not None
+        )
+        status = "; ".join(problems.get(label, [])) or "ok"
+        if op.index in rewrites.dropped:
+            status = "folded at import"
+        shapes = [source.tensors[t].shape for t in op.outputs]
+        rows.append((label, op.name, shapes, weights, status))
+    return rows
