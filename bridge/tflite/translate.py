@@ -90,6 +90,9 @@ def translate(
     except Exception as exc:  # graph-level failures (inputs, outputs)
         problem = Problem(source.name, "graph", f"translation failed: {_first_line(exc)}")
         raise UnsupportedModelError(source.label, [problem]) from exc
+    # TVM legalizes conv2d_transpose only as NCHW: transposed convolutions (TRANSPOSE_CONV,
+    # Convolution2DTransposeBias) are converted NHWC, so wrap them in layout transposes.
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
     mod, params = lift_weights(mod)
     main = mod["main"]
     inputs = [_info(source.tensors[t].name, v) for t, v in zip(source.inputs, main.params)]
