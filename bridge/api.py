@@ -85,7 +85,9 @@ def _load_and_translate(
 
         tfl = read_tflite(model)
         report(f"translating {len(tfl.ops)} TFLite operators to Relax")
-        source = {"model": tfl.name, "model_type": "tflite", "keras_version": "", "files": [tfl.path]}
+        source = {
+            "model": tfl.name, "model_type": "tflite", "keras_version": "", "files": [tfl.path]
+        }
         return translate(tfl, batch_size=batch_size, outputs=outputs), source
     loaded = load_keras(model, weights)
     report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
@@ -125,7 +127,8 @@ def build(
     separate_params: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Model:
-    """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a callable Model.
+    """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a
+    callable Model.
 
     ``target`` is a preset name (``bridge targets``), ``"llvm"``/``"native"``, ``"cuda"``, a TVM
     tag or a TVM target dict. ``batch_size=None`` compiles a symbolic batch dimension.

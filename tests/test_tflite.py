@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 import bridge
 from bridge.cli import main as cli
 from bridge.errors import BridgeError, ModelFileError, UnsupportedModelError
-from conftest import FIXTURES
 
 TFLITE = FIXTURES / "tflite"
 CASES = sorted(p.stem for p in TFLITE.glob("*.tflite"))

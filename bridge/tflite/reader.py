@@ -234,7 +234,7 @@ def _subgraph(sg, opcodes, buffer_count: int, path: Path):
                 path,
                 f"tensor {name!r}: {q.ScaleLength()} scales but {q.ZeroPointLength()} zero points",
             )
-            q.ScaleAsNumpy(), q.ZeroPointAsNumpy()  # noqa: B018 - touch: raises if damaged
+            q.ScaleAsNumpy(), q.ZeroPointAsNumpy()
         tensors.append(
             TensorDesc(i, name, shape, t.Type(), t.Buffer(), quantized, t.Sparsity() is not None)
         )

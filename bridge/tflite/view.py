@@ -24,22 +24,22 @@ class BufferView(tflite.Buffer):
     def __init__(self, data: np.ndarray):
         self._data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
 
-    def Data(self, j):  # noqa: N802 - the flatbuffers accessor names
+    def Data(self, j):
         return int(self._data[j])
 
-    def DataAsNumpy(self):  # noqa: N802
+    def DataAsNumpy(self):
         return self._data
 
-    def DataLength(self):  # noqa: N802
+    def DataLength(self):
         return int(self._data.size)
 
-    def DataIsNone(self):  # noqa: N802
+    def DataIsNone(self):
         return False
 
-    def Offset(self):  # noqa: N802
+    def Offset(self):
         return 0
 
-    def Size(self):  # noqa: N802
+    def Size(self):
         return 0
 
 
@@ -50,16 +50,16 @@ class TensorView(tflite.Tensor):
         self._tab = base._tab
         self._buffer = buffer
 
-    def Type(self):  # noqa: N802
+    def Type(self):
         return FLOAT32
 
-    def Buffer(self):  # noqa: N802
+    def Buffer(self):
         return self._buffer
 
-    def Quantization(self):  # noqa: N802
+    def Quantization(self):
         return None
 
-    def Sparsity(self):  # noqa: N802
+    def Sparsity(self):
         return None
 
 
@@ -71,24 +71,24 @@ class SubGraphView(tflite.SubGraph):
         self._tensors = tensors  # tensor index -> buffer index of its new value
         self._outputs = np.asarray(outputs, dtype=np.int32)
 
-    def Operators(self, j):  # noqa: N802
+    def Operators(self, j):
         return self._base.Operators(self._operators[j])
 
-    def OperatorsLength(self):  # noqa: N802
+    def OperatorsLength(self):
         return len(self._operators)
 
-    def Tensors(self, j):  # noqa: N802
+    def Tensors(self, j):
         tensor = self._base.Tensors(j)
         buffer = self._tensors.get(int(j))
         return tensor if buffer is None else TensorView(tensor, buffer)
 
-    def Outputs(self, j):  # noqa: N802
+    def Outputs(self, j):
         return int(self._outputs[j])
 
-    def OutputsAsNumpy(self):  # noqa: N802
+    def OutputsAsNumpy(self):
         return self._outputs
 
-    def OutputsLength(self):  # noqa: N802
+    def OutputsLength(self):
         return len(self._outputs)
 
 
@@ -101,7 +101,8 @@ class ModelView(tflite.Model):
         self._buffers: dict[int, BufferView] = {}
         for index, (start, length) in source.buffer_data.items():
             if base.Buffers(index).Offset() > 1:  # stored after the flatbuffer
-                self._buffers[index] = BufferView(np.frombuffer(source.data, np.uint8, length, start))
+                stored = np.frombuffer(source.data, np.uint8, length, start)
+                self._buffers[index] = BufferView(stored)
         tensors = {}
         for k, (tensor, value) in enumerate(sorted(rewrites.constants.items())):
             tensors[tensor] = count + k
@@ -110,12 +111,12 @@ class ModelView(tflite.Model):
         kept = [op.index for op in source.ops if op.index not in rewrites.dropped]
         self._main = SubGraphView(base.Subgraphs(0), kept, tensors, outputs)
 
-    def Subgraphs(self, j):  # noqa: N802
+    def Subgraphs(self, j):
         return self._main if j == 0 else self._base.Subgraphs(j)
 
-    def Buffers(self, j):  # noqa: N802
+    def Buffers(self, j):
         view = self._buffers.get(int(j))
         return view if view is not None else self._base.Buffers(j)
 
-    def BuffersLength(self):  # noqa: N802
+    def BuffersLength(self):
         return self._count
