@@ -219,7 +219,8 @@ def _inline_epilogue(sch: s_tir.Schedule, write_back) -> None:
         # Only a sole consumer: inlining one of several would drop the buffer the others read.
         if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
             return
-        # A consumer over a larger domain (a channel pad) would be left partly unwritten.
+        # A consumer of another shape (a channel slice after a pool) would be written over the
+        # producer's domain: out of bounds.
         if not _same_shape(sch, write_back, consumers[0]):
             return
         if not _try(sch.reverse_compute_inline, consumers[0]):
