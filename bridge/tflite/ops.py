@@ -13,7 +13,7 @@ from tvm import relax
 from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter, get_pad_value
 
 from bridge.errors import Problem
-from bridge.tflite.reader import DTYPES, OpDesc, TFLiteFile
+from bridge.tflite.reader import OpDesc, TFLiteFile
 from bridge.tflite.weights import Rewrites
 
 # Layout and data-movement operators are exact on quantized integers when their input and
@@ -45,6 +45,18 @@ QUANTIZED_PASSTHROUGH = frozenset(
     }
 )
 MARKERS = {"DELEGATE", "PLACEHOLDER_FOR_GREATER_OP_CODES"}
+# Tensor types TVM's frontend has no Relax dtype for (string, resource and variant tensors are
+# handled by its hash-table and variable operators).
+UNTYPED = {"float64", "uint16", "int4", "bfloat16", "complex128"}
+
+
+class OperatorFailed(Exception):
+    """TVM's converter raised while translating one operator."""
+
+    def __init__(self, label: str, cause: Exception):
+        super().__init__(label)
+        self.label = label
+        self.cause = cause
 BUILTIN_CUSTOM = {"TFLite_Detection_PostProcess": "DETECTION_POSTPROCESS"}
 
 
@@ -69,8 +81,6 @@ class BridgeConverter(OperatorConverter):
         """Done before translation by ``preflight`` (which lists every problem)."""
 
     def convert_op_to_relax(self):
-        from bridge.tflite.translate import OperatorFailed
-
         for position in range(self.subgraph.OperatorsLength()):
             op = self.subgraph.Operators(position)
             try:
@@ -150,11 +160,9 @@ def check_op(source: TFLiteFile, op: OpDesc, rewrites: Rewrites, known: set[str]
     if name not in known:
         return f"operator {name} is not supported by TVM's TFLite frontend"
     for t in (*op.inputs, *op.outputs):
-        if t < 0 or t in rewrites.constants:
-            continue
-        desc = source.tensors[t]
-        if desc.type_code not in DTYPES and desc.dtype != "complex64" and name != "CALL_ONCE":
-            return f"tensor {desc.name!r} has type {desc.dtype}, which bridge cannot hold"
+        if t >= 0 and t not in rewrites.constants and source.tensors[t].dtype in UNTYPED:
+            desc = source.tensors[t]
+            return f"tensor {desc.name!r} has type {desc.dtype}, which TVM cannot represent"
     activations = [
         t
         for t in op.inputs

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.errors import ModelFileError, UnsupportedModelError
+from bridge.errors import ModelFileError
 
 TFLITE_MAGIC = b"TFL3"
 MAX_RANK = 8
@@ -270,13 +270,4 @@ def _check_buffer(t: TensorDesc, spans: dict[int, tuple[int, int]], path: Path) 
         path,
         f"tensor {t.name!r}: buffer holds {span[1]} bytes, shape {list(t.shape)} of {t.dtype} "
         f"needs {expected}",
-    )
-
-
-def unsupported_dtype(source: TFLiteFile, tensor: int) -> UnsupportedModelError:
-    from bridge.errors import Problem
-
-    t = source.tensors[tensor]
-    return UnsupportedModelError(
-        source.label, [Problem(t.name, "tensor", f"tensor type {t.dtype} is not supported")]
     )

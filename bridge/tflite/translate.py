@@ -15,22 +15,13 @@ from tvm import relax
 from bridge.convert.walk import Translation
 from bridge.errors import BridgeError, ModelFileError, Problem, UnsupportedModelError
 from bridge.signature import TensorInfo
-from bridge.tflite.ops import BridgeConverter, op_label, preflight
+from bridge.tflite.ops import BridgeConverter, OperatorFailed, op_label, preflight
 from bridge.tflite.reader import DTYPES, TFLiteFile
 from bridge.tflite.view import ModelView
 from bridge.tflite.weights import Rewrites, plan
 
 LIFT_MIN_BYTES = 256  # smaller constants (scalars, scales, shapes) stay inline in the module
 KEEP_INLINE = {"relax.quantize", "relax.dequantize"}  # their scale/zero point must be constants
-
-
-class OperatorFailed(Exception):
-    """TVM's converter raised while translating one operator."""
-
-    def __init__(self, label: str, cause: Exception):
-        super().__init__(label)
-        self.label = label
-        self.cause = cause
 
 
 def plan_rewrites(source: TFLiteFile) -> Rewrites:
