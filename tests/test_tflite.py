@@ -210,3 +210,14 @@ def test_mediapipe_unsupported_custom_ops_named(name: str) -> None:
     with pytest.raises(UnsupportedModelError) as info:
         bridge.build(zoo.model(name))
     assert {p.class_name for p in info.value.problems} == set(zoo.UNSUPPORTED[name])
+
+
+def test_int8_bundle_runs_without_python(tmp_path: Path) -> None:
+    """The native runner reads and writes int8 .npy files (``|i1``)."""
+    from tests.test_deploy import run_bundle
+
+    inputs, expected, data = reference("mobile_int8")
+    bridge.build(TFLITE / "mobile_int8.tflite", target="x86-64").export(
+        tmp_path / "bundle", bundle=True
+    )
+    check_outputs("mobile_int8", run_bundle(tmp_path / "bundle", inputs), expected, data)
