@@ -44,6 +44,8 @@ QUANTIZED_PASSTHROUGH = frozenset(
         "UNPACK",
     }
 )
+# Resource variables store and load tensors unchanged (streaming models keep int8 state).
+QUANTIZED_STORAGE = frozenset({"ASSIGN_VARIABLE", "CALL_ONCE", "READ_VARIABLE", "VAR_HANDLE"})
 MARKERS = {"DELEGATE", "PLACEHOLDER_FOR_GREATER_OP_CODES"}
 # Tensor types TVM's frontend has no Relax dtype for (string, resource and variant tensors are
 # handled by its hash-table and variable operators).
@@ -159,6 +161,8 @@ def check_op(source: TFLiteFile, op: OpDesc, rewrites: Rewrites, known: set[str]
         return f"{name} marks a delegated or newer-schema operator; nothing to translate"
     if name not in known:
         return f"operator {name} is not supported by TVM's TFLite frontend"
+    if name == "ASSIGN_VARIABLE":  # in the main graph: state carried from one call to the next
+        return "stateful model: variables updated at every call are not supported"
     for t in (*op.inputs, *op.outputs):
         if t >= 0 and t not in rewrites.constants and source.tensors[t].dtype in UNTYPED:
             desc = source.tensors[t]
@@ -172,7 +176,7 @@ def check_op(source: TFLiteFile, op: OpDesc, rewrites: Rewrites, known: set[str]
     quantized = [t for t in (*activations, *op.outputs) if source.tensors[t].quantized]
     if not quantized:
         return None
-    if name in OperatorConverter._SUPPORTED_QUANTIZED_OPS:
+    if name in OperatorConverter._SUPPORTED_QUANTIZED_OPS or name in QUANTIZED_STORAGE:
         return None
     if name in QUANTIZED_PASSTHROUGH and activations:
         first, out = activations[0], op.outputs[0]
