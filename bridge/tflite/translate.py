@@ -8,6 +8,8 @@ parameters and export work exactly as for Keras models.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -16,7 +18,7 @@ from bridge.convert.walk import Translation
 from bridge.errors import BridgeError, ModelFileError, Problem, UnsupportedModelError
 from bridge.signature import TensorInfo
 from bridge.tflite.ops import BridgeConverter, OperatorFailed, op_label, preflight
-from bridge.tflite.reader import DTYPES, TFLiteFile
+from bridge.tflite.reader import DTYPES, READ_ERRORS, TFLiteFile
 from bridge.tflite.view import ModelView
 from bridge.tflite.weights import Rewrites, plan
 
@@ -27,7 +29,7 @@ KEEP_INLINE = {"relax.quantize", "relax.dequantize"}  # their scale/zero point m
 def plan_rewrites(source: TFLiteFile) -> Rewrites:
     try:
         return plan(source)
-    except (ValueError, IndexError, TypeError, RecursionError) as exc:
+    except (*READ_ERRORS, RecursionError) as exc:  # e.g. damaged sparsity metadata
         raise ModelFileError(source.path, f"malformed weights: {_first_line(exc)}") from exc
 
 
@@ -72,12 +74,17 @@ def translate(
     try:
         mod = from_tflite(view, op_converter=converter)
     except OperatorFailed as exc:
+        if isinstance(exc.cause, struct.error):  # options read past the end of the file
+            reason = f"operator {exc.label}: corrupt options ({exc.cause})"
+            raise ModelFileError(source.path, reason) from exc.cause
         index = int(exc.label.split()[0][1:])
         problem = Problem(exc.label, source.ops[index].name, f"translation failed: "
                           f"{_first_line(exc.cause)}")
         raise UnsupportedModelError(source.label, [problem]) from exc.cause
     except BridgeError:
         raise
+    except struct.error as exc:
+        raise ModelFileError(source.path, f"corrupt flatbuffer ({exc})") from exc
     except Exception as exc:  # graph-level failures (inputs, outputs)
         problem = Problem(source.name, "graph", f"translation failed: {_first_line(exc)}")
         raise UnsupportedModelError(source.label, [problem]) from exc
