@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.keras.files import KerasSource, open_model
+from bridge.keras.files import KerasSource, file_kind, open_model
 from bridge.runtime import Model, file_digest
 from bridge.targets import host_arch
 
@@ -64,6 +64,46 @@ def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
     )
 
 
+def _is_tflite(model: PathLike, weights: PathLike | None) -> bool:
+    """Whether ``model`` is a TFLite flatbuffer (which holds its own weights)."""
+    from bridge.errors import ModelFileError
+
+    if file_kind(Path(model)) != "tflite":
+        return False
+    if weights is not None:
+        raise ModelFileError(weights, "a .tflite model holds its weights; pass no weights file")
+    return True
+
+
+def _load_and_translate(
+    model: PathLike,
+    weights: PathLike | None,
+    batch_size: int | None,
+    outputs: list[str] | None,
+    report: Callable[[str], None] = lambda stage: None,
+):
+    """Translate any supported model file: (translation, metadata describing its source)."""
+    if _is_tflite(model, weights):
+        from bridge.tflite import read_tflite, translate
+
+        tfl = read_tflite(model)
+        report(f"translating {len(tfl.ops)} TFLite operators to Relax")
+        source = {
+            "model": tfl.name, "model_type": "tflite", "keras_version": "", "files": [tfl.path]
+        }
+        return translate(tfl, batch_size=batch_size, outputs=outputs), source
+    loaded = load_keras(model, weights)
+    report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
+    keras = loaded.source
+    source = {
+        "model": keras.graph.name,
+        "model_type": keras.graph.kind,
+        "keras_version": keras.keras_version,
+        "files": keras.files,
+    }
+    return _translate(loaded, batch_size, outputs), source
+
+
 def to_relax(
     model: PathLike,
     weights: PathLike | None = None,
@@ -76,7 +116,7 @@ def to_relax(
     ``main`` takes the model inputs then every weight (attribute ``num_input`` counts the
     inputs); ``params`` maps each weight parameter's name to its array.
     """
-    translation = _translate(load_keras(model, weights), batch_size, outputs)
+    translation, _ = _load_and_translate(model, weights, batch_size, outputs)
     return translation.mod, translation.params
 
 
@@ -94,7 +134,8 @@ def build(
     rpc_key: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Model:
-    """Read Keras files, translate to Relax, compile for ``target``; returns a callable Model.
+    """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a
+    callable Model.
 
     ``target`` is a preset name (``bridge targets``), ``"llvm"``/``"native"``, ``"cuda"``, a TVM
     tag or a TVM target dict. ``batch_size=None`` compiles a symbolic batch dimension.
@@ -123,6 +164,7 @@ def build(
         enable_offline_codegen()
     started = time.perf_counter()
     report(f"reading {Path(model).name}")
+<<<<<<< HEAD
     loaded = load_keras(model, weights)
     report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
     translation = _translate(loaded, batch_size, outputs)
@@ -136,6 +178,13 @@ def build(
     database = existing_database(folder)
     executable = compile_module(mod, translation.params, tvm_target, bind=False, database=database)
     source = loaded.source
+=======
+    translation, source = _load_and_translate(model, weights, batch_size, outputs, report)
+    report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
+    executable = compile_module(
+        translation.mod, translation.params, tvm_target, bind=not separate_params
+    )
+>>>>>>> tflite
     metadata = {
         "bridge_version": __version__,
         "tvm_version": tvm.__version__,
@@ -143,12 +192,12 @@ def build(
         "target": target_json(tvm_target),
         "arch": spec.arch,
         "device": spec.device,
-        "model": source.graph.name,
-        "model_type": source.graph.kind,
-        "keras_version": source.keras_version,
+        "model": source["model"],
+        "model_type": source["model_type"],
+        "keras_version": source["keras_version"],
         "layers": translation.layer_count,
-        "source_files": [p.name for p in source.files],
-        "source_sha256": file_digest(source.files),
+        "source_files": [p.name for p in source["files"]],
+        "source_sha256": file_digest(source["files"]),
         "batch_size": batch_size,
         "params": list(translation.params) if separate_params else [],
         "build_seconds": round(time.perf_counter() - started, 3),
@@ -231,7 +280,9 @@ def tune(
 
 
 def check_modeltype(model: PathLike) -> str:
-    """``"sequential"`` or ``"functional"`` (reads the architecture only)."""
+    """``"sequential"``, ``"functional"`` (reads the architecture only) or ``"tflite"``."""
+    if file_kind(Path(model)) == "tflite":
+        return "tflite"
     return open_model(model).graph.kind
 
 
@@ -266,6 +317,13 @@ def inspect(
     from bridge.convert.preflight import check_layer
     from bridge.errors import UnsupportedModelError
 
+    if _is_tflite(model, weights):
+        from bridge.tflite import read_tflite
+        from bridge.tflite.translate import report_rows
+
+        tfl = read_tflite(model)
+        rows = [LayerRow(*row) for row in report_rows(tfl)]
+        return ModelReport("tflite", tfl.name, "", rows)
     loaded = load_keras(model, weights)
     graph = loaded.source.graph
     problems: dict[str, list[str]] = {}

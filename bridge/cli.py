@@ -70,8 +70,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     console.print(_io_table(model))
     meta = model.metadata
     console.print(
-        f"model       {meta['model']} ({meta['model_type']}, Keras "
-        f"{meta['keras_version'] or '?'}), {meta['layers']} layers"
+        f"model       {meta['model']} ({_origin(meta['model_type'], meta['keras_version'])}), "
+        f"{meta['layers']} {'operators' if meta['model_type'] == 'tflite' else 'layers'}"
     )
     console.print(f"target      {meta['target_name']} ({meta['arch']}, {meta['device']})")
     console.print(f"build time  {build_seconds:.1f} s")
@@ -82,6 +82,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+<<<<<<< HEAD
 def _tune(args: argparse.Namespace, budget: str):
     import bridge
 
@@ -123,6 +124,10 @@ def _print_tuning(report) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     _print_tuning(_tune(args, args.budget))
     return 0
+=======
+def _origin(kind: str, keras_version: str) -> str:
+    return "TFLite" if kind == "tflite" else f"{kind}, Keras {keras_version or '?'}"
+>>>>>>> tflite
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -174,7 +179,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from bridge.api import inspect
 
     report = inspect(args.model, args.weights)
-    console.print(f"{report.name}: {report.kind} model, Keras {report.keras_version or '?'}")
+    if report.kind == "tflite":
+        console.print(f"{report.name}: TFLite model")
+    else:
+        console.print(f"{report.name}: {report.kind} model, Keras {report.keras_version or '?'}")
     table = Table(show_edge=False)
     for column in ("layer", "class", "output shape", "params", "status"):
         table.add_column(column, overflow="fold")
@@ -239,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="compile a model and export a library")
-    build.add_argument("model", help=".keras, .h5 or architecture .json")
+    build.add_argument("model", help=".keras, .h5, architecture .json or .tflite")
     build.add_argument("weights", nargs="?", help="weights file (with a .json architecture)")
     build.add_argument(
         "--target",
@@ -259,11 +267,17 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep weights out of the library, in a .params file beside it",
     )
+<<<<<<< HEAD
     build.add_argument("--outputs", help="comma-separated layer names to use as outputs")
     build.add_argument(
         "--tune", metavar="BUDGET", help="tune first: a time ('20m', '90s') or a trial count"
     )
     _tuning_arguments(build)
+=======
+    build.add_argument(
+        "--outputs", help="comma-separated layer (TFLite: tensor) names to use as outputs"
+    )
+>>>>>>> tflite
     build.set_defaults(func=cmd_build)
 
     tune = sub.add_parser(

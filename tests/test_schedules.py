@@ -102,3 +102,26 @@ def test_guarded_rule_failure_means_not_applicable():
             raise RuntimeError("consumers not inlined")
 
     assert Guarded(Broken()).apply(None, None, False) is None
+
+
+def test_channel_slice_after_pool_stays_in_bounds():
+    """max_pool2d -> the first half of the channels (MediaPipe's hand_recrop): the slice must not
+    be folded into the pool's write-back, which would write all 64 channels into 32."""
+    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 8, 8, 64], "float32"))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            pooled = builder.emit(relax.op.nn.max_pool2d(x, [2, 2], [2, 2], layout="NHWC"))
+            half = builder.emit(relax.op.strided_slice(pooled, axes=[3], begin=[0], end=[32]))
+            out = builder.emit_output(relax.op.multiply(half, relax.const(2.0)))
+        builder.emit_func_output(out)
+    a = np.random.default_rng(0).standard_normal((1, 8, 8, 64)).astype("float32")
+    vm = VirtualMachine(compile_module(builder.get(), {}, tvm.target.Target("llvm")), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(a)).numpy()
+    expected = 2 * a.reshape(1, 4, 2, 4, 2, 64).max(axis=(2, 4))[..., :32]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -23,6 +23,7 @@ from bridge.keras.weights import WeightStore, open_weights_h5, open_weights_json
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+TFLITE_MAGIC = b"TFL3"
 
 
 @dataclass
@@ -43,7 +44,7 @@ class KerasSource:
 
 
 def file_kind(path: Path) -> str:
-    """'hdf5', 'zip' or 'json', from the first bytes; raises ModelFileError otherwise."""
+    """'hdf5', 'zip', 'json' or 'tflite', from the first bytes; raises ModelFileError otherwise."""
     if not path.exists():
         raise ModelFileError(path, "file not found")
     if not path.is_file():
@@ -56,7 +57,11 @@ def file_kind(path: Path) -> str:
         return "zip"
     if head.lstrip()[:1] in (b"{", b"["):
         return "json"
-    raise ModelFileError(path, "unrecognized file kind: expected a Keras .json, .keras or .h5 file")
+    if head[4:8] == TFLITE_MAGIC:  # flatbuffer file identifier (read by bridge.tflite)
+        return "tflite"
+    raise ModelFileError(
+        path, "unrecognized file kind: expected a Keras .json, .keras or .h5 file, or a .tflite"
+    )
 
 
 def read_json(data: bytes | str, path: Path) -> Any:
@@ -79,6 +84,8 @@ def open_model(model_path: str | Path, weights_path: str | Path | None = None) -
     """Read a model (and its weights) from any supported Keras file combination."""
     model_path = Path(model_path)
     kind = file_kind(model_path)
+    if kind == "tflite":
+        raise ModelFileError(model_path, "a TFLite model, not a Keras one (bridge.build reads it)")
     with reading(model_path, "model file"):
         if kind == "json":
             return _open_json(model_path, weights_path)

@@ -64,6 +64,8 @@ constexpr NpyType kNpyTypes[] = {
     {"<f4", {kDLFloat, 32, 1}},
     {"<i4", {kDLInt, 32, 1}},
     {"<i8", {kDLInt, 64, 1}},
+    {"|i1", {kDLInt, 8, 1}},   // quantized (TFLite int8/uint8) models
+    {"|u1", {kDLUInt, 8, 1}},
 };
 
 // Host buffers for input tensors, 64-byte aligned as TVM kernels expect.
@@ -103,7 +105,7 @@ ffi::Tensor ReadNpy(const std::string& path) {
   for (const NpyType& t : kNpyTypes) {
     if (descr == t.descr) type = &t;
   }
-  if (!type) Fail(path + ": unsupported dtype '" + descr + "' (need <f4, <i4 or <i8)");
+  if (!type) Fail(path + ": unsupported dtype '" + descr + "' (need <f4, <i4, <i8, |i1 or |u1)");
   if (HeaderValue(header, "fortran_order").rfind("False", 0) != 0) {
     Fail(path + ": Fortran-order arrays are not supported");
   }
@@ -133,7 +135,7 @@ void WriteNpy(const std::string& path, const ffi::Tensor& tensor) {
       descr = k.descr;
     }
   }
-  if (!descr) Fail("output dtype is not float32, int32 or int64");
+  if (!descr) Fail("output dtype is not float32, int32, int64, int8 or uint8");
 
   std::string shape;  // "()", "(n,)" or "(a, b, ...)"
   for (int i = 0; i < t->ndim; ++i) shape += (i ? ", " : "") + std::to_string(t->shape[i]);

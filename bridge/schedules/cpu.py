@@ -207,12 +207,21 @@ def _uses(expr, var) -> bool:
     return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
 
 
+def _same_shape(sch: s_tir.Schedule, producer, consumer) -> bool:
+    shape = lambda block: [int(d) for d in sch.get(block).writes[0].source.shape]  # noqa: E731
+    return shape(producer) == shape(consumer)
+
+
 def _inline_epilogue(sch: s_tir.Schedule, write_back) -> None:
     """Fold elementwise consumers (bias, BN, activation, residual add) into the write-back."""
     while True:
         consumers = sch.get_consumers(write_back)
         # Only a sole consumer: inlining one of several would drop the buffer the others read.
         if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
+            return
+        # A consumer of another shape (a channel slice after a pool) would be written over the
+        # producer's domain: out of bounds.
+        if not _same_shape(sch, write_back, consumers[0]):
             return
         if not _try(sch.reverse_compute_inline, consumers[0]):
             return
