@@ -89,7 +89,10 @@ def _load_and_translate(
         tfl = read_tflite(model)
         report(f"translating {len(tfl.ops)} TFLite operators to Relax")
         source = {
-            "model": tfl.name, "model_type": "tflite", "keras_version": "", "files": [tfl.path]
+            "model": tfl.name,
+            "model_type": "tflite",
+            "keras_version": "",
+            "files": [tfl.path],
         }
         return translate(tfl, batch_size=batch_size, outputs=outputs), source
     loaded = load_keras(model, weights)
@@ -164,10 +167,7 @@ def build(
         enable_offline_codegen()
     started = time.perf_counter()
     report(f"reading {Path(model).name}")
-<<<<<<< HEAD
-    loaded = load_keras(model, weights)
-    report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
-    translation = _translate(loaded, batch_size, outputs)
+    translation, source = _load_and_translate(model, weights, batch_size, outputs, report)
     mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
     folder = database_dir(tvm_target, tuning_db)
     tuning = None
@@ -177,14 +177,6 @@ def build(
     report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
     database = existing_database(folder)
     executable = compile_module(mod, translation.params, tvm_target, bind=False, database=database)
-    source = loaded.source
-=======
-    translation, source = _load_and_translate(model, weights, batch_size, outputs, report)
-    report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
-    executable = compile_module(
-        translation.mod, translation.params, tvm_target, bind=not separate_params
-    )
->>>>>>> tflite
     metadata = {
         "bridge_version": __version__,
         "tvm_version": tvm.__version__,
@@ -273,7 +265,7 @@ def tune(
     from bridge.tuning import database_dir
 
     spec = resolve(target)
-    translation = _translate(load_keras(model, weights), batch_size, None)
+    translation, _ = _load_and_translate(model, weights, batch_size, None)
     mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
     folder = database_dir(spec.tvm_target(), tuning_db)
     return _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress)

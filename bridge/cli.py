@@ -82,7 +82,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def _tune(args: argparse.Namespace, budget: str):
     import bridge
 
@@ -124,10 +123,10 @@ def _print_tuning(report) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     _print_tuning(_tune(args, args.budget))
     return 0
-=======
+
+
 def _origin(kind: str, keras_version: str) -> str:
     return "TFLite" if kind == "tflite" else f"{kind}, Keras {keras_version or '?'}"
->>>>>>> tflite
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -267,17 +266,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep weights out of the library, in a .params file beside it",
     )
-<<<<<<< HEAD
-    build.add_argument("--outputs", help="comma-separated layer names to use as outputs")
+    build.add_argument(
+        "--outputs", help="comma-separated layer (TFLite: tensor) names to use as outputs"
+    )
     build.add_argument(
         "--tune", metavar="BUDGET", help="tune first: a time ('20m', '90s') or a trial count"
     )
     _tuning_arguments(build)
-=======
-    build.add_argument(
-        "--outputs", help="comma-separated layer (TFLite: tensor) names to use as outputs"
-    )
->>>>>>> tflite
     build.set_defaults(func=cmd_build)
 
     tune = sub.add_parser(

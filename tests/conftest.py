@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Builds under test use bridge's default schedules only, never kernels a developer tuned into
+# ~/.cache/bridge/tuning; tuning tests name their own database folder.
+os.environ.setdefault("BRIDGE_TUNING_DB", "off")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KERAS3 = FIXTURES / "keras3"

@@ -59,6 +59,8 @@ class OperatorFailed(Exception):
         super().__init__(label)
         self.label = label
         self.cause = cause
+
+
 BUILTIN_CUSTOM = {"TFLite_Detection_PostProcess": "DETECTION_POSTPROCESS"}
 
 
@@ -67,9 +69,7 @@ class BridgeConverter(OperatorConverter):
 
     def __init__(self, model, subgraph, exp_tab, ctx, conversion_state=None):
         super().__init__(model, subgraph, exp_tab, ctx, conversion_state)
-        self.convert_map.update(
-            {"Convolution2DTransposeBias": self.convert_transpose_conv_bias}
-        )
+        self.convert_map.update({"Convolution2DTransposeBias": self.convert_transpose_conv_bias})
         self.op_labels: list[str] = []  # set by translate(): "#index NAME" per operator shown
 
     def get_op_code_str(self, op):
@@ -170,8 +170,9 @@ def check_op(source: TFLiteFile, op: OpDesc, rewrites: Rewrites, known: set[str]
     activations = [
         t
         for t in op.inputs
-        if t >= 0 and t not in rewrites.constants and source.buffer_bytes(
-            source.tensors[t].buffer) is None
+        if t >= 0
+        and t not in rewrites.constants
+        and source.buffer_bytes(source.tensors[t].buffer) is None
     ]
     quantized = [t for t in (*activations, *op.outputs) if source.tensors[t].quantized]
     if not quantized:

@@ -189,8 +189,9 @@ def _parse(path: Path, data: bytes) -> TFLiteFile:
             _check_buffer(t, buffer_data, path)
     tensors, ops, inputs, outputs = main
     description = (model.Description() or b"").decode("utf-8", "replace")
-    return TFLiteFile(path, data, model, version, description, tensors, ops, inputs, outputs,
-                      buffer_data)
+    return TFLiteFile(
+        path, data, model, version, description, tensors, ops, inputs, outputs, buffer_data
+    )
 
 
 def _buffers(model, count: int, size: int, path: Path) -> dict[int, tuple[int, int]]:

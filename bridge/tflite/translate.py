@@ -78,8 +78,9 @@ def translate(
             reason = f"operator {exc.label}: corrupt options ({exc.cause})"
             raise ModelFileError(source.path, reason) from exc.cause
         index = int(exc.label.split()[0][1:])
-        problem = Problem(exc.label, source.ops[index].name, f"translation failed: "
-                          f"{_first_line(exc.cause)}")
+        problem = Problem(
+            exc.label, source.ops[index].name, f"translation failed: {_first_line(exc.cause)}"
+        )
         raise UnsupportedModelError(source.label, [problem]) from exc.cause
     except BridgeError:
         raise
@@ -104,8 +105,7 @@ def translate(
         outputs=result,
         layer_count=len(source.ops),
         layer_shapes={
-            op_label(source, op): [source.tensors[t].shape for t in op.outputs]
-            for op in source.ops
+            op_label(source, op): [source.tensors[t].shape for t in op.outputs] for op in source.ops
         },
     )
 
