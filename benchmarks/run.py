@@ -182,7 +182,9 @@ def build_bridge(model: str, batch: int, threads: int, tune) -> tuple[object, fl
     if bridge_accepts(bridge.build, "num_threads"):
         kwargs["num_threads"] = threads
     if tune is not None:
-        kwargs["tune"] = tune
+        kwargs["tune"] = tune  # kernels tuned before (bridge tune, any model) are reused
+    else:
+        os.environ["BRIDGE_TUNING_DB"] = "off"  # untuned: bridge's default schedules only
     started = time.perf_counter()
     built = bridge.build(paths(model)["keras"], **kwargs)
     return built, time.perf_counter() - started
@@ -377,8 +379,11 @@ def bench_group(model: str, batch: int, keys: list[str], args, tune_supported: b
                 log(f"  {key}: reusing {library.name}")
                 continue
         timeout = args.build_timeout
-        if key == "bridge-tuned" and isinstance(parse_tune(args.tune), (int, float)):
-            timeout += float(parse_tune(args.tune))
+        if key == "bridge-tuned":
+            from bridge.tuning import Budget
+
+            budget = Budget.parse(parse_tune(args.tune))
+            timeout += budget.seconds or 2.0 * budget.trials  # a trial takes ~0.5-2 s here
         log(f"  probe {key}: building/loading in a subprocess")
         result = run_probe(key, model, batch, args, timeout)
         row["probe"] = result
@@ -739,7 +744,7 @@ def parse_args(argv):
         "--pause", type=float, default=0.01, help="idle seconds before each timed call"
     )
     parser.add_argument(
-        "--tune", default="1200", help="bridge.build(tune=...) for the tuned row (if supported)"
+        "--tune", default="20m", help="bridge.build(tune=...) for the tuned row: a time or trials"
     )
     parser.add_argument("--build-timeout", type=float, default=1800.0, help="per probe, seconds")
     parser.add_argument(

@@ -135,6 +135,7 @@ def build(
     tuning_db: PathLike | None = None,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
+    num_threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Model:
     """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a
@@ -150,6 +151,7 @@ def build(
     with MetaSchedule (see :func:`tune`); tuned kernels already in the target's database
     (``tuning_db``, default ``~/.cache/bridge/tuning``) are used by every build, tuned or not.
     ``rpc_tracker="host:port"`` and ``rpc_key`` measure candidates on a remote device.
+    ``num_threads`` sets how many CPU threads the model's kernels use (default: every core).
     """
     import tvm
 
@@ -208,6 +210,7 @@ def build(
         executable,
         params=params,
         spec=spec,
+        num_threads=num_threads,
     )
 
 

@@ -70,7 +70,11 @@ class Model:
         executable: Any = None,
         params: list[np.ndarray] | None = None,
         spec: Any = None,
+        num_threads: int | None = None,
     ):
+        if num_threads is not None:
+            use_threads(num_threads)  # checks the value now; applied again before each call
+        self.num_threads = num_threads
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.metadata = metadata
@@ -164,6 +168,8 @@ class Model:
         if self._vm is None:
             raise DeviceError(self._unavailable)
         arrays = self._arrange(args, kwargs)
+        if self.num_threads is not None:
+            use_threads(self.num_threads)
         values = [tensor(a, self._device) for a in arrays] + self._param_tensors
         result = self._vm["main"](*values)
         if len(self.outputs) == 1:
@@ -247,8 +253,24 @@ def _load_params(path: Path) -> list[np.ndarray]:
     return [table[key].numpy() for key in sorted(table)]
 
 
-def load(path: str | Path) -> Model:
-    """Load an exported library and its sidecar with the TVM runtime only."""
+def use_threads(count: int) -> None:
+    """Run CPU kernels on ``count`` threads from now on (process-wide: TVM has one pool,
+    created with ``TVM_NUM_THREADS`` threads, all cores by default; it can use fewer, not more)."""
+    import tvm_ffi
+
+    pool = int(os.environ.get("TVM_NUM_THREADS", "0")) or os.cpu_count()
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= pool:
+        raise DeviceError(
+            f"num_threads must be an integer from 1 to {pool} (TVM's thread pool size; set "
+            f"TVM_NUM_THREADS before importing bridge for more), got {count!r}"
+        )
+    if tvm_ffi.get_global_func("runtime.NumThreads")() != count:
+        tvm_ffi.get_global_func("runtime.config_threadpool")(1, count)
+
+
+def load(path: str | Path, *, num_threads: int | None = None) -> Model:
+    """Load an exported library and its sidecar with the TVM runtime only. ``num_threads``
+    sets how many CPU threads its kernels use (default: every core)."""
     from tvm.runtime import load_module
 
     path = Path(path)
@@ -270,10 +292,10 @@ def load(path: str | Path) -> Model:
         params = _load_params(params_path(path))
     arch = meta.get("arch", host_arch())
     if arch != host_arch():  # dlopen would only say "No such file"; the model says why
-        return Model(None, inputs, outputs, meta, params=params)
+        return Model(None, inputs, outputs, meta, params=params, num_threads=num_threads)
     try:
         with quiet_native_stderr():
             module = load_module(str(path.resolve()))
     except Exception as exc:
         raise ArtifactError(f"{path}: TVM runtime cannot load the library ({exc})") from exc
-    return Model(module, inputs, outputs, meta, params=params)
+    return Model(module, inputs, outputs, meta, params=params, num_threads=num_threads)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import bridge
 from bridge.runtime import metadata_path
@@ -71,3 +72,21 @@ def test_thread_pool_defaults_to_every_available_core():
         text=True,
     )
     assert out.stdout.strip() == "1"
+
+
+def test_num_threads_is_applied_and_checked(tmp_path):
+    import tvm_ffi
+
+    from bridge.errors import DeviceError
+
+    stem = KERAS3 / "models" / "seq_cnn"
+    inputs, outputs = reference(stem.with_suffix(".npz"))
+    model = bridge.build(stem.with_suffix(".keras"), batch_size=len(inputs[0]), num_threads=1)
+    np.testing.assert_allclose(model(*inputs), outputs[0], rtol=1e-4, atol=1e-5)
+    assert tvm_ffi.get_global_func("runtime.NumThreads")() == 1
+    library = model.export(tmp_path / "m.so")
+    pool = int(os.environ["TVM_NUM_THREADS"])  # bridge sets it to the core count
+    bridge.load(library, num_threads=pool)(*inputs)
+    assert tvm_ffi.get_global_func("runtime.NumThreads")() == pool
+    with pytest.raises(DeviceError, match="num_threads"):
+        bridge.load(library, num_threads=0)
