@@ -15,7 +15,14 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from tests.fuzz.mutate import Canaries, mutate_bytes, mutate_h5, mutate_json_doc, mutate_zip
+from tests.fuzz.mutate import (
+    Canaries,
+    mutate_bytes,
+    mutate_h5,
+    mutate_json_doc,
+    mutate_tflite,
+    mutate_zip,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -129,6 +136,12 @@ def keras_zip_seeds() -> list[Seed]:
     return _existing([Seed(p.stem, (("model.keras", p),), "model.keras") for p in paths])
 
 
+def tflite_seeds() -> list[Seed]:
+    """The TFLite fixtures: float32, float16, dynamic-range, int8/uint8, custom-op models."""
+    paths = sorted((FIXTURES / "tflite").glob("*.tflite"))
+    return _existing([Seed(p.stem, (("model.tflite", p),), "model.tflite") for p in paths])
+
+
 def sharded_seeds() -> list[Seed]:
     """Sharded ``.weights.json`` index + its shard files."""
     folder = K3 / "models" / "sharded"
@@ -176,6 +189,11 @@ def mutate_sharded(data: st.DataObject, folder: Path, seed: Seed, canaries: Cana
         shards[data.draw(st.integers(0, len(shards) - 1))].unlink()
 
 
+def mutate_tflite_file(data: st.DataObject, folder: Path, seed: Seed, canaries: Canaries) -> None:
+    path = folder / seed.model
+    path.write_bytes(mutate_tflite(data, path.read_bytes()))
+
+
 def mutate_raw(data: st.DataObject, folder: Path, seed: Seed, canaries: Canaries) -> None:
     """Byte-level only (truncation, flips, zeroed ranges): for formats without a structured
     mutator yet."""
@@ -192,6 +210,7 @@ FORMATS: dict[str, Format] = {
         Format("weights-h5-legacy", legacy_weights_seeds, mutate_weights_h5),
         Format("keras", keras_zip_seeds, mutate_keras_zip),
         Format("sharded", sharded_seeds, mutate_sharded),
+        Format("tflite", tflite_seeds, mutate_tflite_file),
     ]
 }
 

@@ -510,3 +510,58 @@ def mutate_zip(data: st.DataObject, blob: bytes, workdir: Path, canaries: Canari
     if op == "bytes":
         return mutate_bytes(data, out)
     return out
+
+
+# --- TFLite flatbuffers -------------------------------------------------------------------------
+
+INT32_EDGES = [0, 1, -1, 7, 2**31 - 1, -(2**31), 2**20, 65535]
+
+
+def _tflite_fields(blob: bytes) -> list[tuple[int, str]]:
+    """Byte offsets of the int32 fields that steer a TFLite reader: tensor shapes, tensor
+    buffer and type indices, operator opcode indices and input/output tensor indices."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(blob, 0)
+    fields: list[tuple[int, str]] = []
+
+    def vector(table, slot: int, kind: str) -> None:
+        offset = table._tab.Offset(4 + 2 * slot)
+        if offset:
+            start, count = table._tab.Vector(offset), table._tab.VectorLen(offset)
+            fields.extend((start + 4 * i, kind) for i in range(min(count, 64)))
+
+    def scalar(table, slot: int, kind: str) -> None:
+        offset = table._tab.Offset(4 + 2 * slot)
+        if offset:
+            fields.append((table._tab.Pos + offset, kind))
+
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        vector(graph, 1, "graph-inputs")
+        vector(graph, 2, "graph-outputs")
+        for t in range(min(graph.TensorsLength(), 256)):
+            tensor = graph.Tensors(t)
+            vector(tensor, 0, "shape")
+            scalar(tensor, 1, "type")
+            scalar(tensor, 2, "buffer")
+        for o in range(min(graph.OperatorsLength(), 256)):
+            op = graph.Operators(o)
+            scalar(op, 0, "opcode")
+            vector(op, 1, "op-inputs")
+            vector(op, 2, "op-outputs")
+    return fields
+
+
+def mutate_tflite(data: st.DataObject, blob: bytes) -> bytes:
+    """Structure-aware: overwrite a shape/index/type field with an edge value, else bytes."""
+    fields = _tflite_fields(blob)
+    if not fields or data.draw(st.booleans(), label="raw bytes"):
+        return mutate_bytes(data, blob)
+    out = bytearray(blob)
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        at, kind = fields[data.draw(st.integers(0, len(fields) - 1), label="field")]
+        value = data.draw(st.sampled_from(INT32_EDGES), label=kind)
+        width = 1 if kind == "type" else 4  # TensorType is a byte
+        out[at : at + width] = (value & (2 ** (8 * width) - 1)).to_bytes(width, "little")
+    return bytes(out)
