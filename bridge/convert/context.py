@@ -35,6 +35,8 @@ class LayerContext:
         keras_major: int,
         problems: list[Problem],
         tensor_kwargs: dict[str, list[relax.Expr]] | None = None,
+        masks: list[relax.Expr | None] | None = None,
+        kwarg_masks: dict[str, list[relax.Expr | None]] | None = None,
     ):
         self.bb = bb
         self.layer = layer
@@ -45,6 +47,9 @@ class LayerContext:
         self._problems = problems
         self._tensor_kwargs = tensor_kwargs or {}
         self._read: set[str] = set()
+        self._masks = list(masks or [])
+        self._kwarg_masks = kwarg_masks or {}
+        self.output_masks: list[relax.Expr | None] | None = None
 
     # --- config -----------------------------------------------------------------------------
     @property
@@ -78,6 +83,20 @@ class LayerContext:
     def unread_tensor_kwargs(self) -> list[str]:
         """Tensor kwargs of the call that the converter never asked for (so it ignored them)."""
         return [key for key in self._tensor_kwargs if key not in self._read]
+
+    # --- masks (see Converter.masks) ---------------------------------------------------------
+    def mask(self, index: int = 0) -> relax.Expr | None:
+        """The Keras mask of positional input ``index`` (boolean, e.g. ``(batch, steps)``)."""
+        return self._masks[index] if index < len(self._masks) else None
+
+    def call_tensor_masks(self, key: str) -> list[relax.Expr | None]:
+        """The masks of the tensors passed as keyword ``key``."""
+        return list(self._kwarg_masks.get(key, []))
+
+    def set_masks(self, masks: list[relax.Expr | None]) -> None:
+        """The masks of the layer's outputs, in output order (a converter with ``masks="custom"``;
+        outputs past the list's end get none)."""
+        self.output_masks = list(masks)
 
     # --- emitting ---------------------------------------------------------------------------
     def emit(self, expr: relax.Expr) -> relax.Var:

@@ -107,9 +107,17 @@ class _Walker:
         return variables
 
     # --- the walk -----------------------------------------------------------------------------
-    def run_graph(self, graph: ModelGraph, prefix: str, args: list[relax.Expr]) -> list[relax.Expr]:
-        """Emit every call of every layer of ``graph`` once its inputs exist; return its outputs."""
+    def run_graph(
+        self,
+        graph: ModelGraph,
+        prefix: str,
+        args: list[relax.Expr],
+        arg_masks: list[relax.Expr | None] | None = None,
+    ) -> tuple[list[relax.Expr], list[relax.Expr | None]]:
+        """Emit every call of every layer of ``graph`` once its inputs exist; return its outputs
+        and their Keras masks (None where a tensor has none)."""
         values: dict[TensorRef, relax.Expr] = dict(zip(graph.inputs, args))
+        masks: dict[TensorRef, relax.Expr | None] = dict(zip(graph.inputs, arg_masks or []))
         for ref, value in values.items():
             self.layer_values.setdefault(f"{prefix}{ref.layer}", [value])
         pending = [(layer, index) for layer in graph.layers for index in range(len(layer.calls))]
@@ -118,9 +126,11 @@ class _Walker:
             for layer, index in pending:
                 call = layer.calls[index]
                 if all(ref in values for ref in call.all_inputs()):
-                    outs = self.emit_call(layer, prefix, index, values)
+                    outs, out_masks = self.emit_call(layer, prefix, index, values, masks)
                     for tensor, value in enumerate(outs):
-                        values[TensorRef(layer.name, index, tensor)] = value
+                        ref = TensorRef(layer.name, index, tensor)
+                        values[ref] = value
+                        masks[ref] = out_masks[tensor] if tensor < len(out_masks) else None
                 else:
                     remaining.append((layer, index))
             if len(remaining) == len(pending):
@@ -132,20 +142,37 @@ class _Walker:
         missing = [r for r in graph.outputs if r not in values]
         if missing:
             self.graph_error(graph, prefix, f"outputs reference tensors no layer makes: {missing}")
-        return [values[r] for r in graph.outputs]
+        return [values[r] for r in graph.outputs], [masks.get(r) for r in graph.outputs]
 
     def graph_error(self, graph: ModelGraph, prefix: str, reason: str) -> None:
         where = prefix.rstrip("/") or graph.name
         raise UnsupportedModelError(self.label, [Problem(where, "graph", reason)])
 
     def emit_call(
-        self, layer: Layer, prefix: str, index: int, values: dict[TensorRef, relax.Expr]
-    ) -> list[relax.Expr]:
+        self,
+        layer: Layer,
+        prefix: str,
+        index: int,
+        values: dict[TensorRef, relax.Expr],
+        masks: dict[TensorRef, relax.Expr | None],
+    ) -> tuple[list[relax.Expr], list[relax.Expr | None]]:
+        """The call's outputs and their masks (see ``Converter.masks``)."""
         path = f"{prefix}{layer.name}"
         call = layer.calls[index]
         inputs = [values[r] for r in call.inputs]
+        tensor_kwargs = call.tensor_kwargs()
+        # Keras 3 records the masks a layer reads as its call's ``mask=`` tensors (computed by
+        # recorded operations: ``not_equal``, ``any``, ...), for the positional inputs in order,
+        # and only those count (Keras 3 passes no implicit mask to a call with several tensor
+        # arguments, e.g. an RNN given ``initial_state``). Keras 2 files record no masks: they
+        # are propagated here, as Keras 2 does (``Converter.masks``).
+        explicit = [values[r] for r in tensor_kwargs.pop("mask", [])]
+        if self.graph.keras_major >= 3:
+            in_masks = explicit + [None] * (len(call.inputs) - len(explicit))
+        else:
+            in_masks = explicit + [masks.get(r) for r in call.inputs[len(explicit) :]]
         if layer.model is not None:
-            outs = self.run_graph(layer.model, path + "/", inputs)
+            outs, out_masks = self.run_graph(layer.model, path + "/", inputs, in_masks)
         else:
             converter = lookup(layer.class_name, layer.module)
             ctx = LayerContext(
@@ -157,7 +184,9 @@ class _Walker:
                 self.weight_vars.get(path, []),
                 self.graph.keras_major,
                 self.problems,
-                {k: [values[r] for r in refs] for k, refs in call.tensor_kwargs().items()},
+                {k: [values[r] for r in refs] for k, refs in tensor_kwargs.items()},
+                in_masks,
+                {k: [masks.get(r) for r in refs] for k, refs in tensor_kwargs.items()},
             )
             try:
                 result = converter.fn(ctx, inputs)
@@ -169,6 +198,7 @@ class _Walker:
                 outs = list(result) if isinstance(result, (list, tuple)) else [result]
                 if converter.activation:
                     outs = [apply_activation(ctx, o, layer.config.get("activation")) for o in outs]
+                out_masks = _output_masks(converter.masks, ctx, in_masks, len(outs))
             except BridgeError:
                 raise
             except Exception as exc:  # a TVM shape/type check, or a config value we misread
@@ -177,7 +207,17 @@ class _Walker:
                     [Problem(path, layer.class_name, f"translation failed: {_first_line(exc)}")],
                 ) from exc
         self.layer_values.setdefault(path, outs)
-        return outs
+        return outs, out_masks
+
+
+def _output_masks(
+    mode: str | None, ctx: LayerContext, in_masks: list[relax.Expr | None], count: int
+) -> list[relax.Expr | None]:
+    if mode == "custom":
+        return ctx.output_masks or []
+    if mode == "keep" and in_masks:
+        return [in_masks[0]] * count
+    return []
 
 
 def _first_line(exc: Exception) -> str:
@@ -210,7 +250,7 @@ def translate(
     bb = walker.bb
     with bb.function("main", inputs + params, attrs={"num_input": len(inputs)}):
         with bb.dataflow():
-            results = walker.run_graph(graph, "", inputs)
+            results, _ = walker.run_graph(graph, "", inputs)
             names = [
                 f"{r.layer}" if r.tensor == 0 else f"{r.layer}:{r.tensor}" for r in graph.outputs
             ]
