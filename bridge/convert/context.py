@@ -37,6 +37,7 @@ class LayerContext:
         tensor_kwargs: dict[str, list[relax.Expr]] | None = None,
         masks: list[relax.Expr | None] | None = None,
         kwarg_masks: dict[str, list[relax.Expr | None]] | None = None,
+        explicit_masks: bool = False,
     ):
         self.bb = bb
         self.layer = layer
@@ -49,6 +50,8 @@ class LayerContext:
         self._read: set[str] = set()
         self._masks = list(masks or [])
         self._kwarg_masks = kwarg_masks or {}
+        # whether the masks were passed to the call as ``mask=`` (not propagated from inputs)
+        self.explicit_masks = explicit_masks
         self.output_masks: list[relax.Expr | None] | None = None
 
     # --- config -----------------------------------------------------------------------------

@@ -161,16 +161,11 @@ class _Walker:
         call = layer.calls[index]
         inputs = [values[r] for r in call.inputs]
         tensor_kwargs = call.tensor_kwargs()
-        # Keras 3 records the masks a layer reads as its call's ``mask=`` tensors (computed by
-        # recorded operations: ``not_equal``, ``any``, ...), for the positional inputs in order,
-        # and only those count (Keras 3 passes no implicit mask to a call with several tensor
-        # arguments, e.g. an RNN given ``initial_state``). Keras 2 files record no masks: they
-        # are propagated here, as Keras 2 does (``Converter.masks``).
+        # Masks propagate along the graph as Keras propagates them (``Converter.masks``); a
+        # call's ``mask=`` tensors (Keras 3 records them for some layers, computed by recorded
+        # operations: ``not_equal``, ``any``, ...) stand for the positional inputs' masks.
         explicit = [values[r] for r in tensor_kwargs.pop("mask", [])]
-        if self.graph.keras_major >= 3:
-            in_masks = explicit + [None] * (len(call.inputs) - len(explicit))
-        else:
-            in_masks = explicit + [masks.get(r) for r in call.inputs[len(explicit) :]]
+        in_masks = explicit + [masks.get(r) for r in call.inputs[len(explicit) :]]
         if layer.model is not None:
             outs, out_masks = self.run_graph(layer.model, path + "/", inputs, in_masks)
         else:
@@ -187,6 +182,7 @@ class _Walker:
                 {k: [values[r] for r in refs] for k, refs in tensor_kwargs.items()},
                 in_masks,
                 {k: [masks.get(r) for r in refs] for k, refs in tensor_kwargs.items()},
+                explicit_masks=bool(explicit),
             )
             try:
                 result = converter.fn(ctx, inputs)

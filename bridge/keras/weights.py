@@ -38,7 +38,10 @@ SUBLAYER_VARS: dict[str, tuple[str, ...]] = {
     "MultiHeadAttention": tuple(
         f"{u}{p}_dense" for p in ("query", "key", "value", "output") for u in ("", "_")
     ),
+    "GroupQueryAttention": tuple(f"_{p}_dense" for p in ("query", "key", "value", "output")),
 }
+# Layers saved under their Python class's name where the config's class name is an alias.
+PYTHON_CLASS = {"GroupQueryAttention": "GroupedQueryAttention"}
 
 
 def _cell_groups(group: str, cell: dict[str, Any] | None) -> list[str]:
@@ -156,7 +159,7 @@ class NewLayoutStore(WeightStore):
         for layer in graph.layers:
             if not layer.in_model_layers:
                 continue
-            base = snake_case(layer.class_name)
+            base = snake_case(PYTHON_CLASS.get(layer.class_name, layer.class_name))
             group = f"{container}/{base}" + (f"_{counters[base]}" if counters[base] else "")
             counters[base] += 1
             if layer.model is not None:

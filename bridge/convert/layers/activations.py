@@ -60,14 +60,21 @@ def elu(ctx, inputs):
 
 @register("Softmax", masks="keep")
 def softmax(ctx, inputs):
-    """With a Keras mask, masked entries get -1e9 added first (Keras broadcasts the mask against
-    the input as numpy does)."""
+    """With a Keras mask (broadcast against the input as numpy does), masked entries count as
+    -1e9 (Keras 2 adds -1e9 to them) and Keras 3 zeroes them in the result."""
     x = inputs[0]
     mask = ctx.mask()
     if mask is not None:
+        if ctx.keras_major >= 3:
+            x = ctx.emit(R.where(mask, x, _c(-1.0e9)))
+            out = _softmax(ctx, x, ctx.get("axis", -1))
+            return ctx.emit(R.where(mask, out, _c(0.0)))
         dropped = ctx.emit(R.subtract(_c(1.0), ctx.emit(R.astype(mask, "float32"))))
         x = ctx.emit(R.add(x, ctx.emit(R.multiply(dropped, _c(-1.0e9)))))
-    axis = ctx.get("axis", -1)
+    return _softmax(ctx, x, ctx.get("axis", -1))
+
+
+def _softmax(ctx, x, axis):
     if isinstance(axis, int):
         return ctx.emit(R.nn.softmax(x, axis=axis))
     axes = [int(a) for a in axis]

@@ -304,6 +304,13 @@ def run_rnn(
     return output, [s for cell_states in states for s in cell_states]
 
 
+def _sequence_mask(ctx, initial: list[Expr]) -> Expr | None:
+    """The input's mask; Keras 3 passes none implicitly to a call that has initial states."""
+    if initial and ctx.keras_major >= 3 and not ctx.explicit_masks:
+        return None
+    return ctx.mask(0)
+
+
 def _initial_states(ctx, inputs: list[Expr], count: int) -> list[Expr]:
     """Initial states passed as ``initial_state=`` (Keras 3) or as extra inputs (Keras 2)."""
     states = list(inputs[1:]) + ctx.call_tensors("initial_state")
@@ -331,9 +338,10 @@ def _register_rnn(class_name: str):
     def recurrent(ctx, inputs):
         spec = rnn_spec(ctx.layer.class_name, ctx.config)
         initial = _initial_states(ctx, inputs, spec.state_count)
-        output, state = run_rnn(ctx, spec, inputs[0], ctx.mask(0), initial)
+        mask = _sequence_mask(ctx, initial)
+        output, state = run_rnn(ctx, spec, inputs[0], mask, initial)
         if spec.option("return_sequences"):
-            ctx.set_masks([ctx.mask(0)])
+            ctx.set_masks([mask])
         return [output, *state] if spec.option("return_state") else output
 
     return recurrent
@@ -349,10 +357,11 @@ for _name in (*GATES, "RNN"):
 def bidirectional(ctx, inputs):
     """Both directions (initial states: the forward layer's, then the backward one's); the
     backward sequence is put back in time order before merging."""
-    x, mask = inputs[0], ctx.mask(0)
+    x = inputs[0]
     forward_spec, backward_spec = bidirectional_specs(ctx.config)
     count = forward_spec.state_count
     initial = _initial_states(ctx, inputs, 2 * count)
+    mask = _sequence_mask(ctx, initial)
     forward, fw_state = run_rnn(ctx, forward_spec, x, mask, initial[:count])
     backward, bw_state = run_rnn(ctx, backward_spec, x, mask, initial[count:])
     sequences = forward_spec.option("return_sequences")
