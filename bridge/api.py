@@ -47,7 +47,7 @@ def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
     return Loaded(source, assigned, problems)
 
 
-def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
+def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None, device: str = "cpu"):
     from bridge.convert.walk import translate
 
     return translate(
@@ -58,6 +58,7 @@ def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
         batch_size=batch_size,
         outputs=outputs,
         extra_problems=loaded.problems,
+        device=device,
     )
 
 
@@ -112,7 +113,7 @@ def build(
     report(f"reading {Path(model).name}")
     loaded = load_keras(model, weights)
     report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
-    translation = _translate(loaded, batch_size, outputs)
+    translation = _translate(loaded, batch_size, outputs, spec.device)
     report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
     executable = compile_module(
         translation.mod, translation.params, tvm_target, bind=not separate_params

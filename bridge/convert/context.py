@@ -38,6 +38,7 @@ class LayerContext:
         masks: list[relax.Expr | None] | None = None,
         kwarg_masks: dict[str, list[relax.Expr | None]] | None = None,
         explicit_masks: bool = False,
+        device: str = "cpu",
     ):
         self.bb = bb
         self.layer = layer
@@ -52,6 +53,7 @@ class LayerContext:
         self._kwarg_masks = kwarg_masks or {}
         # whether the masks were passed to the call as ``mask=`` (not propagated from inputs)
         self.explicit_masks = explicit_masks
+        self.device = device  # what the module is compiled for: "cpu" or "cuda"
         self.output_masks: list[relax.Expr | None] | None = None
 
     # --- config -----------------------------------------------------------------------------
@@ -125,6 +127,7 @@ class LayerContext:
             list(self._weights.values()),
             self.keras_major,
             self._problems,
+            device=self.device,
         )
 
     # --- weights ----------------------------------------------------------------------------

@@ -52,9 +52,15 @@ def input_shape(layer: Layer) -> list | None:
 
 class _Walker:
     def __init__(
-        self, graph: ModelGraph, weights: LayerWeights, label: str, batch_size: int | None
+        self,
+        graph: ModelGraph,
+        weights: LayerWeights,
+        label: str,
+        batch_size: int | None,
+        device: str = "cpu",
     ):
         self.graph = graph
+        self.device = device
         self.label = label
         # A fixed batch, or one symbolic dimension shared by every input.
         self.batch_dim = batch_size if batch_size is not None else tvm.tirx.Var("batch", "int64")
@@ -183,6 +189,7 @@ class _Walker:
                 in_masks,
                 {k: [masks.get(r) for r in refs] for k, refs in tensor_kwargs.items()},
                 explicit_masks=bool(explicit),
+                device=self.device,
             )
             try:
                 result = converter.fn(ctx, inputs)
@@ -235,12 +242,15 @@ def translate(
     batch_size: int | None = 1,
     outputs: list[str] | None = None,
     extra_problems: list[Problem] | None = None,
+    device: str = "cpu",
 ) -> Translation:
-    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first)."""
+    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first).
+    ``device`` ("cpu" or "cuda") is what the module will be compiled for: recurrent time loops
+    become one loop kernel on CPUs and stay unrolled in the graph for CUDA."""
     problems = list(extra_problems or []) + preflight(graph, weights, weights_label)
     if problems:
         raise UnsupportedModelError(label, problems)
-    walker = _Walker(graph, weights, label, batch_size)
+    walker = _Walker(graph, weights, label, batch_size, device)
     inputs = walker.input_vars()
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]
     bb = walker.bb

@@ -32,6 +32,9 @@ SUBLAYER_VARS: dict[str, tuple[str, ...]] = {
     "SimpleRNN": ("cell",),
     "LSTM": ("cell",),
     "GRU": ("cell",),
+    "ConvLSTM1D": ("cell",),
+    "ConvLSTM2D": ("cell",),
+    "ConvLSTM3D": ("cell",),
     "Bidirectional": ("forward_layer/cell", "backward_layer/cell"),
     "TimeDistributed": ("layer",),
     # Keras 3 names the projections ``query_dense``, Keras 2.15 (new layout) ``_query_dense``.

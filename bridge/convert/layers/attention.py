@@ -237,9 +237,7 @@ def _multi_head(ctx, inputs, heads: int, kv_heads: int, key_dim: int, value_dim:
     # Keras' score layout: (B, other positions..., N, attended query..., attended key...)
     q_shape, k_shape = ctx.shape(q), ctx.shape(k)
     others = [q_shape[a] for a in range(1, rank - 1) if a not in axes]
-    layout = (
-        q_shape[0], *others, heads, *[q_shape[a] for a in axes], *[k_shape[a] for a in axes]
-    )
+    layout = (q_shape[0], *others, heads, *[q_shape[a] for a in axes], *[k_shape[a] for a in axes])
     return [output, ctx.emit(R.reshape(weights, layout))]
 
 

@@ -1,5 +1,5 @@
 """Recurrent layers: SimpleRNN, LSTM, GRU (reset_after both ways), RNN over SimpleRNNCell,
-LSTMCell, GRUCell or StackedRNNCells, and Bidirectional.
+LSTMCell, GRUCell or StackedRNNCells, ConvLSTM1D/2D/3D, and Bidirectional.
 
 The input projection ``x @ kernel + bias`` is one matmul over all steps; the time loop is then
 unrolled into the Relax graph (sequence lengths are static), each step adding
@@ -15,15 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from bridge.convert.activations import activation_problem, apply_activation
+from bridge.convert.activations import activation_name, activation_problem, apply_activation
+from bridge.convert.context import dtype_of
 from bridge.convert.registry import register
+from bridge.convert.spatial import (
+    DATA_LAYOUT,
+    KERNEL_LAYOUT,
+    channels_first,
+    ntuple,
+    paddings,
+    to_channels_first,
+    to_channels_last,
+)
+from bridge.convert.time_loop import KERNEL_ACTIVATIONS, LoopSpec, scan_kernel
 
-GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
+GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3, "ConvLSTM": 4}
 CELLS = {"SimpleRNNCell": "SimpleRNN", "LSTMCell": "LSTM", "GRUCell": "GRU"}
-STATES = {"SimpleRNN": 1, "LSTM": 2, "GRU": 1}
+STATES = {"SimpleRNN": 1, "LSTM": 2, "GRU": 1, "ConvLSTM": 2}
+CONV_LSTM = {"ConvLSTM1D": 1, "ConvLSTM2D": 2, "ConvLSTM3D": 3}
+CONV_OPS = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}
+LAYERS = ("SimpleRNN", "LSTM", "GRU", "RNN", *CONV_LSTM)
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 Expr = relax.Expr
 
@@ -58,10 +73,12 @@ def _entry(entry: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
 
 def rnn_spec(class_name: str, config: dict[str, Any], prefix: str = "") -> RNNSpec | str:
     """The layer's spec, or why it is not supported."""
-    if class_name in GATES:
+    if class_name in ("SimpleRNN", "LSTM", "GRU"):
         return RNNSpec([CellSpec(class_name, config, prefix)], config)
+    if class_name in CONV_LSTM:
+        return RNNSpec([CellSpec("ConvLSTM", config, prefix)], config)
     if class_name != "RNN":
-        return f"wrapped layer {class_name!r} is not supported (only {[*GATES, 'RNN']})"
+        return f"wrapped layer {class_name!r} is not supported (only {list(LAYERS)})"
     cell_class, cell_config = _entry(config.get("cell"))
     entries = [(cell_class, cell_config)]
     if cell_class == "StackedRNNCells":
@@ -146,11 +163,15 @@ class _Cell:
         self.ctx = ctx
         self.kind = kind = spec.kind
         self.config = config = spec.config
-        self.units = units = int(config["units"])
+        self.units = units = int(config["filters" if kind == "ConvLSTM" else "units"])
         prefix = spec.prefix
         width = GATES[kind] * units
-        self.kernel = ctx.weight(prefix + "kernel", (features, width))
-        self.recurrent = ctx.weight(prefix + "recurrent_kernel", (units, width))
+        window = ()
+        if kind == "ConvLSTM":  # Keras stores the kernel size as one entry per spatial axis
+            size = config["kernel_size"]
+            window = tuple(int(k) for k in (size if isinstance(size, (list, tuple)) else [size]))
+        self.kernel = ctx.weight(prefix + "kernel", (*window, features, width))
+        self.recurrent = ctx.weight(prefix + "recurrent_kernel", (*window, units, width))
         self.input_bias = self.recurrent_bias = None
         if ctx.has_weight(prefix + "bias"):
             if kind == "GRU" and config.get("reset_after", True):
@@ -191,17 +212,48 @@ class _Cell:
         return [self._emit(relax.TupleGetItem(pieces, i)) for i in range(parts)]
 
     def project(self, x: Expr) -> Expr:
-        """``x @ kernel + bias`` (any leading dimensions)."""
-        return self._add(self._emit(R.matmul(x, self.kernel)), self.input_bias)
+        """``x @ kernel + bias`` (any leading dimensions); ConvLSTM: the input convolution of
+        every step of ``x`` (batch, time, *spatial, channels) at once."""
+        if self.kind != "ConvLSTM":
+            return self._add(self._emit(R.matmul(x, self.kernel)), self.input_bias)
+        batch, steps, *rest = self.ctx.shape(x)
+        folded = self._emit(R.reshape(x, (batch * steps, *rest)))
+        y = self._conv(folded, self.kernel, self.config.get("padding", "valid"), True)
+        y = self._add(y, self.input_bias)
+        return self._emit(R.reshape(y, (batch, steps, *self.ctx.shape(y)[1:])))
+
+    def _conv(self, x: Expr, kernel: Expr, padding: str, strided: bool) -> Expr:
+        """ConvLSTM's convolutions, channels_last: the input one with the layer's strides and
+        dilation, the recurrent one with neither and 'same' padding."""
+        n = len(self.ctx.shape(x)) - 2
+        window = self.ctx.shape(kernel)[:n]
+        strides = ntuple(self.config.get("strides", 1), n) if strided else (1,) * n
+        dilation = ntuple(self.config.get("dilation_rate", 1), n) if strided else (1,) * n
+        befores, afters = paddings(padding, self.ctx.shape(x)[1:-1], window, strides, dilation)
+        conv = CONV_OPS[n](
+            x,
+            kernel,
+            strides=strides,
+            padding=befores + afters,
+            dilation=dilation,
+            data_layout=DATA_LAYOUT[n],
+            kernel_layout=KERNEL_LAYOUT[n],
+        )
+        return self._emit(conv)
+
+    def _recurrent(self, h: Expr) -> Expr:
+        if self.kind == "ConvLSTM":
+            return self._conv(h, self.recurrent, "same", False)
+        return self._emit(R.matmul(h, self.recurrent))
 
     def step(self, xt: Expr, state: list[Expr] | None) -> list[Expr]:
         """The new state list ([h] or [h, c]) after one step from the projected input ``xt``;
         ``state`` None means zeros."""
         h = state[0] if state else None
-        recurrent = None if h is None else self._emit(R.matmul(h, self.recurrent))
+        recurrent = None if h is None else self._recurrent(h)
         if self.kind == "SimpleRNN":
             return [self.act(self._add(xt, recurrent))]
-        if self.kind == "LSTM":
+        if self.kind in ("LSTM", "ConvLSTM"):
             i, f, g, o = self._split(self._add(xt, recurrent), 4)
             c = self._mul(self.rec_act(i), self.act(g))
             if state:
@@ -244,8 +296,11 @@ def _time_slices(ctx, x: Expr, keep_time_axis: bool = False) -> list[Expr]:
 
 
 def _masked(ctx, keep: Expr, new: Expr, old: Expr | None) -> Expr:
-    """``new`` where the step is unmasked, else ``old`` (zeros if None)."""
+    """``new`` where the step is unmasked, else ``old`` (zeros if None); ``keep`` is
+    (batch, 1), broadcast over the state's other axes."""
     old = ctx.emit(R.zeros_like(new)) if old is None else old
+    while len(ctx.shape(keep)) < len(ctx.shape(new)):
+        keep = ctx.emit(R.expand_dims(keep, -1))
     return ctx.emit(R.where(keep, new, old))
 
 
@@ -260,14 +315,86 @@ def split_states(spec: RNNSpec, states: list[Expr]) -> list[list[Expr] | None]:
     return per_cell
 
 
+def _loop_spec(ctx, spec: RNNSpec, x: Expr) -> LoopSpec | None:
+    """The loop kernel's spec when it can run this layer (CPU, one SimpleRNN/LSTM/GRU cell,
+    activations it computes, float32), else None: the loop is unrolled into the graph."""
+    if ctx.device != "cpu" or len(spec.cells) != 1 or dtype_of(x) != "float32":
+        return None
+    cell = spec.cells[0]
+    if cell.kind not in ("SimpleRNN", "LSTM", "GRU"):
+        return None
+    names = [activation_name(cell.config.get("activation", "tanh"))]
+    if cell.kind != "SimpleRNN":
+        names.append(activation_name(cell.config.get("recurrent_activation", "sigmoid")))
+    if any(name not in KERNEL_ACTIVATIONS for name in names):
+        return None
+    return LoopSpec(
+        kind=cell.kind,
+        reset_after=bool(cell.config.get("reset_after", True)),
+        units=int(cell.config["units"]),
+        steps=int(ctx.shape(x)[1]),
+        backwards=spec.option("go_backwards"),
+        masked=False,
+        zero_output=spec.option("zero_output_for_mask"),
+        activation=names[0],
+        recurrent_activation=names[-1] if cell.kind != "SimpleRNN" else "sigmoid",
+        keras_major=ctx.keras_major,
+    )
+
+
+def _run_kernel(
+    ctx, spec: RNNSpec, loop: LoopSpec, x: Expr, mask: Expr | None, initial: list[Expr]
+) -> tuple[Expr, list[Expr]]:
+    """The layer as one call of the loop kernel (see ``bridge.convert.time_loop``)."""
+    cell_spec = spec.cells[0]
+    cell = _Cell(ctx, cell_spec, ctx.shape(x)[-1])
+    batch, steps = ctx.shape(x)[:2]
+    loop = LoopSpec(**{**loop.__dict__, "masked": mask is not None})
+    width, units = loop.width, loop.units
+    kernel = ctx.weight(cell_spec.prefix + "recurrent_kernel", (units, width))
+    rbias = cell.recurrent_bias
+    if rbias is None:
+        rbias = ctx.const(np.zeros((width,), dtype="float32"))
+    if mask is None:
+        weights = ctx.emit(R.ones((batch, steps), "float32"))
+    else:
+        weights = ctx.emit(R.astype(mask, "float32"))
+    zeros = ctx.emit(R.zeros((batch, units), "float32"))
+    h0 = initial[0] if initial else zeros
+    c0 = initial[1] if initial and loop.states == 2 else zeros
+    function = ctx.bb.add_func(scan_kernel(loop), f"{loop.kind.lower()}_scan")
+    state = relax.TensorType((batch, units), "float32")
+    result = ctx.emit(
+        R.call_tir(
+            function,
+            [cell.project(x), kernel, rbias, weights, h0, c0],
+            [relax.TensorType((batch, steps, units), "float32"), state, state],
+        )
+    )
+    sequence = ctx.emit(relax.TupleGetItem(result, 0))
+    states = [ctx.emit(relax.TupleGetItem(result, i)) for i in range(1, 1 + loop.states)]
+    if spec.option("return_sequences"):
+        return sequence, states
+    last = ctx.emit(R.strided_slice(sequence, [1], [steps - 1], [steps]))
+    return ctx.emit(R.reshape(last, (batch, units))), states
+
+
 def run_rnn(
     ctx, spec: RNNSpec, x: Expr, mask: Expr | None = None, initial: list[Expr] | None = None
 ) -> tuple[Expr, list[Expr]]:
     """(output, final states flattened) of one recurrent layer over ``x`` (batch, time, ...).
 
     The output is the last step's, or with ``return_sequences`` every step's, in the order the
-    steps were processed (reversed in time for ``go_backwards``, as Keras returns them).
+    steps were processed (reversed in time for ``go_backwards``, as Keras returns them). On
+    CPUs a single-cell layer runs as one loop kernel, otherwise the loop is unrolled.
     """
+    loop = _loop_spec(ctx, spec, x)
+    if loop is not None:
+        return _run_kernel(ctx, spec, loop, x, mask, initial or [])
+    conv = spec.cells[0].kind == "ConvLSTM" and channels_first(spec.config)
+    if conv:  # (B, T, C, *spatial) -> (B, T, *spatial, C); states likewise, and back at the end
+        x = ctx.emit(R.permute_dims(x, [0, 1, *range(3, len(ctx.shape(x))), 2]))
+        initial = [to_channels_last(ctx, s) for s in initial or []]
     features = ctx.shape(x)[-1]
     cells = []
     for cell_spec in spec.cells:
@@ -301,7 +428,15 @@ def run_rnn(
         outputs.append(output)
     sequences = spec.option("return_sequences")
     output = ctx.emit(R.stack(outputs, axis=1)) if sequences else outputs[-1]
-    return output, [s for cell_states in states for s in cell_states]
+    final = [s for cell_states in states for s in cell_states]
+    if conv:
+        final = [to_channels_first(ctx, s) for s in final]
+        rank = len(ctx.shape(output))
+        order = [0, 1, rank - 1, *range(2, rank - 1)] if sequences else None
+        output = (
+            ctx.emit(R.permute_dims(output, order)) if order else to_channels_first(ctx, output)
+        )
+    return output, final
 
 
 def _sequence_mask(ctx, initial: list[Expr]) -> Expr | None:
@@ -347,7 +482,7 @@ def _register_rnn(class_name: str):
     return recurrent
 
 
-for _name in (*GATES, "RNN"):
+for _name in LAYERS:
     _register_rnn(_name)
 
 
