@@ -62,11 +62,6 @@ def logical_or(ctx, inputs):
     return reduce(lambda a, b: ctx.emit(R.logical_or(a, b)), inputs)
 
 
-@register("ops.numpy.LogicalAnd")
-def logical_and(ctx, inputs):
-    return reduce(lambda a, b: ctx.emit(R.logical_and(a, b)), inputs)
-
-
 def _axes(ctx) -> list[int] | None:
     axis = ctx.get("axis")
     return None if axis is None else [int(a) for a in np.atleast_1d(axis)]
@@ -77,13 +72,6 @@ def any_(ctx, inputs):
     """``any`` as a max over booleans cast to int8."""
     as_int = ctx.emit(R.astype(inputs[0], "int8"))
     found = ctx.emit(R.max(as_int, axis=_axes(ctx), keepdims=bool(ctx.get("keepdims", False))))
-    return ctx.emit(R.astype(found, "bool"))
-
-
-@register("ops.numpy.All")
-def all_(ctx, inputs):
-    as_int = ctx.emit(R.astype(inputs[0], "int8"))
-    found = ctx.emit(R.min(as_int, axis=_axes(ctx), keepdims=bool(ctx.get("keepdims", False))))
     return ctx.emit(R.astype(found, "bool"))
 
 
