@@ -119,7 +119,6 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
     u_lanes = _lanes(units)
     lstm, gru, reset_after = spec.kind == "LSTM", spec.kind == "GRU", spec.reset_after
     masked, zero_output, backwards = spec.masked, spec.zero_output, spec.backwards
-    candidate_lanes = _lanes(units)
     fzero, fone = _f(0.0), _f(1.0)
 
     def source(t):
@@ -208,17 +207,14 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
                                 )
                                 * h[b, uo * u_lanes + ui]
                             )
-                    for jo in range(units // candidate_lanes):
-                        for j in T.vectorized(candidate_lanes):
-                            reg[j] = rbias[2 * units + jo * candidate_lanes + j]
+                    for jo in range(units // u_lanes):
+                        for j in T.vectorized(u_lanes):
+                            reg[j] = rbias[2 * units + jo * u_lanes + j]
                         for k in range(units):
-                            for j in T.vectorized(candidate_lanes):
-                                reg[j] = (
-                                    reg[j]
-                                    + gate[k] * kernel[k, 2 * units + jo * candidate_lanes + j]
-                                )
-                        for j in T.vectorized(candidate_lanes):
-                            acc[2 * units + jo * candidate_lanes + j] = reg[j]
+                            for j in T.vectorized(u_lanes):
+                                reg[j] = reg[j] + gate[k] * kernel[k, 2 * units + jo * u_lanes + j]
+                        for j in T.vectorized(u_lanes):
+                            acc[2 * units + jo * u_lanes + j] = reg[j]
                 for uo in range(units // u_lanes):
                     for ui in T.vectorized(u_lanes):
                         if masked:

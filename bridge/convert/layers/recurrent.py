@@ -1,10 +1,17 @@
 """Recurrent layers: SimpleRNN, LSTM, GRU (reset_after both ways), RNN over SimpleRNNCell,
 LSTMCell, GRUCell or StackedRNNCells, ConvLSTM1D/2D/3D, and Bidirectional.
 
-The input projection ``x @ kernel + bias`` is one matmul over all steps; the time loop is then
-unrolled into the Relax graph (sequence lengths are static), each step adding
-``h @ recurrent_kernel`` and applying the gates. A zero initial state skips the first step's
-recurrent matmul. Initial states come as call inputs (``initial_state=``); a Keras mask
+The input projection ``x @ kernel + bias`` (ConvLSTM: the input convolution) is one op over
+all steps. The time loop then takes one of two forms:
+
+* on CPUs, a single SimpleRNN/LSTM/GRU cell runs as one TIR loop kernel
+  (:mod:`bridge.convert.time_loop`): compile time does not grow with the sequence length;
+* otherwise (CUDA builds, StackedRNNCells, ConvLSTM, activations the kernel lacks) the loop is
+  unrolled into the Relax graph (sequence lengths are static), each step adding
+  ``h @ recurrent_kernel`` and applying the gates; a zero initial state skips the first step's
+  recurrent matmul.
+
+Initial states come as call inputs (``initial_state=``); a Keras mask
 (``Embedding(mask_zero=True)``, ``Masking``) makes masked steps keep the previous state, and
 output the previous output (or zeros with ``zero_output_for_mask``, which Bidirectional sets
 when it returns sequences), as Keras does.
@@ -45,7 +52,7 @@ Expr = relax.Expr
 
 @dataclass(frozen=True)
 class CellSpec:
-    kind: str  # "SimpleRNN", "LSTM" or "GRU"
+    kind: str  # "SimpleRNN", "LSTM", "GRU" or "ConvLSTM"
     config: dict[str, Any]  # the cell's (or the layer's) config: units, activations, bias
     prefix: str  # of its weight names
 
@@ -315,7 +322,7 @@ def split_states(spec: RNNSpec, states: list[Expr]) -> list[list[Expr] | None]:
     return per_cell
 
 
-def _loop_spec(ctx, spec: RNNSpec, x: Expr) -> LoopSpec | None:
+def _loop_spec(ctx, spec: RNNSpec, x: Expr, mask: Expr | None) -> LoopSpec | None:
     """The loop kernel's spec when it can run this layer (CPU, one SimpleRNN/LSTM/GRU cell,
     activations it computes, float32), else None: the loop is unrolled into the graph."""
     if ctx.device != "cpu" or len(spec.cells) != 1 or dtype_of(x) != "float32":
@@ -334,7 +341,7 @@ def _loop_spec(ctx, spec: RNNSpec, x: Expr) -> LoopSpec | None:
         units=int(cell.config["units"]),
         steps=int(ctx.shape(x)[1]),
         backwards=spec.option("go_backwards"),
-        masked=False,
+        masked=mask is not None,
         zero_output=spec.option("zero_output_for_mask"),
         activation=names[0],
         recurrent_activation=names[-1] if cell.kind != "SimpleRNN" else "sigmoid",
@@ -349,16 +356,15 @@ def _run_kernel(
     cell_spec = spec.cells[0]
     cell = _Cell(ctx, cell_spec, ctx.shape(x)[-1])
     batch, steps = ctx.shape(x)[:2]
-    loop = LoopSpec(**{**loop.__dict__, "masked": mask is not None})
     width, units = loop.width, loop.units
     kernel = ctx.weight(cell_spec.prefix + "recurrent_kernel", (units, width))
     rbias = cell.recurrent_bias
     if rbias is None:
         rbias = ctx.const(np.zeros((width,), dtype="float32"))
     if mask is None:
-        weights = ctx.emit(R.ones((batch, steps), "float32"))
+        keep = ctx.emit(R.ones((batch, steps), "float32"))
     else:
-        weights = ctx.emit(R.astype(mask, "float32"))
+        keep = ctx.emit(R.astype(mask, "float32"))
     zeros = ctx.emit(R.zeros((batch, units), "float32"))
     h0 = initial[0] if initial else zeros
     c0 = initial[1] if initial and loop.states == 2 else zeros
@@ -367,7 +373,7 @@ def _run_kernel(
     result = ctx.emit(
         R.call_tir(
             function,
-            [cell.project(x), kernel, rbias, weights, h0, c0],
+            [cell.project(x), kernel, rbias, keep, h0, c0],
             [relax.TensorType((batch, steps, units), "float32"), state, state],
         )
     )
@@ -388,7 +394,7 @@ def run_rnn(
     steps were processed (reversed in time for ``go_backwards``, as Keras returns them). On
     CPUs a single-cell layer runs as one loop kernel, otherwise the loop is unrolled.
     """
-    loop = _loop_spec(ctx, spec, x)
+    loop = _loop_spec(ctx, spec, x, mask)
     if loop is not None:
         return _run_kernel(ctx, spec, loop, x, mask, initial or [])
     conv = spec.cells[0].kind == "ConvLSTM" and channels_first(spec.config)
