@@ -3,10 +3,11 @@ layer runs in a single call, with the time loop a loop, so compile time does not
 sequence length and no step pays a kernel launch.
 
 The Relax graph computes the input projection ``x @ kernel + bias`` for all steps (one large
-matmul); the kernel then runs, per batch row (rows in parallel), step by step: the recurrent
-product ``h @ recurrent_kernel`` (vectorized over the gate columns, several register
-accumulators per column block), then the gates, elementwise and vectorized, with ``tanh`` and
-``sigmoid`` as rational approximations (Eigen's, a few float32 ulps) so that they vectorize.
+matmul); the kernel then runs step by step: the recurrent product ``h @ recurrent_kernel``
+(vectorized over the gate columns, several register accumulators per column block, each block
+of the kernel reused from L1 for every batch row), then the gates, elementwise and vectorized,
+with ``tanh`` and ``sigmoid`` as rational approximations (Eigen's, a few float32 ulps) so that
+they vectorize.
 A Keras mask, initial states, ``go_backwards`` and ``zero_output_for_mask`` are handled inside.
 """
 
@@ -130,7 +131,7 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
     def pre(xw, acc, b, t, gate, outer, inner):
         """Gate ``gate``'s pre-activation at unit ``ix(outer, inner)``: input + recurrent."""
         column = gate * units + ix(outer, inner)
-        return xw[b, source(t), column] + acc[column]
+        return xw[b, source(t), column] + acc[b, column]
 
     # The new states as expressions (no let bindings: TIR's vectorizer mishandles them here).
     def new_c(xw, acc, c, b, t, outer, inner):
@@ -150,7 +151,7 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
         if reset_after:
             r = rec_act(pre(xw, acc, b, t, 1, outer, inner))
             column = 2 * units + ix(outer, inner)
-            candidate = act(xw[b, source(t), column] + r * acc[column])
+            candidate = act(xw[b, source(t), column] + r * acc[b, column])
         else:
             candidate = act(pre(xw, acc, b, t, 2, outer, inner))
         return z * h[b, ix(outer, inner)] + (fone - z) * candidate
@@ -179,42 +180,47 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
         seq = T.match_buffer(var_seq, (batch, steps, units), "float32")
         h = T.match_buffer(var_h, (batch, units), "float32")
         c = T.match_buffer(var_c, (batch, units), "float32")
-        for b in T.parallel(batch):
-            acc = T.decl_buffer((width,), "float32")
-            gate = T.decl_buffer((units,), "float32")
-            reg = T.decl_buffer((block,), "float32", scope="local")
-            for u in range(units):
-                h[b, u] = h0[b, u]
-                c[b, u] = c0[b, u]
-            for t in range(steps):
-                # acc = h @ kernel[:, :direct] (+ recurrent bias)
-                for jo in range(direct // block):
+        acc = T.decl_buffer((batch, width), "float32")
+        gate = T.decl_buffer((batch, units), "float32")
+        reg = T.decl_buffer((block,), "float32", scope="local")
+        for b, u in T.grid(batch, units):
+            h[b, u] = h0[b, u]
+            c[b, u] = c0[b, u]
+        for t in range(steps):
+            # acc = h @ kernel[:, :direct] (+ recurrent bias); a column block of the kernel is
+            # reused from L1 for every batch row
+            for jo in range(direct // block):
+                for b in range(batch):
                     for j in T.vectorized(block):
                         reg[j] = rbias[jo * block + j]
                     for k in range(units):
                         for j in T.vectorized(block):
                             reg[j] = reg[j] + h[b, k] * kernel[k, jo * block + j]
                     for j in T.vectorized(block):
-                        acc[jo * block + j] = reg[j]
-                if gru and not reset_after:
-                    # r first, then acc[2U:] = (r * h) @ kernel[:, 2U:]
-                    for uo in range(units // u_lanes):
-                        for ui in T.vectorized(u_lanes):
-                            gate[uo * u_lanes + ui] = (
-                                rec_act(
-                                    xw[b, source(t), units + uo * u_lanes + ui]
-                                    + acc[units + uo * u_lanes + ui]
-                                )
-                                * h[b, uo * u_lanes + ui]
+                        acc[b, jo * block + j] = reg[j]
+            if gru and not reset_after:
+                # r * h first, then acc[:, 2U:] = (r * h) @ kernel[:, 2U:]
+                for b, uo in T.grid(batch, units // u_lanes):
+                    for ui in T.vectorized(u_lanes):
+                        gate[b, uo * u_lanes + ui] = (
+                            rec_act(
+                                xw[b, source(t), units + uo * u_lanes + ui]
+                                + acc[b, units + uo * u_lanes + ui]
                             )
-                    for jo in range(units // u_lanes):
+                            * h[b, uo * u_lanes + ui]
+                        )
+                for jo in range(units // u_lanes):
+                    for b in range(batch):
                         for j in T.vectorized(u_lanes):
                             reg[j] = rbias[2 * units + jo * u_lanes + j]
                         for k in range(units):
                             for j in T.vectorized(u_lanes):
-                                reg[j] = reg[j] + gate[k] * kernel[k, 2 * units + jo * u_lanes + j]
+                                reg[j] = (
+                                    reg[j] + gate[b, k] * kernel[k, 2 * units + jo * u_lanes + j]
+                                )
                         for j in T.vectorized(u_lanes):
-                            acc[2 * units + jo * u_lanes + j] = reg[j]
+                            acc[b, 2 * units + jo * u_lanes + j] = reg[j]
+            for b in range(batch):
                 for uo in range(units // u_lanes):
                     for ui in T.vectorized(u_lanes):
                         if masked:
