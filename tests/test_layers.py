@@ -41,10 +41,7 @@ def test_there_are_cases_for_both_versions():
 # Recurrent layers: CPU builds run a single-cell layer's time loop as one loop kernel (every case
 # above); CUDA builds unroll it into the graph. The unrolled form, compiled for the CPU here.
 UNROLLED = [
-    "simple_rnn_state_relu",
-    "lstm_seq_state_back",
     "gru_reset_before_back_state",
-    "gru_initial_state_back",
     "masking_lstm_seq",
     "embedding_mask_bidi_gru_seq",
     "bidi_lstm_initial_state",
