@@ -70,3 +70,13 @@ def test_cpu_time_loop_is_one_kernel():
     mod, _ = bridge.to_relax(KERAS3 / "layers" / "lstm_seq.keras")
     names = [gv.name_hint for gv in mod.get_global_vars()]
     assert "lstm_scan" in names, names
+
+
+def test_embedding_out_of_range_ids_give_nan():
+    """As Keras 3 on JAX; an unchecked gather would read outside the table."""
+    import numpy as np
+
+    model = bridge.build(KERAS3 / "layers" / "embedding.keras")
+    ids = np.array([[1, 2, 99, -5, 3]], dtype="int32")
+    out = model(ids)
+    assert np.isnan(out[0, 2:4]).all() and np.isfinite(out[0, [0, 1, 4]]).all()

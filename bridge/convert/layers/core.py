@@ -112,7 +112,8 @@ def _check_embedding(config: dict[str, Any]) -> list[str]:
 
 @register("Embedding", weights=lambda c: ["embeddings"], check=_check_embedding, masks="custom")
 def embedding(ctx, inputs):
-    """A row lookup; non-integer inputs are truncated to int32, as Keras casts them. With
+    """A row lookup; non-integer inputs are truncated to int32, as Keras casts them. An id out
+    of range gives NaNs (as Keras 3 on JAX; ``take``'s default would read out of bounds). With
     ``mask_zero`` the output's mask is ``ids != 0``."""
     ids = x = inputs[0]
     if not dtype_of(x).startswith(("int", "uint")):
@@ -120,7 +121,7 @@ def embedding(ctx, inputs):
     if ctx.get("mask_zero", False):
         ctx.set_masks([ctx.emit(R.not_equal(ids, relax.const(0, dtype_of(ids))))])
     table = ctx.weight("embeddings", (ctx.get("input_dim"), ctx.get("output_dim")))
-    return ctx.emit(R.take(table, x, axis=0))
+    return ctx.emit(R.take(table, x, axis=0, mode="nan"))
 
 
 @register("Masking", masks="custom")
