@@ -20,10 +20,14 @@ INPUT_SHAPE = (224, 224, 3)
 
 @dataclass(frozen=True)
 class Spec:
-    name: str  # also the keras.applications constructor
+    name: str  # the keras.applications constructor, or a model of make_models.SEQUENCE_MODELS
     low: float  # benchmark inputs are uniform(low, high): what the model's first layer expects
-    high: float
+    high: float  # (integers in [low, high) for an int32 input: token ids)
     note: str
+    input_shape: tuple[int, ...] = INPUT_SHAPE
+    dtype: str = "float32"
+    application: bool = True  # a keras.applications model (else built by make_models.py)
+    int8: bool = True  # whether a LiteRT full-integer file is made and timed
 
 
 MODELS: dict[str, Spec] = {
@@ -33,6 +37,26 @@ MODELS: dict[str, Spec] = {
         Spec("ResNet50", -1.0, 1.0, "no preprocessing layer; inputs in [-1, 1]"),
         Spec("EfficientNetB0", 0.0, 255.0, "Rescaling + Normalization inside; inputs in [0, 255]"),
         Spec("MobileNetV3Small", 0.0, 255.0, "Rescaling inside; inputs in [0, 255]"),
+        Spec(
+            "LSTMTextClassifier",
+            0,
+            2000,
+            "Embedding(2000, 64) -> LSTM(128, sequences) -> LSTM(128) -> Dense(4); token ids",
+            input_shape=(128,),
+            dtype="int32",
+            application=False,
+            int8=False,
+        ),
+        Spec(
+            "TransformerEncoder",
+            -1.0,
+            1.0,
+            "one encoder block: MultiHeadAttention(4 heads, key_dim 32) + residual + "
+            "LayerNormalization, FFN 512 (relu) -> 128 + residual + LayerNormalization",
+            input_shape=(128, 128),
+            application=False,
+            int8=False,
+        ),
     ]
 }
 QUICK_MODEL = "MobileNetV3Small"
@@ -51,6 +75,8 @@ def paths(name: str, batch: int | None = None) -> dict[str, Path]:
             "tflite_int8": MODELS_DIR / f"{name}.b{batch}.int8.tflite",
             "onnx": MODELS_DIR / f"{name}.b{batch}.onnx",
         }
+        if not MODELS[name].int8:
+            del files["tflite_int8"]
     return files
 
 
@@ -58,7 +84,10 @@ def bench_input(name: str, batch: int) -> np.ndarray:
     """The input every runtime gets for (model, batch): fixed, seeded, in the model's range."""
     spec = MODELS[name]
     rng = np.random.default_rng([SEED, batch, 7])
-    return rng.uniform(spec.low, spec.high, size=(batch, *INPUT_SHAPE)).astype("float32")
+    size = (batch, *spec.input_shape)
+    if spec.dtype.startswith("int"):
+        return rng.integers(int(spec.low), int(spec.high), size=size).astype(spec.dtype)
+    return rng.uniform(spec.low, spec.high, size=size).astype(spec.dtype)
 
 
 def read_manifest(name: str) -> dict | None:

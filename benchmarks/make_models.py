@@ -1,7 +1,8 @@
 """Build the benchmark models and every peer's file from the same weights.
 
 For each model (keras.applications, 224x224x3, weights=None, classifier_activation=None so the
-outputs are logits): seeded random weights, then
+outputs are logits; or one of the sequence models built here: an LSTM text classifier and a
+Transformer encoder block, with Keras' own seeded initial weights): seeded random weights, then
 
   models/<name>.keras                  bridge's input and the Keras/JAX peer's
   models/<name>.b<N>.fp32.tflite       LiteRT float32 (TFLiteConverter), one file per batch size
@@ -43,6 +44,7 @@ from bench_common import (
     MODELS,
     MODELS_DIR,
     SEED,
+    Spec,
     bench_input,
     models_ready,
     paths,
@@ -98,11 +100,49 @@ def seeded_weights(model, initial: list[np.ndarray], kernel_scale: float) -> lis
     return values
 
 
+def lstm_text_classifier(spec):
+    """Token ids -> Embedding -> LSTM (sequences) -> LSTM -> Dense logits."""
+    import keras
+    from keras import layers
+
+    ids = keras.Input(spec.input_shape, dtype="int32", name="input")
+    x = layers.Embedding(int(spec.high), 64)(ids)
+    x = layers.LSTM(128, return_sequences=True)(x)
+    x = layers.LSTM(128)(x)
+    return keras.Model(ids, layers.Dense(4)(x), name=spec.name)
+
+
+def transformer_encoder(spec):
+    """One post-norm Transformer encoder block, d_model 128, 4 heads, FFN 512."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(spec.input_shape, name="input")
+    d_model = spec.input_shape[-1]
+    attended = layers.MultiHeadAttention(num_heads=4, key_dim=d_model // 4)(inputs, inputs)
+    x = layers.LayerNormalization(epsilon=1e-6)(layers.Add()([inputs, attended]))
+    hidden = layers.Dense(4 * d_model, activation="relu")(x)
+    x = layers.Add()([x, layers.Dense(d_model)(hidden)])
+    return keras.Model(inputs, layers.LayerNormalization(epsilon=1e-6)(x), name=spec.name)
+
+
+SEQUENCE_MODELS = {
+    "LSTMTextClassifier": lstm_text_classifier,
+    "TransformerEncoder": transformer_encoder,
+}
+
+
 def build_keras(name: str):
-    """The application with seeded weights whose logits are neither vanishing nor exploding."""
+    """The application with seeded weights whose logits are neither vanishing nor exploding
+    (a sequence model: Keras' initial weights, seeded)."""
     import keras
 
     keras.utils.set_random_seed(SEED)
+    spec = MODELS[name]
+    if not spec.application:
+        model = SEQUENCE_MODELS[name](spec)
+        y = np.asarray(model(bench_input(name, 1), training=False))
+        return model, 1.0, float(y.std())
     model = getattr(keras.applications, name)(
         weights=None, input_shape=INPUT_SHAPE, classifier_activation=None
     )
@@ -121,10 +161,20 @@ def build_keras(name: str):
 
 
 # ------------------------------------------------------------------------------- converters
+def _spec_of(model):
+    """The sequence models are named after their spec; applications use the image shape."""
+    if model.name in MODELS and not MODELS[model.name].application:
+        return MODELS[model.name]
+    return Spec("application", 0.0, 1.0, "")
+
+
 def concrete_function(model, batch: int):
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec((batch, *INPUT_SHAPE), tf.float32, name="input")])
+    spec = _spec_of(model)
+    shape, dtype = spec.input_shape, tf.as_dtype(spec.dtype)
+
+    @tf.function(input_signature=[tf.TensorSpec((batch, *shape), dtype, name="input")])
     def serve(x):
         return model(x, training=False)
 
@@ -190,10 +240,22 @@ def to_tflite(model, batch: int, path: Path, int8_calibration: list[np.ndarray] 
 
 def to_onnx(model, batch: int, path: Path) -> float:
     """tf2onnx on the frozen graph: from_function would leave tensors that Keras 3 captures
-    outside variables (e.g. Normalization's mean and variance) as extra graph inputs."""
+    outside variables (e.g. Normalization's mean and variance) as extra graph inputs. The
+    sequence models go through from_function: their frozen LSTM loops come out of tf2onnx with
+    untyped tensors that ONNX Runtime refuses ("Invalid tensor data type 0")."""
     import tf2onnx
 
     started = time.perf_counter()
+    if not _spec_of(model).application:
+        serve, concrete = concrete_function(model, batch)
+        with quiet():
+            tf2onnx.convert.from_function(
+                serve,
+                input_signature=concrete.structured_input_signature[0],
+                opset=ONNX_OPSET,
+                output_path=str(path),
+            )
+        return time.perf_counter() - started
     frozen = frozen_function(model, batch)
     with quiet():
         tf2onnx.convert.from_graph_def(
@@ -247,10 +309,16 @@ def make(name: str, batches: list[int], force: bool) -> dict:
     model, kernel_scale, std = build_keras(name)
     keras_path = MODELS_DIR / f"{name}.keras"
     model.save(keras_path)
+    spec = MODELS[name]
+    constructor = f"make_models.{SEQUENCE_MODELS[name].__name__}: {spec.note}"
+    if spec.application:
+        constructor = (
+            f"keras.applications.{name}(weights=None, input_shape={INPUT_SHAPE}, "
+            "classifier_activation=None)"
+        )
     manifest = {
         "model": name,
-        "constructor": f"keras.applications.{name}(weights=None, input_shape={INPUT_SHAPE}, "
-        "classifier_activation=None)",
+        "constructor": constructor,
         "seed": SEED,
         "kernel_scale": kernel_scale,
         "logits_std": std,
@@ -273,26 +341,27 @@ def make(name: str, batches: list[int], force: bool) -> dict:
         x = bench_input(name, batch)
         y = np.asarray(model(x, training=False), dtype=np.float64)
         reference[f"x{batch}"], reference[f"y{batch}"] = x, y.astype(np.float32)
-        calib_rng = np.random.default_rng([SEED, 99, batch])
-        spec = MODELS[name]
-        calibration = [
-            calib_rng.uniform(spec.low, spec.high, size=(batch, *INPUT_SHAPE)).astype("float32")
-            for _ in range(max(1, CALIBRATION_IMAGES // batch))
-        ]
         entry = {}
         log(f"  batch {batch}: TFLite fp32")
         entry["tflite_fp32_seconds"] = round(to_tflite(model, batch, files["tflite_fp32"], None), 2)
-        log(f"  batch {batch}: TFLite int8 ({len(calibration) * batch} calibration images)")
-        entry["tflite_int8_seconds"] = round(
-            to_tflite(model, batch, files["tflite_int8"], calibration), 2
-        )
+        if spec.int8:
+            calib_rng = np.random.default_rng([SEED, 99, batch])
+            calibration = [
+                calib_rng.uniform(spec.low, spec.high, size=(batch, *INPUT_SHAPE)).astype("float32")
+                for _ in range(max(1, CALIBRATION_IMAGES // batch))
+            ]
+            log(f"  batch {batch}: TFLite int8 ({len(calibration) * batch} calibration images)")
+            entry["tflite_int8_seconds"] = round(
+                to_tflite(model, batch, files["tflite_int8"], calibration), 2
+            )
         log(f"  batch {batch}: ONNX (tf2onnx, opset {ONNX_OPSET})")
         entry["onnx_seconds"] = round(to_onnx(model, batch, files["onnx"]), 2)
         entry["check"] = {
             "tflite_fp32": agreement(run_tflite(files["tflite_fp32"], x), y),
-            "tflite_int8": agreement(run_tflite(files["tflite_int8"], x), y),
             "onnx": agreement(run_onnx(files["onnx"], x), y),
         }
+        if spec.int8:
+            entry["check"]["tflite_int8"] = agreement(run_tflite(files["tflite_int8"], x), y)
         entry["bytes"] = {k: p.stat().st_size for k, p in files.items()}
         for peer in ("tflite_fp32", "onnx"):
             rel = entry["check"][peer]["rel"]
@@ -301,7 +370,8 @@ def make(name: str, batches: list[int], force: bool) -> dict:
                 f"    {peer} vs Keras: max abs {entry['check'][peer]['max_abs']:.3g}, "
                 f"relative {rel:.2g} ({status})"
             )
-        log(f"    tflite_int8 vs Keras: relative {entry['check']['tflite_int8']['rel']:.2g}")
+        if spec.int8:
+            log(f"    tflite_int8 vs Keras: relative {entry['check']['tflite_int8']['rel']:.2g}")
         manifest["batches"][str(batch)] = entry
     np.savez(MODELS_DIR / f"{name}.reference.npz", **reference)
     manifest["fp32_agreement_ok"] = all(

@@ -57,6 +57,7 @@ RUNTIMES = {
 }
 BASELINE = "litert-fp32"
 TUNE_NA = "n/a (tuning not implemented yet)"
+INT8_NA = "n/a (no LiteRT int8 file for this model)"
 MB = 1024 * 1024
 # max |y - keras| / max |keras| above which a row is flagged as wrong (int8 is approximate)
 FP32_TOLERANCE = 1e-3
@@ -370,6 +371,10 @@ def bench_group(model: str, batch: int, keys: list[str], args, tune_supported: b
         if key == "bridge-tuned" and not tune_supported:
             row.update(status=TUNE_NA)
             log(f"  {key}: {TUNE_NA}")
+            continue
+        if key == "litert-int8" and not MODELS[model].int8:
+            row.update(status=INT8_NA)
+            log(f"  {key}: {INT8_NA}")
             continue
         if key.startswith("bridge") and args.reuse_bridge:
             library = bridge_library(model, batch, key == "bridge-tuned")

@@ -50,7 +50,7 @@ def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
     return Loaded(source, assigned, problems)
 
 
-def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
+def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None, device: str = "cpu"):
     from bridge.convert.walk import translate
 
     return translate(
@@ -61,6 +61,7 @@ def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
         batch_size=batch_size,
         outputs=outputs,
         extra_problems=loaded.problems,
+        device=device,
     )
 
 
@@ -81,8 +82,10 @@ def _load_and_translate(
     batch_size: int | None,
     outputs: list[str] | None,
     report: Callable[[str], None] = lambda stage: None,
+    device: str = "cpu",
 ):
-    """Translate any supported model file: (translation, metadata describing its source)."""
+    """Translate any supported model file: (translation, metadata describing its source).
+    ``device`` ("cpu" or "cuda") is what the module will be compiled for."""
     if _is_tflite(model, weights):
         from bridge.tflite import read_tflite, translate
 
@@ -104,7 +107,7 @@ def _load_and_translate(
         "keras_version": keras.keras_version,
         "files": keras.files,
     }
-    return _translate(loaded, batch_size, outputs), source
+    return _translate(loaded, batch_size, outputs, device), source
 
 
 def to_relax(
@@ -169,7 +172,9 @@ def build(
         enable_offline_codegen()
     started = time.perf_counter()
     report(f"reading {Path(model).name}")
-    translation, source = _load_and_translate(model, weights, batch_size, outputs, report)
+    translation, source = _load_and_translate(
+        model, weights, batch_size, outputs, report, device=spec.device
+    )
     mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
     folder = database_dir(tvm_target, tuning_db)
     tuning = None
@@ -268,7 +273,7 @@ def tune(
     from bridge.tuning import database_dir
 
     spec = resolve(target)
-    translation, _ = _load_and_translate(model, weights, batch_size, None)
+    translation, _ = _load_and_translate(model, weights, batch_size, None, device=spec.device)
     mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
     folder = database_dir(spec.tvm_target(), tuning_db)
     return _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress)

@@ -36,3 +36,47 @@ def test_layer_matches_keras(model_file: Path):
 def test_there_are_cases_for_both_versions():
     assert len(list(KERAS3.glob("layers/*.keras"))) > 100
     assert len(list(KERAS2.glob("layers/*.h5"))) > 80
+
+
+# Recurrent layers: CPU builds run a single-cell layer's time loop as one loop kernel (every case
+# above); CUDA builds unroll it into the graph. The unrolled form, compiled for the CPU here.
+UNROLLED = [
+    "gru_reset_before_back_state",
+    "masking_lstm_seq",
+    "embedding_mask_bidi_gru_seq",
+    "bidi_lstm_initial_state",
+]
+
+
+@pytest.mark.parametrize("name", UNROLLED)
+def test_unrolled_time_loop_matches_keras(name: str, monkeypatch):
+    import bridge.api as api
+
+    translate, kernels = api._translate, []
+
+    def as_for_cuda(loaded, batch, outputs, device):
+        translation = translate(loaded, batch, outputs, "cuda")
+        kernels.extend(gv.name_hint for gv in translation.mod.get_global_vars())
+        return translation
+
+    monkeypatch.setattr(api, "_translate", as_for_cuda)
+    path = KERAS3 / "layers" / f"{name}.keras"
+    inputs, outputs = reference(path.with_suffix(".npz"))
+    assert_matches(bridge.build(path)(*inputs), outputs)
+    assert kernels and not any(k.endswith("_scan") for k in kernels), kernels
+
+
+def test_cpu_time_loop_is_one_kernel():
+    mod, _ = bridge.to_relax(KERAS3 / "layers" / "lstm_seq.keras")
+    names = [gv.name_hint for gv in mod.get_global_vars()]
+    assert "lstm_scan" in names, names
+
+
+def test_embedding_out_of_range_ids_give_nan():
+    """As Keras 3 on JAX; an unchecked gather would read outside the table."""
+    import numpy as np
+
+    model = bridge.build(KERAS3 / "layers" / "embedding.keras")
+    ids = np.array([[1, 2, 99, -5, 3]], dtype="int32")
+    out = model(ids)
+    assert np.isnan(out[0, 2:4]).all() and np.isfinite(out[0, [0, 1, 4]]).all()

@@ -177,8 +177,19 @@ def test_cli_build_inspect_run(tmp_path: Path, capsys) -> None:
     assert "TFLite" in capsys.readouterr().out
     np.save(tmp_path / "x.npy", inputs[0])
     out = tmp_path / "y"
-    assert cli(["run", str(tmp_path / "cnn_uint8io.so"), "-i", str(tmp_path / "x.npy"),
-                "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "run",
+                str(tmp_path / "cnn_uint8io.so"),
+                "-i",
+                str(tmp_path / "x.npy"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     check_outputs("cnn_uint8io", [np.load(out / "output0.npy")], expected, data)
     assert cli(["inspect", str(model)]) == 0
     assert cli(["inspect", str(TFLITE / "errors" / "unsupported_ops.tflite")]) == 1

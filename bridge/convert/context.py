@@ -35,6 +35,10 @@ class LayerContext:
         keras_major: int,
         problems: list[Problem],
         tensor_kwargs: dict[str, list[relax.Expr]] | None = None,
+        masks: list[relax.Expr | None] | None = None,
+        kwarg_masks: dict[str, list[relax.Expr | None]] | None = None,
+        explicit_masks: bool = False,
+        device: str = "cpu",
     ):
         self.bb = bb
         self.layer = layer
@@ -45,6 +49,12 @@ class LayerContext:
         self._problems = problems
         self._tensor_kwargs = tensor_kwargs or {}
         self._read: set[str] = set()
+        self._masks = list(masks or [])
+        self._kwarg_masks = kwarg_masks or {}
+        # whether the masks were passed to the call as ``mask=`` (not propagated from inputs)
+        self.explicit_masks = explicit_masks
+        self.device = device  # what the module is compiled for: "cpu" or "cuda"
+        self.output_masks: list[relax.Expr | None] | None = None
 
     # --- config -----------------------------------------------------------------------------
     @property
@@ -79,6 +89,20 @@ class LayerContext:
         """Tensor kwargs of the call that the converter never asked for (so it ignored them)."""
         return [key for key in self._tensor_kwargs if key not in self._read]
 
+    # --- masks (see Converter.masks) ---------------------------------------------------------
+    def mask(self, index: int = 0) -> relax.Expr | None:
+        """The Keras mask of positional input ``index`` (boolean, e.g. ``(batch, steps)``)."""
+        return self._masks[index] if index < len(self._masks) else None
+
+    def call_tensor_masks(self, key: str) -> list[relax.Expr | None]:
+        """The masks of the tensors passed as keyword ``key``."""
+        return list(self._kwarg_masks.get(key, []))
+
+    def set_masks(self, masks: list[relax.Expr | None]) -> None:
+        """The masks of the layer's outputs, in output order (a converter with ``masks="custom"``;
+        outputs past the list's end get none)."""
+        self.output_masks = list(masks)
+
     # --- emitting ---------------------------------------------------------------------------
     def emit(self, expr: relax.Expr) -> relax.Var:
         return self.bb.emit(expr)
@@ -103,6 +127,7 @@ class LayerContext:
             list(self._weights.values()),
             self.keras_major,
             self._problems,
+            device=self.device,
         )
 
     # --- weights ----------------------------------------------------------------------------

@@ -20,6 +20,11 @@ class Converter:
     ``fn(ctx, inputs)`` emits the layer and returns its output(s); ``weights(config)`` names the
     weights Keras stores for that config, in order; ``check(config)`` returns reasons a config is
     unsupported; ``activation`` says the config's ``activation`` is fused and applied centrally.
+    ``masks`` says how the layer treats Keras masks (the per-step booleans that
+    ``Embedding(mask_zero=True)`` and ``Masking`` attach to their output): ``"keep"`` passes the
+    first input's mask on to every output without reading it (Keras' default ``compute_mask``);
+    ``"custom"``: the converter reads ``ctx.mask()`` and sets ``ctx.set_masks()``; ``None``: the
+    layer does not support masking, so Keras drops the mask (Keras 2 refuses to build the model).
     """
 
     class_name: str
@@ -28,6 +33,7 @@ class Converter:
     weights: WeightNames
     check: ConfigCheck | None
     activation: bool
+    masks: str | None = None
 
     def weight_names(self, config: dict[str, Any]) -> list[str]:
         return self.weights(config)
@@ -37,6 +43,7 @@ class Converter:
 
 
 REGISTRY: dict[str, Converter] = {}
+MASK_MODES = (None, "keep", "custom")
 
 # Keras classes bridge deliberately does not convert, and why (``bridge layers`` prints these).
 UNSUPPORTED: dict[str, str] = {
@@ -60,15 +67,19 @@ def register(
     weights: WeightNames = no_weights,
     check: ConfigCheck | None = None,
     activation: bool = False,
+    masks: str | None = None,
 ):
     """Register ``fn`` as the converter of the given Keras class names (duplicates refused)."""
+
+    if masks not in MASK_MODES:
+        raise ValueError(f"masks={masks!r}: expected one of {MASK_MODES}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         family = fn.__module__.rsplit(".", 1)[-1]
         for name in class_names:
             if name in REGISTRY:
                 raise RuntimeError(f"converter for {name!r} registered twice")
-            REGISTRY[name] = Converter(name, fn, family, weights, check, activation)
+            REGISTRY[name] = Converter(name, fn, family, weights, check, activation, masks)
         return fn
 
     return decorate

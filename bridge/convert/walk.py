@@ -71,9 +71,15 @@ def _shape_problem(shape: list) -> str | None:
 
 class _Walker:
     def __init__(
-        self, graph: ModelGraph, weights: LayerWeights, label: str, batch_size: int | None
+        self,
+        graph: ModelGraph,
+        weights: LayerWeights,
+        label: str,
+        batch_size: int | None,
+        device: str = "cpu",
     ):
         self.graph = graph
+        self.device = device
         self.label = label
         # A fixed batch, or one symbolic dimension shared by every input.
         self.batch_dim = batch_size if batch_size is not None else tvm.tirx.Var("batch", "int64")
@@ -119,9 +125,17 @@ class _Walker:
         return variables
 
     # --- the walk -----------------------------------------------------------------------------
-    def run_graph(self, graph: ModelGraph, prefix: str, args: list[relax.Expr]) -> list[relax.Expr]:
-        """Emit every call of every layer of ``graph`` once its inputs exist; return its outputs."""
+    def run_graph(
+        self,
+        graph: ModelGraph,
+        prefix: str,
+        args: list[relax.Expr],
+        arg_masks: list[relax.Expr | None] | None = None,
+    ) -> tuple[list[relax.Expr], list[relax.Expr | None]]:
+        """Emit every call of every layer of ``graph`` once its inputs exist; return its outputs
+        and their Keras masks (None where a tensor has none)."""
         values: dict[TensorRef, relax.Expr] = dict(zip(graph.inputs, args))
+        masks: dict[TensorRef, relax.Expr | None] = dict(zip(graph.inputs, arg_masks or []))
         for ref, value in values.items():
             self.layer_values.setdefault(f"{prefix}{ref.layer}", [value])
         pending = [(layer, index) for layer in graph.layers for index in range(len(layer.calls))]
@@ -130,9 +144,11 @@ class _Walker:
             for layer, index in pending:
                 call = layer.calls[index]
                 if all(ref in values for ref in call.all_inputs()):
-                    outs = self.emit_call(layer, prefix, index, values)
+                    outs, out_masks = self.emit_call(layer, prefix, index, values, masks)
                     for tensor, value in enumerate(outs):
-                        values[TensorRef(layer.name, index, tensor)] = value
+                        ref = TensorRef(layer.name, index, tensor)
+                        values[ref] = value
+                        masks[ref] = out_masks[tensor] if tensor < len(out_masks) else None
                 else:
                     remaining.append((layer, index))
             if len(remaining) == len(pending):
@@ -144,20 +160,32 @@ class _Walker:
         missing = [r for r in graph.outputs if r not in values]
         if missing:
             self.graph_error(graph, prefix, f"outputs reference tensors no layer makes: {missing}")
-        return [values[r] for r in graph.outputs]
+        return [values[r] for r in graph.outputs], [masks.get(r) for r in graph.outputs]
 
     def graph_error(self, graph: ModelGraph, prefix: str, reason: str) -> None:
         where = prefix.rstrip("/") or graph.name
         raise UnsupportedModelError(self.label, [Problem(where, "graph", reason)])
 
     def emit_call(
-        self, layer: Layer, prefix: str, index: int, values: dict[TensorRef, relax.Expr]
-    ) -> list[relax.Expr]:
+        self,
+        layer: Layer,
+        prefix: str,
+        index: int,
+        values: dict[TensorRef, relax.Expr],
+        masks: dict[TensorRef, relax.Expr | None],
+    ) -> tuple[list[relax.Expr], list[relax.Expr | None]]:
+        """The call's outputs and their masks (see ``Converter.masks``)."""
         path = f"{prefix}{layer.name}"
         call = layer.calls[index]
         inputs = [values[r] for r in call.inputs]
+        tensor_kwargs = call.tensor_kwargs()
+        # Masks propagate along the graph as Keras propagates them (``Converter.masks``); a
+        # call's ``mask=`` tensors (Keras 3 records them for some layers, computed by recorded
+        # operations: ``not_equal``, ``any``, ...) stand for the positional inputs' masks.
+        explicit = [values[r] for r in tensor_kwargs.pop("mask", [])]
+        in_masks = explicit + [masks.get(r) for r in call.inputs[len(explicit) :]]
         if layer.model is not None:
-            outs = self.run_graph(layer.model, path + "/", inputs)
+            outs, out_masks = self.run_graph(layer.model, path + "/", inputs, in_masks)
         else:
             converter = lookup(layer.class_name, layer.module)
             ctx = LayerContext(
@@ -169,7 +197,11 @@ class _Walker:
                 self.weight_vars.get(path, []),
                 self.graph.keras_major,
                 self.problems,
-                {k: [values[r] for r in refs] for k, refs in call.tensor_kwargs().items()},
+                {k: [values[r] for r in refs] for k, refs in tensor_kwargs.items()},
+                in_masks,
+                {k: [masks.get(r) for r in refs] for k, refs in tensor_kwargs.items()},
+                explicit_masks=bool(explicit),
+                device=self.device,
             )
             try:
                 result = converter.fn(ctx, inputs)
@@ -181,6 +213,7 @@ class _Walker:
                 outs = list(result) if isinstance(result, (list, tuple)) else [result]
                 if converter.activation:
                     outs = [apply_activation(ctx, o, layer.config.get("activation")) for o in outs]
+                out_masks = _output_masks(converter.masks, ctx, in_masks, len(outs))
             except BridgeError:
                 raise
             except Exception as exc:  # a TVM shape/type check, or a config value we misread
@@ -189,7 +222,17 @@ class _Walker:
                     [Problem(path, layer.class_name, f"translation failed: {_first_line(exc)}")],
                 ) from exc
         self.layer_values.setdefault(path, outs)
-        return outs
+        return outs, out_masks
+
+
+def _output_masks(
+    mode: str | None, ctx: LayerContext, in_masks: list[relax.Expr | None], count: int
+) -> list[relax.Expr | None]:
+    if mode == "custom":
+        return ctx.output_masks or []
+    if mode == "keep" and in_masks:
+        return [in_masks[0]] * count
+    return []
 
 
 def _first_line(exc: Exception) -> str:
@@ -211,13 +254,16 @@ def translate(
     batch_size: int | None = 1,
     outputs: list[str] | None = None,
     extra_problems: list[Problem] | None = None,
+    device: str = "cpu",
 ) -> Translation:
-    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first)."""
+    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first).
+    ``device`` ("cpu" or "cuda") is what the module will be compiled for: recurrent time loops
+    become one loop kernel on CPUs and stay unrolled in the graph for CUDA."""
     problems = list(extra_problems or []) + preflight(graph, weights, weights_label)
     if problems:
         raise UnsupportedModelError(label, problems)
     try:
-        return _translate(graph, weights, label, batch_size, outputs)
+        return _translate(graph, weights, label, batch_size, outputs, device)
     except BridgeError:
         raise
     except Exception as exc:  # not a layer's own failure (those name the layer): the graph's
@@ -231,14 +277,15 @@ def _translate(
     label: str,
     batch_size: int | None,
     outputs: list[str] | None,
+    device: str,
 ) -> Translation:
-    walker = _Walker(graph, weights, label, batch_size)
+    walker = _Walker(graph, weights, label, batch_size, device)
     inputs = walker.input_vars()
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]
     bb = walker.bb
     with bb.function("main", inputs + params, attrs={"num_input": len(inputs)}):
         with bb.dataflow():
-            results = walker.run_graph(graph, "", inputs)
+            results, _ = walker.run_graph(graph, "", inputs)
             names = [
                 f"{r.layer}" if r.tensor == 0 else f"{r.layer}:{r.tensor}" for r in graph.outputs
             ]

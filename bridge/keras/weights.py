@@ -33,13 +33,49 @@ SUBLAYER_VARS: dict[str, tuple[str, ...]] = {
     "SimpleRNN": ("cell",),
     "LSTM": ("cell",),
     "GRU": ("cell",),
+    "ConvLSTM1D": ("cell",),
+    "ConvLSTM2D": ("cell",),
+    "ConvLSTM3D": ("cell",),
     "Bidirectional": ("forward_layer/cell", "backward_layer/cell"),
     "TimeDistributed": ("layer",),
     # Keras 3 names the projections ``query_dense``, Keras 2.15 (new layout) ``_query_dense``.
     "MultiHeadAttention": tuple(
         f"{u}{p}_dense" for p in ("query", "key", "value", "output") for u in ("", "_")
     ),
+    "GroupQueryAttention": tuple(f"_{p}_dense" for p in ("query", "key", "value", "output")),
 }
+# Layers saved under their Python class's name where the config's class name is an alias.
+PYTHON_CLASS = {"GroupQueryAttention": "GroupedQueryAttention"}
+
+
+def _cell_groups(group: str, cell: dict[str, Any] | None) -> list[str]:
+    """An RNN cell's variable groups: ``<group>`` itself, or for StackedRNNCells one group per
+    cell, ``<group>/cells/<snake_case(class)>[_n]`` in cell order."""
+    cell = cell or {}
+    if cell.get("class_name") != "StackedRNNCells":
+        return [group]
+    counters: Counter[str] = Counter()
+    groups = []
+    for entry in cell.get("config", {}).get("cells", []):
+        base = snake_case(entry.get("class_name", ""))
+        groups.append(f"{group}/cells/{base}" + (f"_{counters[base]}" if counters[base] else ""))
+        counters[base] += 1
+    return groups
+
+
+def sublayer_groups(layer: Layer) -> list[str]:
+    """Where a layer's sub-layers keep their variables (``SUBLAYER_VARS``; RNN and Bidirectional
+    over RNN also look into the config for StackedRNNCells)."""
+    config = layer.config
+    if layer.class_name == "RNN":
+        return _cell_groups("cell", config.get("cell"))
+    if layer.class_name == "Bidirectional":
+        groups = []
+        for sub, key in (("forward_layer", "layer"), ("backward_layer", "backward_layer")):
+            inner = (config.get(key) or config.get("layer") or {}).get("config", {})
+            groups += _cell_groups(f"{sub}/cell", inner.get("cell"))
+        return groups
+    return list(SUBLAYER_VARS.get(layer.class_name, ()))
 
 
 def snake_case(name: str) -> str:
@@ -135,20 +171,20 @@ class NewLayoutStore(WeightStore):
         for layer in graph.layers:
             if not layer.in_model_layers:
                 continue
-            base = snake_case(layer.class_name)
+            base = snake_case(PYTHON_CLASS.get(layer.class_name, layer.class_name))
             group = f"{container}/{base}" + (f"_{counters[base]}" if counters[base] else "")
             counters[base] += 1
             if layer.model is not None:
                 self._assign(layer.model, group + "/", f"{path_prefix}{layer.name}/", out)
                 continue
-            arrays = self.read_layer_vars(group, layer.class_name)
+            arrays = self.read_layer_vars(group, layer)
             if arrays is not None:
                 out[path_prefix + layer.name] = arrays
 
-    def read_layer_vars(self, group: str, class_name: str) -> list[np.ndarray] | None:
-        """A layer's own ``vars``, then those of its sub-layers (``SUBLAYER_VARS``), in order."""
+    def read_layer_vars(self, group: str, layer: Layer) -> list[np.ndarray] | None:
+        """A layer's own ``vars``, then those of its sub-layers (``sublayer_groups``), in order."""
         arrays = self.read_vars(group + "/vars")
-        for sub in SUBLAYER_VARS.get(class_name, ()):
+        for sub in sublayer_groups(layer):
             more = self.read_vars(f"{group}/{sub}/vars")
             if more is not None:
                 arrays = (arrays or []) + more

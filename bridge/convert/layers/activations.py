@@ -12,7 +12,7 @@ def _c(value: float) -> relax.Constant:
     return relax.const(float(value), "float32")
 
 
-@register("ReLU")
+@register("ReLU", masks="keep")
 def relu(ctx, inputs):
     """Keras' general ReLU: threshold, max_value and negative_slope, in Keras' own order."""
     x = inputs[0]
@@ -31,13 +31,13 @@ def relu(ctx, inputs):
     return ctx.emit(R.subtract(positive, ctx.emit(R.multiply(_c(slope), negative))))
 
 
-@register("LeakyReLU")
+@register("LeakyReLU", masks="keep")
 def leaky_relu(ctx, inputs):
     slope = ctx.config.get("negative_slope", ctx.config.get("alpha", 0.3))
     return ctx.emit(R.nn.leakyrelu(inputs[0], float(slope)))
 
 
-@register("PReLU", weights=lambda c: ["alpha"])
+@register("PReLU", weights=lambda c: ["alpha"], masks="keep")
 def prelu(ctx, inputs):
     x = inputs[0]
     shape = list(ctx.shape(x)[1:])
@@ -48,7 +48,7 @@ def prelu(ctx, inputs):
     return ctx.emit(R.add(ctx.emit(R.nn.relu(x)), negative))
 
 
-@register("ELU")
+@register("ELU", masks="keep")
 def elu(ctx, inputs):
     x = inputs[0]
     alpha = float(ctx.get("alpha", 1.0))
@@ -58,10 +58,23 @@ def elu(ctx, inputs):
     )
 
 
-@register("Softmax")
+@register("Softmax", masks="keep")
 def softmax(ctx, inputs):
+    """With a Keras mask (broadcast against the input as numpy does), masked entries count as
+    -1e9 (Keras 2 adds -1e9 to them) and Keras 3 zeroes them in the result."""
     x = inputs[0]
-    axis = ctx.get("axis", -1)
+    mask = ctx.mask()
+    if mask is not None:
+        if ctx.keras_major >= 3:
+            x = ctx.emit(R.where(mask, x, _c(-1.0e9)))
+            out = _softmax(ctx, x, ctx.get("axis", -1))
+            return ctx.emit(R.where(mask, out, _c(0.0)))
+        dropped = ctx.emit(R.subtract(_c(1.0), ctx.emit(R.astype(mask, "float32"))))
+        x = ctx.emit(R.add(x, ctx.emit(R.multiply(dropped, _c(-1.0e9)))))
+    return _softmax(ctx, x, ctx.get("axis", -1))
+
+
+def _softmax(ctx, x, axis):
     if isinstance(axis, int):
         return ctx.emit(R.nn.softmax(x, axis=axis))
     axes = [int(a) for a in axis]
@@ -70,7 +83,7 @@ def softmax(ctx, inputs):
     return ctx.emit(R.divide(exp, ctx.emit(R.sum(exp, axis=axes, keepdims=True))))
 
 
-@register("ThresholdedReLU")
+@register("ThresholdedReLU", masks="keep")
 def thresholded_relu(ctx, inputs):
     """Keras 2 only: ``x`` where ``x > theta``, else 0."""
     x = inputs[0]

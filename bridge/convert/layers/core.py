@@ -1,4 +1,4 @@
-"""Core layers: InputLayer, Identity, Dense, EinsumDense, Activation, Embedding."""
+"""Core layers: InputLayer, Identity, Dense, EinsumDense, Activation, Embedding, Masking."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 import string
 from typing import Any
 
+from tvm import relax
 from tvm.relax import op as R
 
 from bridge.convert.activations import activation_problem, apply_activation
@@ -20,7 +21,7 @@ def input_layer(ctx, inputs):
     return inputs[0]
 
 
-@register("Identity")
+@register("Identity", masks="keep")
 def identity(ctx, inputs):
     return inputs[0]
 
@@ -29,6 +30,7 @@ def identity(ctx, inputs):
     "Dense",
     weights=lambda c: ["kernel", "bias"] if c.get("use_bias", True) else ["kernel"],
     activation=True,
+    masks="keep",
 )
 def dense(ctx, inputs):
     x = inputs[0]
@@ -99,25 +101,35 @@ def einsum_dense(ctx, inputs):
     return y
 
 
-@register("Activation", check=lambda c: activation_problem(c.get("activation")))
+@register("Activation", check=lambda c: activation_problem(c.get("activation")), masks="keep")
 def activation(ctx, inputs):
     return apply_activation(ctx, inputs[0], ctx.config.get("activation"))
 
 
 def _check_embedding(config: dict[str, Any]) -> list[str]:
-    reasons = []
-    if config.get("mask_zero"):
-        reasons.append("mask_zero=True is not supported (bridge does not propagate masks)")
-    if config.get("lora_rank"):
-        reasons.append("LoRA embeddings (lora_rank) are not supported")
-    return reasons
+    return ["LoRA embeddings (lora_rank) are not supported"] if config.get("lora_rank") else []
 
 
-@register("Embedding", weights=lambda c: ["embeddings"], check=_check_embedding)
+@register("Embedding", weights=lambda c: ["embeddings"], check=_check_embedding, masks="custom")
 def embedding(ctx, inputs):
-    """A row lookup; non-integer inputs are truncated to int32, as Keras casts them."""
-    x = inputs[0]
+    """A row lookup; non-integer inputs are truncated to int32, as Keras casts them. An id out
+    of range gives NaNs (as Keras 3 on JAX; ``take``'s default would read out of bounds). With
+    ``mask_zero`` the output's mask is ``ids != 0``."""
+    ids = x = inputs[0]
     if not dtype_of(x).startswith(("int", "uint")):
         x = ctx.emit(R.astype(x, "int32"))
+    if ctx.get("mask_zero", False):
+        ctx.set_masks([ctx.emit(R.not_equal(ids, relax.const(0, dtype_of(ids))))])
     table = ctx.weight("embeddings", (ctx.get("input_dim"), ctx.get("output_dim")))
-    return ctx.emit(R.take(table, x, axis=0))
+    return ctx.emit(R.take(table, x, axis=0, mode="nan"))
+
+
+@register("Masking", masks="custom")
+def masking(ctx, inputs):
+    """Steps whose features all equal ``mask_value`` are zeroed and masked out."""
+    x = inputs[0]
+    value = relax.const(float(ctx.get("mask_value", 0.0)), dtype_of(x))
+    differs = ctx.emit(R.astype(ctx.emit(R.not_equal(x, value)), dtype_of(x)))
+    keep = ctx.emit(R.max(differs, axis=-1, keepdims=True))
+    ctx.set_masks([ctx.emit(R.astype(ctx.emit(R.squeeze(keep, axis=[-1])), "bool"))])
+    return ctx.emit(R.multiply(x, keep))

@@ -15,40 +15,89 @@ def _fold(ctx, inputs, op):
     return reduce(lambda a, b: ctx.emit(op(a, b)), inputs)
 
 
-@register("Add")
+def _merge_masks(ctx, count: int) -> None:
+    """Keras' mask of an elementwise merge: Keras 3 ORs the masks (none if an input has none),
+    Keras 2 ANDs the masks there are."""
+    masks = [ctx.mask(i) for i in range(count)]
+    if ctx.keras_major >= 3:
+        if all(m is not None for m in masks):
+            ctx.set_masks([_fold(ctx, masks, R.logical_or)])
+    elif any(m is not None for m in masks):
+        ctx.set_masks([_fold(ctx, [m for m in masks if m is not None], R.logical_and)])
+
+
+def elementwise(fn):
+    """A merge converter that also merges the inputs' masks."""
+
+    def merge(ctx, inputs):
+        _merge_masks(ctx, len(inputs))
+        return fn(ctx, inputs)
+
+    merge.__name__, merge.__doc__ = fn.__name__, fn.__doc__
+    return merge
+
+
+@register("Add", masks="custom")
+@elementwise
 def add(ctx, inputs):
     return _fold(ctx, inputs, R.add)
 
 
-@register("Subtract")
+@register("Subtract", masks="custom")
+@elementwise
 def subtract(ctx, inputs):
     return ctx.emit(R.subtract(inputs[0], inputs[1]))
 
 
-@register("Multiply")
+@register("Multiply", masks="custom")
+@elementwise
 def multiply(ctx, inputs):
     return _fold(ctx, inputs, R.multiply)
 
 
-@register("Average")
+@register("Average", masks="custom")
+@elementwise
 def average(ctx, inputs):
     total = _fold(ctx, inputs, R.add)
     return ctx.emit(R.divide(total, relax.const(float(len(inputs)), "float32")))
 
 
-@register("Maximum")
+@register("Maximum", masks="custom")
+@elementwise
 def maximum(ctx, inputs):
     return _fold(ctx, inputs, R.maximum)
 
 
-@register("Minimum")
+@register("Minimum", masks="custom")
+@elementwise
 def minimum(ctx, inputs):
     return _fold(ctx, inputs, R.minimum)
 
 
-@register("Concatenate")
+@register("Concatenate", masks="custom")
 def concatenate(ctx, inputs):
-    return ctx.emit(R.concat(inputs, axis=int(ctx.get("axis", -1))))
+    axis = int(ctx.get("axis", -1))
+    masks = [ctx.mask(i) for i in range(len(inputs))]
+    if any(m is not None for m in masks):
+        ctx.set_masks([_concatenate_mask(ctx, inputs, masks, axis)])
+    return ctx.emit(R.concat(inputs, axis=axis))
+
+
+def _concatenate_mask(ctx, inputs, masks, axis: int) -> relax.Expr:
+    """Keras' way: each input's mask broadcast to its shape (all true if it has none),
+    concatenated like the inputs, then reduced over the last axis (any in Keras 3, all in 2)."""
+    full = []
+    for x, mask in zip(inputs, masks):
+        shape = ctx.shape(x)
+        if mask is None:
+            full.append(ctx.emit(R.ones(shape, "bool")))
+            continue
+        while len(ctx.shape(mask)) < len(shape):
+            mask = ctx.emit(R.expand_dims(mask, -1))
+        full.append(ctx.emit(R.broadcast_to(mask, shape)))
+    joined = ctx.emit(R.astype(ctx.emit(R.concat(full, axis=axis)), "float32"))
+    reduce_op = R.max if ctx.keras_major >= 3 else R.min
+    return ctx.emit(R.astype(ctx.emit(reduce_op(joined, axis=[-1])), "bool"))
 
 
 def l2_normalize(ctx, x: relax.Expr, axis: int) -> relax.Expr:

@@ -28,7 +28,7 @@ def broadcast_param(ctx, param: relax.Expr, axes: list[int], shape: tuple[int, .
     return ctx.emit(R.reshape(param, target))
 
 
-@register("BatchNormalization", weights=_bn_weights)
+@register("BatchNormalization", weights=_bn_weights, masks="keep")
 def batch_normalization(ctx, inputs):
     x = inputs[0]
     shape = ctx.shape(x)
@@ -64,7 +64,7 @@ def _ln_weights(config: dict[str, Any]) -> list[str]:
     return names + (["beta"] if config.get("center", True) and not rms else [])
 
 
-@register("LayerNormalization", weights=_ln_weights)
+@register("LayerNormalization", weights=_ln_weights, masks="keep")
 def layer_normalization(ctx, inputs):
     """Over any axes; ``rms_scaling`` is Keras 3's (it divides by the standard deviation)."""
     x = inputs[0]
@@ -88,7 +88,7 @@ def _gn_weights(config: dict[str, Any]) -> list[str]:
     return names + (["beta"] if config.get("center", True) else [])
 
 
-@register("GroupNormalization", weights=_gn_weights)
+@register("GroupNormalization", weights=_gn_weights, masks="keep")
 def group_normalization(ctx, inputs):
     x = inputs[0]
     shape = ctx.shape(x)
@@ -110,7 +110,7 @@ def group_normalization(ctx, inputs):
     return y
 
 
-@register("UnitNormalization")
+@register("UnitNormalization", masks="keep")
 def unit_normalization(ctx, inputs):
     """``x / max(||x||, 1e-6)``, computed as Keras does: ``x * rsqrt(max(sum(x**2), 1e-12))``."""
     x = inputs[0]

@@ -6,6 +6,7 @@ from typing import Any
 
 from tvm.relax import op as R
 
+from bridge.convert.context import dtype_of
 from bridge.convert.registry import register
 from bridge.convert.spatial import DATA_LAYOUT, channels_first, channels_last_op, ntuple, paddings
 
@@ -59,9 +60,22 @@ def _global(ctx, inputs, reduce):
     return ctx.emit(reduce(x, axis=axes, keepdims=bool(ctx.get("keepdims", False))))
 
 
-@register("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D")
+@register("GlobalAveragePooling2D", "GlobalAveragePooling3D")
 def global_average_pooling(ctx, inputs):
     return _global(ctx, inputs, R.mean)
+
+
+@register("GlobalAveragePooling1D", masks="custom")
+def global_average_pooling_1d(ctx, inputs):
+    """With a Keras mask (``Embedding(mask_zero=True)``), the mean of the unmasked steps only."""
+    x, mask = inputs[0], ctx.mask()
+    if mask is None:
+        return _global(ctx, inputs, R.mean)
+    axis = 2 if channels_first(ctx.config) else 1
+    weight = ctx.emit(R.expand_dims(ctx.emit(R.astype(mask, dtype_of(x))), axis=3 - axis))
+    keepdims = bool(ctx.get("keepdims", False))
+    total = ctx.emit(R.sum(ctx.emit(R.multiply(x, weight)), axis=[axis], keepdims=keepdims))
+    return ctx.emit(R.divide(total, ctx.emit(R.sum(weight, axis=[axis], keepdims=keepdims))))
 
 
 @register("GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D")

@@ -14,7 +14,7 @@ from bridge.convert.registry import register
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), the floor of Normalization's std
 
 
-@register("Rescaling")
+@register("Rescaling", masks="keep")
 def rescaling(ctx, inputs):
     scale = np.asarray(ctx.get("scale", 1.0), dtype="float32")
     offset = np.asarray(ctx.get("offset", 0.0), dtype="float32")
@@ -41,7 +41,7 @@ def _config_stat(value: Any, target: list[int]) -> np.ndarray:
     return np.broadcast_to(array, target).copy()
 
 
-@register("Normalization", weights=_normalization_weights)
+@register("Normalization", weights=_normalization_weights, masks="keep")
 def normalization(ctx, inputs):
     x = inputs[0]
     shape = ctx.shape(x)

@@ -14,6 +14,7 @@ from bridge.convert.registry import register
     "GaussianDropout",
     "AlphaDropout",
     "ActivityRegularization",
+    masks="keep",
 )
 def identity_at_inference(ctx, inputs):
     return inputs[0]

@@ -33,7 +33,12 @@ def _check_time_distributed(config: dict[str, Any]) -> list[str]:
     return [f"wrapped {class_name}: {reason}" for reason in converter.problems(inner)]
 
 
-@register("TimeDistributed", weights=_time_distributed_weights, check=_check_time_distributed)
+@register(
+    "TimeDistributed",
+    weights=_time_distributed_weights,
+    check=_check_time_distributed,
+    masks="keep",
+)
 def time_distributed(ctx, inputs):
     """Fold time into the batch, ``(B, T, ...) -> (B*T, ...)``, run the wrapped layer, unfold."""
     class_name, inner, converter = _wrapped(ctx.config)
