@@ -402,3 +402,28 @@ def test_converter_config_checks_report_malformed_configs(tmp_path):
     ] = 5
     err = _raises(UnsupportedModelError, _write(tmp_path, config), weights)
     assert "(Bidirectional): malformed layer config" in str(err)
+
+
+def test_tflite_dequantize_of_tensor_without_scale_is_typed(tmp_path):
+    """Found by the fuzzer: a float16 constant retyped int8 (no quantization) reached
+    ``ScaleAsNumpy()``, which returns 0 for an absent vector."""
+    import tflite
+
+    blob = bytearray((FIXTURES / "tflite" / "mobile_float16.tflite").read_bytes())
+    model = tflite.Model.GetRootAsModel(blob, 0)
+    graph = model.Subgraphs(0)
+    codes = [model.OperatorCodes(i).BuiltinCode() for i in range(model.OperatorCodesLength())]
+    op = next(
+        graph.Operators(i)
+        for i in range(graph.OperatorsLength())
+        if codes[graph.Operators(i).OpcodeIndex()] == tflite.BuiltinOperator.DEQUANTIZE
+    )
+    tensor = graph.Tensors(int(op.InputsAsNumpy()[0]))
+    blob[tensor._tab.Pos + tensor._tab.Offset(6)] = tflite.TensorType.INT8
+    shape = tensor._tab.Vector(tensor._tab.Offset(4))  # first dimension x2: same bytes as fp16
+    first = struct.unpack_from("<i", blob, shape)[0]
+    struct.pack_into("<i", blob, shape, 2 * first)
+    path = tmp_path / "model.tflite"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="no scale"):
+        bridge.to_relax(path)

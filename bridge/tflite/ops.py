@@ -147,7 +147,10 @@ class BridgeConverter(OperatorConverter):
 
 def _qparams(source: TFLiteFile, tensor: int) -> tuple:
     q = source.model.Subgraphs(0).Tensors(tensor).Quantization()
-    return tuple(np.round(q.ScaleAsNumpy(), 9)), tuple(q.ZeroPointAsNumpy())
+    if q is None or not q.ScaleLength():
+        return (), ()
+    zero_points = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, np.int64)
+    return tuple(np.round(q.ScaleAsNumpy(), 9)), tuple(zero_points)
 
 
 def check_op(source: TFLiteFile, op: OpDesc, rewrites: Rewrites, known: set[str]) -> str | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bridge.errors import ModelFileError
 from bridge.tflite.reader import TFLiteFile
 
 FOLDABLE = {"DEQUANTIZE", "DENSIFY"}
@@ -34,6 +35,8 @@ class Rewrites:
 def quantization(source: TFLiteFile, tensor: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(scale, zero_point, axis) of a quantized tensor of subgraph 0."""
     q = source.model.Subgraphs(0).Tensors(tensor).Quantization()
+    if q is None or not q.ScaleLength():
+        raise ModelFileError(source.path, f"tensor {tensor} is quantized but has no scale")
     scale = q.ScaleAsNumpy().astype(np.float32)
     zero_point = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, np.int64)
     return scale, np.asarray(zero_point, np.int64), int(q.QuantizedDimension())
