@@ -141,7 +141,8 @@ def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = _extent(sch.get(fused))
-    inner = lanes if total % lanes == 0 else 1
+    inner = _largest_divisor(total, lanes)  # e.g. 15 lanes for a 225x225x3 padded image
+    inner = inner if inner >= lanes // 4 else 1
     if inner > 1 and total > inner:
         outer, vector = sch.split(fused, [None, inner])
         sch.parallel(outer)
