@@ -354,7 +354,11 @@ def _context(task, target: tvm.target.Target, seed: int) -> ms.TuneContext:
         mod=task.dispatched[0],
         target=target,
         space_generator="post-order-apply",
-        search_strategy="evolutionary",
+        # half MetaSchedule's default search effort per round: on a few cores the search, not
+        # measuring, dominates a round; more, cheaper rounds use a small budget better
+        search_strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=256, genetic_num_iters=2, init_min_unmeasured=32
+        ),
         task_name=task.task_name,
         logger=logger,
         rand_state=seed,
