@@ -25,7 +25,7 @@ echo "== installing benchmark requirements"
 "$VENV/bin/python" -m pip install -q -r "$HERE/requirements.txt"
 echo "== installing bridge (editable) from $ROOT"
 # (setuptools prints pages of deprecation notes for editable installs: kept in a log)
-if ! "$VENV/bin/python" -m pip install -q -e "$ROOT" > "$VENV/bridge-install.log" 2>&1; then
+if ! "$VENV/bin/python" -m pip install -q -e "$ROOT[tune]" > "$VENV/bridge-install.log" 2>&1; then
   cat "$VENV/bridge-install.log"
   exit 1
 fi

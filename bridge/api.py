@@ -221,15 +221,15 @@ def build(
 
 def _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress: bool = True):
     """Tune ``mod`` (weights bound or not, as it will be compiled) into ``folder``."""
-    from bridge.errors import TargetError
+    from bridge.errors import TargetError, TuningError
     from bridge.schedules.pipeline import fuse
     from bridge.tuning import Budget, Remote
     from bridge.tuning import tune as run_tuning
 
     if folder is None:
-        raise TargetError("tuning needs a database folder: BRIDGE_TUNING_DB is 'off'")
+        raise TuningError("tuning needs a database folder: BRIDGE_TUNING_DB is 'off'")
     if (rpc_tracker is None) != (rpc_key is None):
-        raise TargetError("remote tuning needs both rpc_tracker='host:port' and rpc_key")
+        raise TuningError("remote tuning needs both rpc_tracker='host:port' and rpc_key")
     remote = Remote(rpc_tracker, rpc_key) if rpc_tracker else None
     if remote is None and spec.arch != host_arch():
         raise TargetError(

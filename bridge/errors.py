@@ -64,3 +64,7 @@ class InputError(BridgeError, ValueError):
 
 class TargetError(BridgeError, ValueError):
     """An unknown or malformed compilation target."""
+
+
+class TuningError(BridgeError):
+    """Tuning cannot run as asked: a bad budget or tracker address, missing extras, no database."""

@@ -14,7 +14,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 import bridge
-from bridge.errors import TargetError
+from bridge.errors import TargetError, TuningError
 from bridge.schedules.pipeline import fuse
 from bridge.targets import resolve
 from bridge.tuning import Budget, Remote, existing_database, kernels
@@ -61,7 +61,7 @@ def test_budget_parsing(text, expected):
 
 @pytest.mark.parametrize("text", ["soon", "-5m", "0", True, "20 parsecs"])
 def test_bad_budget_is_a_typed_error(text):
-    with pytest.raises(TargetError, match="tune="):
+    with pytest.raises(TuningError, match="tune="):
         Budget.parse(text)
 
 
@@ -137,5 +137,5 @@ def test_remote_tuning_through_a_loopback_tracker(fused, workload, tmp_path):
 
 
 def test_rpc_tracker_address_is_validated():
-    with pytest.raises(TargetError, match="host:port"):
+    with pytest.raises(TuningError, match="host:port"):
         _ = Remote("localhost", "key").address

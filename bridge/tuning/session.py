@@ -32,7 +32,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
-from bridge.errors import TargetError
+from bridge.errors import TargetError, TuningError
 from bridge.tuning import database as db
 from bridge.tuning import kernels
 from bridge.tuning.intrinsics import load_cpu_intrinsics
@@ -53,12 +53,12 @@ class Budget:
         if isinstance(value, Budget):
             return value
         if isinstance(value, bool) or value is None:
-            raise TargetError(f"tune= takes a time like '20m' or a trial count, got {value!r}")
+            raise TuningError(f"tune= takes a time like '20m' or a trial count, got {value!r}")
         if isinstance(value, int):
             return cls(trials=value)
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|trials?)?\s*", str(value))
         if not match or float(match.group(1)) <= 0:
-            raise TargetError(f"tune={value!r}: expected e.g. '20m', '90s', '1h' or 500")
+            raise TuningError(f"tune={value!r}: expected e.g. '20m', '90s', '1h' or 500")
         amount, unit = float(match.group(1)), match.group(2) or "trials"
         if unit.startswith("trial"):
             return cls(trials=int(amount))
@@ -79,7 +79,7 @@ class Remote:
     def address(self) -> tuple[str, int]:
         host, _, port = self.tracker.rpartition(":")
         if not host or not port.isdigit():
-            raise TargetError(f"RPC tracker must be host:port, got {self.tracker!r}")
+            raise TuningError(f"RPC tracker must be host:port, got {self.tracker!r}")
         return host, int(port)
 
     def session(self):
@@ -298,6 +298,7 @@ def tune(
     for ``target`` within ``budget``, storing checked kernels in the database in ``folder``."""
     if target.kind.name != "llvm":
         raise TargetError(f"tuning supports CPU targets; got {target.kind.name}")
+    _check_extras()
     started = time.monotonic()
     load_cpu_intrinsics(
         "aarch64" if "aarch64" in str(target.attrs.get("mtriple", "")) else "x86_64"
@@ -343,6 +344,18 @@ def tune(
         )
     report.seconds = time.monotonic() - started
     return report
+
+
+def _check_extras() -> None:
+    """MetaSchedule's cost model and workers need packages bridge does not require by default."""
+    import importlib.util
+
+    missing = [m for m in ("xgboost", "cloudpickle", "psutil") if not importlib.util.find_spec(m)]
+    if missing:
+        raise TuningError(
+            f"tuning needs {', '.join(missing)}: pip install 'bridge[tune]' (xgboost-cpu,"
+            " cloudpickle, psutil)"
+        )
 
 
 def _context(task, target: tvm.target.Target, seed: int) -> ms.TuneContext:
