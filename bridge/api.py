@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,8 @@ from bridge.keras.files import KerasSource, open_model
 from bridge.runtime import Model, file_digest
 
 PathLike = str | Path
+# custom_layers=: "package>Name", class name or Lambda layer name -> converter
+CustomLayersArg = Mapping[str, Any] | None
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Loaded:
     source: KerasSource
     weights: dict[str, list[np.ndarray]]
     problems: list = field(default_factory=list)
+    custom: dict = field(default_factory=dict)  # validated custom_layers
 
     @property
     def weights_label(self) -> str:
@@ -30,21 +33,25 @@ class Loaded:
         return str(path) if path else "(no weights file)"
 
 
-def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
+def load_keras(
+    model: PathLike, weights: PathLike | None = None, custom_layers: CustomLayersArg = None
+) -> Loaded:
     """Open the files and assign stored weights to layers."""
-    from bridge.convert.registry import NON_TRAINABLE, lookup
+    from bridge.convert.registry import NON_TRAINABLE, as_custom_layers, converter_for
+
+    custom = as_custom_layers(custom_layers)
 
     def flags(layer, trainable: bool) -> list[bool] | None:
-        converter = lookup(layer.class_name, layer.module)
+        converter = converter_for(layer, custom)
         if converter is None:
             return None
         return [trainable and n not in NON_TRAINABLE for n in converter.weight_names(layer.config)]
 
     source = open_model(model, weights)
     if source.weights is None:
-        return Loaded(source, {})
+        return Loaded(source, {}, custom=custom)
     assigned, problems = source.weights.assign(source.graph, flags)
-    return Loaded(source, assigned, problems)
+    return Loaded(source, assigned, problems, custom)
 
 
 def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
@@ -58,6 +65,7 @@ def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None):
         batch_size=batch_size,
         outputs=outputs,
         extra_problems=loaded.problems,
+        custom=loaded.custom,
     )
 
 
@@ -67,13 +75,15 @@ def to_relax(
     *,
     batch_size: int | None = 1,
     outputs: list[str] | None = None,
+    custom_layers: CustomLayersArg = None,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """The model as a Relax IRModule plus its weights.
 
     ``main`` takes the model inputs then every weight (attribute ``num_input`` counts the
-    inputs); ``params`` maps each weight parameter's name to its array.
+    inputs); ``params`` maps each weight parameter's name to its array. ``custom_layers`` as
+    for :func:`build`.
     """
-    translation = _translate(load_keras(model, weights), batch_size, outputs)
+    translation = _translate(load_keras(model, weights, custom_layers), batch_size, outputs)
     return translation.mod, translation.params
 
 
@@ -86,6 +96,7 @@ def build(
     outputs: list[str] | None = None,
     separate_params: bool = False,
     progress: Callable[[str], None] | None = None,
+    custom_layers: CustomLayersArg = None,
 ) -> Model:
     """Read Keras files, translate to Relax, compile for ``target``; returns a callable Model.
 
@@ -94,6 +105,11 @@ def build(
     ``separate_params=True`` keeps the weights out of the library (``export`` then writes them
     to ``model.params``, loaded at run time). ``progress``, if given, is called with a short
     description as each stage starts.
+
+    ``custom_layers`` supplies converters for layers whose code is not in the file: keys are a
+    registered custom layer's ``"package>Name"`` (or its class name), or a Lambda layer's name;
+    values are functions ``fn(ctx, inputs)`` or :func:`bridge.converter` objects (which also
+    name the layer's weights), the interface of the built-in converters.
     """
     import tvm
 
@@ -110,7 +126,7 @@ def build(
         enable_offline_codegen()
     started = time.perf_counter()
     report(f"reading {Path(model).name}")
-    loaded = load_keras(model, weights)
+    loaded = load_keras(model, weights, custom_layers)
     report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
     translation = _translate(loaded, batch_size, outputs)
     report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
@@ -178,19 +194,24 @@ class ModelReport:
 
 
 def inspect(
-    model: PathLike, weights: PathLike | None = None, *, batch_size: int = 1
+    model: PathLike,
+    weights: PathLike | None = None,
+    *,
+    batch_size: int = 1,
+    custom_layers: CustomLayersArg = None,
 ) -> ModelReport:
     """Per-layer class, output shape, parameter count and support status (never raises for
     unsupported layers; they are reported in the rows)."""
     from bridge.convert.preflight import check_layer
     from bridge.errors import UnsupportedModelError
 
-    loaded = load_keras(model, weights)
+    loaded = load_keras(model, weights, custom_layers)
     graph = loaded.source.graph
     problems: dict[str, list[str]] = {}
     for path, layer in graph.walk_layers():
         if layer.model is None:
-            for p in check_layer(path, layer, loaded.weights, loaded.weights_label):
+            checked = check_layer(path, layer, loaded.weights, loaded.weights_label, loaded.custom)
+            for p in checked:
                 problems.setdefault(path, []).append(p.reason)
     for p in loaded.problems:
         problems.setdefault(p.layer, []).append(p.reason)

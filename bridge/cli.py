@@ -56,6 +56,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             outputs=outputs,
             separate_params=args.separate_params,
             progress=lambda stage: bar.update(task, description=stage),
+            custom_layers=args.custom_layers,
         )
         bar.update(task, description="bundling" if args.bundle else "exporting")
         stem = args.name or Path(args.model).name.split(".")[0]
@@ -124,10 +125,40 @@ def _batch(text: str) -> int | None:
     return value
 
 
+def _custom_layers(spec: str) -> dict:
+    """--custom-layers MODULE:NAME or FILE.py:NAME: the dict of converters named by the user
+    (their own code, imported like any Python module; nothing from the model file runs)."""
+    import importlib
+    import importlib.util
+
+    source, _, attribute = spec.rpartition(":")
+    if not source or not attribute:
+        raise argparse.ArgumentTypeError(f"expected MODULE:NAME or FILE.py:NAME, got {spec!r}")
+    try:
+        if source.endswith(".py"):
+            path = Path(source).resolve()
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+            try:
+                module_spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.parent))
+        else:
+            sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(source)
+        table = getattr(module, attribute)
+    except (ImportError, OSError, AttributeError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot load {spec!r}: {exc}") from exc
+    if not isinstance(table, dict):
+        raise argparse.ArgumentTypeError(f"{spec!r} is a {type(table).__name__}, not a dict")
+    return table
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from bridge.api import inspect
 
-    report = inspect(args.model, args.weights)
+    report = inspect(args.model, args.weights, custom_layers=args.custom_layers)
     console.print(f"{report.name}: {report.kind} model, Keras {report.keras_version or '?'}")
     table = Table(show_edge=False)
     for column in ("layer", "class", "output shape", "params", "status"):
@@ -175,6 +206,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+CUSTOM_LAYERS_OPTION = {
+    "type": _custom_layers,
+    "metavar": "MODULE:NAME",
+    "help": "converters for custom/Lambda layers: a dict NAME in a module or a .py file "
+    "(e.g. my_converters.py:CUSTOM_LAYERS); see README 'Custom layers'",
+}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="bridge",
@@ -204,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
         help="keep weights out of the library, in a .params file beside it",
     )
     build.add_argument("--outputs", help="comma-separated layer names to use as outputs")
+    build.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
     build.set_defaults(func=cmd_build)
 
     targets = sub.add_parser("targets", help="list target presets")
@@ -212,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="list layers, shapes, parameters and support")
     inspect.add_argument("model")
     inspect.add_argument("weights", nargs="?")
+    inspect.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
     inspect.set_defaults(func=cmd_inspect)
 
     layers = sub.add_parser("layers", help="list the supported Keras layers (and unsupported)")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.keras.graph import Layer
 
 # Weight names Keras creates as non-trainable (they come last in the legacy nested-model order).
 NON_TRAINABLE = frozenset({"moving_mean", "moving_variance", "mean", "variance", "count"})
@@ -86,6 +89,72 @@ def registry_key(class_name: str, module: str | None = None) -> str:
 def lookup(class_name: str, module: str | None = None) -> Converter | None:
     _load_families()
     return REGISTRY.get(registry_key(class_name, module))
+
+
+# --- converters supplied by the user (``custom_layers=``) -------------------------------------
+
+# Layer classes whose behaviour is Python code in the file; a user converter is found by layer name.
+CODE_CLASSES = frozenset({"Lambda"})
+CustomLayers = Mapping[str, Converter]
+
+
+def converter(
+    fn: Callable[..., Any] | None = None,
+    *,
+    weights: list[str] | tuple[str, ...] | WeightNames = (),
+    check: ConfigCheck | None = None,
+    activation: bool = False,
+):
+    """Make a user converter with the interface of the built-in ones (``bridge.converter``).
+
+    ``fn(ctx, inputs)`` emits Relax through ``ctx`` (a :class:`LayerContext`); ``weights`` names
+    the layer's stored weights in order (a list, or a function of the config); ``check(config)``
+    returns reasons a config is unsupported; ``activation=True`` applies the config's fused
+    ``activation``. Works as a decorator too: ``@bridge.converter(weights=["scale"])``.
+    """
+
+    def make(function: Callable[..., Any]) -> Converter:
+        names = weights if callable(weights) else (lambda config, n=list(weights): list(n))
+        name = getattr(function, "__name__", "custom")
+        return Converter(name, function, "custom", names, check, activation)
+
+    return make if fn is None else make(fn)
+
+
+def as_custom_layers(custom: Mapping[str, Any] | None) -> dict[str, Converter]:
+    """Validate ``custom_layers=``: keys are strings, values converters or plain functions."""
+    table: dict[str, Converter] = {}
+    for key, value in (custom or {}).items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"custom_layers keys must be non-empty strings, got {key!r}")
+        if isinstance(value, Converter):
+            table[key] = value
+        elif callable(value):
+            table[key] = converter(value)
+        else:
+            raise TypeError(
+                f"custom_layers[{key!r}] must be a function fn(ctx, inputs) or made by "
+                f"bridge.converter(...), got {type(value).__name__}"
+            )
+    return table
+
+
+def custom_keys(layer: Layer) -> list[str]:
+    """The ``custom_layers`` keys that name ``layer``, most specific first: a Lambda's layer name,
+    the registered name (Keras 3 ``"package>Name"``), then the class name (Keras 2 files store
+    a registered class as ``"package>Name"`` there)."""
+    keys = [layer.name] if layer.class_name in CODE_CLASSES else []
+    if layer.registered_name:
+        keys.append(layer.registered_name)
+    return [*keys, layer.class_name]
+
+
+def converter_for(layer: Layer, custom: CustomLayers | None = None) -> Converter | None:
+    """The converter of a (non-model) layer: a user's by :func:`custom_keys`, else built in."""
+    for key in custom_keys(layer) if custom else ():
+        if key in custom:
+            return custom[key]
+    return lookup(layer.class_name, layer.module)
 
 
 def all_converters() -> dict[str, Converter]:

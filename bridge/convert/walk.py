@@ -16,7 +16,7 @@ from tvm import relax
 from bridge.convert.activations import apply_activation
 from bridge.convert.context import LayerContext, dtype_of, static_shape
 from bridge.convert.preflight import preflight
-from bridge.convert.registry import lookup
+from bridge.convert.registry import CustomLayers, converter_for
 from bridge.errors import BridgeError, Problem, UnsupportedModelError, WeightsError
 from bridge.keras.graph import Layer, ModelGraph, TensorRef
 from bridge.keras.weights import LayerWeights
@@ -52,9 +52,15 @@ def input_shape(layer: Layer) -> list | None:
 
 class _Walker:
     def __init__(
-        self, graph: ModelGraph, weights: LayerWeights, label: str, batch_size: int | None
+        self,
+        graph: ModelGraph,
+        weights: LayerWeights,
+        label: str,
+        batch_size: int | None,
+        custom: CustomLayers | None = None,
     ):
         self.graph = graph
+        self.custom = custom
         self.label = label
         # A fixed batch, or one symbolic dimension shared by every input.
         self.batch_dim = batch_size if batch_size is not None else tvm.tirx.Var("batch", "int64")
@@ -65,7 +71,7 @@ class _Walker:
         self.weight_names: dict[str, list[str]] = {}
         self.params: dict[str, np.ndarray] = {}
         for path, layer in graph.walk_layers():
-            converter = lookup(layer.class_name, layer.module) if layer.model is None else None
+            converter = converter_for(layer, custom) if layer.model is None else None
             if converter is None or path not in weights:
                 continue
             names = converter.weight_names(layer.config)
@@ -147,7 +153,7 @@ class _Walker:
         if layer.model is not None:
             outs = self.run_graph(layer.model, path + "/", inputs)
         else:
-            converter = lookup(layer.class_name, layer.module)
+            converter = converter_for(layer, self.custom)
             ctx = LayerContext(
                 self.bb,
                 layer,
@@ -199,12 +205,14 @@ def translate(
     batch_size: int | None = 1,
     outputs: list[str] | None = None,
     extra_problems: list[Problem] | None = None,
+    custom: CustomLayers | None = None,
 ) -> Translation:
-    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first)."""
-    problems = list(extra_problems or []) + preflight(graph, weights, weights_label)
+    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first).
+    ``custom`` maps :func:`~bridge.convert.registry.custom_keys` to user converters."""
+    problems = list(extra_problems or []) + preflight(graph, weights, weights_label, custom)
     if problems:
         raise UnsupportedModelError(label, problems)
-    walker = _Walker(graph, weights, label, batch_size)
+    walker = _Walker(graph, weights, label, batch_size, custom)
     inputs = walker.input_vars()
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]
     bb = walker.bb

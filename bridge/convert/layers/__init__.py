@@ -2,6 +2,7 @@
 
 from bridge.convert.layers import (  # noqa: F401
     activations,
+    applications,
     attention,
     conv,
     core,
