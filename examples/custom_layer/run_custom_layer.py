@@ -36,7 +36,9 @@ def main() -> int:
         print(f"without converters:\n{exc}\n")
     sample = np.load(HERE / "sample.npz")
     x, expected = sample["input_0"], sample["output_0"]
-    model = bridge.build(model_file, target=args.target, batch_size=len(x), custom_layers=CUSTOM_LAYERS)
+    model = bridge.build(
+        model_file, target=args.target, batch_size=len(x), custom_layers=CUSTOM_LAYERS
+    )
     max_diff = float(np.abs(model(x) - expected).max())
     print(f"with converters: max |bridge - keras| = {max_diff:.2e}")
     return 0 if max_diff <= TOLERANCE else 1

@@ -4,6 +4,7 @@ from bridge.convert.layers import (  # noqa: F401
     activations,
     applications,
     attention,
+    augmentation,
     conv,
     core,
     merging,
