@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import zipfile
 
@@ -33,9 +34,10 @@ def classes_with_fixtures() -> set[str]:
     for path in KERAS2.glob("layers/*.h5"):
         with h5py.File(path) as handle:
             found |= _classes(json.loads(handle.attrs["model_config"]))
-    for path in APPS.glob("*.json"):  # applications are compared with Keras too
-        if not path.name.endswith(".manifest.json"):
-            found |= _classes(json.loads(path.read_text()))
+    for path in [*APPS.glob("*.json"), *APPS.glob("*.json.gz")]:  # compared with Keras too
+        if ".manifest." not in path.name:
+            text = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text()
+            found |= _classes(json.loads(text))
     return found
 
 
