@@ -15,5 +15,6 @@ from bridge.convert.layers import (  # noqa: F401
     recurrent,
     regularization,
     reshaping,
+    tfops,
     wrappers,
 )
