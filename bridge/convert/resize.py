@@ -141,17 +141,24 @@ def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
 def resize_axis(ctx, x: relax.Expr, axis: int, size: int, method: str, antialias: bool):
     """Resize one axis of ``x`` to ``size``; an axis already that size is left alone."""
     shape = ctx.shape(x)
-    rank = len(shape)
     if shape[axis] == size:
         return x
     if method == "nearest":
         indices = relax.const(nearest_indices(shape[axis], size))
         return ctx.emit(R.take(x, indices, axis=axis))
-    matrix = weight_matrix(shape[axis], size, method, antialias, ctx.keras_major)
-    order = [a for a in range(rank) if a != axis] + [axis]  # the resized axis last
-    moved = ctx.emit(R.permute_dims(x, order))
-    y = ctx.emit(R.matmul(moved, relax.const(np.ascontiguousarray(matrix.T))))
-    return ctx.emit(R.permute_dims(y, [order.index(a) for a in range(rank)]))
+    return apply_matrix(
+        ctx, x, axis, weight_matrix(shape[axis], size, method, antialias, ctx.keras_major)
+    )
+
+
+def apply_matrix(ctx, x: relax.Expr, axis: int, matrix: np.ndarray) -> relax.Expr:
+    """``y[..., i, ...] = sum_j matrix[i, j] * x[..., j, ...]`` along ``axis`` (one matmul)."""
+    rank = len(ctx.shape(x))
+    order = [a for a in range(rank) if a != axis] + [axis]  # the axis last
+    moved = ctx.emit(R.permute_dims(x, order)) if order != list(range(rank)) else x
+    y = ctx.emit(R.matmul(moved, relax.const(np.ascontiguousarray(matrix.T, dtype="float32"))))
+    back = [order.index(a) for a in range(rank)]
+    return ctx.emit(R.permute_dims(y, back)) if order != list(range(rank)) else y
 
 
 def crop_box(height: int, width: int, target: tuple[int, int]) -> tuple[int, int, int, int]:
