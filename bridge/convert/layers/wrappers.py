@@ -1,4 +1,5 @@
-"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step)."""
+"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step) and
+SpectralNormalization (at inference, the wrapped layer with its stored, already normalized kernel)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,23 @@ def time_distributed(ctx, inputs):
     if converter.activation:
         y = apply_activation(inner_ctx, y, inner.get("activation"))
     return ctx.emit(R.reshape(y, (batch, steps, *ctx.shape(y)[1:])))
+
+
+def _spectral_weights(config: dict[str, Any]) -> list[str]:
+    """Keras 3 saves the wrapper's own variables (a reference to the layer's kernel, then
+    ``vector_u``) before the layer's; tf.keras 2's legacy files the layer's, then ``vector_u``.
+    Keras 3 configs serialize ``dtype`` as a policy dict, tf.keras 2 ones as a string."""
+    inner = _time_distributed_weights(config)
+    if isinstance(config.get("dtype"), dict):
+        return ["kernel_reference", "vector_u", *inner]
+    return [*inner, "vector_u"]
+
+
+@register("SpectralNormalization", weights=_spectral_weights, check=_check_time_distributed)
+def spectral_normalization(ctx, inputs):
+    """Training re-normalizes and stores the kernel; inference just runs the wrapped layer."""
+    class_name, inner, converter = _wrapped(ctx.config)
+    layer = Layer(inner.get("name", class_name), class_name, inner, [])
+    inner_ctx = ctx.wrapped(layer)
+    y = converter.fn(inner_ctx, inputs)
+    return apply_activation(inner_ctx, y, inner.get("activation")) if converter.activation else y
