@@ -95,20 +95,50 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_layers(args: argparse.Namespace) -> int:
-    from bridge.convert.registry import UNSUPPORTED, support_table
+def layers_markdown() -> str:
+    """The support table as Markdown, from the registry (README's "Supported layers" holds it)."""
+    from bridge.convert.activations import ACTIVATIONS
+    from bridge.convert.registry import ALIASES, UNSUPPORTED, family_notes, support_table
 
+    families, notes = support_table(), family_notes()
+    lines = [
+        "| family (`bridge/convert/layers/`) | Keras classes | notes |",
+        "|---|---|---|",
+        *(
+            f"| {family} | {', '.join(classes)} | {notes[family]} |"
+            for family, classes in families.items()
+        ),
+        "",
+        f"{sum(map(len, families.values()))} classes in {len(families)} families. "
+        f"Activation functions (`activation=` and `Activation`): {', '.join(sorted(ACTIVATIONS))}.",
+        "Aliases (files hold the class's own name): "
+        + ", ".join(f"{a} = {c}" for a, c in ALIASES.items())
+        + ".",
+        "",
+        "| deliberately unsupported | why |",
+        "|---|---|",
+        *(f"| {name} | {reason} |" for name, reason in UNSUPPORTED.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from bridge.convert.registry import UNSUPPORTED, family_notes, support_table
+
+    if args.markdown:
+        print(layers_markdown(), end="")
+        return 0
     table = Table(title="Supported layers", show_edge=False)
-    for column in ("family", "Keras classes"):
+    for column in ("family", "Keras classes", "notes"):
         table.add_column(column)
-    families = support_table()
+    families, notes = support_table(), family_notes()
     for family, classes in families.items():
-        table.add_row(family, ", ".join(classes))
+        table.add_row(family, ", ".join(classes), notes[family])
     console.print(table)
     console.print(f"{sum(map(len, families.values()))} classes in {len(families)} families")
     unsupported = Table(title="Deliberately unsupported", show_edge=False)
-    for column in ("Keras class", "why"):
-        unsupported.add_column(column)
+    unsupported.add_column("Keras class", no_wrap=True)
+    unsupported.add_column("why")
     for name, reason in UNSUPPORTED.items():
         unsupported.add_row(name, reason)
     console.print(unsupported)
@@ -256,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_inspect)
 
     layers = sub.add_parser("layers", help="list the supported Keras layers (and unsupported)")
+    layers.add_argument(
+        "--markdown", action="store_true", help="print README's support table (Markdown)"
+    )
     layers.set_defaults(func=cmd_layers)
 
     run = sub.add_parser("run", help="run an exported library on .npy inputs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import zipfile
+from pathlib import Path
 
 import h5py
 
@@ -58,29 +59,37 @@ def test_families_are_modules():
     assert {"conv", "pooling", "core", "merging", "normalization", "reshaping"} <= families
 
 
-def test_readme_lists_every_supported_layer():
-    from pathlib import Path
+README = Path(__file__).parent.parent / "README.md"
+# Keras 3 classes whose converters are being written on the recurrent/attention branch of issue 5
+# (ConvLSTM, RNN cells, Masking, AdditiveAttention, GroupedQueryAttention). Remove on merge.
+PENDING_ELSEWHERE = frozenset(
+    {"AdditiveAttention", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "GRUCell", "LSTMCell"}
+    | {"Masking", "RNN", "SimpleRNNCell", "StackedRNNCells", "GroupedQueryAttention"}
+)
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    table = readme.split("## Supported layers", 1)[1].split("\n## ", 1)[0]
-    missing = [name for name in all_converters() if name not in table]
-    assert not missing, f"README's layer table lacks {missing}"
+
+def generated_block(text: str) -> str:
+    start = "<!-- generated: bridge layers --markdown -->\n"
+    return text.split(start, 1)[1].split("<!-- end generated -->", 1)[0]
 
 
-def test_readme_table_rows_match_registry_families():
-    from pathlib import Path
+def test_readme_table_is_generated_from_the_registry():
+    from bridge.cli import layers_markdown
 
-    from bridge.convert.registry import UNSUPPORTED, support_table
+    assert generated_block(README.read_text()) == layers_markdown(), (
+        "README's layer table is stale: paste `bridge layers --markdown` between its markers"
+    )
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("## Supported layers", 1)[1].split("\n## ", 1)[0]
-    rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 2 and cells[0].split():
-            rows[cells[0].split()[0]] = cells[1]
-    for family, classes in support_table().items():
-        assert family in rows, f"README's layer table has no row for family {family!r}"
-        misplaced = [name for name in classes if name not in rows[family]]
-        assert not misplaced, f"README row {family!r} lacks {misplaced}"
-    assert all(name in section for name in UNSUPPORTED)
+
+def test_every_keras_layer_class_is_accounted_for():
+    """Every class keras.layers exports (Keras 3.15, recorded by the fixture generator) is
+    supported, an alias of one, or deliberately unsupported with a reason."""
+    from bridge.convert.registry import ALIASES, UNSUPPORTED
+
+    exported = json.loads((KERAS3 / "layer_classes.json").read_text())["classes"]
+    known = set(all_converters()) | set(UNSUPPORTED) | PENDING_ELSEWHERE
+    missing = sorted(
+        name for name, own in exported.items() if own not in known or ALIASES.get(name, own) != own
+    )
+    assert not missing, f"keras.layers classes neither supported nor explained: {missing}"
+    assert not set(UNSUPPORTED) & set(all_converters())

@@ -44,13 +44,41 @@ REGISTRY: dict[str, Converter] = {}
 # Keras classes bridge deliberately does not convert, and why (``bridge layers`` prints these).
 UNSUPPORTED: dict[str, str] = {
     "Lambda": "holds Python code (bytecode), which bridge never executes from a model file; "
-    "rewrite it with built-in Keras layers",
+    "rewrite it with built-in Keras layers, or supply a converter (`custom_layers=`)",
     "StringLookup": "string tensors: TVM has no string type or string ops",
     "TextVectorization": "string tensors (splitting, n-grams, vocabulary lookup of strings)",
     "TFSMLayer": "wraps a TensorFlow SavedModel, which only TensorFlow can run",
     "TorchModuleWrapper": "wraps a PyTorch module, stored as pickled Python",
     "JaxLayer": "wraps Python JAX functions, not stored in the file",
     "FlaxLayer": "wraps a Python Flax module, not stored in the file",
+    "Hashing": "hashes each value's string form (FarmHash64, or SipHash with a salt): needs "
+    "string formatting and hashing kernels that TVM does not have",
+    "HashedCrossing": "hashes string-formatted feature crosses (FarmHash64), as Hashing",
+    "Equalization": "histogram equalization (per-image histograms, cumulative lookup tables) "
+    "is not implemented",
+    "ContrastLimitedAdaptiveHistogramEqualization": "per-tile clipped histograms and "
+    "interpolated lookup tables are not implemented",
+    "MelSpectrogram": "audio front-end (STFT, mel filter bank) not implemented yet",
+    "STFTSpectrogram": "audio front-end (framed STFT) not implemented yet",
+    "Pipeline": "a list of preprocessing layers applied in turn; not implemented (put the layers "
+    "in the model itself)",
+    "ReversibleEmbedding": "not implemented yet (Embedding with a transposed-matmul reverse call)",
+    "TensorFlowOpLayer": "TF <= 2.3 files store a raw TensorFlow NodeDef; re-save the model "
+    "with TF >= 2.4, which records TFOpLambda layers (supported)",
+    "Layer": "the base class: a saved model holding it directly holds a custom layer",
+    "Wrapper": "an abstract base class (its subclasses TimeDistributed, Bidirectional, "
+    "SpectralNormalization are supported)",
+}
+# Other names keras.layers exports for the same classes; files always hold the class's own name.
+ALIASES: dict[str, str] = {
+    **{f"AvgPool{n}D": f"AveragePooling{n}D" for n in (1, 2, 3)},
+    **{f"MaxPool{n}D": f"MaxPooling{n}D" for n in (1, 2, 3)},
+    **{f"GlobalAvgPool{n}D": f"GlobalAveragePooling{n}D" for n in (1, 2, 3)},
+    **{f"GlobalMaxPool{n}D": f"GlobalMaxPooling{n}D" for n in (1, 2, 3)},
+    **{f"Convolution{n}D": f"Conv{n}D" for n in (1, 2, 3)},
+    **{f"Convolution{n}DTranspose": f"Conv{n}DTranspose" for n in (1, 2, 3)},
+    **{f"SeparableConvolution{n}D": f"SeparableConv{n}D" for n in (1, 2)},
+    "GroupQueryAttention": "GroupedQueryAttention",
 }
 
 
@@ -172,3 +200,14 @@ def support_table() -> dict[str, list[str]]:
     for name, converter in sorted(all_converters().items()):
         table.setdefault(converter.family, []).append(name)
     return dict(sorted(table.items()))
+
+
+def family_notes() -> dict[str, str]:
+    """Family -> the first paragraph of its module's docstring, on one line."""
+    import importlib
+
+    notes = {}
+    for family in support_table():
+        doc = importlib.import_module(f"bridge.convert.layers.{family}").__doc__ or ""
+        notes[family] = " ".join(doc.strip().split("\n\n")[0].split())
+    return notes
