@@ -1,5 +1,5 @@
-"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step) and
-SpectralNormalization (at inference, the wrapped layer with its stored, already normalized kernel)."""
+"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step)
+and SpectralNormalization (at inference, the wrapped layer with its stored, normalized kernel)."""
 
 from __future__ import annotations
 
