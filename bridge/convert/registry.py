@@ -62,7 +62,6 @@ UNSUPPORTED: dict[str, str] = {
     "STFTSpectrogram": "audio front-end (framed STFT) not implemented yet",
     "Pipeline": "a list of preprocessing layers applied in turn; not implemented (put the layers "
     "in the model itself)",
-    "ReversibleEmbedding": "not implemented yet (Embedding with a transposed-matmul reverse call)",
     "TensorFlowOpLayer": "TF <= 2.3 files store a raw TensorFlow NodeDef; re-save the model "
     "with TF >= 2.4, which records TFOpLambda layers (supported)",
     "Layer": "the base class: a saved model holding it directly holds a custom layer",

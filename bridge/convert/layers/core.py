@@ -1,4 +1,5 @@
-"""Core layers: InputLayer, Identity, Dense, EinsumDense, Activation, Embedding."""
+"""Core layers: InputLayer, Identity, Dense, EinsumDense, Activation, Embedding,
+ReversibleEmbedding."""
 
 from __future__ import annotations
 
@@ -121,3 +122,33 @@ def embedding(ctx, inputs):
         x = ctx.emit(R.astype(x, "int32"))
     table = ctx.weight("embeddings", (ctx.get("input_dim"), ctx.get("output_dim")))
     return ctx.emit(R.take(table, x, axis=0))
+
+
+def _reversible_weights(config: dict[str, Any]) -> list[str]:
+    tied = config.get("tie_weights", True)
+    return ["embeddings"] if tied else ["embeddings", "reverse_embeddings"]
+
+
+@register(
+    "ReversibleEmbedding",
+    weights=_reversible_weights,
+    check=lambda c: (
+        _check_embedding(c) + (["reverse_dtype is not supported"] if c.get("reverse_dtype") else [])
+    ),
+)
+def reversible_embedding(ctx, inputs):
+    """Keras 3's tied input/output embedding: a lookup, or with the call's ``reverse=True`` the
+    logits ``x @ embeddings.T`` (or ``@ reverse_embeddings``), optionally soft-capped."""
+    if not ctx.call_arg("reverse", False):
+        return embedding(ctx, inputs)
+    dims = (ctx.get("input_dim"), ctx.get("output_dim"))
+    if ctx.has_weight("reverse_embeddings"):
+        kernel = ctx.weight("reverse_embeddings", dims[::-1])
+    else:
+        kernel = ctx.emit(R.permute_dims(ctx.weight("embeddings", dims), [1, 0]))
+    logits = ctx.emit(R.matmul(inputs[0], kernel))
+    cap = ctx.config.get("logit_soft_cap")
+    if cap is None:
+        return logits
+    capped = ctx.emit(R.tanh(ctx.emit(R.divide(logits, ctx.const(float(cap))))))
+    return ctx.emit(R.multiply(capped, ctx.const(float(cap))))
