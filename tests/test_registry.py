@@ -77,7 +77,7 @@ def test_readme_table_is_generated_from_the_registry():
     from bridge.cli import layers_markdown
 
     assert generated_block(README.read_text()) == layers_markdown(), (
-        "README's layer table is stale: paste `bridge layers --markdown` between its markers"
+        "README's layer table is stale: run scripts/readme_layers.py"
     )
 
 
