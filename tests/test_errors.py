@@ -212,3 +212,19 @@ def test_operation_constants_are_kept():
     graph = open_model(APPS / "MobileNetV3Small.json").graph
     ops = [layer for layer in graph.layers if layer.module == "keras.src.ops.numpy"]
     assert {layer.calls[0].constants.get(1) for layer in ops} >= {3.0, 1 / 6}
+
+
+def test_unknown_tensorflow_function_is_named(tmp_path):
+    """A TFOpLambda calling a TensorFlow function without a translation is refused by name."""
+    from tests.conftest import KERAS2
+
+    path = tmp_path / "tfop.h5"
+    shutil.copy(KERAS2 / "layers" / "tfop_nn.h5", path)
+    with h5py.File(path, "r+") as handle:
+        config = json.loads(handle.attrs["model_config"])
+        config["config"]["layers"][1]["config"]["function"] = "math.bessel_i0"
+        handle.attrs["model_config"] = json.dumps(config)
+    err = _raises(UnsupportedModelError, path)
+    assert len(err.problems) == 1
+    assert "tf.math.bessel_i0 is not supported" in err.problems[0].reason
+    assert "nn.relu" in err.problems[0].reason  # the supported ones are listed
