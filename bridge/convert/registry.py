@@ -60,8 +60,6 @@ UNSUPPORTED: dict[str, str] = {
     "interpolated lookup tables are not implemented",
     "MelSpectrogram": "audio front-end (STFT, mel filter bank) not implemented yet",
     "STFTSpectrogram": "audio front-end (framed STFT) not implemented yet",
-    "Pipeline": "a list of preprocessing layers applied in turn; not implemented (put the layers "
-    "in the model itself)",
     "TensorFlowOpLayer": "TF <= 2.3 files store a raw TensorFlow NodeDef; re-save the model "
     "with TF >= 2.4, which records TFOpLambda layers (supported)",
     "Layer": "the base class: a saved model holding it directly holds a custom layer",

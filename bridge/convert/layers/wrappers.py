@@ -1,5 +1,6 @@
-"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step)
-and SpectralNormalization (at inference, the wrapped layer with its stored, normalized kernel)."""
+"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step),
+SpectralNormalization (at inference, the wrapped layer with its stored, normalized kernel) and
+Pipeline (Keras 3's chain of weightless preprocessing layers)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,31 @@ def spectral_normalization(ctx, inputs):
     inner_ctx = ctx.wrapped(layer)
     y = converter.fn(inner_ctx, inputs)
     return apply_activation(inner_ctx, y, inner.get("activation")) if converter.activation else y
+
+
+def _pipeline_layers(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], Converter | None]]:
+    return [_wrapped({"layer": entry}) for entry in config.get("layers") or []]
+
+
+def _check_pipeline(config: dict[str, Any]) -> list[str]:
+    reasons = []
+    for class_name, inner, converter in _pipeline_layers(config):
+        if converter is None:
+            reasons.append(f"layer {class_name!r} in the pipeline is not supported")
+        elif converter.weight_names(inner):
+            reasons.append(f"{class_name} in a pipeline has weights, which is not supported")
+        else:
+            reasons += [f"{class_name} in the pipeline: {r}" for r in converter.problems(inner)]
+    return reasons
+
+
+@register("Pipeline", check=_check_pipeline)
+def pipeline(ctx, inputs):
+    """Each layer in turn, as ``Pipeline.call`` applies them."""
+    x = inputs[0]
+    for class_name, inner, converter in _pipeline_layers(ctx.config):
+        inner_ctx = ctx.wrapped(Layer(inner.get("name", class_name), class_name, inner, []))
+        x = converter.fn(inner_ctx, [x])
+        if converter.activation:
+            x = apply_activation(inner_ctx, x, inner.get("activation"))
+    return x
