@@ -8,11 +8,15 @@ while they differ.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from bridge.cli import layers_markdown
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's bridge, whichever one is installed
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from bridge.cli import layers_markdown  # noqa: E402
+
+README = ROOT / "README.md"
 START, END = "<!-- generated: bridge layers --markdown -->\n", "<!-- end generated -->"
 
 
