@@ -16,6 +16,7 @@ _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
 
 from bridge import errors
 from bridge.api import build, check_modeltype, to_relax, tune
+from bridge.convert.registry import converter
 from bridge.runtime import Model, load
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "__version__",
     "build",
     "check_modeltype",
+    "converter",
     "errors",
     "load",
     "to_relax",

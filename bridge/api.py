@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from bridge.runtime import Model, file_digest
 from bridge.targets import host_arch
 
 PathLike = str | Path
+# custom_layers=: "package>Name", class name or Lambda layer name -> converter
+CustomLayersArg = Mapping[str, Any] | None
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Loaded:
     source: KerasSource
     weights: dict[str, list[np.ndarray]]
     problems: list = field(default_factory=list)
+    custom: dict = field(default_factory=dict)  # validated custom_layers
 
     @property
     def weights_label(self) -> str:
@@ -31,12 +34,16 @@ class Loaded:
         return str(path) if path else "(no weights file)"
 
 
-def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
+def load_keras(
+    model: PathLike, weights: PathLike | None = None, custom_layers: CustomLayersArg = None
+) -> Loaded:
     """Open the files and assign stored weights to layers."""
-    from bridge.convert.registry import NON_TRAINABLE, lookup
+    from bridge.convert.registry import NON_TRAINABLE, as_custom_layers, converter_for
+
+    custom = as_custom_layers(custom_layers)
 
     def flags(layer, trainable: bool) -> list[bool] | None:
-        converter = lookup(layer.class_name, layer.module)
+        converter = converter_for(layer, custom)
         try:
             names = converter.weight_names(layer.config) if converter else None
         except Exception:  # a malformed config: preflight reports it, naming the layer
@@ -45,9 +52,9 @@ def load_keras(model: PathLike, weights: PathLike | None = None) -> Loaded:
 
     source = open_model(model, weights)
     if source.weights is None:
-        return Loaded(source, {})
+        return Loaded(source, {}, custom=custom)
     assigned, problems = source.weights.assign(source.graph, flags)
-    return Loaded(source, assigned, problems)
+    return Loaded(source, assigned, problems, custom)
 
 
 def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None, device: str = "cpu"):
@@ -62,6 +69,7 @@ def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None, devic
         outputs=outputs,
         extra_problems=loaded.problems,
         device=device,
+        custom=loaded.custom,
     )
 
 
@@ -83,6 +91,7 @@ def _load_and_translate(
     outputs: list[str] | None,
     report: Callable[[str], None] = lambda stage: None,
     device: str = "cpu",
+    custom_layers: CustomLayersArg = None,
 ):
     """Translate any supported model file: (translation, metadata describing its source).
     ``device`` ("cpu" or "cuda") is what the module will be compiled for."""
@@ -98,7 +107,7 @@ def _load_and_translate(
             "files": [tfl.path],
         }
         return translate(tfl, batch_size=batch_size, outputs=outputs), source
-    loaded = load_keras(model, weights)
+    loaded = load_keras(model, weights, custom_layers)
     report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
     keras = loaded.source
     source = {
@@ -116,13 +125,17 @@ def to_relax(
     *,
     batch_size: int | None = 1,
     outputs: list[str] | None = None,
+    custom_layers: CustomLayersArg = None,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """The model as a Relax IRModule plus its weights.
 
     ``main`` takes the model inputs then every weight (attribute ``num_input`` counts the
-    inputs); ``params`` maps each weight parameter's name to its array.
+    inputs); ``params`` maps each weight parameter's name to its array. ``custom_layers`` as
+    for :func:`build`.
     """
-    translation, _ = _load_and_translate(model, weights, batch_size, outputs)
+    translation, _ = _load_and_translate(
+        model, weights, batch_size, outputs, custom_layers=custom_layers
+    )
     return translation.mod, translation.params
 
 
@@ -140,6 +153,7 @@ def build(
     rpc_key: str | None = None,
     num_threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    custom_layers: CustomLayersArg = None,
 ) -> Model:
     """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a
     callable Model.
@@ -155,6 +169,10 @@ def build(
     (``tuning_db``, default ``~/.cache/bridge/tuning``) are used by every build, tuned or not.
     ``rpc_tracker="host:port"`` and ``rpc_key`` measure candidates on a remote device.
     ``num_threads`` sets how many CPU threads the model's kernels use (default: every core).
+    ``custom_layers`` supplies converters for layers whose code is not in the file: keys are a
+    registered custom layer's ``"package>Name"`` (or its class name), or a Lambda layer's name;
+    values are functions ``fn(ctx, inputs)`` or :func:`bridge.converter` objects (which also
+    name the layer's weights), the interface of the built-in converters.
     """
     import tvm
 
@@ -173,7 +191,7 @@ def build(
     started = time.perf_counter()
     report(f"reading {Path(model).name}")
     translation, source = _load_and_translate(
-        model, weights, batch_size, outputs, report, device=spec.device
+        model, weights, batch_size, outputs, report, device=spec.device, custom_layers=custom_layers
     )
     mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
     folder = database_dir(tvm_target, tuning_db)
@@ -259,6 +277,7 @@ def tune(
     tuning_db: PathLike | None = None,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
+    custom_layers: CustomLayersArg = None,
     progress: bool = True,
 ):
     """Search faster kernels for a model's target within ``budget`` (``"20m"``, ``"90s"``, or a
@@ -273,7 +292,9 @@ def tune(
     from bridge.tuning import database_dir
 
     spec = resolve(target)
-    translation, _ = _load_and_translate(model, weights, batch_size, None, device=spec.device)
+    translation, _ = _load_and_translate(
+        model, weights, batch_size, None, device=spec.device, custom_layers=custom_layers
+    )
     mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
     folder = database_dir(spec.tvm_target(), tuning_db)
     return _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress)
@@ -310,7 +331,11 @@ class ModelReport:
 
 
 def inspect(
-    model: PathLike, weights: PathLike | None = None, *, batch_size: int = 1
+    model: PathLike,
+    weights: PathLike | None = None,
+    *,
+    batch_size: int = 1,
+    custom_layers: CustomLayersArg = None,
 ) -> ModelReport:
     """Per-layer class, output shape, parameter count and support status (never raises for
     unsupported layers; they are reported in the rows)."""
@@ -324,12 +349,13 @@ def inspect(
         tfl = read_tflite(model)
         rows = [LayerRow(*row) for row in report_rows(tfl)]
         return ModelReport("tflite", tfl.name, "", rows)
-    loaded = load_keras(model, weights)
+    loaded = load_keras(model, weights, custom_layers)
     graph = loaded.source.graph
     problems: dict[str, list[str]] = {}
     for path, layer in graph.walk_layers():
         if layer.model is None:
-            for p in check_layer(path, layer, loaded.weights, loaded.weights_label):
+            checked = check_layer(path, layer, loaded.weights, loaded.weights_label, loaded.custom)
+            for p in checked:
                 problems.setdefault(path, []).append(p.reason)
     for p in loaded.problems:
         problems.setdefault(p.layer, []).append(p.reason)

@@ -59,6 +59,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             separate_params=args.separate_params,
             tuning_db=args.tuning_db,
             progress=lambda stage: bar.update(task, description=stage),
+            custom_layers=args.custom_layers,
         )
         bar.update(task, description="bundling" if args.bundle else "exporting")
         stem = args.name or Path(args.model).name.split(".")[0]
@@ -95,6 +96,7 @@ def _tune(args: argparse.Namespace, budget: str):
         tuning_db=args.tuning_db,
         rpc_tracker=args.rpc_tracker,
         rpc_key=args.rpc_key,
+        custom_layers=args.custom_layers,
     )
 
 
@@ -144,20 +146,50 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_layers(args: argparse.Namespace) -> int:
-    from bridge.convert.registry import UNSUPPORTED, support_table
+def layers_markdown() -> str:
+    """The support table as Markdown, from the registry (README's "Supported layers" holds it)."""
+    from bridge.convert.activations import ACTIVATIONS
+    from bridge.convert.registry import ALIASES, UNSUPPORTED, family_notes, support_table
 
+    families, notes = support_table(), family_notes()
+    lines = [
+        "| family (`bridge/convert/layers/`) | Keras classes | notes |",
+        "|---|---|---|",
+        *(
+            f"| {family} | {', '.join(classes)} | {notes[family]} |"
+            for family, classes in families.items()
+        ),
+        "",
+        f"{sum(map(len, families.values()))} classes in {len(families)} families. "
+        f"Activation functions (`activation=` and `Activation`): {', '.join(sorted(ACTIVATIONS))}.",
+        "Aliases (files hold the class's own name): "
+        + ", ".join(f"{a} = {c}" for a, c in ALIASES.items())
+        + ".",
+        "",
+        "| deliberately unsupported | why |",
+        "|---|---|",
+        *(f"| {name} | {reason} |" for name, reason in UNSUPPORTED.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from bridge.convert.registry import UNSUPPORTED, family_notes, support_table
+
+    if args.markdown:
+        print(layers_markdown(), end="")
+        return 0
     table = Table(title="Supported layers", show_edge=False)
-    for column in ("family", "Keras classes"):
+    for column in ("family", "Keras classes", "notes"):
         table.add_column(column)
-    families = support_table()
+    families, notes = support_table(), family_notes()
     for family, classes in families.items():
-        table.add_row(family, ", ".join(classes))
+        table.add_row(family, ", ".join(classes), notes[family])
     console.print(table)
     console.print(f"{sum(map(len, families.values()))} classes in {len(families)} families")
     unsupported = Table(title="Deliberately unsupported", show_edge=False)
-    for column in ("Keras class", "why"):
-        unsupported.add_column(column)
+    unsupported.add_column("Keras class", no_wrap=True)
+    unsupported.add_column("why")
     for name, reason in UNSUPPORTED.items():
         unsupported.add_row(name, reason)
     console.print(unsupported)
@@ -174,10 +206,40 @@ def _batch(text: str) -> int | None:
     return value
 
 
+def _custom_layers(spec: str) -> dict:
+    """--custom-layers MODULE:NAME or FILE.py:NAME: the dict of converters named by the user
+    (their own code, imported like any Python module; nothing from the model file runs)."""
+    import importlib
+    import importlib.util
+
+    source, _, attribute = spec.rpartition(":")
+    if not source or not attribute:
+        raise argparse.ArgumentTypeError(f"expected MODULE:NAME or FILE.py:NAME, got {spec!r}")
+    try:
+        if source.endswith(".py"):
+            path = Path(source).resolve()
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+            try:
+                module_spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.parent))
+        else:
+            sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(source)
+        table = getattr(module, attribute)
+    except (ImportError, OSError, AttributeError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot load {spec!r}: {exc}") from exc
+    if not isinstance(table, dict):
+        raise argparse.ArgumentTypeError(f"{spec!r} is a {type(table).__name__}, not a dict")
+    return table
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from bridge.api import inspect
 
-    report = inspect(args.model, args.weights)
+    report = inspect(args.model, args.weights, custom_layers=args.custom_layers)
     if report.kind == "tflite":
         console.print(f"{report.name}: TFLite model")
     else:
@@ -238,6 +300,14 @@ def _tuning_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--rpc-key", help="the remote device's key at the tracker")
 
 
+CUSTOM_LAYERS_OPTION = {
+    "type": _custom_layers,
+    "metavar": "MODULE:NAME",
+    "help": "converters for custom/Lambda layers: a dict NAME in a module or a .py file "
+    "(e.g. my_converters.py:CUSTOM_LAYERS); see README 'Custom layers'",
+}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="bridge",
@@ -273,6 +343,7 @@ def parser() -> argparse.ArgumentParser:
         "--tune", metavar="BUDGET", help="tune first: a time ('20m', '90s') or a trial count"
     )
     _tuning_arguments(build)
+    build.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
     build.set_defaults(func=cmd_build)
 
     tune = sub.add_parser(
@@ -283,6 +354,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--target", default="llvm", help="a preset, 'llvm' (this CPU), tag or JSON")
     tune.add_argument("--budget", default="20m", help="a time ('20m', '90s') or a trial count")
     tune.add_argument("--batch-size", type=_batch, default=1, help="N (as you will build it)")
+    tune.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
     _tuning_arguments(tune)
     tune.set_defaults(func=cmd_tune)
 
@@ -292,9 +364,13 @@ def parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="list layers, shapes, parameters and support")
     inspect.add_argument("model")
     inspect.add_argument("weights", nargs="?")
+    inspect.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
     inspect.set_defaults(func=cmd_inspect)
 
     layers = sub.add_parser("layers", help="list the supported Keras layers (and unsupported)")
+    layers.add_argument(
+        "--markdown", action="store_true", help="print README's support table (Markdown)"
+    )
     layers.set_defaults(func=cmd_layers)
 
     run = sub.add_parser("run", help="run an exported library on .npy inputs")

@@ -81,3 +81,10 @@ def test_layers_prints_the_registry_and_unsupported(capsys):
     for name in UNSUPPORTED:
         assert name in text
     assert "string" in text and "Deliberately unsupported" in text
+
+
+def test_layers_markdown_is_readmes_table(capsys):
+    from bridge.cli import layers_markdown
+
+    assert main(["layers", "--markdown"]) == 0
+    assert capsys.readouterr().out == layers_markdown()

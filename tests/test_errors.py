@@ -192,17 +192,18 @@ def test_a_tensor_call_argument_the_converter_ignores_is_refused(tmp_path):
 
 
 def test_unsupported_keras_operation_is_reported(tmp_path):
-    """Keras 3 records `x - 3.0` in a functional graph as an operation node, not a layer."""
+    """Keras 3 records `ops.arctan2(x, 3.0)` in a functional graph as an operation node, not a
+    layer; one without a converter is named."""
     from tests.conftest import APPS
 
     config = json.loads((APPS / "MobileNetV3Small.json").read_text())
     op = next(e for e in config["config"]["layers"] if e.get("module") == "keras.src.ops.numpy")
-    op["class_name"] = "Subtract"
+    op["class_name"] = "Arctan2"
     path = tmp_path / "model.json"
     path.write_text(json.dumps(config))
-    with pytest.raises(UnsupportedModelError, match=r"ops\.numpy\.Subtract") as info:
+    with pytest.raises(UnsupportedModelError, match=r"ops\.numpy\.Arctan2") as info:
         bridge.to_relax(path)
-    assert [p.layer for p in info.value.problems if p.class_name == "Subtract"] == [op["name"]]
+    assert [p.layer for p in info.value.problems if p.class_name == "Arctan2"] == [op["name"]]
 
 
 def test_operation_constants_are_kept():
@@ -212,3 +213,19 @@ def test_operation_constants_are_kept():
     graph = open_model(APPS / "MobileNetV3Small.json").graph
     ops = [layer for layer in graph.layers if layer.module == "keras.src.ops.numpy"]
     assert {layer.calls[0].constants.get(1) for layer in ops} >= {3.0, 1 / 6}
+
+
+def test_unknown_tensorflow_function_is_named(tmp_path):
+    """A TFOpLambda calling a TensorFlow function without a translation is refused by name."""
+    from tests.conftest import KERAS2
+
+    path = tmp_path / "tfop.h5"
+    shutil.copy(KERAS2 / "layers" / "tfop_nn.h5", path)
+    with h5py.File(path, "r+") as handle:
+        config = json.loads(handle.attrs["model_config"])
+        config["config"]["layers"][1]["config"]["function"] = "math.bessel_i0"
+        handle.attrs["model_config"] = json.dumps(config)
+    err = _raises(UnsupportedModelError, path)
+    assert len(err.problems) == 1
+    assert "tf.math.bessel_i0 is not supported" in err.problems[0].reason
+    assert "nn.relu" in err.problems[0].reason  # the supported ones are listed

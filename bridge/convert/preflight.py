@@ -3,37 +3,56 @@
 from __future__ import annotations
 
 from bridge.convert.activations import activation_problem
-from bridge.convert.registry import UNSUPPORTED, lookup, registry_key
+from bridge.convert.registry import (
+    CODE_CLASSES,
+    UNSUPPORTED,
+    CustomLayers,
+    converter_for,
+    registry_key,
+)
 from bridge.errors import Problem
 from bridge.keras.graph import Layer, ModelGraph
 from bridge.keras.weights import LayerWeights
 
+HOW_TO_SUPPLY = (
+    "supply a converter: bridge.build(..., custom_layers={{{key!r}: converter}}) "
+    "or CLI --custom-layers module:DICT (README, 'Custom layers')"
+)
+
 
 def unsupported_reason(layer: Layer) -> str:
     """Why a layer class has no converter, with what the user can do about it."""
-    if layer.class_name in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
+    if layer.class_name in CODE_CLASSES:
         return (
             "Lambda layers hold Python code, which bridge never executes from a model file; "
-            "rewrite it with built-in Keras layers"
+            "rewrite it with built-in Keras layers, or " + HOW_TO_SUPPLY.format(key=layer.name)
         )
     if layer.module and layer.module.startswith("keras.src.ops."):
         key = registry_key(layer.class_name, layer.module)
         return f"the Keras operation {key} (recorded from a functional call) is not supported"
     if layer.class_name in UNSUPPORTED:
         return f"{layer.class_name} is deliberately unsupported: {UNSUPPORTED[layer.class_name]}"
-    if layer.registered_name and ">" in layer.registered_name:
+    name = layer.registered_name or layer.class_name
+    if ">" in name or (layer.module is None and layer.registered_name):
         return (
-            f"custom layer {layer.registered_name!r}: its Python code is not in the file and "
-            f"bridge has no converter for it"
+            f"custom layer {name!r}: its Python code is not in the file and bridge has no "
+            f"converter for it; " + HOW_TO_SUPPLY.format(key=name)
         )
-    return f"layer class {layer.class_name!r} is not supported by bridge"
+    return (
+        f"layer class {layer.class_name!r} is not supported by bridge; if it is your own "
+        f"layer, " + HOW_TO_SUPPLY.format(key=name)
+    )
 
 
 def check_layer(
-    path: str, layer: Layer, weights: LayerWeights, weights_label: str
+    path: str,
+    layer: Layer,
+    weights: LayerWeights,
+    weights_label: str,
+    custom: CustomLayers | None = None,
 ) -> list[Problem]:
     """Every problem of one (non-model) layer: class, config values, weight count."""
-    converter = lookup(layer.class_name, layer.module)
+    converter = converter_for(layer, custom)
     if converter is None:
         return [Problem(path, layer.class_name, unsupported_reason(layer))]
     try:
@@ -54,10 +73,15 @@ def check_layer(
     return [Problem(path, layer.class_name, r) for r in reasons]
 
 
-def preflight(graph: ModelGraph, weights: LayerWeights, weights_label: str) -> list[Problem]:
+def preflight(
+    graph: ModelGraph,
+    weights: LayerWeights,
+    weights_label: str,
+    custom: CustomLayers | None = None,
+) -> list[Problem]:
     """All problems of all layers, in model order (nested models' layers in place)."""
     problems: list[Problem] = []
     for path, layer in graph.walk_layers():
         if layer.model is None:
-            problems += check_layer(path, layer, weights, weights_label)
+            problems += check_layer(path, layer, weights, weights_label, custom)
     return problems

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.keras.graph import Layer
 
 # Weight names Keras creates as non-trainable (they come last in the legacy nested-model order).
 NON_TRAINABLE = frozenset({"moving_mean", "moving_variance", "mean", "variance", "count"})
@@ -48,13 +51,37 @@ MASK_MODES = (None, "keep", "custom")
 # Keras classes bridge deliberately does not convert, and why (``bridge layers`` prints these).
 UNSUPPORTED: dict[str, str] = {
     "Lambda": "holds Python code (bytecode), which bridge never executes from a model file; "
-    "rewrite it with built-in Keras layers",
+    "rewrite it with built-in Keras layers, or supply a converter (`custom_layers=`)",
     "StringLookup": "string tensors: TVM has no string type or string ops",
     "TextVectorization": "string tensors (splitting, n-grams, vocabulary lookup of strings)",
     "TFSMLayer": "wraps a TensorFlow SavedModel, which only TensorFlow can run",
     "TorchModuleWrapper": "wraps a PyTorch module, stored as pickled Python",
     "JaxLayer": "wraps Python JAX functions, not stored in the file",
     "FlaxLayer": "wraps a Python Flax module, not stored in the file",
+    "Hashing": "hashes each value's string form (FarmHash64, or SipHash with a salt): needs "
+    "string formatting and hashing kernels that TVM does not have",
+    "HashedCrossing": "hashes string-formatted feature crosses (FarmHash64), as Hashing",
+    "Equalization": "histogram equalization (per-image histograms, cumulative lookup tables) "
+    "is not implemented",
+    "ContrastLimitedAdaptiveHistogramEqualization": "per-tile clipped histograms and "
+    "interpolated lookup tables are not implemented",
+    "MelSpectrogram": "audio front-end (STFT, mel filter bank) not implemented yet",
+    "STFTSpectrogram": "audio front-end (framed STFT) not implemented yet",
+    "TensorFlowOpLayer": "TF <= 2.3 files store a raw TensorFlow NodeDef; re-save the model "
+    "with TF >= 2.4, which records TFOpLambda layers (supported)",
+    "Layer": "the base class: a saved model holding it directly holds a custom layer",
+    "Wrapper": "an abstract base class (its subclasses TimeDistributed, Bidirectional, "
+    "SpectralNormalization are supported)",
+}
+# Other names keras.layers exports for the same classes; files always hold the class's own name.
+ALIASES: dict[str, str] = {
+    **{f"AvgPool{n}D": f"AveragePooling{n}D" for n in (1, 2, 3)},
+    **{f"MaxPool{n}D": f"MaxPooling{n}D" for n in (1, 2, 3)},
+    **{f"GlobalAvgPool{n}D": f"GlobalAveragePooling{n}D" for n in (1, 2, 3)},
+    **{f"GlobalMaxPool{n}D": f"GlobalMaxPooling{n}D" for n in (1, 2, 3)},
+    **{f"Convolution{n}D": f"Conv{n}D" for n in (1, 2, 3)},
+    **{f"Convolution{n}DTranspose": f"Conv{n}DTranspose" for n in (1, 2, 3)},
+    **{f"SeparableConvolution{n}D": f"SeparableConv{n}D" for n in (1, 2)},
 }
 
 
@@ -99,6 +126,72 @@ def lookup(class_name: str, module: str | None = None) -> Converter | None:
     return REGISTRY.get(registry_key(class_name, module))
 
 
+# --- converters supplied by the user (``custom_layers=``) -------------------------------------
+
+# Layer classes whose behaviour is Python code in the file; a user converter is found by layer name.
+CODE_CLASSES = frozenset({"Lambda"})
+CustomLayers = Mapping[str, Converter]
+
+
+def converter(
+    fn: Callable[..., Any] | None = None,
+    *,
+    weights: list[str] | tuple[str, ...] | WeightNames = (),
+    check: ConfigCheck | None = None,
+    activation: bool = False,
+):
+    """Make a user converter with the interface of the built-in ones (``bridge.converter``).
+
+    ``fn(ctx, inputs)`` emits Relax through ``ctx`` (a :class:`LayerContext`); ``weights`` names
+    the layer's stored weights in order (a list, or a function of the config); ``check(config)``
+    returns reasons a config is unsupported; ``activation=True`` applies the config's fused
+    ``activation``. Works as a decorator too: ``@bridge.converter(weights=["scale"])``.
+    """
+
+    def make(function: Callable[..., Any]) -> Converter:
+        names = weights if callable(weights) else (lambda config, n=list(weights): list(n))
+        name = getattr(function, "__name__", "custom")
+        return Converter(name, function, "custom", names, check, activation)
+
+    return make if fn is None else make(fn)
+
+
+def as_custom_layers(custom: Mapping[str, Any] | None) -> dict[str, Converter]:
+    """Validate ``custom_layers=``: keys are strings, values converters or plain functions."""
+    table: dict[str, Converter] = {}
+    for key, value in (custom or {}).items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"custom_layers keys must be non-empty strings, got {key!r}")
+        if isinstance(value, Converter):
+            table[key] = value
+        elif callable(value):
+            table[key] = converter(value)
+        else:
+            raise TypeError(
+                f"custom_layers[{key!r}] must be a function fn(ctx, inputs) or made by "
+                f"bridge.converter(...), got {type(value).__name__}"
+            )
+    return table
+
+
+def custom_keys(layer: Layer) -> list[str]:
+    """The ``custom_layers`` keys that name ``layer``, most specific first: a Lambda's layer name,
+    the registered name (Keras 3 ``"package>Name"``), then the class name (Keras 2 files store
+    a registered class as ``"package>Name"`` there)."""
+    keys = [layer.name] if layer.class_name in CODE_CLASSES else []
+    if layer.registered_name:
+        keys.append(layer.registered_name)
+    return [*keys, layer.class_name]
+
+
+def converter_for(layer: Layer, custom: CustomLayers | None = None) -> Converter | None:
+    """The converter of a (non-model) layer: a user's by :func:`custom_keys`, else built in."""
+    for key in custom_keys(layer) if custom else ():
+        if key in custom:
+            return custom[key]
+    return lookup(layer.class_name, layer.module)
+
+
 def all_converters() -> dict[str, Converter]:
     _load_families()
     return dict(REGISTRY)
@@ -114,3 +207,14 @@ def support_table() -> dict[str, list[str]]:
     for name, converter in sorted(all_converters().items()):
         table.setdefault(converter.family, []).append(name)
     return dict(sorted(table.items()))
+
+
+def family_notes() -> dict[str, str]:
+    """Family -> the first paragraph of its module's docstring, on one line."""
+    import importlib
+
+    notes = {}
+    for family in support_table():
+        doc = importlib.import_module(f"bridge.convert.layers.{family}").__doc__ or ""
+        notes[family] = " ".join(doc.strip().split("\n\n")[0].split())
+    return notes

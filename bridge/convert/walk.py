@@ -16,7 +16,7 @@ from tvm import relax
 from bridge.convert.activations import apply_activation
 from bridge.convert.context import LayerContext, dtype_of, static_shape
 from bridge.convert.preflight import preflight
-from bridge.convert.registry import lookup
+from bridge.convert.registry import CustomLayers, converter_for
 from bridge.errors import BridgeError, Problem, UnsupportedModelError, WeightsError
 from bridge.keras.graph import Layer, ModelGraph, TensorRef
 from bridge.keras.weights import LayerWeights
@@ -77,9 +77,11 @@ class _Walker:
         label: str,
         batch_size: int | None,
         device: str = "cpu",
+        custom: CustomLayers | None = None,
     ):
         self.graph = graph
         self.device = device
+        self.custom = custom
         self.label = label
         # A fixed batch, or one symbolic dimension shared by every input.
         self.batch_dim = batch_size if batch_size is not None else tvm.tirx.Var("batch", "int64")
@@ -90,7 +92,7 @@ class _Walker:
         self.weight_names: dict[str, list[str]] = {}
         self.params: dict[str, np.ndarray] = {}
         for path, layer in graph.walk_layers():
-            converter = lookup(layer.class_name, layer.module) if layer.model is None else None
+            converter = converter_for(layer, custom) if layer.model is None else None
             if converter is None or path not in weights:
                 continue
             names = converter.weight_names(layer.config)
@@ -187,7 +189,7 @@ class _Walker:
         if layer.model is not None:
             outs, out_masks = self.run_graph(layer.model, path + "/", inputs, in_masks)
         else:
-            converter = lookup(layer.class_name, layer.module)
+            converter = converter_for(layer, self.custom)
             ctx = LayerContext(
                 self.bb,
                 layer,
@@ -255,15 +257,17 @@ def translate(
     outputs: list[str] | None = None,
     extra_problems: list[Problem] | None = None,
     device: str = "cpu",
+    custom: CustomLayers | None = None,
 ) -> Translation:
     """Translate ``graph`` with ``weights``; raises with every problem found (preflight first).
     ``device`` ("cpu" or "cuda") is what the module will be compiled for: recurrent time loops
-    become one loop kernel on CPUs and stay unrolled in the graph for CUDA."""
-    problems = list(extra_problems or []) + preflight(graph, weights, weights_label)
+    become one loop kernel on CPUs and stay unrolled in the graph for CUDA. ``custom`` maps
+    :func:`~bridge.convert.registry.custom_keys` to user converters."""
+    problems = list(extra_problems or []) + preflight(graph, weights, weights_label, custom)
     if problems:
         raise UnsupportedModelError(label, problems)
     try:
-        return _translate(graph, weights, label, batch_size, outputs, device)
+        return _translate(graph, weights, label, batch_size, outputs, device, custom)
     except BridgeError:
         raise
     except Exception as exc:  # not a layer's own failure (those name the layer): the graph's
@@ -278,8 +282,9 @@ def _translate(
     batch_size: int | None,
     outputs: list[str] | None,
     device: str,
+    custom: CustomLayers | None,
 ) -> Translation:
-    walker = _Walker(graph, weights, label, batch_size, device)
+    walker = _Walker(graph, weights, label, batch_size, device, custom)
     inputs = walker.input_vars()
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]
     bb = walker.bb

@@ -254,6 +254,9 @@ def _parse_node(node: Any) -> tuple[list[list], dict]:
             kwargs[key] = [list(t) for t in found] if found else value
         return triples, kwargs
     # Keras 2: [[name, node, tensor, kwargs], ...]; early files have no kwargs element.
+    # A TFOpLambda called on one tensor stores the bare entry [name, node, tensor, kwargs].
+    if node and isinstance(node[0], str):
+        node = [node]
     triples = [entry[:3] for entry in node]
     kwargs = dict(node[0][3]) if node and len(node[0]) > 3 and node[0][3] else {}
     return triples, kwargs

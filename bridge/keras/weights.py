@@ -38,6 +38,7 @@ SUBLAYER_VARS: dict[str, tuple[str, ...]] = {
     "ConvLSTM3D": ("cell",),
     "Bidirectional": ("forward_layer/cell", "backward_layer/cell"),
     "TimeDistributed": ("layer",),
+    "SpectralNormalization": ("layer",),
     # Keras 3 names the projections ``query_dense``, Keras 2.15 (new layout) ``_query_dense``.
     "MultiHeadAttention": tuple(
         f"{u}{p}_dense" for p in ("query", "key", "value", "output") for u in ("", "_")

@@ -2,7 +2,9 @@
 
 from bridge.convert.layers import (  # noqa: F401
     activations,
+    applications,
     attention,
+    augmentation,
     conv,
     core,
     merging,
@@ -13,5 +15,6 @@ from bridge.convert.layers import (  # noqa: F401
     recurrent,
     regularization,
     reshaping,
+    tfops,
     wrappers,
 )

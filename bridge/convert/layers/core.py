@@ -1,4 +1,5 @@
-"""Core layers: InputLayer, Identity, Dense, EinsumDense, Activation, Embedding, Masking."""
+"""Core layers: InputLayer, Identity, Dense, EinsumDense, Activation, Embedding, Masking,
+ReversibleEmbedding."""
 
 from __future__ import annotations
 
@@ -133,3 +134,33 @@ def masking(ctx, inputs):
     keep = ctx.emit(R.max(differs, axis=-1, keepdims=True))
     ctx.set_masks([ctx.emit(R.astype(ctx.emit(R.squeeze(keep, axis=[-1])), "bool"))])
     return ctx.emit(R.multiply(x, keep))
+
+
+def _reversible_weights(config: dict[str, Any]) -> list[str]:
+    tied = config.get("tie_weights", True)
+    return ["embeddings"] if tied else ["embeddings", "reverse_embeddings"]
+
+
+@register(
+    "ReversibleEmbedding",
+    weights=_reversible_weights,
+    check=lambda c: (
+        _check_embedding(c) + (["reverse_dtype is not supported"] if c.get("reverse_dtype") else [])
+    ),
+)
+def reversible_embedding(ctx, inputs):
+    """Keras 3's tied input/output embedding: a lookup, or with the call's ``reverse=True`` the
+    logits ``x @ embeddings.T`` (or ``@ reverse_embeddings``), optionally soft-capped."""
+    if not ctx.call_arg("reverse", False):
+        return embedding(ctx, inputs)
+    dims = (ctx.get("input_dim"), ctx.get("output_dim"))
+    if ctx.has_weight("reverse_embeddings"):
+        kernel = ctx.weight("reverse_embeddings", dims[::-1])
+    else:
+        kernel = ctx.emit(R.permute_dims(ctx.weight("embeddings", dims), [1, 0]))
+    logits = ctx.emit(R.matmul(inputs[0], kernel))
+    cap = ctx.config.get("logit_soft_cap")
+    if cap is None:
+        return logits
+    capped = ctx.emit(R.tanh(ctx.emit(R.divide(logits, ctx.const(float(cap))))))
+    return ctx.emit(R.multiply(capped, ctx.const(float(cap))))

@@ -28,7 +28,14 @@ def broadcast_param(ctx, param: relax.Expr, axes: list[int], shape: tuple[int, .
     return ctx.emit(R.reshape(param, target))
 
 
-@register("BatchNormalization", weights=_bn_weights, masks="keep")
+# Older tf.keras files name the class BatchNormalizationV1/V2 (tf.keras 2.15 still reads them).
+@register(
+    "BatchNormalization",
+    "BatchNormalizationV1",
+    "BatchNormalizationV2",
+    weights=_bn_weights,
+    masks="keep",
+)
 def batch_normalization(ctx, inputs):
     x = inputs[0]
     shape = ctx.shape(x)

@@ -1,13 +1,17 @@
-"""Pooling: Max/Average 1D/2D/3D windows and Global Average/Max 1D/2D/3D."""
+"""Pooling: Max/Average 1D/2D/3D windows, Global Average/Max 1D/2D/3D, and Keras 3's
+AdaptiveAverage/AdaptiveMax 1D/2D/3D (a fixed output size from any input size)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+from tvm import relax
 from tvm.relax import op as R
 
 from bridge.convert.context import dtype_of
 from bridge.convert.registry import register
+from bridge.convert.resize import apply_matrix
 from bridge.convert.spatial import DATA_LAYOUT, channels_first, channels_last_op, ntuple, paddings
 
 POOL_OPS = {
@@ -81,3 +85,42 @@ def global_average_pooling_1d(ctx, inputs):
 @register("GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D")
 def global_max_pooling(ctx, inputs):
     return _global(ctx, inputs, R.max)
+
+
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """Output ``i`` pools input ``[floor(i * size / out), ceil((i + 1) * size / out))``."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def _adaptive_axis(ctx, x: relax.Expr, axis: int, out: int, kind: str) -> relax.Expr:
+    windows = adaptive_windows(ctx.shape(x)[axis], out)
+    if kind == "avg":  # a mean is linear: one averaging matrix
+        matrix = np.zeros((out, ctx.shape(x)[axis]), dtype="float32")
+        for i, (start, end) in enumerate(windows):
+            matrix[i, start:end] = 1.0 / (end - start)
+        return apply_matrix(ctx, x, axis, matrix)
+    parts = [
+        ctx.emit(R.max(ctx.emit(R.strided_slice(x, [axis], [s], [e])), axis=[axis], keepdims=True))
+        for s, e in windows
+    ]
+    return ctx.emit(R.concat(parts, axis=axis)) if len(parts) > 1 else parts[0]
+
+
+def _adaptive(ctx, inputs, kind: str):
+    def body(x):
+        n = len(ctx.shape(x)) - 2
+        for axis, out in enumerate(ntuple(ctx.get("output_size"), n), start=1):
+            x = _adaptive_axis(ctx, x, axis, out, kind)
+        return x
+
+    return channels_last_op(ctx, inputs[0], body)
+
+
+@register("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D")
+def adaptive_average_pooling(ctx, inputs):
+    return _adaptive(ctx, inputs, "avg")
+
+
+@register("AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D")
+def adaptive_max_pooling(ctx, inputs):
+    return _adaptive(ctx, inputs, "max")

@@ -1,4 +1,6 @@
-"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step)."""
+"""Wrapper layers: TimeDistributed (the wrapped layer's converter, applied to every time step),
+SpectralNormalization (at inference, the wrapped layer with its stored, normalized kernel) and
+Pipeline (Keras 3's chain of weightless preprocessing layers)."""
 
 from __future__ import annotations
 
@@ -54,3 +56,51 @@ def time_distributed(ctx, inputs):
     if converter.activation:
         y = apply_activation(inner_ctx, y, inner.get("activation"))
     return ctx.emit(R.reshape(y, (batch, steps, *ctx.shape(y)[1:])))
+
+
+def _spectral_weights(config: dict[str, Any]) -> list[str]:
+    """Keras 3 saves the wrapper's own variables (a reference to the layer's kernel, then
+    ``vector_u``) before the layer's; tf.keras 2's legacy files the layer's, then ``vector_u``.
+    Keras 3 configs serialize ``dtype`` as a policy dict, tf.keras 2 ones as a string."""
+    inner = _time_distributed_weights(config)
+    if isinstance(config.get("dtype"), dict):
+        return ["kernel_reference", "vector_u", *inner]
+    return [*inner, "vector_u"]
+
+
+@register("SpectralNormalization", weights=_spectral_weights, check=_check_time_distributed)
+def spectral_normalization(ctx, inputs):
+    """Training re-normalizes and stores the kernel; inference just runs the wrapped layer."""
+    class_name, inner, converter = _wrapped(ctx.config)
+    layer = Layer(inner.get("name", class_name), class_name, inner, [])
+    inner_ctx = ctx.wrapped(layer)
+    y = converter.fn(inner_ctx, inputs)
+    return apply_activation(inner_ctx, y, inner.get("activation")) if converter.activation else y
+
+
+def _pipeline_layers(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], Converter | None]]:
+    return [_wrapped({"layer": entry}) for entry in config.get("layers") or []]
+
+
+def _check_pipeline(config: dict[str, Any]) -> list[str]:
+    reasons = []
+    for class_name, inner, converter in _pipeline_layers(config):
+        if converter is None:
+            reasons.append(f"layer {class_name!r} in the pipeline is not supported")
+        elif converter.weight_names(inner):
+            reasons.append(f"{class_name} in a pipeline has weights, which is not supported")
+        else:
+            reasons += [f"{class_name} in the pipeline: {r}" for r in converter.problems(inner)]
+    return reasons
+
+
+@register("Pipeline", check=_check_pipeline)
+def pipeline(ctx, inputs):
+    """Each layer in turn, as ``Pipeline.call`` applies them."""
+    x = inputs[0]
+    for class_name, inner, converter in _pipeline_layers(ctx.config):
+        inner_ctx = ctx.wrapped(Layer(inner.get("name", class_name), class_name, inner, []))
+        x = converter.fn(inner_ctx, [x])
+        if converter.activation:
+            x = apply_activation(inner_ctx, x, inner.get("activation"))
+    return x
