@@ -73,7 +73,8 @@ def sublayer_groups(layer: Layer) -> list[str]:
     if layer.class_name == "Bidirectional":
         groups = []
         for sub, key in (("forward_layer", "layer"), ("backward_layer", "backward_layer")):
-            inner = (config.get(key) or config.get("layer") or {}).get("config", {})
+            wrapped = config.get(key) or config.get("layer")
+            inner = wrapped.get("config", {}) if isinstance(wrapped, dict) else {}
             groups += _cell_groups(f"{sub}/cell", inner.get("cell"))
         return groups
     return list(SUBLAYER_VARS.get(layer.class_name, ()))
