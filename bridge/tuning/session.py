@@ -153,7 +153,7 @@ class InProcessBuilder(PyBuilder):
         self.cross_compiler = cross_compiler
 
     def build(self, build_inputs):
-        from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
         from tvm.support import cc
 
         fcompile = cc.cross_compiler(self.cross_compiler) if self.cross_compiler else None
@@ -162,7 +162,8 @@ class InProcessBuilder(PyBuilder):
             # one folder per artifact: MetaSchedule deletes the folder once it is measured
             path = str(Path(tempfile.mkdtemp(prefix="bridge-candidate-")) / "kernel.so")
             try:
-                default_build(item.mod, item.target, None).export_library(path, fcompile=fcompile)
+                mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
+                tvm.compile(mod, target=item.target).mod.export_library(path, fcompile=fcompile)
                 results.append(BuilderResult(path, None))
             except Exception as exc:  # a candidate that fails to build is just not measured
                 results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
