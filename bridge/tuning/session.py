@@ -311,7 +311,7 @@ def tune(
     if not extracted:
         return report
     executor = kernels.Executor(remote, cross_compiler if remote else None)
-    with _progress(progress, budget, len(extracted)) as show:
+    with _Progress(progress, budget, len(extracted)) as show:
         tasks = []
         for i, task in enumerate(extracted):
             show.status(f"measuring default kernels {i + 1}/{len(extracted)}")
@@ -400,7 +400,7 @@ def _runner(remote: Remote | None):
     return ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1)
 
 
-class _progress:
+class _Progress:
     """A rich progress bar: kernels improved, estimated latency, time or trials left."""
 
     def __init__(self, enabled: bool, budget: Budget, count: int):
