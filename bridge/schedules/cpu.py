@@ -60,7 +60,7 @@ def _iter_kinds(sch: s_tir.Schedule, block) -> list[int]:
     return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
 
 
-def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+def is_reduction(sch: s_tir.Schedule, block) -> bool:
     return COMM_REDUCE in _iter_kinds(sch, block)
 
 
@@ -109,11 +109,11 @@ class ChannelsLastKernels(CPUScheduleRule):
         if root is None:  # hand-written TIR without blocks (sort, scan): nothing to do
             return None
         blocks = sch.get_child_blocks(root)
-        reductions = [b for b in blocks if _is_reduction(sch, b)]
+        reductions = [b for b in blocks if is_reduction(sch, b)]
         lanes = simd_lanes(target)
         if not reductions:
             return schedule_injective(sch, blocks, lanes)
-        others = [sch.get(b).name_hint for b in blocks if not _is_reduction(sch, b)]
+        others = [sch.get(b).name_hint for b in blocks if not is_reduction(sch, b)]
         if len(reductions) == 1 and tile_reduction(sch, reductions[0], lanes):
             for name in others:  # stages neither inlined nor folded into the tile (e.g. pads)
                 block = _find(sch, name)
@@ -165,7 +165,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     vector = _channel_block(channels, lanes)
 
     for producer in sch.get_producers(block):  # pure copies (e.g. a zero-size pad): inline
-        if not _is_reduction(sch, producer) and not _has_condition(sch, producer):
+        if not is_reduction(sch, producer) and not _has_condition(sch, producer):
             _try(sch.compute_inline, producer)
     write_back = sch.cache_write(block, 0, "local")
     _inline_epilogue(sch, write_back)
@@ -218,7 +218,7 @@ def _inline_epilogue(sch: s_tir.Schedule, write_back) -> None:
     while True:
         consumers = sch.get_consumers(write_back)
         # Only a sole consumer: inlining one of several would drop the buffer the others read.
-        if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
+        if len(consumers) != 1 or is_reduction(sch, consumers[0]):
             return
         # A consumer of another shape (a channel slice after a pool) would be written over the
         # producer's domain: out of bounds.

@@ -14,9 +14,8 @@ import numpy as np
 import tvm
 from tvm import tirx
 
+from bridge.schedules.cpu import is_reduction
 from bridge.schedules.pipeline import default_schedule
-
-REDUCE = 2  # tirx.IterVar.CommReduce
 
 
 def cpu_count() -> int:
@@ -52,7 +51,7 @@ def has_reduction(mod: tvm.IRModule) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
     except Exception:  # hand-written TIR without blocks (sort, scan)
         return False
-    return any(any(int(v.iter_type) == REDUCE for v in sch.get(b).iter_vars) for b in blocks)
+    return any(is_reduction(sch, b) for b in blocks)
 
 
 def random_arguments(mod: tvm.IRModule, seed: int = 0) -> list[np.ndarray]:
