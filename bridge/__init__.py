@@ -9,10 +9,12 @@
 
 import os as _os
 
+from bridge.cores import usable_cores as _usable_cores
+
 # TVM sizes its CPU thread pool from TVM_NUM_THREADS when the first parallel kernel runs, and
 # otherwise uses half the logical cores on x86 (one thread on a 2-vCPU machine). Default to
 # every core this process may run on; an explicit TVM_NUM_THREADS wins.
-_os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
+_os.environ.setdefault("TVM_NUM_THREADS", str(_usable_cores()))
 
 from bridge import errors
 from bridge.api import build, check_modeltype, to_relax, tune

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.cores import thread_pool_size
 from bridge.errors import ArtifactError, DeviceError, InputError
 from bridge.signature import TensorInfo
 from bridge.targets import host_arch
@@ -258,7 +259,7 @@ def use_threads(count: int) -> None:
     created with ``TVM_NUM_THREADS`` threads, all cores by default; it can use fewer, not more)."""
     import tvm_ffi
 
-    pool = int(os.environ.get("TVM_NUM_THREADS", "0")) or os.cpu_count()
+    pool = thread_pool_size()
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= pool:
         raise DeviceError(
             f"num_threads must be an integer from 1 to {pool} (TVM's thread pool size; set "

@@ -72,6 +72,10 @@ def test_thread_pool_defaults_to_every_available_core():
         text=True,
     )
     assert out.stdout.strip() == "1"
+    pin = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+    pinned = pin + code
+    out = subprocess.run([sys.executable, "-c", pinned], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1"  # a process pinned to one core gets a one-thread pool
 
 
 def test_num_threads_is_applied_and_checked(tmp_path):

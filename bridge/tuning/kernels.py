@@ -4,7 +4,6 @@ candidates against bridge's default schedule of the same workload, on random inp
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,6 @@ from tvm import tirx
 
 from bridge.schedules.cpu import is_reduction
 from bridge.schedules.pipeline import default_schedule
-
-
-def cpu_count() -> int:
-    """Cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _func(mod: tvm.IRModule) -> tirx.PrimFunc:

@@ -32,6 +32,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
+from bridge.cores import usable_cores
 from bridge.errors import TargetError, TuningError
 from bridge.tuning import database as db
 from bridge.tuning import kernels
@@ -340,7 +341,7 @@ def tune(
             runner=_runner(remote),
             database=ms.database.MemoryDatabase(),
             measure_callbacks=[callback, *ms.measure_callback.MeasureCallback.create("default")],
-            cost_model=ms.cost_model.CostModel.create("xgb", num_tuning_cores=kernels.cpu_count()),
+            cost_model=ms.cost_model.CostModel.create("xgb", num_tuning_cores=usable_cores()),
             task_scheduler=BudgetScheduler(tasks, deadline),
         )
     report.seconds = time.monotonic() - started
@@ -376,7 +377,7 @@ def _context(task, target: tvm.target.Target, seed: int) -> ms.TuneContext:
         task_name=task.task_name,
         logger=logger,
         rand_state=seed,
-        num_threads=kernels.cpu_count(),
+        num_threads=usable_cores(),
     ).clone()
 
 
@@ -386,7 +387,7 @@ def _with_cores(target: tvm.target.Target) -> tvm.target.Target:
 
     if "num-cores" in target.attrs:
         return target
-    return tvm.target.Target({**target_json(target), "num-cores": kernels.cpu_count()})
+    return tvm.target.Target({**target_json(target), "num-cores": usable_cores()})
 
 
 def _runner(remote: Remote | None):
