@@ -72,6 +72,47 @@ def test_cpu_time_loop_is_one_kernel():
     assert "lstm_scan" in names, names
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lstm_seq",
+        "lstm_initial_state",
+        "gru_reset_before_seq",
+        "simple_rnn_seq_back",
+        "masking_gru_state",
+        "embedding_mask_lstm",
+    ],
+)
+def test_cpu_time_loop_batch_tiles_match_single_rows(name: str):
+    """Batches of 4+ rows take the loop kernel's row-tiled recurrent product (batch 1 fixtures
+    take the single-row path): 6 distinct rows (4 tiled + 2 left over) must each equal the
+    batch-1 model's output for that row. Inputs vary per row but keep the fixture's masked
+    steps (zeros stay zero: float inputs are scaled, nonzero token ids redrawn)."""
+    import numpy as np
+
+    path = KERAS3 / "layers" / f"{name}.keras"
+    inputs, _ = reference(path.with_suffix(".npz"))
+    rng = np.random.default_rng(0)
+
+    def vary(x):
+        rows = np.repeat(x[:1], 6, axis=0)
+        if np.issubdtype(x.dtype, np.integer):
+            redrawn = rng.integers(1, max(int(x.max()), 1) + 1, size=rows.shape)
+            return np.where(rows != 0, redrawn, 0).astype(x.dtype)
+        scale = rng.uniform(0.5, 1.5, size=rows.shape)
+        return (rows * scale).astype(x.dtype)
+
+    batch = [vary(x) for x in inputs]
+    tiled = bridge.build(path, batch_size=6)(*batch)
+    single = bridge.build(path)
+    tiled = tiled if isinstance(tiled, list) else [tiled]
+    for row in range(6):
+        expected = single(*[x[row : row + 1] for x in batch])
+        expected = expected if isinstance(expected, list) else [expected]
+        for got, want in zip(tiled, expected):
+            np.testing.assert_allclose(got[row : row + 1], want, rtol=1e-5, atol=1e-6)
+
+
 def test_embedding_out_of_range_ids_give_nan():
     """As Keras 3 on JAX; an unchecked gather would read outside the table."""
     import numpy as np

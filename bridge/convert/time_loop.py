@@ -100,6 +100,10 @@ class LoopSpec:
         return {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}[self.kind] * self.units
 
 
+# Batch rows per register tile of the recurrent product (ROWS x block accumulators).
+ROWS = 4
+
+
 def _lanes(n: int, limit: int = 16) -> int:
     return next(d for d in (limit, 8, 4, 2, 1) if d <= limit and n % d == 0)
 
@@ -116,7 +120,8 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
     # Recurrent columns multiplied by h directly (a reset_before GRU's candidate uses r * h).
     direct = 2 * units if spec.kind == "GRU" and not spec.reset_after else width
     lanes = _lanes(direct)
-    block = lanes * next(d for d in (4, 2, 1) if (direct // lanes) % d == 0)
+    block = lanes * next(d for d in (4, 2, 1) if (direct // lanes) % d == 0)  # one row
+    tile = lanes * next(d for d in (2, 1) if (direct // lanes) % d == 0)  # ROWS rows
     u_lanes = _lanes(units)
     lstm, gru, reset_after = spec.kind == "LSTM", spec.kind == "GRU", spec.reset_after
     masked, zero_output, backwards = spec.masked, spec.zero_output, spec.backwards
@@ -182,22 +187,52 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
         c = T.match_buffer(var_c, (batch, units), "float32")
         acc = T.decl_buffer((batch, width), "float32")
         gate = T.decl_buffer((batch, units), "float32")
-        reg = T.decl_buffer((block,), "float32", scope="local")
+        reg = T.decl_buffer((ROWS * block,), "float32", scope="local")
         for b, u in T.grid(batch, units):
             h[b, u] = h0[b, u]
             c[b, u] = c0[b, u]
         for t in range(steps):
-            # acc = h @ kernel[:, :direct] (+ recurrent bias); a column block of the kernel is
-            # reused from L1 for every batch row
+            # acc = h @ kernel[:, :direct] (+ recurrent bias), a column block of the kernel at a
+            # time (reused from L1 for every batch row): ROWS batch rows share each load of a
+            # block of ``tile`` columns; each row left over (batch 1) takes ``block`` columns
+            # with k split in ROWS partial sums, so the accumulators are independent either way
+            # and the FMA units stay busy
+            for jo in range(direct // tile):
+                for bo in range(batch // ROWS):
+                    for r in T.unroll(ROWS):
+                        for j in T.vectorized(tile):
+                            reg[r * tile + j] = rbias[jo * tile + j]
+                    for k in range(units):
+                        for r in T.unroll(ROWS):
+                            for j in T.vectorized(tile):
+                                reg[r * tile + j] = reg[r * tile + j] + (
+                                    h[bo * ROWS + r, k] * kernel[k, jo * tile + j]
+                                )
+                    for r in T.unroll(ROWS):
+                        for j in T.vectorized(tile):
+                            acc[bo * ROWS + r, jo * tile + j] = reg[r * tile + j]
             for jo in range(direct // block):
-                for b in range(batch):
+                for b in range(batch // ROWS * ROWS, batch):
                     for j in T.vectorized(block):
                         reg[j] = rbias[jo * block + j]
-                    for k in range(units):
+                    for r in T.unroll(1, ROWS):
+                        for j in T.vectorized(block):
+                            reg[r * block + j] = fzero
+                    for ko in range(units // ROWS):
+                        for r in T.unroll(ROWS):
+                            for j in T.vectorized(block):
+                                reg[r * block + j] = (
+                                    reg[r * block + j]
+                                    + h[b, ko * ROWS + r] * kernel[ko * ROWS + r, jo * block + j]
+                                )
+                    for k in range(units // ROWS * ROWS, units):
                         for j in T.vectorized(block):
                             reg[j] = reg[j] + h[b, k] * kernel[k, jo * block + j]
                     for j in T.vectorized(block):
                         acc[b, jo * block + j] = reg[j]
+                    for r in range(1, ROWS):
+                        for j in T.vectorized(block):
+                            acc[b, jo * block + j] = acc[b, jo * block + j] + reg[r * block + j]
             if gru and not reset_after:
                 # r * h first, then acc[:, 2U:] = (r * h) @ kernel[:, 2U:]
                 for b, uo in T.grid(batch, units // u_lanes):
