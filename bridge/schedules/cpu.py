@@ -13,8 +13,10 @@ shape of a fast channels_last CPU kernel:
 * an injective kernel (elementwise chains, padding, concatenation, reshapes): intermediate
   stages inlined, loops fused, split by the SIMD width, vectorized and parallelized.
 
-Kernels these rules do not recognize (e.g. softmax's row reductions) are left to TVM's dlight
-CPU rules.
+* a row kernel (softmax's and layer norm's steps, reductions over the last axis): each row
+  computed whole under one parallel loop, reductions accumulated in vector partial results.
+
+Kernels these rules do not recognize are left to TVM's dlight CPU rules.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class ChannelsLastKernels(CPUScheduleRule):
                 if block is not None:
                     vectorize_block(sch, block, lanes)
             return sch
-        return None
+        return schedule_rows(s_tir.Schedule(func), lanes)
 
 
 def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedule:
@@ -192,6 +194,86 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
     return True
+
+
+def schedule_rows(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule | None:
+    """Row kernels (softmax's and layer norm's steps, sum/max/mean over the last axis): every
+    reduction runs over the innermost axis of what it reads. Each row is computed whole under
+    one parallel loop (the output's leading axes), its reductions accumulated in ``lanes``
+    vector partial results (rfactor) and its elementwise steps vectorized; None when the kernel
+    has another shape (TVM's generic rule then takes it)."""
+    root = sch.get_sblock("root")
+    reductions = [b for b in sch.get_child_blocks(root) if is_reduction(sch, b)]
+    if not reductions or not all(_reduces_innermost(sch, b) for b in reductions):
+        return None
+    try:
+        partials = [_vector_partials(sch, block, lanes) for block in reductions]
+        output = sch.get_child_blocks(root)[-1]
+        loops = sch.get_loops(output)
+        if len(loops) < 2:
+            return None
+        row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        for block in reversed(sch.get_child_blocks(root)[:-1]):
+            sch.compute_at(block, row, preserve_unit_loops=True)
+        sch.parallel(row)
+        partial_names = {sch.get(b).name_hint for b in partials if b is not None}
+        for block in sch.get_child_blocks(row):
+            _vectorize_row_step(sch, block, row, lanes, sch.get(block).name_hint in partial_names)
+    except Exception:  # a primitive refused (e.g. a step that does not feed the output)
+        return None
+    return sch
+
+
+def _reduces_innermost(sch: s_tir.Schedule, block) -> bool:
+    """One reduction iterator, the innermost, indexing the last axis of every input."""
+    stmt = sch.get(block)
+    kinds = _iter_kinds(sch, block)
+    if kinds[-1] != COMM_REDUCE or kinds.count(COMM_REDUCE) != 1:
+        return False
+    k = stmt.iter_vars[-1].var
+    output = stmt.writes[0].source
+    inputs = [r for r in stmt.reads if not r.source.same_as(output)]
+    return bool(inputs) and all(r.region and _uses(r.region[-1].min, k) for r in inputs)
+
+
+def _vector_partials(sch: s_tir.Schedule, block, lanes: int):
+    """Split the reduction into vector-wide partial results (an rfactor block), so the long
+    part of it vectorizes; None when no vector width of 4+ lanes divides a longer extent."""
+    k = sch.get_loops(block)[-1]
+    extent = _extent(sch.get(k))
+    width = _vector_divisor(extent, lanes)
+    if width is None or extent == width:
+        return None
+    _, lane = sch.split(k, [None, width])
+    return sch.rfactor(lane, 0)
+
+
+def _vector_divisor(extent: int | None, lanes: int) -> int | None:
+    """The largest power of two up to ``lanes`` dividing ``extent``, if at least 4."""
+    width = lanes
+    while extent and width >= 4:
+        if extent % width == 0:
+            return width
+        width //= 2
+    return None
+
+
+def _vectorize_row_step(sch: s_tir.Schedule, block, row, lanes: int, partial: bool) -> None:
+    loops = sch.get_loops(block)
+    inner = loops[[sch.get(loop).same_as(sch.get(row)) for loop in loops].index(True) + 1 :]
+    if partial:  # loops: lane (the rfactor axis, first), unit loops, the remaining reduction
+        lane, reduce = inner[0], inner[-1]
+        sch.reorder(reduce, lane)
+        sch.vectorize(lane)
+        init = sch.decompose_reduction(block, reduce)
+        sch.vectorize(sch.get_loops(init)[-1])
+    elif inner and not is_reduction(sch, block):
+        extent = _extent(sch.get(inner[-1]))
+        width = _vector_divisor(extent, lanes)
+        if width is not None and extent > width:
+            sch.vectorize(sch.split(inner[-1], [None, width])[1])
+        elif extent and 1 < extent <= lanes:
+            sch.vectorize(inner[-1])
 
 
 def _contiguous_output_axis(sch: s_tir.Schedule, block, n_spatial: int) -> bool:
