@@ -178,17 +178,17 @@ def test_relative_paths_work(monkeypatch):
 
 
 def test_a_tensor_call_argument_the_converter_ignores_is_refused(tmp_path):
-    """A call tensor no converter reads (here MultiHeadAttention's ``attention_mask``) would be
-    silently dropped; the walk refuses it instead."""
+    """A call tensor no converter reads (here MultiHeadAttention's explicit ``value_mask``) would
+    be silently dropped; the walk refuses it instead."""
     import zipfile
 
     with zipfile.ZipFile(KERAS3 / "layers" / "mha_cross_key_scores.keras") as archive:
         config = archive.read("config.json").decode()
         (tmp_path / "m.weights.h5").write_bytes(archive.read("model.weights.h5"))
     assert '"key": {' in config
-    (tmp_path / "m.json").write_text(config.replace('"key": {', '"attention_mask": {'))
+    (tmp_path / "m.json").write_text(config.replace('"key": {', '"value_mask": {'))
     error = _raises(UnsupportedModelError, tmp_path / "m.json", tmp_path / "m.weights.h5")
-    assert "attention_mask" in str(error) and "multi_head_attention" in str(error)
+    assert "value_mask" in str(error) and "multi_head_attention" in str(error)
 
 
 def test_unsupported_keras_operation_is_reported(tmp_path):

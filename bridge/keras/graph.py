@@ -216,12 +216,16 @@ def _is_triple(value: Any) -> bool:
 
 
 def _endpoint_refs(value: Any) -> list[list]:
-    """input_layers/output_layers: a flat triple (Keras 3, single), a list, or a dict of triples."""
+    """input_layers/output_layers: a flat triple (Keras 3, single), a list, or a dict of triples;
+    Keras 3 nests a list where a layer returned one (an RNN's per-cell StackedRNNCells states),
+    flattened here in order, as Keras flattens ``model.outputs``."""
     if isinstance(value, dict):
         value = list(value.values())
     if _is_triple(value):
         return [value]
-    return [list(v) for v in value]
+    if not isinstance(value, list):
+        raise TypeError(f"model endpoint {value!r:.80} is not a tensor reference")
+    return [triple for item in value for triple in _endpoint_refs(item)]
 
 
 def _history(value: Any) -> list | None:
@@ -254,12 +258,19 @@ def _parse_node(node: Any) -> tuple[list[list], dict]:
             kwargs[key] = [list(t) for t in found] if found else value
         return triples, kwargs
     # Keras 2: [[name, node, tensor, kwargs], ...]; early files have no kwargs element.
-    # A TFOpLambda called on one tensor stores the bare entry [name, node, tensor, kwargs].
-    if node and isinstance(node[0], str):
-        node = [node]
+    # A TFOpLambda called on one tensor stores the bare entry [name, node, tensor, kwargs];
+    # a nested input list (an RNN's per-cell initial states) stores nested entries.
+    node = _k2_entries(node)
     triples = [entry[:3] for entry in node]
     kwargs = dict(node[0][3]) if node and len(node[0]) > 3 and node[0][3] else {}
     return triples, kwargs
+
+
+def _k2_entries(node: Any) -> list[list]:
+    """A Keras 2 inbound node's ``[name, node, tensor, kwargs]`` entries, nesting flattened."""
+    if node and isinstance(node[0], str):
+        return [node]
+    return [entry for item in node for entry in _k2_entries(item)]
 
 
 def _constants(node: Any) -> dict[int, Any]:

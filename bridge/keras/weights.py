@@ -39,11 +39,14 @@ SUBLAYER_VARS: dict[str, tuple[str, ...]] = {
     "Bidirectional": ("forward_layer/cell", "backward_layer/cell"),
     "TimeDistributed": ("layer",),
     "SpectralNormalization": ("layer",),
-    # Keras 3 names the projections ``query_dense``, Keras 2.15 (new layout) ``_query_dense``.
+    # Keras 3 names the projections ``query_dense``, Keras 2.15 (new layout) ``_query_dense``;
+    # Keras 3.15's optional gate projection is ``_gate_dense`` in both multi-head layers.
     "MultiHeadAttention": tuple(
-        f"{u}{p}_dense" for p in ("query", "key", "value", "output") for u in ("", "_")
+        f"{u}{p}_dense" for p in ("query", "key", "gate", "value", "output") for u in ("", "_")
     ),
-    "GroupQueryAttention": tuple(f"_{p}_dense" for p in ("query", "key", "value", "output")),
+    "GroupQueryAttention": tuple(
+        f"_{p}_dense" for p in ("query", "key", "gate", "value", "output")
+    ),
 }
 # Layers saved under their Python class's name where the config's class name is an alias.
 PYTHON_CLASS = {"GroupQueryAttention": "GroupedQueryAttention"}

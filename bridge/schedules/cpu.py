@@ -134,18 +134,25 @@ def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedul
     return sch
 
 
+def _reads_bool(sch: s_tir.Schedule, block) -> bool:
+    return any(region.source.dtype == "bool" for region in sch.get(block).reads)
+
+
 def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Fuse a top-level spatial block's loops; parallel outside, SIMD inside."""
+    """Fuse a top-level spatial block's loops; parallel outside, SIMD inside (not for a block
+    loading a bool buffer, e.g. attention masks: TVM 0.27's LLVM codegen loads bool vectors as
+    int8 ones and then refuses to store them)."""
     loops = sch.get_loops(block)
     if not loops or any(k != DATA_PAR for k in _iter_kinds(sch, block)):
         return
+    vectorize = not _reads_bool(sch, block)
     if any(_extent(sch.get(loop)) is None for loop in loops):
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = _extent(sch.get(fused))
     inner = _largest_divisor(total, lanes)  # e.g. 15 lanes for a 225x225x3 padded image
     inner = inner if inner >= lanes // 4 else 1
-    if inner > 1 and total > inner:
+    if vectorize and inner > 1 and total > inner:
         outer, vector = sch.split(fused, [None, inner])
         sch.parallel(outer)
         sch.vectorize(vector)

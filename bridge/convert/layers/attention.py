@@ -1,11 +1,14 @@
 """Attention layers: Attention (dot-product, Luong style; ``score_mode`` dot or concat),
 AdditiveAttention (Bahdanau style), MultiHeadAttention (self/cross, any ``attention_axes``) and
-GroupQueryAttention (Keras 3).
+GroupQueryAttention (Keras 3); the multi-head layers with Keras 3.15's ``use_gate`` and
+``sliding_window`` too.
 
 Every one honours the call's ``use_causal_mask`` and ``return_attention_scores`` and the Keras
 masks of its inputs: a masked value (or key) step gets no attention, a masked query step gives
 zeros (Attention, AdditiveAttention) or attends nowhere in particular (the multi-head layers,
-whose softmax then spreads evenly, as in Keras).
+whose softmax then spreads evenly, as in Keras). The multi-head layers also take the call's
+``attention_mask`` tensor (a model input or a computed tensor; nonzero means attend), combined
+with the other masks by AND.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from tvm import relax, topi
 from tvm.relax import op as R
 
+from bridge.convert.context import dtype_of
 from bridge.convert.registry import register
 
 MASK_VALUE = 1.0e9  # Keras pushes masked float32 scores down by this
@@ -131,21 +135,20 @@ def additive_attention(ctx, inputs):
 
 
 # --- MultiHeadAttention, GroupQueryAttention ---------------------------------------------------
-MHA_PARTS = ("query", "key", "value", "output")
+MHA_PARTS = ("query", "key", "gate", "value", "output")  # Keras' weight order
 
 
 def _mha_weights(config: dict[str, Any]) -> list[str]:
     names = ("kernel", "bias") if config.get("use_bias", True) else ("kernel",)
-    return [f"{part}/{name}" for part in MHA_PARTS for name in names]
+    parts = [p for p in MHA_PARTS if p != "gate" or config.get("use_gate", False)]
+    return [f"{part}/{name}" for part in parts for name in names]
 
 
 def _check_mha(config: dict[str, Any]) -> list[str]:
-    reasons = []
-    if config.get("use_gate"):
-        reasons.append("use_gate=True is not supported")
-    if config.get("sliding_window") is not None:
-        reasons.append("sliding_window is not supported")
-    return reasons
+    window = config.get("sliding_window")
+    if window is None or (isinstance(window, int) and not isinstance(window, bool) and window > 0):
+        return []
+    return [f"sliding_window={window!r} is not a positive integer"]
 
 
 def _project(ctx, x: Expr, part: str, heads: int, depth: int) -> Expr:
@@ -192,9 +195,19 @@ def _from_groups(ctx, y: Expr, like: Expr, axes: list[int]) -> Expr:
     return ctx.emit(R.permute_dims(y, list(np.argsort([*order, rank - 1]))))
 
 
-def _mha_allowed(ctx, masks: list[Expr | None], steps: tuple[int, int]) -> Expr | None:
-    """Keras' attention mask (B, T, S) from the query, value and key masks and the causal mask,
-    shaped (B, 1, T, S) for the heads."""
+def _band(ctx, steps_q: int, steps_k: int, window: int) -> Expr:
+    """``True`` where ``|i - j| < window`` (Keras' symmetric sliding window), built by ops."""
+    rows = ctx.emit(R.reshape(ctx.emit(R.arange(0, steps_q, 1, "int32")), (steps_q, 1)))
+    cols = ctx.emit(R.reshape(ctx.emit(R.arange(0, steps_k, 1, "int32")), (1, steps_k)))
+    distance = ctx.emit(R.abs(ctx.emit(R.subtract(rows, cols))))
+    return ctx.emit(R.less(distance, relax.const(window, "int32")))
+
+
+def _mha_allowed(
+    ctx, masks: list[Expr | None], steps: tuple[int, int], attention_mask: Expr | None
+) -> Expr | None:
+    """Keras' attention mask (B, T, S): the call's ``attention_mask`` AND the query, value and
+    key masks AND the causal and sliding-window masks, shaped (B, 1, T, S) for the heads."""
     q_mask, v_mask, k_mask = masks
     allowed = None if q_mask is None else ctx.emit(R.expand_dims(q_mask, -1))
     for mask in (v_mask, k_mask):
@@ -202,8 +215,14 @@ def _mha_allowed(ctx, masks: list[Expr | None], steps: tuple[int, int]) -> Expr 
             allowed = _and(ctx, allowed, ctx.emit(R.expand_dims(mask, -2)))
     if ctx.call_arg("use_causal_mask", False):
         allowed = _and(ctx, allowed, _causal(ctx, *steps))
-    if allowed is not None and len(ctx.shape(allowed)) == 3:
-        allowed = ctx.emit(R.expand_dims(allowed, 1))
+    if ctx.get("sliding_window") is not None:
+        allowed = _and(ctx, allowed, _band(ctx, *steps, int(ctx.get("sliding_window"))))
+    if attention_mask is not None and dtype_of(attention_mask) != "bool":
+        zero = relax.const(0, dtype_of(attention_mask))
+        attention_mask = ctx.emit(R.not_equal(attention_mask, zero))
+    allowed = _and(ctx, attention_mask, allowed)
+    while allowed is not None and len(ctx.shape(allowed)) < 4:  # (T, S), (B, T, S): add heads
+        allowed = ctx.emit(R.expand_dims(allowed, -3))
     return allowed
 
 
@@ -220,9 +239,11 @@ def _multi_head(ctx, inputs, heads: int, kv_heads: int, key_dim: int, value_dim:
     rank = len(ctx.shape(query))
     axes = _attention_axes(ctx.config, rank)
     masks = [ctx.mask(0), value_mask, key_mask]
-    causal = ctx.call_arg("use_causal_mask", False)
-    if (any(m is not None for m in masks) or causal) and (rank != 3 or axes != [1]):
-        ctx.fail("masks and use_causal_mask are supported for rank-3 inputs only")
+    attention_mask = ctx.call_tensor("attention_mask")
+    masked = any(m is not None for m in [*masks, attention_mask])
+    banded = ctx.call_arg("use_causal_mask", False) or ctx.get("sliding_window") is not None
+    if (masked or banded) and (rank != 3 or axes != [1]):
+        ctx.fail("masks, use_causal_mask and sliding_window are supported for rank-3 inputs only")
     q = _project(ctx, query, "query", heads, key_dim)
     k = _project(ctx, key, "key", kv_heads, key_dim)
     v = _project(ctx, value, "value", kv_heads, value_dim)
@@ -232,7 +253,7 @@ def _multi_head(ctx, inputs, heads: int, kv_heads: int, key_dim: int, value_dim:
     q = ctx.emit(R.multiply(q, ctx.const(1.0 / math.sqrt(float(key_dim)))))
     qg, kg, vg = (_to_groups(ctx, t, axes) for t in (q, k, v))
     scores = ctx.emit(R.matmul(qg, ctx.emit(R.permute_dims(kg, [0, 1, 3, 2]))))
-    allowed = _mha_allowed(ctx, masks, ctx.shape(scores)[-2:])
+    allowed = _mha_allowed(ctx, masks, ctx.shape(scores)[-2:], attention_mask)
     weights = softmax(ctx, _apply_mask(ctx, scores, allowed))
     scores_out = ctx.call_arg("return_attention_scores", False)
     if allowed is not None and scores_out and ctx.keras_major >= 3:
@@ -241,6 +262,9 @@ def _multi_head(ctx, inputs, heads: int, kv_heads: int, key_dim: int, value_dim:
         # attention leaves such a row uniform, as Keras 2 always does.
         weights = ctx.emit(R.where(allowed, weights, ctx.emit(R.zeros_like(weights))))
     attended = _from_groups(ctx, ctx.emit(R.matmul(weights, vg)), q, axes)
+    if ctx.get("use_gate", False):  # sigmoid(query projected like the values) gates each head
+        gate = _project(ctx, query, "gate", heads, value_dim)
+        attended = ctx.emit(R.multiply(attended, ctx.emit(R.sigmoid(gate))))
     output = _output_projection(ctx, attended, heads, value_dim)
     ctx.set_masks([masks[0]])
     if not scores_out:

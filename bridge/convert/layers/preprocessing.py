@@ -1,5 +1,5 @@
 """Preprocessing layers with inference semantics: Rescaling, Normalization, Resizing, CenterCrop,
-CategoryEncoding, Discretization, IntegerLookup (vocabulary in the config)."""
+CategoryEncoding, Discretization, IntegerLookup (vocabulary in the config; ``invert`` too)."""
 
 from __future__ import annotations
 
@@ -192,19 +192,35 @@ def _check_integer_lookup(config: dict[str, Any]) -> list[str]:
             "the vocabulary is not in the config (an adapted layer keeps it in the file's assets); "
             "pass vocabulary=[...] when building the layer"
         )
-    if int(config.get("num_oov_indices", 1)) != 1:
-        reasons.append("only num_oov_indices=1 is supported")
     if config.get("invert"):
-        reasons.append("invert=True is not supported")
+        if config.get("output_mode", "int") != "int":
+            reasons.append("invert=True needs output_mode='int'")
+        if config.get("oov_token") is None:
+            reasons.append("invert=True without an oov_token")
+    elif int(config.get("num_oov_indices", 1)) != 1:
+        reasons.append("only num_oov_indices=1 is supported")
     return reasons
+
+
+def _vocabulary(config: dict[str, Any]) -> list[int]:
+    """The config's vocabulary less the special tokens it may start with, as Keras strips them:
+    the mask token (output_mode int only), then the OOV token once per OOV index."""
+    vocabulary = [int(v) for v in config["vocabulary"]]
+    mask = config.get("mask_token")
+    oov = config.get("oov_token", -1)
+    special = [mask] * (mask is not None and config.get("output_mode", "int") == "int")
+    special += [oov] * int(config.get("num_oov_indices", 1))
+    return vocabulary[len(special) :] if vocabulary[: len(special)] == special else vocabulary
 
 
 @register("IntegerLookup", check=_check_integer_lookup)
 def integer_lookup(ctx, inputs):
     """Index of each value in the config's ``vocabulary`` (after the mask and OOV indices);
-    values outside it get the OOV index."""
+    values outside it get the OOV index. ``invert=True`` maps indices back to values."""
     x = _as_int(ctx, inputs[0])
-    vocabulary = [int(v) for v in ctx.get("vocabulary")]
+    if ctx.get("invert", False):
+        return _inverse_lookup(ctx, x)
+    vocabulary = _vocabulary(ctx.config)
     mask = ctx.config.get("mask_token")
     oov = 1 if mask is not None else 0
     first = oov + 1
@@ -226,3 +242,22 @@ def integer_lookup(ctx, inputs):
         index = ctx.emit(R.subtract(index, relax.const(1, "int64")))
         depth -= 1
     return encode(ctx, index, mode, depth)
+
+
+def _inverse_lookup(ctx, x: relax.Expr) -> relax.Expr:
+    """Index -> value over the table Keras builds: index 0 the mask token (if any), then one
+    index per OOV slot, then the vocabulary; OOV slots and indices outside the table give the
+    ``oov_token``."""
+    mask, oov = ctx.config.get("mask_token"), int(ctx.get("oov_token"))
+    table = [int(mask)] if mask is not None else []
+    table += [oov] * int(ctx.get("num_oov_indices", 1)) + _vocabulary(ctx.config)
+    dtype = str(ctx.get("vocabulary_dtype", "int64"))
+    inside = ctx.emit(
+        R.logical_and(
+            ctx.emit(R.greater_equal(x, relax.const(0, dtype_of(x)))),
+            ctx.emit(R.less(x, relax.const(len(table), dtype_of(x)))),
+        )
+    )
+    safe = ctx.emit(R.where(inside, x, ctx.emit(R.zeros_like(x))))
+    values = ctx.emit(R.take(relax.const(np.asarray(table, dtype=dtype), dtype), safe, axis=0))
+    return ctx.emit(R.where(inside, values, relax.const(oov, dtype)))

@@ -117,8 +117,6 @@ def _check_spec(spec: RNNSpec | str) -> list[str]:
         reasons += activation_problem(cell.config.get("activation", "tanh"))
         if cell.kind != "SimpleRNN":
             reasons += activation_problem(cell.config.get("recurrent_activation", "sigmoid"))
-    if len(spec.cells) > 1 and spec.config.get("return_state"):
-        reasons.append("return_state=True with StackedRNNCells is not supported")
     if spec.config.get("time_major"):
         reasons.append("time_major=True is not supported")
     if spec.config.get("stateful"):
