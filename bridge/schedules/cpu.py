@@ -268,13 +268,14 @@ def _vector_divisor(extent: int | None, lanes: int) -> int | None:
 def _vectorize_row_step(sch: s_tir.Schedule, block, row, lanes: int, partial: bool) -> None:
     loops = sch.get_loops(block)
     inner = loops[[sch.get(loop).same_as(sch.get(row)) for loop in loops].index(True) + 1 :]
-    if partial:  # loops: lane (the rfactor axis, first), unit loops, the remaining reduction
+    if partial and not _reads_bool(sch, block):
+        # loops: lane (the rfactor axis, first), unit loops, the remaining reduction
         lane, reduce = inner[0], inner[-1]
         sch.reorder(reduce, lane)
         sch.vectorize(lane)
         init = sch.decompose_reduction(block, reduce)
         sch.vectorize(sch.get_loops(init)[-1])
-    elif inner and not is_reduction(sch, block):
+    elif inner and not is_reduction(sch, block) and not _reads_bool(sch, block):
         extent = _extent(sch.get(inner[-1]))
         width = _vector_divisor(extent, lanes)
         if width is not None and extent > width:
