@@ -70,7 +70,7 @@ def _largest_divisor(extent: int, limit: int) -> int:
     return next(d for d in range(min(limit, extent), 0, -1) if extent % d == 0)
 
 
-def _channel_block(channels: int, lanes: int) -> int:
+def channel_block(channels: int, lanes: int) -> int:
     """Channels per register tile: two or one full vectors when they divide the channels,
     else the largest divisor up to two vectors (LLVM splits odd vector lengths)."""
     for block in (2 * lanes, lanes, max(lanes // 2, 1)):
@@ -171,7 +171,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
         return False
     channels = _extent(sch.get(loops[n_spatial - 1]))
     width = _extent(sch.get(loops[n_spatial - 2])) if n_spatial >= 2 else 1
-    vector = _channel_block(channels, lanes)
+    vector = channel_block(channels, lanes)
 
     for producer in sch.get_producers(block):  # pure copies (e.g. a zero-size pad): inline
         if not is_reduction(sch, producer) and not _has_condition(sch, producer):

@@ -1,9 +1,10 @@
 """The Relax compilation pipelines bridge uses: TVM's passes plus bridge's schedules.
 
-Every pipeline has the same three stages: *fusion* (library dispatch, legalization to TIR,
-fusion), *scheduling* (tuned kernels from a MetaSchedule database first, then bridge's default
-rules for every other kernel) and *lowering*. Tuning (:mod:`bridge.tuning`) runs the fusion
-stage alone to find the kernels, so its workloads are exactly the ones this pipeline schedules.
+Every pipeline has the same three stages: *fusion* (on CPUs weight prepacking, then library
+dispatch, legalization to TIR, fusion), *scheduling* (tuned kernels from a MetaSchedule database
+first, then bridge's default rules for every other kernel) and *lowering*. Tuning
+(:mod:`bridge.tuning`) runs the fusion stage alone to find the kernels, so its workloads are
+exactly the ones this pipeline schedules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tvm.s_tir import dlight
 
 from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels
+from bridge.schedules.prepack import prepack_weights
 
 SCHEDULED_KINDS = ("llvm", "cuda")
 
@@ -36,7 +38,11 @@ def fusion_passes(target: tvm.target.Target) -> list:
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
         ]
-    return cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+    return [
+        prepack_weights(target),
+        *cpu.library_dispatch_passes(target),
+        *cpu.legalize_passes(target),
+    ]
 
 
 def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:

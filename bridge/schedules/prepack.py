@@ -1,0 +1,153 @@
+"""Weight prepacking for CPU kernels, decided at compile time.
+
+A channels_last convolution or dense kernel computes a tile of ``block`` output channels at a
+time (:mod:`bridge.schedules.cpu`). With the weights as Keras stores them (HWIO, or K x N), the
+tile's weights are ``block``-float slices strided by the whole output width: once the weights
+no longer sit in cache (ResNet50 reads 100 MB of them per call) every slice is a separate
+memory stream. Here each constant weight is rewritten once, when the model is compiled, to
+``[out / block, ..., block]`` so that a tile's weights are one contiguous run, and the operator
+becomes a kernel that reads that layout. Measured on a 7x7x512 -> 512 3x3 convolution with cold
+caches: 6.5 -> 2.7 ms (one core); with warm caches both run at the same speed.
+
+Only constant weights are packed (weights kept out of the library with ``separate_params``
+are not), and only where the tile width divides the output channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+
+from bridge.schedules.cpu import channel_block, simd_lanes
+
+CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+MATMUL = tvm.ir.Op.get("relax.matmul")
+
+
+def prepack_weights(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The module pass rewriting convolutions and dense products with constant weights."""
+    lanes = simd_lanes(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="bridge.PrepackWeights")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        rewriter = _Prepack(mod, lanes)
+        for gv, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return _pass
+
+
+@relax.expr_functor.mutator
+class _Prepack(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        packed = None
+        if call.op.same_as(CONV2D):
+            packed = _conv2d(self.builder_, call, self.lanes)
+        elif call.op.same_as(MATMUL):
+            packed = _matmul(self.builder_, call, self.lanes)
+        return call if packed is None else packed
+
+
+def _float32_constant(expr: relax.Expr, rank: int) -> np.ndarray | None:
+    if not isinstance(expr, tvm.ir.expr.Constant) or not isinstance(expr.value, tvm.runtime.Tensor):
+        return None
+    value = expr.value.numpy()
+    return value if value.dtype == np.float32 and value.ndim == rank else None
+
+
+def _float32_out(attrs) -> bool:
+    dtype = attrs.out_dtype
+    return dtype is None or str(dtype) in ("", "void", "float32")
+
+
+def _static_float32(expr: relax.Expr) -> bool:
+    info = expr.ty
+    return (
+        isinstance(info, relax.TensorType)
+        and str(info.dtype) == "float32"
+        and isinstance(info.shape, relax.ShapeExpr)
+        and all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values)
+    )
+
+
+def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.Expr | None:
+    attrs = call.attrs
+    weights = _float32_constant(call.args[1], 4)
+    if (
+        weights is None
+        or not _static_float32(call.args[0])
+        or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "HWIO", "NHWC")
+        or int(attrs.groups) != 1
+        or not _float32_out(attrs)
+    ):
+        return None
+    block = channel_block(weights.shape[3], lanes)
+    if weights.shape[3] == block:
+        return None  # one tile spans every output channel: already contiguous
+    kh, kw, ci, co = weights.shape
+    packed = weights.reshape(kh, kw, ci, co // block, block).transpose(3, 0, 1, 2, 4)
+    return builder.call_te(
+        _packed_conv2d,
+        call.args[0],
+        relax.const(np.ascontiguousarray(packed)),
+        strides=[int(s) for s in attrs.strides],
+        padding=[int(p) for p in attrs.padding],
+        dilation=[int(d) for d in attrs.dilation],
+        primfunc_name_hint="conv2d_nhwc_packed",
+    )
+
+
+def _packed_conv2d(x: te.Tensor, w: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    """NHWC convolution with weights [out / block, kh, kw, in, block]."""
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    n, h, width, _ = (int(d) for d in x.shape)
+    tiles, kh, kw, ci, block = (int(d) for d in w.shape)
+    if any(padding):
+        x = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], name="pad")
+    out_h = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
+    rh, rw, rc = (te.reduce_axis((0, e), name) for e, name in ((kh, "rh"), (kw, "rw"), (ci, "rc")))
+    return te.compute(
+        (n, out_h, out_w, tiles * block),
+        lambda b, y, xx, o: te.sum(
+            x[b, y * sh + rh * dh, xx * sw + rw * dw, rc] * w[o // block, rh, rw, rc, o % block],
+            axis=[rh, rw, rc],
+        ),
+        name="conv2d_nhwc",
+    )
+
+
+def _matmul(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.Expr | None:
+    weights = _float32_constant(call.args[1], 2)
+    if weights is None or not _static_float32(call.args[0]):
+        return None
+    if not _float32_out(call.attrs):
+        return None
+    k, n = weights.shape
+    block = channel_block(n, lanes)
+    if n == block:
+        return None
+    packed = np.ascontiguousarray(weights.reshape(k, n // block, block).transpose(1, 0, 2))
+    return builder.call_te(
+        _packed_matmul, call.args[0], relax.const(packed), primfunc_name_hint="matmul_packed"
+    )
+
+
+def _packed_matmul(x: te.Tensor, w: te.Tensor) -> te.Tensor:
+    """``x @ W`` (x of any rank) with W packed as [out / block, in, block]."""
+    tiles, k, block = (int(d) for d in w.shape)
+    rk = te.reduce_axis((0, k), "rk")
+    return te.compute(
+        (*x.shape[:-1], tiles * block),
+        lambda *i: te.sum(x[(*i[:-1], rk)] * w[i[-1] // block, rk, i[-1] % block], axis=rk),
+        name="matmul",
+    )
