@@ -305,6 +305,7 @@ def _same_shape(sch: s_tir.Schedule, producer, consumer) -> bool:
 
 def _inline_epilogue(sch: s_tir.Schedule, write_back) -> None:
     """Fold elementwise consumers (bias, BN, activation, residual add) into the write-back."""
+    _merge_elementwise_chain(sch, write_back)
     while True:
         consumers = sch.get_consumers(write_back)
         # Only a sole consumer: inlining one of several would drop the buffer the others read.
@@ -316,3 +317,21 @@ def _inline_epilogue(sch: s_tir.Schedule, write_back) -> None:
             return
         if not _try(sch.reverse_compute_inline, consumers[0]):
             return
+
+
+def _merge_elementwise_chain(sch: s_tir.Schedule, write_back) -> None:
+    """Inline the epilogue's intermediate steps into their readers, so that an activation that
+    reads its input twice (swish ``x * sigmoid(x)``, hard-swish) becomes one expression of
+    the convolution's value instead of full-size buffers written and read back in between."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    start = names.index(sch.get(write_back).name_hint) + 1
+    for name in names[start:-1]:  # the kernel's output block stays
+        block = _find(sch, name)
+        if (
+            block is not None
+            and not is_reduction(sch, block)
+            and _same_shape(sch, write_back, block)
+            and len(sch.get_consumers(block)) <= 2
+        ):
+            _try(sch.compute_inline, block)
