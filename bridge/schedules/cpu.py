@@ -173,8 +173,9 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     width = _extent(sch.get(loops[n_spatial - 2])) if n_spatial >= 2 else 1
     vector = channel_block(channels, lanes)
 
+    window = _extent(sch.get(loops[-1])) == 1  # depthwise: no input channels to sum
     for producer in sch.get_producers(block):  # pure copies (e.g. a zero-size pad): inline
-        if not is_reduction(sch, producer) and not _has_condition(sch, producer):
+        if not is_reduction(sch, producer) and (window or not _has_condition(sch, producer)):
             _try(sch.compute_inline, producer)
     write_back = sch.cache_write(block, 0, "local")
     _inline_epilogue(sch, write_back)
@@ -197,6 +198,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     sch.vectorize(ch_inner)
     if px_inner is not None:
         sch.unroll(px_inner)
+    _unroll_window(sch, reduce)
     sch.vectorize(sch.get_loops(write_back)[-1])
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
@@ -335,3 +337,13 @@ def _merge_elementwise_chain(sch: s_tir.Schedule, write_back) -> None:
             and len(sch.get_consumers(block)) <= 2
         ):
             _try(sch.compute_inline, block)
+
+
+def _unroll_window(sch: s_tir.Schedule, reduce) -> None:
+    """A depthwise-style reduction (a small window, no input channels to sum): unroll the
+    window's inner taps so neighbouring output pixels share each loaded input vector."""
+    extents = [_extent(sch.get(loop)) for loop in reduce]
+    if None in extents or extents[-1] != 1 or len(extents) < 2:
+        return
+    if extents[-2] <= 7:
+        sch.unroll(reduce[-2])
