@@ -251,3 +251,40 @@ def test_prepacked_weights_give_the_same_results(strides, padding, dilation):
         reference = tvm.compile(mod, target=target)  # TVM's pipeline: unpacked, unscheduled
     want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_zero_padding_is_folded_into_the_next_convolution(groups):
+    """ZeroPadding2D -> Conv2D/DepthwiseConv2D (MobileNetV2's strided blocks): the convolution
+    takes the padding itself (no padded copy), with the same results as TVM's own lowering."""
+    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+    from bridge.schedules.pipeline import fuse
+
+    rng = np.random.default_rng(0)
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 10, 10, 8], "float32"))
+    w = relax.const(rng.standard_normal((3, 3, 8 // groups, 8)).astype("float32"))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            y = builder.emit(relax.op.nn.relu(x))
+            y = builder.emit(relax.op.nn.pad(y, [0, 0, 0, 1, 1, 2, 0, 0]))
+            y = relax.op.nn.conv2d(
+                y, w, (2, 2), (1, 0, 0, 0), groups=groups, data_layout="NHWC", kernel_layout="HWIO"
+            )
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    mod = builder.get()
+    target = tvm.target.Target("llvm")
+    assert "R.nn.pad" not in fuse(mod, target)["main"].script()
+    kernels = [gv.name_hint for gv in fuse(mod, target).get_global_vars()]
+    assert not any("pad" in k for k in kernels), kernels
+    a = tvm.runtime.tensor(rng.standard_normal((1, 10, 10, 8)).astype("float32"))
+    got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
+    with target:
+        reference = tvm.compile(mod, target=target)
+    want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
+    assert got.shape == want.shape == (1, 5, 6, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Weight prepacking for CPU kernels, decided at compile time.
+"""Weight prepacking (and padding folding) for CPU kernels, decided at compile time.
 
 A channels_last convolution or dense kernel computes a tile of ``block`` output channels at a
 time (:mod:`bridge.schedules.cpu`). With the weights as Keras stores them (HWIO, or K x N), the
@@ -11,6 +11,9 @@ caches: 6.5 -> 2.7 ms (one core); with warm caches both run at the same speed.
 
 Only constant weights are packed (weights kept out of the library with ``separate_params``
 are not), and only where the tile width divides the output channels.
+
+The same pass folds an explicit zero padding (Keras' ZeroPadding2D) into the convolution that
+reads it, so the padded copy is never written.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bridge.schedules.cpu import channel_block, simd_lanes
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 MATMUL = tvm.ir.Op.get("relax.matmul")
+PAD = tvm.ir.Op.get("relax.nn.pad")
 
 
 def prepack_weights(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -50,10 +54,46 @@ class _Prepack(relax.PyExprMutator):
         call = super().visit_call_(call)
         packed = None
         if call.op.same_as(CONV2D):
+            call = self._absorb_padding(call)
             packed = _conv2d(self.builder_, call, self.lanes)
         elif call.op.same_as(MATMUL):
             packed = _matmul(self.builder_, call, self.lanes)
         return call if packed is None else packed
+
+
+    def _absorb_padding(self, call: relax.Call) -> relax.Call:
+        """``conv2d(pad(x))`` with zero padding of the spatial axes (Keras' ZeroPadding2D
+        before a convolution, as in MobileNetV2's and EfficientNet's strided blocks) ->
+        ``conv2d(x, padding=...)``: the kernel reads its input in place instead of the kernel
+        before it writing a padded copy."""
+        data = call.args[0]
+        bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+        if not (isinstance(bound, relax.Call) and bound.op.same_as(PAD)):
+            return call
+        attrs = bound.attrs
+        width = [int(w) for w in attrs.pad_width]
+        if (
+            str(attrs.pad_mode) != "constant"
+            or float(attrs.pad_value) != 0.0
+            or call.attrs.data_layout != "NHWC"
+            or any(width[i] for i in (0, 1, 6, 7))  # batch and channel axes
+        ):
+            return call
+        top, left, bottom, right = (int(p) for p in call.attrs.padding)
+        padding = [top + width[2], left + width[4], bottom + width[3], right + width[5]]
+        attrs = call.attrs
+        return relax.op.nn.conv2d(
+            bound.args[0],
+            call.args[1],
+            strides=attrs.strides,
+            padding=padding,
+            dilation=attrs.dilation,
+            groups=attrs.groups,
+            data_layout=attrs.data_layout,
+            kernel_layout=attrs.kernel_layout,
+            out_layout=attrs.out_layout,
+            out_dtype=attrs.out_dtype,
+        )
 
 
 def _float32_constant(expr: relax.Expr, rank: int) -> np.ndarray | None:
