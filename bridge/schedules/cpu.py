@@ -10,9 +10,10 @@ shape of a fast channels_last CPU kernel:
   loops inside the tile, the output-channel axis vectorized, the pixel axis unrolled, and the
   outer loops fused and run in parallel; the fused epilogue (bias, batch norm, activation,
   residual add) is inlined into the tile's write-back so it runs on data still in registers;
+* a depthwise convolution (a window, no input channels to sum): the same tile, reading its
+  padding in place and with the window's taps unrolled so neighbouring pixels share loads;
 * an injective kernel (elementwise chains, padding, concatenation, reshapes): intermediate
-  stages inlined, loops fused, split by the SIMD width, vectorized and parallelized.
-
+  stages inlined, loops fused, split by the SIMD width, vectorized and parallelized;
 * a row kernel (softmax's and layer norm's steps, reductions over the last axis): each row
   computed whole under one parallel loop, reductions accumulated in vector partial results.
 
@@ -198,7 +199,8 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     sch.vectorize(ch_inner)
     if px_inner is not None:
         sch.unroll(px_inner)
-    _unroll_window(sch, reduce)
+    if window:
+        _unroll_taps(sch, reduce)
     sch.vectorize(sch.get_loops(write_back)[-1])
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
@@ -339,11 +341,8 @@ def _merge_elementwise_chain(sch: s_tir.Schedule, write_back) -> None:
             _try(sch.compute_inline, block)
 
 
-def _unroll_window(sch: s_tir.Schedule, reduce) -> None:
-    """A depthwise-style reduction (a small window, no input channels to sum): unroll the
-    window's inner taps so neighbouring output pixels share each loaded input vector."""
-    extents = [_extent(sch.get(loop)) for loop in reduce]
-    if None in extents or extents[-1] != 1 or len(extents) < 2:
-        return
-    if extents[-2] <= 7:
+def _unroll_taps(sch: s_tir.Schedule, reduce) -> None:
+    """Unroll a depthwise window's inner taps (up to 7) so that neighbouring output pixels
+    share each loaded input vector."""
+    if len(reduce) >= 2 and (_extent(sch.get(reduce[-2])) or 8) <= 7:
         sch.unroll(reduce[-2])
