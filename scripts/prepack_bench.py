@@ -16,28 +16,23 @@ import tvm
 from tvm import te, topi
 
 from bridge.schedules.cpu import ChannelsLastKernels, channel_block, simd_lanes
+from bridge.schedules.prepack import packed_conv2d
 from bridge.targets import resolve
 
 EVICT = np.ones(64 << 18, "float32")  # 64 MiB: more than the L3 cache
 
 
 def convolution(height, width, ci, co, k, packed_tile=None):
+    """TOPI's NHWC convolution (what legalization gives without prepacking), or the packed one
+    bridge's prepacking pass emits."""
     x = te.placeholder((1, height, width, ci), "float32", name="x")
     pad = k // 2
-    xp = topi.nn.pad(x, [0, pad, pad, 0], [0, pad, pad, 0]) if pad else x
-    rh, rw, rc = (te.reduce_axis((0, e), n) for e, n in ((k, "rh"), (k, "rw"), (ci, "rc")))
     if packed_tile is None:
         w = te.placeholder((k, k, ci, co), "float32", name="w")
-        value = lambda o: w[rh, rw, rc, o]  # noqa: E731
+        y = topi.nn.conv2d_nhwc(x, w, 1, pad, 1)
     else:
-        t = packed_tile
-        w = te.placeholder((co // t, k, k, ci, t), "float32", name="w")
-        value = lambda o: w[o // t, rh, rw, rc, o % t]  # noqa: E731
-    y = te.compute(
-        (1, height, width, co),
-        lambda n, i, j, o: te.sum(xp[n, i + rh, j + rw, rc] * value(o), axis=[rh, rw, rc]),
-        name="conv2d_nhwc",
-    )
+        w = te.placeholder((co // packed_tile, k, k, ci, packed_tile), "float32", name="w")
+        y = packed_conv2d(x, w, (1, 1), (pad,) * 4, (1, 1))
     return te.create_prim_func([x, w, y])
 
 

@@ -135,7 +135,7 @@ def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
     kh, kw, ci, co = weights.shape
     packed = weights.reshape(kh, kw, ci, co // block, block).transpose(3, 0, 1, 2, 4)
     return builder.call_te(
-        _packed_conv2d,
+        packed_conv2d,
         call.args[0],
         relax.const(np.ascontiguousarray(packed)),
         strides=[int(s) for s in attrs.strides],
@@ -145,7 +145,7 @@ def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
     )
 
 
-def _packed_conv2d(x: te.Tensor, w: te.Tensor, strides, padding, dilation) -> te.Tensor:
+def packed_conv2d(x: te.Tensor, w: te.Tensor, strides, padding, dilation) -> te.Tensor:
     """NHWC convolution with weights [out / block, kh, kw, in, block]."""
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
