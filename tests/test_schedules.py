@@ -288,3 +288,95 @@ def test_zero_padding_is_folded_into_the_next_convolution(groups):
     want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
     assert got.shape == want.shape == (1, 5, 6, 8)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_matrices_compute_a_3x3_correlation():
+    """F(4x4, 3x3): A^T [(G g G^T) * (B^T d B)] A is the valid 3x3 correlation of a 6x6 tile."""
+    from bridge.schedules.winograd import A_T, B_T, G
+
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    got = A_T @ ((G @ g @ G.T) * (B_T @ d @ B_T.T)) @ A_T.T
+    want = np.array([[np.sum(d[i : i + 3, j : j + 3] * g) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _conv_epilogue_module(shape, channels_out, padding, rng) -> tvm.IRModule:
+    """conv2d (3x3, stride 1) + bias + residual-style add of the input's first channels + relu."""
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "float32"))
+    w = rng.standard_normal((3, 3, shape[3], channels_out)).astype("float32") / 3
+    bias = relax.const(rng.standard_normal(channels_out).astype("float32"))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            y = builder.emit(
+                relax.op.nn.conv2d(
+                    x, relax.const(w), 1, padding, data_layout="NHWC", kernel_layout="HWIO"
+                )
+            )
+            y = builder.emit(relax.op.nn.relu(relax.op.add(y, bias)))
+            out = builder.emit_output(relax.op.multiply(y, y))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+@pytest.mark.parametrize(
+    "shape, channels_out, padding",
+    [
+        ((1, 14, 14, 32), 48, (1, 1, 1, 1)),  # 16 tiles over 16x16: the output is cropped
+        ((2, 13, 11, 16), 32, (0, 0, 0, 0)),  # valid padding, two images, partial tiles
+        ((1, 17, 15, 24), 40, (0, 2, 1, 1)),  # asymmetric padding, odd channel counts
+    ],
+)
+def test_winograd_convolution_equals_tvm_lowering(shape, channels_out, padding):
+    """3x3 stride-1 convolutions with enough tiles become Winograd's three kernels (epilogue
+    fused into the output transform); results equal TVM's own direct lowering."""
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+    from bridge.schedules.pipeline import fuse
+
+    rng = np.random.default_rng(1)
+    mod = _conv_epilogue_module(shape, channels_out, padding, rng)
+    target = bridge.targets.resolve("native").tvm_target()
+    names = [gv.name_hint for gv in fuse(mod, target).get_global_vars()]
+    assert {"winograd_input", "winograd_product"} <= set(names), names
+    assert any(n.startswith("fused_winograd_output") for n in names), names  # epilogue fused
+    assert not any("conv2d" in n for n in names), names
+    a = tvm.runtime.tensor(rng.standard_normal(shape).astype("float32"))
+    got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
+    with target:
+        reference = tvm.compile(mod, target=target)
+    want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides",
+    [
+        ((1, 7, 7, 64), (3, 3), 1),  # 4 tiles: too few to amortize the 4x larger weights
+        ((1, 16, 16, 8), (3, 3), 1),  # 8 input channels: the transforms would dominate
+        ((1, 33, 33, 32), (3, 3), 2),  # strided
+        ((1, 16, 16, 32), (5, 5), 1),  # not 3x3
+    ],
+)
+def test_winograd_only_where_it_pays(shape, kernel, strides):
+    from tvm import relax
+
+    from bridge.schedules.pipeline import fuse
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "float32"))
+    w = relax.const(np.ones((*kernel, shape[3], 32), "float32"))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            y = relax.op.nn.conv2d(x, w, strides, 1, data_layout="NHWC", kernel_layout="HWIO")
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    target = bridge.targets.resolve("native").tvm_target()
+    names = [gv.name_hint for gv in fuse(builder.get(), target).get_global_vars()]
+    assert not any("winograd" in n for n in names), names
+    assert any("conv2d" in n for n in names), names

@@ -27,6 +27,8 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
+from bridge.schedules import winograd
+
 DATA_PAR, COMM_REDUCE = 0, 2
 MAX_PIXEL_TILE = 8
 
@@ -112,8 +114,15 @@ class ChannelsLastKernels(CPUScheduleRule):
         if root is None:  # hand-written TIR without blocks (sort, scan): nothing to do
             return None
         blocks = sch.get_child_blocks(root)
-        reductions = [b for b in blocks if is_reduction(sch, b)]
         lanes = simd_lanes(target)
+        names = {sch.get(b).name_hint for b in blocks}
+        if "winograd_input" in names:
+            winograd.schedule_input(sch, lanes)
+            return sch
+        if "winograd_output" in names:
+            winograd.schedule_output(sch, lanes)
+            return sch
+        reductions = [b for b in blocks if is_reduction(sch, b)]
         if not reductions:
             return schedule_injective(sch, blocks, lanes)
         others = [sch.get(b).name_hint for b in blocks if not is_reduction(sch, b)]

@@ -22,6 +22,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
+from bridge.schedules import winograd
 from bridge.schedules.cpu import channel_block, simd_lanes
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -59,7 +60,6 @@ class _Prepack(relax.PyExprMutator):
         elif call.op.same_as(MATMUL):
             packed = _matmul(self.builder_, call, self.lanes)
         return call if packed is None else packed
-
 
     def _absorb_padding(self, call: relax.Call) -> relax.Call:
         """``conv2d(pad(x))`` with zero padding of the spatial axes (Keras' ZeroPadding2D
@@ -118,6 +118,10 @@ def _static_float32(expr: relax.Expr) -> bool:
     )
 
 
+def _shape(expr: relax.Expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape.values)
+
+
 def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.Expr | None:
     attrs = call.attrs
     weights = _float32_constant(call.args[1], 4)
@@ -130,6 +134,8 @@ def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
     ):
         return None
     block = channel_block(weights.shape[3], lanes)
+    if winograd.applies(weights, attrs, _shape(call.args[0])):
+        return winograd.rewrite(builder, call.args[0], weights, attrs, block)
     if weights.shape[3] == block:
         return None  # one tile spans every output channel: already contiguous
     kh, kw, ci, co = weights.shape

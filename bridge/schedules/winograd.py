@@ -1,0 +1,248 @@
+"""Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions with constant weights (CPU).
+
+A direct 3x3 convolution spends 9 multiply-adds per output pixel and input channel. Winograd's
+minimal filtering computes a 4x4 output tile from a 6x6 input tile with 36 products per input
+channel instead of 144 (4x fewer), at the price of two cheap linear transforms:
+
+* input transform (``winograd_input``): every 6x6 input tile ``d`` -> ``B^T d B``, giving
+  ``V[36, tiles, in]``;
+* product (``winograd_product``): 36 independent matrix products ``V[e] @ U[e]`` with the
+  weights transformed once at compile time, ``U = G g G^T``, packed like every other weight
+  (``[36, out / block, in, block]``) so the default register-tiled reduction schedule applies;
+* output transform (``winograd_output``): ``A^T M A`` per tile, written as NHWC; the
+  convolution's epilogue (bias, batch norm, activation, residual add) fuses into it.
+
+The transforms are written as explicit sums of the matrices' non-zero entries, chosen by the
+tile position (a branch per position); the schedules here unroll those positions so every
+branch is decided at compile time. ResNet-style networks spend about half their operations in
+such convolutions. It pays only when enough tiles share each transformed weight (the weights
+grow 4x): small feature maps (7x7 at batch 1) keep the direct kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, s_tir, te, tirx, topi
+
+TILE, TAPS = 4, 6  # output tile m and input tile m + r - 1 for r = 3
+MIN_TILES = 16  # tiles (batch x tile rows x tile columns) sharing each transformed weight
+MIN_CHANNELS = 16  # input channels: the transforms' cost is amortized over the product's
+OUT_EWISE_FUSABLE, OPAQUE = 4, 8  # TVM's OpPatternKind values
+
+# Lavin & Gray's F(4, 3) matrices (interpolation points 0, +-1, +-2, infinity).
+B_T = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+A_T = np.array(
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1],
+    ],
+    dtype=np.float64,
+)
+
+
+def applies(weights: np.ndarray, attrs, data_shape: tuple[int, ...]) -> bool:
+    """A 3x3, stride-1, undilated NHWC convolution with enough tiles and input channels."""
+    kh, kw, ci, _ = weights.shape
+    if (kh, kw) != (3, 3) or [int(s) for s in attrs.strides] != [1, 1]:
+        return False
+    if [int(d) for d in attrs.dilation] != [1, 1] or ci < MIN_CHANNELS:
+        return False
+    return _tile_count(data_shape, [int(p) for p in attrs.padding]) >= MIN_TILES
+
+
+def _out_size(data_shape, padding) -> tuple[int, int]:
+    top, left, bottom, right = padding
+    return data_shape[1] + top + bottom - 2, data_shape[2] + left + right - 2
+
+
+def _tile_count(data_shape, padding) -> int:
+    out_h, out_w = _out_size(data_shape, padding)
+    if out_h < 1 or out_w < 1:
+        return 0
+    return data_shape[0] * -(-out_h // TILE) * -(-out_w // TILE)
+
+
+def transform_weights(weights: np.ndarray, block: int) -> np.ndarray:
+    """HWIO 3x3 weights -> ``U`` as ``[36, out / block, in, block]`` (float32)."""
+    _, _, ci, co = weights.shape
+    u = np.einsum("ea,abio,fb->efio", G, weights.astype(np.float64), G)  # [6, 6, in, out]
+    u = u.reshape(TAPS * TAPS, ci, co // block, block).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(u, dtype=np.float32)
+
+
+def rewrite(builder: relax.BlockBuilder, data: relax.Expr, weights: np.ndarray, attrs, block: int):
+    """Emit the three Winograd kernels for ``conv2d(data, weights)``; the last one's call."""
+    shape = tuple(int(d) for d in data.ty.shape.values)
+    padding = [int(p) for p in attrs.padding]
+    out_h, out_w = _out_size(shape, padding)
+    tiles = (-(-out_h // TILE), -(-out_w // TILE))
+    v = builder.emit(
+        builder.call_te(
+            winograd_input,
+            data,
+            padding=padding,
+            tiles=tiles,
+            primfunc_name_hint="winograd_input",
+            primfunc_attrs={"op_pattern": OPAQUE},
+        )
+    )
+    m = builder.emit(
+        builder.call_te(
+            winograd_product,
+            v,
+            relax.const(transform_weights(weights, block)),
+            primfunc_name_hint="winograd_product",
+            primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
+        )
+    )
+    return builder.call_te(
+        winograd_output,
+        m,
+        batch=shape[0],
+        size=(out_h, out_w),
+        tiles=tiles,
+        primfunc_name_hint="winograd_output",
+        # Fusable with elementwise consumers (the epilogue), never into the next kernel.
+        primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
+    )
+
+
+def _terms(left: np.ndarray, right: np.ndarray, row: int, col: int) -> list[tuple[float, int, int]]:
+    """The non-zero coefficients of entry (row, col) of ``left @ X @ right^T``."""
+    return [
+        (float(left[row, a] * right[col, b]), a, b)
+        for a in range(left.shape[1])
+        for b in range(right.shape[1])
+        if left[row, a] * right[col, b] != 0.0
+    ]
+
+
+def _weighted_sum(terms, value) -> tirx.PrimExpr:
+    total = None
+    for coefficient, a, b in terms:
+        x = value(a, b)
+        term = x if coefficient == 1.0 else (-x if coefficient == -1.0 else x * coefficient)
+        total = term if total is None else total + term
+    return total
+
+
+def _select(index: tirx.PrimExpr, values: list[tirx.PrimExpr]) -> tirx.PrimExpr:
+    """``values[index]`` as a chain of branches (folded once ``index`` is unrolled)."""
+    expr = values[-1]
+    for position in range(len(values) - 2, -1, -1):
+        expr = tirx.if_then_else(index == position, values[position], expr)
+    return expr
+
+
+def winograd_input(x: te.Tensor, padding, tiles) -> te.Tensor:
+    """``V[e, tile, c]``: the input transform ``B^T d B`` of every 6x6 tile ``d``."""
+    n, h, w, c = (int(d) for d in x.shape)
+    top, left, _, _ = padding
+    rows, cols = tiles
+    bottom, right = TILE * rows + 2 - h - top, TILE * cols + 2 - w - left
+    xp = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], name="winograd_pad")
+    per_image = rows * cols
+    entries = [_terms(B_T, B_T, e // TAPS, e % TAPS) for e in range(TAPS * TAPS)]
+
+    def body(e, p, ch):
+        b, y, z = p // per_image, p % per_image // cols, p % cols
+        values = [
+            _weighted_sum(terms, lambda i, j: xp[b, y * TILE + i, z * TILE + j, ch])
+            for terms in entries
+        ]
+        return _select(e, values)
+
+    return te.compute((TAPS * TAPS, n * per_image, c), body, name="winograd_input")
+
+
+def winograd_product(v: te.Tensor, u: te.Tensor) -> te.Tensor:
+    """``M[e, tile, o] = sum_c V[e, tile, c] U[e, o, c]`` (U packed by output block)."""
+    taps, count, ci = (int(d) for d in v.shape)
+    _, groups, _, block = (int(d) for d in u.shape)
+    rc = te.reduce_axis((0, ci), "rc")
+    return te.compute(
+        (taps, count, groups * block),
+        lambda e, p, o: te.sum(v[e, p, rc] * u[e, o // block, rc, o % block], axis=rc),
+        name="winograd_product",
+    )
+
+
+def winograd_output(m: te.Tensor, batch: int, size, tiles) -> te.Tensor:
+    """The output transform ``A^T M A`` of every tile, cropped to the NHWC output."""
+    rows, cols = tiles
+    per_image = rows * cols
+    entries = [[_terms(A_T, A_T, i, j) for j in range(TILE)] for i in range(TILE)]
+
+    def body(b, y, z, o):
+        p = b * per_image + y // TILE * cols + z // TILE
+
+        def value(eps, nu):
+            return m[eps * TAPS + nu, p, o]
+
+        per_row = [_select(z % TILE, [_weighted_sum(t, value) for t in row]) for row in entries]
+        return _select(y % TILE, per_row)
+
+    return te.compute((batch, *size, int(m.shape[2])), body, name="winograd_output")
+
+
+def schedule_input(sch: s_tir.Schedule, lanes: int) -> None:
+    """Per tile (parallel), all 36 transform entries unrolled, channels vectorized; the padded
+    copy is written first by its own parallel loop."""
+    from bridge.schedules.cpu import _find, vectorize_block  # cpu.py dispatches here
+
+    block = sch.get_sblock("winograd_input")
+    e, p, c = sch.get_loops(block)
+    c_outer, c_inner = sch.split(c, [None, _vector_width(sch, c, lanes)])
+    sch.reorder(p, c_outer, e, c_inner)
+    sch.parallel(p)
+    sch.unroll(e)
+    sch.vectorize(c_inner)
+    pad = _find(sch, "winograd_pad")
+    if pad is not None:
+        vectorize_block(sch, pad, lanes)
+
+
+def schedule_output(sch: s_tir.Schedule, lanes: int) -> None:
+    """The epilogue inlined, then per tile (parallel) the 4x4 positions unrolled, output
+    channels vectorized."""
+    root = sch.get_sblock("root")
+    for block in sch.get_child_blocks(root)[:-1]:
+        sch.compute_inline(block)
+    block = sch.get_child_blocks(root)[-1]
+    b, y, z, o = sch.get_loops(block)
+    y_outer, y_inner = sch.split(y, [None, TILE])
+    z_outer, z_inner = sch.split(z, [None, TILE])
+    o_outer, o_inner = sch.split(o, [None, _vector_width(sch, o, lanes)])
+    sch.reorder(b, y_outer, z_outer, o_outer, y_inner, z_inner, o_inner)
+    sch.parallel(sch.fuse(b, y_outer, z_outer))
+    sch.unroll(y_inner)
+    sch.unroll(z_inner)
+    sch.vectorize(o_inner)
+
+
+def _vector_width(sch: s_tir.Schedule, loop, lanes: int) -> int:
+    extent = int(sch.get(loop).extent)
+    return next(w for w in (lanes, lanes // 2, lanes // 4, 1) if w and extent % w == 0)
