@@ -66,12 +66,19 @@ def test_x86_bundle_runs_without_python(tmp_path):
     assert "median" in bench.stdout
 
 
-@pytest.mark.parametrize("preset", ["rpi4", "aarch64"])
-def test_aarch64_bundle_runs_under_qemu(preset, tmp_path):
+@pytest.mark.parametrize(
+    "preset, model",
+    [
+        ("rpi4", "models/seq_cnn"),
+        ("aarch64", "models/seq_cnn"),
+        ("aarch64", "layers/conv2d_winograd"),  # Winograd kernels with NEON's 4 lanes
+    ],
+)
+def test_aarch64_bundle_runs_under_qemu(preset, model, tmp_path):
     needs_tools(resolve(preset), "qemu-aarch64")
     qemu = shutil.which("qemu-aarch64")
-    inputs, outputs = reference(MODELS / "seq_cnn.npz")
-    bridge.build(MODELS / "seq_cnn.keras", target=preset, batch_size=2).export(
+    inputs, outputs = reference(KERAS3 / f"{model}.npz")
+    bridge.build(KERAS3 / f"{model}.keras", target=preset, batch_size=len(inputs[0])).export(
         tmp_path / "bundle", bundle=True
     )
     got = run_bundle(tmp_path / "bundle", inputs, qemu, "-L", "/usr/aarch64-linux-gnu")
