@@ -290,15 +290,17 @@ def test_zero_padding_is_folded_into_the_next_convolution(groups):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_winograd_matrices_compute_a_3x3_correlation():
-    """F(4x4, 3x3): A^T [(G g G^T) * (B^T d B)] A is the valid 3x3 correlation of a 6x6 tile."""
-    from bridge.schedules.winograd import A_T, B_T, G
+@pytest.mark.parametrize("tile", [4, 2])
+def test_winograd_matrices_compute_a_3x3_correlation(tile):
+    """F(m x m, 3x3): A^T [(G g G^T) * (B^T d B)] A is the valid 3x3 correlation of a tile."""
+    from bridge.schedules.winograd import VARIANTS
 
+    v = VARIANTS[tile]
     rng = np.random.default_rng(0)
-    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
-    got = A_T @ ((G @ g @ G.T) * (B_T @ d @ B_T.T)) @ A_T.T
-    want = np.array([[np.sum(d[i : i + 3, j : j + 3] * g) for j in range(4)] for i in range(4)])
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    d, g = rng.standard_normal((tile + 2, tile + 2)), rng.standard_normal((3, 3))
+    got = v.a_t @ ((v.g @ g @ v.g.T) * (v.b_t @ d @ v.b_t.T)) @ v.a_t.T
+    want = [[np.sum(d[i : i + 3, j : j + 3] * g) for j in range(tile)] for i in range(tile)]
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-12, atol=1e-12)
 
 
 def _conv_epilogue_module(shape, channels_out, padding, rng) -> tvm.IRModule:
@@ -328,6 +330,8 @@ def _conv_epilogue_module(shape, channels_out, padding, rng) -> tvm.IRModule:
         ((1, 14, 14, 32), 48, (1, 1, 1, 1)),  # 16 tiles over 16x16: the output is cropped
         ((2, 13, 11, 16), 32, (0, 0, 0, 0)),  # valid padding, two images, partial tiles
         ((1, 17, 15, 24), 40, (0, 2, 1, 1)),  # asymmetric padding, odd channel counts
+        ((1, 7, 7, 64), 32, (1, 1, 1, 1)),  # F(2, 3): 16 tiles of 2x2 over 8x8, cropped
+        ((2, 8, 8, 16), 16, (0, 0, 0, 0)),  # F(2, 3), valid padding, 9 tiles per image
     ],
 )
 def test_winograd_convolution_equals_tvm_lowering(shape, channels_out, padding):
@@ -357,7 +361,7 @@ def test_winograd_convolution_equals_tvm_lowering(shape, channels_out, padding):
 @pytest.mark.parametrize(
     "shape, kernel, strides",
     [
-        ((1, 7, 7, 64), (3, 3), 1),  # 4 tiles: too few to amortize the 4x larger weights
+        ((1, 5, 5, 64), (3, 3), 1),  # 9 tiles of 2x2: too few to amortize larger weights
         ((1, 16, 16, 8), (3, 3), 1),  # 8 input channels: the transforms would dominate
         ((1, 33, 33, 32), (3, 3), 2),  # strided
         ((1, 16, 16, 32), (5, 5), 1),  # not 3x3
@@ -380,3 +384,23 @@ def test_winograd_only_where_it_pays(shape, kernel, strides):
     names = [gv.name_hint for gv in fuse(builder.get(), target).get_global_vars()]
     assert not any("winograd" in n for n in names), names
     assert any("conv2d" in n for n in names), names
+
+
+@pytest.mark.parametrize(
+    "shape, tile",
+    [
+        ((1, 56, 56, 64), 4),  # ResNet50's stages at 224x224, batch 1
+        ((1, 14, 14, 256), 4),
+        ((1, 7, 7, 512), 2),  # 4 tiles of 4x4, 16 of 2x2
+        ((8, 7, 7, 512), 4),  # batch 8: 32 tiles of 4x4
+        ((1, 5, 5, 64), None),
+    ],
+)
+def test_winograd_tile_follows_the_feature_map(shape, tile):
+    from types import SimpleNamespace
+
+    from bridge.schedules.winograd import choose
+
+    attrs = SimpleNamespace(strides=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1))
+    variant = choose(np.zeros((3, 3, shape[3], 64), "float32"), attrs, shape)
+    assert (variant.tile if variant else None) == tile

@@ -134,8 +134,9 @@ def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
     ):
         return None
     block = channel_block(weights.shape[3], lanes)
-    if winograd.applies(weights, attrs, _shape(call.args[0])):
-        return winograd.rewrite(builder, call.args[0], weights, attrs, block)
+    variant = winograd.choose(weights, attrs, _shape(call.args[0]))
+    if variant is not None:
+        return winograd.rewrite(builder, call.args[0], weights, attrs, block, variant)
     if weights.shape[3] == block:
         return None  # one tile spans every output channel: already contiguous
     kh, kw, ci, co = weights.shape

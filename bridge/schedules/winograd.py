@@ -1,76 +1,109 @@
-"""Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions with constant weights (CPU).
+"""Winograd convolutions F(4x4, 3x3) and F(2x2, 3x3) for 3x3 stride-1 convolutions with
+constant weights (CPU).
 
 A direct 3x3 convolution spends 9 multiply-adds per output pixel and input channel. Winograd's
-minimal filtering computes a 4x4 output tile from a 6x6 input tile with 36 products per input
-channel instead of 144 (4x fewer), at the price of two cheap linear transforms:
+minimal filtering computes an ``m x m`` output tile from an ``(m + 2) x (m + 2)`` input tile
+with ``(m + 2)^2`` products per input channel instead of ``9 m^2`` (F(4, 3): 36 instead of 144),
+at the price of two cheap linear transforms:
 
-* input transform (``winograd_input``): every 6x6 input tile ``d`` -> ``B^T d B``, giving
-  ``V[36, tiles, in]``;
-* product (``winograd_product``): 36 independent matrix products ``V[e] @ U[e]`` with the
-  weights transformed once at compile time, ``U = G g G^T``, packed like every other weight
-  (``[36, out / block, in, block]``) so the default register-tiled reduction schedule applies;
+* input transform (``winograd_input``): every input tile ``d`` -> ``B^T d B``, giving
+  ``V[(m + 2)^2, tiles, in]``;
+* product (``winograd_product``): ``(m + 2)^2`` independent matrix products ``V[e] @ U[e]`` with
+  the weights transformed once at compile time, ``U = G g G^T``, packed like every other
+  weight (``[(m + 2)^2, out / block, in, block]``) so the default register-tiled reduction
+  schedule applies;
 * output transform (``winograd_output``): ``A^T M A`` per tile, written as NHWC; the
   convolution's epilogue (bias, batch norm, activation, residual add) fuses into it.
 
 The transforms are written as explicit sums of the matrices' non-zero entries, chosen by the
 tile position (a branch per position); the schedules here unroll those positions so every
 branch is decided at compile time. ResNet-style networks spend about half their operations in
-such convolutions. It pays only when enough tiles share each transformed weight (the weights
-grow 4x): small feature maps (7x7 at batch 1) keep the direct kernel.
+such convolutions. Transformed weights are larger (F(4, 3): 4x, F(2, 3): 1.8x) and are read
+once per tile row of products, so a variant is used only where at least ``MIN_TILES`` tiles
+share them: F(4, 3) on larger feature maps, F(2, 3) on small ones (ResNet50's 7x7 stage at
+batch 1), the direct kernel below that.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 from tvm import relax, s_tir, te, tirx, topi
 
-TILE, TAPS = 4, 6  # output tile m and input tile m + r - 1 for r = 3
 MIN_TILES = 16  # tiles (batch x tile rows x tile columns) sharing each transformed weight
 MIN_CHANNELS = 16  # input channels: the transforms' cost is amortized over the product's
 OUT_EWISE_FUSABLE, OPAQUE = 4, 8  # TVM's OpPatternKind values
 
-# Lavin & Gray's F(4, 3) matrices (interpolation points 0, +-1, +-2, infinity).
-B_T = np.array(
-    [
-        [4, 0, -5, 0, 1, 0],
-        [0, -4, -4, 1, 1, 0],
-        [0, 4, -4, -1, 1, 0],
-        [0, -2, -1, 2, 1, 0],
-        [0, 2, -1, -2, 1, 0],
-        [0, 4, 0, -5, 0, 1],
-    ],
-    dtype=np.float64,
-)
-G = np.array(
-    [
-        [1 / 4, 0, 0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
-        [0, 0, 1],
-    ],
-    dtype=np.float64,
-)
-A_T = np.array(
-    [
-        [1, 1, 1, 1, 1, 0],
-        [0, 1, -1, 2, -2, 0],
-        [0, 1, 1, 4, 4, 0],
-        [0, 1, -1, 8, -8, 1],
-    ],
-    dtype=np.float64,
-)
+
+@dataclass(frozen=True)
+class Variant:
+    """F(m x m, 3x3): output tile ``m``, input tile ``m + 2``; ``B^T``, ``G``, ``A^T``."""
+
+    tile: int
+    b_t: np.ndarray
+    g: np.ndarray
+    a_t: np.ndarray
+
+    @property
+    def taps(self) -> int:
+        return self.tile + 2
 
 
-def applies(weights: np.ndarray, attrs, data_shape: tuple[int, ...]) -> bool:
-    """A 3x3, stride-1, undilated NHWC convolution with enough tiles and input channels."""
+# Lavin & Gray's matrices. F(4, 3) (points 0, +-1, +-2, infinity): 4x fewer products, weights
+# 4x larger. F(2, 3) (0, +-1, infinity): 2.25x fewer, weights 1.8x larger, for small maps.
+F4 = Variant(
+    4,
+    np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        dtype=np.float64,
+    ),
+    np.array(
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
+        dtype=np.float64,
+    ),
+    np.array(
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+        dtype=np.float64,
+    ),
+)
+F2 = Variant(
+    2,
+    np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
+    np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64),
+    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64),
+)
+VARIANTS = {v.tile: v for v in (F4, F2)}
+
+
+def choose(weights: np.ndarray, attrs, data_shape: tuple[int, ...]) -> Variant | None:
+    """For a 3x3, stride-1, undilated convolution with enough input channels: the largest
+    output tile that still gives ``MIN_TILES`` tiles; None when no variant pays."""
     kh, kw, ci, _ = weights.shape
     if (kh, kw) != (3, 3) or [int(s) for s in attrs.strides] != [1, 1]:
-        return False
+        return None
     if [int(d) for d in attrs.dilation] != [1, 1] or ci < MIN_CHANNELS:
-        return False
-    return _tile_count(data_shape, [int(p) for p in attrs.padding]) >= MIN_TILES
+        return None
+    padding = [int(p) for p in attrs.padding]
+    for variant in (F4, F2):
+        if _tile_count(data_shape, padding, variant.tile) >= MIN_TILES:
+            return variant
+    return None
 
 
 def _out_size(data_shape, padding) -> tuple[int, int]:
@@ -78,52 +111,63 @@ def _out_size(data_shape, padding) -> tuple[int, int]:
     return data_shape[1] + top + bottom - 2, data_shape[2] + left + right - 2
 
 
-def _tile_count(data_shape, padding) -> int:
+def _tile_count(data_shape, padding, tile: int) -> int:
     out_h, out_w = _out_size(data_shape, padding)
     if out_h < 1 or out_w < 1:
         return 0
-    return data_shape[0] * -(-out_h // TILE) * -(-out_w // TILE)
+    return data_shape[0] * -(-out_h // tile) * -(-out_w // tile)
 
 
-def transform_weights(weights: np.ndarray, block: int) -> np.ndarray:
-    """HWIO 3x3 weights -> ``U`` as ``[36, out / block, in, block]`` (float32)."""
+def transform_weights(weights: np.ndarray, block: int, variant: Variant = F4) -> np.ndarray:
+    """HWIO 3x3 weights -> ``U`` as ``[taps^2, out / block, in, block]`` (float32)."""
     _, _, ci, co = weights.shape
-    u = np.einsum("ea,abio,fb->efio", G, weights.astype(np.float64), G)  # [6, 6, in, out]
-    u = u.reshape(TAPS * TAPS, ci, co // block, block).transpose(0, 2, 1, 3)
+    g = variant.g
+    u = np.einsum("ea,abio,fb->efio", g, weights.astype(np.float64), g)  # [taps, taps, in, out]
+    u = u.reshape(variant.taps**2, ci, co // block, block).transpose(0, 2, 1, 3)
     return np.ascontiguousarray(u, dtype=np.float32)
 
 
-def rewrite(builder: relax.BlockBuilder, data: relax.Expr, weights: np.ndarray, attrs, block: int):
+def rewrite(
+    builder: relax.BlockBuilder,
+    data: relax.Expr,
+    weights: np.ndarray,
+    attrs,
+    block: int,
+    variant: Variant,
+):
     """Emit the three Winograd kernels for ``conv2d(data, weights)``; the last one's call."""
     shape = tuple(int(d) for d in data.ty.shape.values)
     padding = [int(p) for p in attrs.padding]
     out_h, out_w = _out_size(shape, padding)
-    tiles = (-(-out_h // TILE), -(-out_w // TILE))
+    m = variant.tile
+    tiles = (-(-out_h // m), -(-out_w // m))
     v = builder.emit(
         builder.call_te(
             winograd_input,
             data,
             padding=padding,
             tiles=tiles,
+            tile=m,
             primfunc_name_hint="winograd_input",
             primfunc_attrs={"op_pattern": OPAQUE},
         )
     )
-    m = builder.emit(
+    product = builder.emit(
         builder.call_te(
             winograd_product,
             v,
-            relax.const(transform_weights(weights, block)),
+            relax.const(transform_weights(weights, block, variant)),
             primfunc_name_hint="winograd_product",
             primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
         )
     )
     return builder.call_te(
         winograd_output,
-        m,
+        product,
         batch=shape[0],
         size=(out_h, out_w),
         tiles=tiles,
+        tile=m,
         primfunc_name_hint="winograd_output",
         # Fusable with elementwise consumers (the epilogue), never into the next kernel.
         primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
@@ -157,25 +201,27 @@ def _select(index: tirx.PrimExpr, values: list[tirx.PrimExpr]) -> tirx.PrimExpr:
     return expr
 
 
-def winograd_input(x: te.Tensor, padding, tiles) -> te.Tensor:
-    """``V[e, tile, c]``: the input transform ``B^T d B`` of every 6x6 tile ``d``."""
+def winograd_input(x: te.Tensor, padding, tiles, tile: int) -> te.Tensor:
+    """``V[e, tile, c]``: the input transform ``B^T d B`` of every input tile ``d``."""
+    variant, taps = VARIANTS[tile], tile + 2
     n, h, w, c = (int(d) for d in x.shape)
     top, left, _, _ = padding
     rows, cols = tiles
-    bottom, right = TILE * rows + 2 - h - top, TILE * cols + 2 - w - left
+    bottom, right = tile * rows + 2 - h - top, tile * cols + 2 - w - left
     xp = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], name="winograd_pad")
     per_image = rows * cols
-    entries = [_terms(B_T, B_T, e // TAPS, e % TAPS) for e in range(TAPS * TAPS)]
+    b_t = variant.b_t
+    entries = [_terms(b_t, b_t, e // taps, e % taps) for e in range(taps * taps)]
 
     def body(e, p, ch):
         b, y, z = p // per_image, p % per_image // cols, p % cols
         values = [
-            _weighted_sum(terms, lambda i, j: xp[b, y * TILE + i, z * TILE + j, ch])
+            _weighted_sum(terms, lambda i, j: xp[b, y * tile + i, z * tile + j, ch])
             for terms in entries
         ]
         return _select(e, values)
 
-    return te.compute((TAPS * TAPS, n * per_image, c), body, name="winograd_input")
+    return te.compute((taps * taps, n * per_image, c), body, name="winograd_input")
 
 
 def winograd_product(v: te.Tensor, u: te.Tensor) -> te.Tensor:
@@ -190,20 +236,21 @@ def winograd_product(v: te.Tensor, u: te.Tensor) -> te.Tensor:
     )
 
 
-def winograd_output(m: te.Tensor, batch: int, size, tiles) -> te.Tensor:
+def winograd_output(m: te.Tensor, batch: int, size, tiles, tile: int) -> te.Tensor:
     """The output transform ``A^T M A`` of every tile, cropped to the NHWC output."""
+    a_t, taps = VARIANTS[tile].a_t, tile + 2
     rows, cols = tiles
     per_image = rows * cols
-    entries = [[_terms(A_T, A_T, i, j) for j in range(TILE)] for i in range(TILE)]
+    entries = [[_terms(a_t, a_t, i, j) for j in range(tile)] for i in range(tile)]
 
     def body(b, y, z, o):
-        p = b * per_image + y // TILE * cols + z // TILE
+        p = b * per_image + y // tile * cols + z // tile
 
         def value(eps, nu):
-            return m[eps * TAPS + nu, p, o]
+            return m[eps * taps + nu, p, o]
 
-        per_row = [_select(z % TILE, [_weighted_sum(t, value) for t in row]) for row in entries]
-        return _select(y % TILE, per_row)
+        per_row = [_select(z % tile, [_weighted_sum(t, value) for t in row]) for row in entries]
+        return _select(y % tile, per_row)
 
     return te.compute((batch, *size, int(m.shape[2])), body, name="winograd_output")
 
@@ -228,13 +275,15 @@ def schedule_input(sch: s_tir.Schedule, lanes: int) -> None:
 def schedule_output(sch: s_tir.Schedule, lanes: int) -> None:
     """The epilogue inlined, then per tile (parallel) the 4x4 positions unrolled, output
     channels vectorized."""
+    reads = sch.get(sch.get_sblock("winograd_output")).reads
+    taps = math.isqrt(int(reads[0].source.shape[0]))
     root = sch.get_sblock("root")
     for block in sch.get_child_blocks(root)[:-1]:
         sch.compute_inline(block)
     block = sch.get_child_blocks(root)[-1]
     b, y, z, o = sch.get_loops(block)
-    y_outer, y_inner = sch.split(y, [None, TILE])
-    z_outer, z_inner = sch.split(z, [None, TILE])
+    y_outer, y_inner = sch.split(y, [None, taps - 2])
+    z_outer, z_inner = sch.split(z, [None, taps - 2])
     o_outer, o_inner = sch.split(o, [None, _vector_width(sch, o, lanes)])
     sch.reorder(b, y_outer, z_outer, o_outer, y_inner, z_inner, o_inner)
     sch.parallel(sch.fuse(b, y_outer, z_outer))
