@@ -1,6 +1,6 @@
 """Build time and artifact size per target preset, for one model (default: the digits CNN).
 
-    python scripts/measure_targets.py [MODEL] [--bundle]
+python scripts/measure_targets.py [MODEL] [--bundle]
 """
 
 from __future__ import annotations

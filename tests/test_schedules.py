@@ -227,10 +227,10 @@ def test_prepacked_weights_give_the_same_results(strides, padding, dilation):
     from bridge.compile import compile_module
     from bridge.schedules.pipeline import fuse
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # 12 input channels: too few for Winograd
     builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType([1, 9, 9, 24], "float32"))
-    w = relax.const(rng.standard_normal((3, 3, 24, 96)).astype("float32"))
+    x = relax.Var("x", relax.TensorType([1, 9, 9, 12], "float32"))
+    w = relax.const(rng.standard_normal((3, 3, 12, 96)).astype("float32"))
     dense = relax.const(rng.standard_normal((96, 64)).astype("float32"))
     with builder.function("main", [x], attrs={"num_input": 1}):
         with builder.dataflow():
@@ -247,7 +247,7 @@ def test_prepacked_weights_give_the_same_results(strides, padding, dilation):
     names = [gv.name_hint for gv in fuse(mod, target).get_global_vars()]
     assert any("conv2d_nhwc_packed" in n for n in names), names
     assert any("matmul_packed" in n for n in names), names
-    a = tvm.runtime.tensor(rng.standard_normal((1, 9, 9, 24)).astype("float32"))
+    a = tvm.runtime.tensor(rng.standard_normal((1, 9, 9, 12)).astype("float32"))
     got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
     with target:
         reference = tvm.compile(mod, target=target)  # TVM's pipeline: unpacked, unscheduled
