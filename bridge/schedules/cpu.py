@@ -15,7 +15,10 @@ shape of a fast channels_last CPU kernel:
 * an injective kernel (elementwise chains, padding, concatenation, reshapes): intermediate
   stages inlined, loops fused, split by the SIMD width, vectorized and parallelized;
 * a row kernel (softmax's and layer norm's steps, reductions over the last axis): each row
-  computed whole under one parallel loop, reductions accumulated in vector partial results.
+  computed whole under one parallel loop, reductions accumulated in vector partial results;
+* Winograd's input and output transforms (:mod:`bridge.schedules.winograd`): one tile per
+  parallel iteration, its positions unrolled, channels vectorized (its product is a reduction
+  kernel like any other).
 
 Kernels these rules do not recognize are left to TVM's dlight CPU rules.
 """
