@@ -255,10 +255,16 @@ def winograd_output(m: te.Tensor, batch: int, size, tiles, tile: int) -> te.Tens
     return te.compute((batch, *size, int(m.shape[2])), body, name="winograd_output")
 
 
+def _vector_width(sch: s_tir.Schedule, loop, lanes: int) -> int:
+    from bridge.schedules.cpu import _vector_divisor  # cpu.py dispatches here: imported late
+
+    return _vector_divisor(int(sch.get(loop).extent), lanes) or 1
+
+
 def schedule_input(sch: s_tir.Schedule, lanes: int) -> None:
-    """Per tile (parallel), all 36 transform entries unrolled, channels vectorized; the padded
+    """Per tile (parallel), all transform entries unrolled, channels vectorized; the padded
     copy is written first by its own parallel loop."""
-    from bridge.schedules.cpu import _find, vectorize_block  # cpu.py dispatches here
+    from bridge.schedules.cpu import _find, vectorize_block
 
     block = sch.get_sblock("winograd_input")
     e, p, c = sch.get_loops(block)
@@ -290,8 +296,3 @@ def schedule_output(sch: s_tir.Schedule, lanes: int) -> None:
     sch.unroll(y_inner)
     sch.unroll(z_inner)
     sch.vectorize(o_inner)
-
-
-def _vector_width(sch: s_tir.Schedule, loop, lanes: int) -> int:
-    extent = int(sch.get(loop).extent)
-    return next(w for w in (lanes, lanes // 2, lanes // 4, 1) if w and extent % w == 0)
