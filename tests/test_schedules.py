@@ -360,6 +360,35 @@ def test_winograd_convolution_equals_tvm_lowering(shape, channels_out, padding):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("stage", ["input", "output"])
+def test_winograd_rule_refusing_falls_back_to_generic_schedule(stage, monkeypatch):
+    """Should a Winograd transform rule refuse a kernel, the build still succeeds (generic
+    injective schedule) with the same results."""
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+    from bridge.schedules import winograd
+
+    calls = []
+
+    def refuse(sch, lanes):
+        calls.append(stage)
+        raise ValueError("unexpected kernel")
+
+    monkeypatch.setattr(winograd, f"schedule_{stage}", refuse)
+    rng = np.random.default_rng(2)
+    shape = (1, 14, 14, 16)
+    mod = _conv_epilogue_module(shape, 32, (1, 1, 1, 1), rng)
+    target = bridge.targets.resolve("native").tvm_target()
+    a = tvm.runtime.tensor(rng.standard_normal(shape).astype("float32"))
+    got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
+    assert calls == [stage]
+    with target:
+        reference = tvm.compile(mod, target=target)
+    want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize(
     "shape, kernel, strides",
     [

@@ -119,12 +119,9 @@ class ChannelsLastKernels(CPUScheduleRule):
         blocks = sch.get_child_blocks(root)
         lanes = simd_lanes(target)
         names = {sch.get(b).name_hint for b in blocks}
-        if "winograd_input" in names:
-            winograd.schedule_input(sch, lanes)
-            return sch
-        if "winograd_output" in names:
-            winograd.schedule_output(sch, lanes)
-            return sch
+        for stage in ("input", "output"):
+            if f"winograd_{stage}" in names:
+                return schedule_winograd(func, sch, stage, lanes)
         reductions = [b for b in blocks if is_reduction(sch, b)]
         if not reductions:
             return schedule_injective(sch, blocks, lanes)
@@ -136,6 +133,16 @@ class ChannelsLastKernels(CPUScheduleRule):
                     vectorize_block(sch, block, lanes)
             return sch
         return schedule_rows(s_tir.Schedule(func), lanes)
+
+
+def schedule_winograd(func: tirx.PrimFunc, sch: s_tir.Schedule, stage: str, lanes: int):
+    """A Winograd transform kernel (``stage``: input or output) by its rule in
+    :mod:`bridge.schedules.winograd`; should that rule refuse (a fused shape it does not
+    expect), the generic injective schedule: never a failed build."""
+    if _try(getattr(winograd, f"schedule_{stage}"), sch, lanes):
+        return sch
+    sch = s_tir.Schedule(func)
+    return schedule_injective(sch, sch.get_child_blocks(sch.get_sblock("root")), lanes)
 
 
 def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedule:
