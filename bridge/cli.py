@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, InputError
 
 console = Console()
 err_console = Console(stderr=True)
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def _shape(shape) -> str:
@@ -36,7 +39,7 @@ def _io_table(model) -> Table:
         table.add_column(column)
     for kind, infos in (("input", model.inputs), ("output", model.outputs)):
         for info in infos:
-            table.add_row(kind, info.name, _shape(info.shape), info.dtype)
+            table.add_row(kind, escape(info.name), _shape(info.shape), info.dtype)
     return table
 
 
@@ -58,7 +61,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             outputs=outputs,
             separate_params=args.separate_params,
             tuning_db=args.tuning_db,
-            progress=lambda stage: bar.update(task, description=stage),
+            progress=lambda stage: bar.update(task, description=escape(stage)),
             custom_layers=args.custom_layers,
         )
         bar.update(task, description="bundling" if args.bundle else "exporting")
@@ -71,15 +74,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     console.print(_io_table(model))
     meta = model.metadata
     console.print(
-        f"model       {meta['model']} ({_origin(meta['model_type'], meta['keras_version'])}), "
+        f"model       {escape(meta['model'])} "
+        f"({_origin(meta['model_type'], meta['keras_version'])}), "
         f"{meta['layers']} {'operators' if meta['model_type'] == 'tflite' else 'layers'}"
     )
-    console.print(f"target      {meta['target_name']} ({meta['arch']}, {meta['device']})")
+    console.print(f"target      {escape(meta['target_name'])} ({meta['arch']}, {meta['device']})")
     console.print(f"build time  {build_seconds:.1f} s")
-    console.print(f"artifact    {library} ({_size(library.stat().st_size)})")
+    console.print(f"artifact    {escape(str(library))} ({_size(library.stat().st_size)})")
     if args.bundle:
         total = sum(p.stat().st_size for p in library.parent.iterdir() if p.is_file())
-        console.print(f"bundle      {library.parent}/ ({_size(total)}): ./run in0.npy --out DIR")
+        console.print(
+            f"bundle      {escape(str(library.parent))}/ ({_size(total)}): ./run in0.npy --out DIR"
+        )
     return 0
 
 
@@ -107,7 +113,14 @@ def _print_tuning(report) -> None:
     for k in sorted(report.kernels, key=lambda k: -k.weight * k.default_ms):
         speedup = f"{k.speedup:.2f}x" if k.best_ms < k.default_ms else "default kept"
         speedup = speedup if k.trials else "not reached"
-        row = (k.name, k.weight, f"{k.default_ms:.4f}", f"{k.best_ms:.4f}", speedup, k.trials)
+        row = (
+            escape(k.name),
+            k.weight,
+            f"{k.default_ms:.4f}",
+            f"{k.best_ms:.4f}",
+            speedup,
+            k.trials,
+        )
         table.add_row(*map(str, row), str(k.wrong))
     if report.kernels:
         console.print(table)
@@ -119,7 +132,7 @@ def _print_tuning(report) -> None:
     if report.kernels:
         before, after = report.estimate_ms(False), report.estimate_ms(True)
         console.print(f"kernels     {before:.2f} ms -> {after:.2f} ms (summed, per call)")
-    console.print(f"database    {report.database}")
+    console.print(f"database    {escape(str(report.database))}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -138,7 +151,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     for column in ("preset", "arch", "device", "description"):
         table.add_column(column)
     for name, spec in presets().items():
-        table.add_row(name, spec.arch, spec.device, spec.description)
+        table.add_row(escape(name), spec.arch, spec.device, escape(spec.description))
     console.print(table)
     console.print(
         "'llvm' = native (this CPU); 'cuda' = cuda-sm80. TVM tags and target dicts (JSON) work too."
@@ -184,14 +197,14 @@ def cmd_layers(args: argparse.Namespace) -> int:
         table.add_column(column)
     families, notes = support_table(), family_notes()
     for family, classes in families.items():
-        table.add_row(family, ", ".join(classes), notes[family])
+        table.add_row(escape(family), escape(", ".join(classes)), escape(notes[family]))
     console.print(table)
     console.print(f"{sum(map(len, families.values()))} classes in {len(families)} families")
     unsupported = Table(title="Deliberately unsupported", show_edge=False)
     unsupported.add_column("Keras class", no_wrap=True)
     unsupported.add_column("why")
     for name, reason in UNSUPPORTED.items():
-        unsupported.add_row(name, reason)
+        unsupported.add_row(escape(name), escape(reason))
     console.print(unsupported)
     return 0
 
@@ -229,8 +242,8 @@ def _custom_layers(spec: str) -> dict:
             sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(source)
         table = getattr(module, attribute)
-    except (ImportError, OSError, AttributeError, SyntaxError) as exc:
-        raise argparse.ArgumentTypeError(f"cannot load {spec!r}: {exc}") from exc
+    except Exception as exc:  # the user's own module: any failure is reported in one line
+        raise argparse.ArgumentTypeError(f"cannot load {spec!r}: {_one_line(exc)}") from exc
     if not isinstance(table, dict):
         raise argparse.ArgumentTypeError(f"{spec!r} is a {type(table).__name__}, not a dict")
     return table
@@ -241,16 +254,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     report = inspect(args.model, args.weights, custom_layers=args.custom_layers)
     if report.kind == "tflite":
-        console.print(f"{report.name}: TFLite model")
+        console.print(f"{escape(report.name)}: TFLite model")
     else:
-        console.print(f"{report.name}: {report.kind} model, Keras {report.keras_version or '?'}")
+        console.print(
+            f"{escape(report.name)}: {report.kind} model, Keras {report.keras_version or '?'}"
+        )
     table = Table(show_edge=False)
     for column in ("layer", "class", "output shape", "params", "status"):
         table.add_column(column, overflow="fold")
     for row in report.layers:
         shapes = ", ".join(_shape(s) for s in row.output_shapes) if row.output_shapes else "-"
-        status = "[green]ok[/]" if row.status == "ok" else f"[red]{row.status}[/]"
-        table.add_row(row.path, row.class_name, shapes, f"{row.params:,}", status)
+        status = "[green]ok[/]" if row.status == "ok" else f"[red]{escape(row.status)}[/]"
+        table.add_row(escape(row.path), escape(row.class_name), shapes, f"{row.params:,}", status)
     console.print(table)
     total = sum(r.params for r in report.layers)
     bad = [r for r in report.layers if r.status != "ok"]
@@ -261,32 +276,70 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if not bad else 1
 
 
+def _load_npy(file: str) -> np.ndarray:
+    """One ``--input`` array: a .npy file, never unpickled."""
+    path = Path(file)
+    if not path.is_file():
+        raise InputError(f"{file}: {'is a folder' if path.is_dir() else 'no such file'}")
+    with path.open("rb") as handle:
+        if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise InputError(f"{file}: not a .npy array file (save it with numpy.save)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise InputError(f"{file}: holds Python objects, not a numeric array") from exc
+        raise InputError(f"{file}: not a readable .npy array file ({_one_line(exc)})") from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{file}: not a readable .npy array file ({_one_line(exc)})") from exc
+
+
 def _parse_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
-    arrays = {}
+    """``--input`` values (``file.npy`` or ``NAME=file.npy``) -> arrays by input name."""
+    arrays: dict[str, np.ndarray] = {}
+    files: dict[str, str] = {}
     for index, spec in enumerate(specs):
         name, _, file = spec.rpartition("=")
-        name = name or (names[index] if index < len(names) else f"input_{index}")
-        arrays[name] = np.load(file)
+        if not name and index >= len(names):
+            raise InputError(
+                f"{file}: {len(specs)} inputs given, the model takes {len(names)} "
+                f"({', '.join(names)})"
+            )
+        name = name or names[index]
+        if name in files:
+            twice = "the same file given twice" if files[name] == file else f"also {files[name]}"
+            raise InputError(f"{file}: input {name!r} given twice ({twice})")
+        files[name] = file
+        arrays[name] = _load_npy(file)
     return arrays
+
+
+def _out_dir(text: str) -> Path:
+    """``--out``: a folder (made if missing), refused before running when it is a file."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{text}: --out exists and is not a folder")
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import bridge
 
+    out_dir = _out_dir(args.out) if args.out else None
     model = bridge.load(args.artifact)
     inputs = _parse_inputs(args.input, [i.name for i in model.inputs])
     result = model(inputs)
     outputs = result if isinstance(result, list) else [result]
-    if args.out:
-        out_dir = Path(args.out)
+    if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for index, (info, value) in enumerate(zip(model.outputs, outputs)):
-            np.save(out_dir / f"output{index}.npy", value)
-            console.print(f"{info.name}: {_shape(value.shape)} -> {out_dir / f'output{index}.npy'}")
+            file = out_dir / f"output{index}.npy"
+            np.save(file, value)
+            console.print(f"{escape(info.name)}: {_shape(value.shape)} -> {escape(str(file))}")
         return 0
     for info, value in zip(model.outputs, outputs):
-        console.print(f"[bold]{info.name}[/] {_shape(value.shape)} {value.dtype}")
-        console.print(np.array2string(value, threshold=200, precision=6))
+        console.print(f"[bold]{escape(info.name)}[/] {_shape(value.shape)} {value.dtype}")
+        console.print(escape(np.array2string(value, threshold=200, precision=6)))
     return 0
 
 
@@ -308,11 +361,33 @@ CUSTOM_LAYERS_OPTION = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``bridge run: error: ...``, exit 2."""
+
+    def error(self, message: str):
+        _print_error(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def version() -> str:
+    """``bridge --version``: bridge's and TVM's versions (read without importing TVM)."""
+    import importlib.metadata
+
+    try:
+        tvm = importlib.metadata.version("apache-tvm")
+    except importlib.metadata.PackageNotFoundError:
+        tvm = "not installed"
+    from bridge import __version__
+
+    return f"bridge {__version__} (Apache TVM {tvm})"
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="bridge",
         description="Keras models to native libraries through Apache TVM, without TensorFlow.",
     )
+    top.add_argument("--version", action="version", version=version())
     sub = top.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="compile a model and export a library")
@@ -382,17 +457,51 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="an input .npy, optionally NAME=file.npy; repeat for several inputs",
     )
-    run.add_argument("--out", help="folder to write output0.npy, output1.npy, ... to")
+    run.add_argument(
+        "--out", help="folder to write output0.npy, output1.npy, ... to (default: print them)"
+    )
     run.set_defaults(func=cmd_run)
     return top
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _print_error(message: str) -> None:
+    """``error: message`` on stderr, markup escaped and never wrapped."""
+    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _os_error(exc: OSError) -> str:
+    """``path: reason`` for a file system error."""
+    reason = exc.strerror or _one_line(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run one command; every failure is one ``error:`` line on stderr and exit code 2
+    (130 when interrupted). ``BRIDGE_TRACEBACK=1`` shows the traceback of unexpected ones."""
     try:
+        args = parser().parse_args(argv)
         return args.func(args)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return 130
     except BridgeError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        _print_error(str(exc))  # problem lists keep their one line per layer
+        return 2
+    except OSError as exc:
+        _print_error(_os_error(exc))
+        return 2
+    except Exception as exc:
+        if os.environ.get("BRIDGE_TRACEBACK") == "1":
+            raise
+        _print_error(f"{type(exc).__name__}: {_one_line(exc)} (BRIDGE_TRACEBACK=1 shows where)")
         return 2
 
 

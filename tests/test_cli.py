@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 
 from bridge.cli import main
 from tests.conftest import KERAS3, reference
@@ -88,3 +92,155 @@ def test_layers_markdown_is_readmes_table(capsys):
 
     assert main(["layers", "--markdown"]) == 0
     assert capsys.readouterr().out == layers_markdown()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """seq_cnn exported once for the ``run`` error paths."""
+    import bridge
+
+    return bridge.build(MODELS / "seq_cnn.keras").export(
+        tmp_path_factory.mktemp("lib") / "seq_cnn.so"
+    )
+
+
+def one_error_line(capsys, *needles: str) -> str:
+    """The command printed exactly one stderr line, an ``error:`` naming ``needles``."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_run_missing_input_file(library, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "x.npy"
+    assert main(["run", str(library), "-i", str(missing)]) == 2
+    one_error_line(capsys, str(missing), "no such file")
+
+
+def test_run_refuses_non_npy_without_pickle_advice(library, tmp_path, capsys):
+    text = tmp_path / "x.txt"
+    text.write_text("1 2 3\n")
+    pickled = tmp_path / "obj.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.zeros(3))
+    for file, words in (
+        (text, "not a .npy array file"),
+        (npz, "not a .npy array file"),
+        (pickled, "Python objects"),
+    ):
+        assert main(["run", str(library), "-i", str(file)]) == 2
+        line = one_error_line(capsys, str(file), words)
+        assert "pickle" not in line
+
+
+def test_run_out_is_a_file(library, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((1, 28, 28, 1), np.float32))
+    (tmp_path / "taken").write_text("")
+    argv = ["run", str(library), "-i", str(tmp_path / "x.npy"), "--out", str(tmp_path / "taken")]
+    assert main(argv) == 2
+    one_error_line(capsys, str(tmp_path / "taken"), "not a folder")
+
+
+def test_run_same_input_twice(library, tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 28, 28, 1), np.float32))
+    assert main(["run", str(library), "-i", str(x), "-i", str(x)]) == 2
+    one_error_line(capsys, str(x), "given")
+    name = bridge_input_name(library)
+    assert main(["run", str(library), "-i", f"{name}={x}", "-i", f"{name}={x}"]) == 2
+    one_error_line(capsys, str(x), f"{name!r} given twice")
+
+
+def bridge_input_name(library) -> str:
+    import bridge
+
+    return bridge.load(library).inputs[0].name
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build"],
+        ["build", "m.keras", "--batch-size", "0"],
+        ["run", "x.so"],
+        ["frobnicate"],
+        ["inspect", "m.keras", "--custom-layers", "nomodule_here_xyz:TABLE"],
+    ],
+)
+def test_usage_errors_are_one_line(argv, capsys):
+    assert main(argv) == 2
+    one_error_line(capsys, "bridge")
+
+
+def test_every_subcommand_reports_missing_files_in_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "missing.keras")
+    for argv in (
+        ["build", missing],
+        ["tune", missing, "--budget", "1"],
+        ["inspect", missing],
+        ["run", str(tmp_path / "missing.so"), "-i", "x.npy"],
+    ):
+        assert main(argv) == 2, argv
+        one_error_line(capsys, "missing.")
+
+
+def test_os_errors_and_interrupts_are_one_line(monkeypatch, tmp_path, capsys):
+    import bridge.api
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "m.keras"))
+
+    monkeypatch.setattr(bridge.api, "inspect", denied)
+    assert main(["inspect", str(tmp_path / "m.keras")]) == 2
+    one_error_line(capsys, "m.keras", "Permission denied")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bridge.api, "inspect", interrupted)
+    assert main(["inspect", str(tmp_path / "m.keras")]) == 130
+    one_error_line(capsys, "interrupted")
+
+
+def test_error_text_keeps_brackets(monkeypatch, tmp_path, capsys):
+    """rich markup must not eat ``[tune]`` (the install command would install nothing)."""
+    import bridge
+    from bridge.errors import TuningError
+
+    def missing_extras(*args, **kwargs):
+        raise TuningError("tuning needs xgboost: pip install 'bridge[tune]' [bold]x[/]")
+
+    monkeypatch.setattr(bridge, "tune", missing_extras)
+    assert main(["tune", str(MODELS / "seq_cnn.keras"), "--budget", "1"]) == 2
+    one_error_line(capsys, "pip install 'bridge[tune]' [bold]x[/]")
+
+
+def test_long_errors_are_not_wrapped(tmp_path, capsys):
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "missing.keras"
+    assert main(["inspect", str(deep)]) == 2
+    one_error_line(capsys, str(deep))
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    text = capsys.readouterr().out
+    assert "bridge 0." in text and "TVM 0.27" in text
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "TVM" in result.stdout
+
+
+def test_subprocess_error_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "run", str(tmp_path / "m.so"), "-i", "x.npy"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "m.so" in result.stderr
