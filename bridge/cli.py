@@ -79,6 +79,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{meta['layers']} {'operators' if meta['model_type'] == 'tflite' else 'layers'}"
     )
     console.print(f"target      {escape(meta['target_name'])} ({meta['arch']}, {meta['device']})")
+    if args.target and _spec(args.target).is_native:
+        console.print(f"portable    {escape(_native_note(_spec(args.target)))}")
     console.print(f"build time  {build_seconds:.1f} s")
     console.print(f"artifact    {escape(str(library))} ({_size(library.stat().st_size)})")
     if args.bundle:
@@ -87,6 +89,23 @@ def cmd_build(args: argparse.Namespace) -> int:
             f"bundle      {escape(str(library.parent))}/ ({_size(total)}): ./run in0.npy --out DIR"
         )
     return 0
+
+
+def _spec(target: str):
+    from bridge.targets import resolve
+
+    return resolve(target)
+
+
+def _native_note(spec) -> str:
+    """The build summary's warning that a native library needs this very CPU's features."""
+    from bridge.targets import cpu_features, host_cpu, portable_hint
+
+    features = ", ".join(cpu_features(spec)) or "no extensions beyond the baseline"
+    return (
+        f"no: built for this CPU ({host_cpu()}; relies on {features}); "
+        f"for other machines build with {portable_hint(spec.arch)}"
+    )
 
 
 def _tune(args: argparse.Namespace, budget: str):

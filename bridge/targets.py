@@ -17,6 +17,16 @@ from typing import Any
 from bridge.errors import TargetError
 
 CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-g++"}
+# Instruction set extensions worth naming when a library relies on them (LLVM's names).
+NOTABLE_FEATURES = (
+    "sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
+    "avx512bf16", "avx512fp16", "amx-int8", "amx-bf16",
+    "neon", "fullfp16", "dotprod", "i8mm", "bf16", "sve", "sve2",
+)  # fmt: skip
+PORTABLE = {
+    "x86_64": "--target x86-64 (any x86-64 CPU) or --target x86-64-v3 (AVX2, most since 2015)",
+    "aarch64": "--target aarch64 (any 64-bit ARM CPU)",
+}
 
 
 def preset_dirs() -> list[Path]:
@@ -52,6 +62,13 @@ class TargetSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def is_native(self) -> bool:
+        """True when the library is built for this exact CPU (``mcpu: native``)."""
+        return any(
+            isinstance(t, dict) and t.get("mcpu") == "native" for t in (self.target, self.host)
+        )
+
+    @property
     def is_cross(self) -> bool:
         """True when the library cannot run on this machine's CPU."""
         return self.arch != host_arch()
@@ -60,6 +77,8 @@ class TargetSpec:
         """The ``tvm.target.Target`` (with its host for GPU targets)."""
         import tvm
 
+        check_cpu(self.name, self.target)
+        check_cpu(self.name, self.host)
         try:
             host = _native(self.host) if self.host else None
             return tvm.target.Target(_native(self.target), host=host)
@@ -72,6 +91,55 @@ def _native(target: dict[str, Any] | str) -> dict[str, Any] | str:
     if isinstance(target, dict) and target.get("mcpu") == "native":
         return target | {"mcpu": host_cpu()}
     return target
+
+
+def _llvm_cpu(target: Any) -> tuple[str, str] | None:
+    """(mcpu, mtriple) of an LLVM target dict (TVM 0.27 takes no "llvm -mcpu=..." strings),
+    or None when it names no CPU."""
+    if not isinstance(target, dict) or target.get("kind") != "llvm":
+        return None
+    cpu, triple = target.get("mcpu"), target.get("mtriple")
+    return (str(cpu), str(triple or "")) if cpu and cpu != "native" else None
+
+
+def check_cpu(name: str, target: Any) -> None:
+    """Refuse an LLVM ``mcpu`` that TVM's LLVM does not know for the triple (LLVM would log an
+    error per kernel and quietly build for a generic CPU), naming the closest known CPUs."""
+    found = _llvm_cpu(target)
+    if found is None:
+        return
+    import tvm
+    from tvm.target import codegen
+
+    cpu, triple = found
+    triple = triple or str(codegen.llvm_get_system_triple())
+    if codegen.llvm_is_valid_cpu(cpu, triple):
+        return
+    known = sorted(map(str, codegen.llvm_get_cpu_archlist(tvm.target.Target(
+        {"kind": "llvm", "mtriple": triple}
+    ))))  # fmt: skip
+    close = difflib.get_close_matches(cpu, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise TargetError(
+        f"target {name!r}: the LLVM in TVM (LLVM {codegen.llvm_version_major()}) does not know "
+        f"the CPU {cpu!r} for {triple}.{hint} Known CPUs: {', '.join(known)}"
+    )
+
+
+def cpu_features(spec: TargetSpec) -> list[str]:
+    """The notable instruction set extensions (AVX2, AVX-512, NEON, SVE ...) a CPU target's
+    library may use: LLVM's features for its mcpu and mattr."""
+    from tvm.target import codegen
+
+    target = spec.tvm_target()
+    cpu = target.host if spec.device == "cuda" and target.host is not None else target
+    features = set(map(str, codegen.llvm_get_cpu_features(cpu)))
+    return [name for name in NOTABLE_FEATURES if name in features]
+
+
+def portable_hint(arch: str) -> str:
+    """Which preset builds a library for every CPU of ``arch``."""
+    return PORTABLE.get(arch, "a preset for the target's CPU family (see 'bridge targets')")
 
 
 def presets() -> dict[str, TargetSpec]:
@@ -97,6 +165,7 @@ def _from_tvm(name: str, target: dict[str, Any] | str) -> TargetSpec:
     """A spec for a TVM tag or dict: architecture and device read off the TVM target."""
     import tvm
 
+    check_cpu(name, target)
     try:
         parsed = tvm.target.Target(_native(target))
     except Exception as exc:

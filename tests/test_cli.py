@@ -32,6 +32,8 @@ def test_build_inspect_run(tmp_path, capsys):
     text = capsys.readouterr().out
     for word in ("input", "output", "layers", "build time", "artifact", "seq_cnn.so"):
         assert word in text
+    # a native build says it needs this CPU, and which preset is portable
+    assert "built for this CPU" in text and "--target x86-64" in text
     library = tmp_path / "out" / "seq_cnn.so"
     assert library.is_file() and (tmp_path / "out" / "seq_cnn.meta.json").is_file()
 
@@ -244,3 +246,9 @@ def test_subprocess_error_is_one_line_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "m.so" in result.stderr
+
+
+def test_portable_build_has_no_native_warning(tmp_path, capsys):
+    model = str(MODELS / "seq_cnn.keras")
+    assert main(["build", model, "--target", "x86-64", "-o", str(tmp_path)]) == 0
+    assert "built for this CPU" not in capsys.readouterr().out

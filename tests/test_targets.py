@@ -110,3 +110,35 @@ def test_targets_cli_lists_presets(capsys):
     text = capsys.readouterr().out
     for name in REQUIRED:
         assert name in text
+
+
+@pytest.mark.parametrize(
+    "target, close",
+    [
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a555"}, "cortex-a55"),
+        ('{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylakee"}', "skylake"),
+        ('{"kind": "llvm", "mcpu": "znver44"}', "znver4"),
+    ],
+)
+def test_unknown_mcpu_is_refused_quietly(target, close, capfd):
+    """LLVM would log an error per kernel and build for a generic CPU: refuse it instead,
+    naming the closest known CPUs, before TVM's LLVM writes anything."""
+    with pytest.raises(TargetError, match=rf"does not know the CPU .*'{close}'.*Known CPUs"):
+        resolve(target).tvm_target()
+    assert capfd.readouterr().err == ""
+
+
+def test_custom_mcpu_in_a_spec_is_checked():
+    spec = resolve("aarch64")
+    bad = type(spec)(name="mine", target=spec.target | {"mcpu": "cortex-x99"}, arch="aarch64")
+    with pytest.raises(TargetError, match=r"'mine'.*cortex-x99"):
+        bad.tvm_target()
+
+
+def test_native_reports_its_cpu_features():
+    from bridge.targets import cpu_features
+
+    assert resolve("llvm").is_native and not resolve("x86-64").is_native
+    assert "avx2" in cpu_features(resolve("x86-64-v3"))
+    assert "avx2" not in cpu_features(resolve("x86-64"))
+    assert "neon" in cpu_features(resolve("rpi4"))
