@@ -38,7 +38,8 @@ def load_keras(
     model: PathLike, weights: PathLike | None = None, custom_layers: CustomLayersArg = None
 ) -> Loaded:
     """Open the files and assign stored weights to layers."""
-    from bridge.convert.registry import NON_TRAINABLE, as_custom_layers, converter_for
+    from bridge.convert.layers import converter_for
+    from bridge.convert.registry import NON_TRAINABLE, as_custom_layers
 
     custom = as_custom_layers(custom_layers)
 

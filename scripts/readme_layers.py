@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's bridge, whichever one is installed
 
-from bridge.cli import layers_markdown  # noqa: E402
+from bridge.convert.support import layers_markdown  # noqa: E402
 
 README = ROOT / "README.md"
 START, END = "<!-- generated: bridge layers --markdown -->\n", "<!-- end generated -->"

@@ -78,7 +78,8 @@ def test_errors_exit_2_with_message(tmp_path, capsys):
 
 
 def test_layers_prints_the_registry_and_unsupported(capsys):
-    from bridge.convert.registry import UNSUPPORTED, all_converters
+    from bridge.convert.layers import all_converters
+    from bridge.convert.registry import UNSUPPORTED
 
     assert main(["layers"]) == 0
     text = capsys.readouterr().out

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import h5py
 
-from bridge.convert.registry import all_converters, register, registry_key
+from bridge.convert.layers import all_converters
+from bridge.convert.registry import register, registry_key
 from tests.conftest import APPS, KERAS2, KERAS3
 
 
@@ -70,7 +71,7 @@ def generated_block(text: str) -> str:
 
 
 def test_readme_table_is_generated_from_the_registry():
-    from bridge.cli import layers_markdown
+    from bridge.convert.support import layers_markdown
 
     assert generated_block(README.read_text()) == layers_markdown(), (
         "README's layer table is stale: run scripts/readme_layers.py"

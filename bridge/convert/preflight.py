@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from bridge.convert.activations import activation_problem
-from bridge.convert.registry import (
-    CODE_CLASSES,
-    UNSUPPORTED,
-    CustomLayers,
-    converter_for,
-    registry_key,
-)
+from bridge.convert.layers import converter_for
+from bridge.convert.registry import CODE_CLASSES, UNSUPPORTED, CustomLayers, registry_key
 from bridge.errors import Problem
 from bridge.keras.graph import Layer, ModelGraph
 from bridge.keras.weights import LayerWeights

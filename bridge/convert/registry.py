@@ -1,4 +1,9 @@
-"""The converter registry: Keras class name -> converter, filled by the layer family modules."""
+"""The converter registry: Keras class name -> converter, filled by the layer family modules.
+
+A leaf: it imports no other bridge module. Importing :mod:`bridge.convert.layers` loads every
+family (filling :data:`REGISTRY`) and gives the lookups (``converter_for``, ``all_converters``);
+:mod:`bridge.convert.support` builds the support table from them.
+"""
 
 from __future__ import annotations
 
@@ -121,8 +126,9 @@ def registry_key(class_name: str, module: str | None = None) -> str:
     return class_name
 
 
-def lookup(class_name: str, module: str | None = None) -> Converter | None:
-    _load_families()
+def registered(class_name: str, module: str | None = None) -> Converter | None:
+    """The converter registered for a class, if its family module is loaded (converters that
+    look up others at translation time, such as wrappers, run after every family has loaded)."""
     return REGISTRY.get(registry_key(class_name, module))
 
 
@@ -182,39 +188,3 @@ def custom_keys(layer: Layer) -> list[str]:
     if layer.registered_name:
         keys.append(layer.registered_name)
     return [*keys, layer.class_name]
-
-
-def converter_for(layer: Layer, custom: CustomLayers | None = None) -> Converter | None:
-    """The converter of a (non-model) layer: a user's by :func:`custom_keys`, else built in."""
-    for key in custom_keys(layer) if custom else ():
-        if key in custom:
-            return custom[key]
-    return lookup(layer.class_name, layer.module)
-
-
-def all_converters() -> dict[str, Converter]:
-    _load_families()
-    return dict(REGISTRY)
-
-
-def _load_families() -> None:
-    from bridge.convert import layers  # noqa: F401  (imports every family module, filling REGISTRY)
-
-
-def support_table() -> dict[str, list[str]]:
-    """Family (module in ``bridge/convert/layers/``) -> its registered Keras classes, sorted."""
-    table: dict[str, list[str]] = {}
-    for name, converter in sorted(all_converters().items()):
-        table.setdefault(converter.family, []).append(name)
-    return dict(sorted(table.items()))
-
-
-def family_notes() -> dict[str, str]:
-    """Family -> the first paragraph of its module's docstring, on one line."""
-    import importlib
-
-    notes = {}
-    for family in support_table():
-        doc = importlib.import_module(f"bridge.convert.layers.{family}").__doc__ or ""
-        notes[family] = " ".join(doc.strip().split("\n\n")[0].split())
-    return notes

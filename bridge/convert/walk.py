@@ -15,8 +15,9 @@ from tvm import relax
 
 from bridge.convert.activations import apply_activation
 from bridge.convert.context import LayerContext, dtype_of, static_shape
+from bridge.convert.layers import converter_for
 from bridge.convert.preflight import preflight
-from bridge.convert.registry import CustomLayers, converter_for
+from bridge.convert.registry import CustomLayers
 from bridge.errors import BridgeError, Problem, UnsupportedModelError, WeightsError
 from bridge.keras.graph import Layer, ModelGraph, TensorRef
 from bridge.keras.weights import LayerWeights

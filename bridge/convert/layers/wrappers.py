@@ -9,7 +9,7 @@ from typing import Any
 from tvm.relax import op as R
 
 from bridge.convert.activations import apply_activation
-from bridge.convert.registry import Converter, lookup, register
+from bridge.convert.registry import Converter, register, registered
 from bridge.keras.graph import Layer
 
 NOT_WRAPPABLE = frozenset({"TimeDistributed", "Sequential", "Functional", "Model"})
@@ -19,7 +19,7 @@ def _wrapped(config: dict[str, Any]) -> tuple[str, dict[str, Any], Converter | N
     """(class_name, config, converter) of the wrapped layer."""
     entry = config.get("layer") or {}
     class_name = entry.get("class_name", "")
-    converter = None if class_name in NOT_WRAPPABLE else lookup(class_name)
+    converter = None if class_name in NOT_WRAPPABLE else registered(class_name)
     return class_name, entry.get("config") or {}, converter
 
 
