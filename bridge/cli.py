@@ -45,9 +45,13 @@ def _io_table(model) -> Table:
 
 def cmd_build(args: argparse.Namespace) -> int:
     import bridge
+    from bridge.deploy import check_toolchain
 
     outputs = args.outputs.split(",") if args.outputs else None
     started = time.perf_counter()
+    # the cross compiler, runner and runtime libraries first: never compile in vain
+    notify = lambda text: err_console.print(escape(text), soft_wrap=True)  # noqa: E731
+    check_toolchain(_spec(args.target), bundle=args.bundle, notify=notify)
     if args.tune:
         _print_tuning(_tune(args, args.tune))
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
@@ -181,7 +185,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def layers_markdown() -> str:
     """The support table as Markdown, from the registry (README's "Supported layers" holds it)."""
     from bridge.convert.activations import ACTIVATIONS
-    from bridge.convert.registry import ALIASES, UNSUPPORTED, family_notes, support_table
+    from bridge.convert.support import ALIASES, UNSUPPORTED, family_notes, support_table
 
     families, notes = support_table(), family_notes()
     lines = [
@@ -206,7 +210,7 @@ def layers_markdown() -> str:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from bridge.convert.registry import UNSUPPORTED, family_notes, support_table
+    from bridge.convert.support import UNSUPPORTED, family_notes, support_table
 
     if args.markdown:
         print(layers_markdown(), end="")

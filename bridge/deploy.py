@@ -4,10 +4,13 @@ A bundle holds the model library (and its sidecar, and ``model.params`` when wei
 out of the library), the TVM runtime libraries for the target's CPU architecture, and ``run``,
 bridge's small native runner (``bridge/runner/run.cc``) built for that architecture:
 
-    ./run in0.npy [in1.npy ...] --out DIR [--bench N] [--threads N]
+    ./run in0.npy [in1.npy ...] [--out DIR] [--bench N] [--threads N]
 
 Runtime libraries for this machine's architecture come from the installed TVM packages; for
 another architecture from the matching PyPI wheels, downloaded once into bridge's cache.
+``check_toolchain`` finds (and fetches) all of that before anything is compiled, and a bundle
+is written into a folder beside its destination that takes the destination's name only once
+complete: a failure never leaves a partial bundle.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bridge.cache import cache_dir
@@ -33,6 +39,8 @@ RUNTIME = {
     "tvm": ("apache-tvm", "tvm/lib/libtvm_runtime.so"),
     "tvm_cuda": ("apache-tvm", "tvm/lib/libtvm_runtime_cuda.so"),
 }
+# The Debian/Ubuntu package of each cross compiler.
+COMPILER_PACKAGES = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "g++": "g++"}
 
 
 def _package_dir(name: str) -> Path:
@@ -56,10 +64,54 @@ def _run(command: list[str], what: str) -> None:
         )
 
 
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def _versions() -> dict[str, str]:
+    return {dist: importlib.metadata.version(dist) for dist, _ in RUNTIME.values()}
+
+
+def _runtime_folder(arch: str) -> Path:
+    return cache_dir() / "runtime" / f"{arch}-{_versions()['apache-tvm']}"
+
+
+def missing_runtime(arch: str, device: str = "cpu") -> list[str]:
+    """The distributions whose ``arch`` wheels must still be downloaded (none when cached or
+    when ``arch`` is this machine's)."""
+    if arch == host_arch():
+        return []
+    folder = _runtime_folder(arch)
+    needed = {RUNTIME[key][0] for key in _wanted(device)}
+    have = {RUNTIME[key][0] for key in _wanted(device) if (folder / _file(key)).exists()}
+    return sorted(needed - have)
+
+
+def _file(key: str) -> str:
+    return Path(RUNTIME[key][1]).name
+
+
+def _download(dist: str, version: str, arch: str, wheels: Path) -> None:
+    """One runtime wheel from PyPI into the cache, or one clear line saying why not."""
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--platform", WHEEL_PLATFORMS[arch], "--python-version", "3.12",
+        "-d", str(wheels), f"{dist}=={version}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ArtifactError(
+            f"cannot download the {arch} TVM runtime ({dist}=={version} for "
+            f"{WHEEL_PLATFORMS[arch]}) into {wheels}: pip says: {_last_line(result.stderr)}; "
+            f"this needs network access once (or put the wheel in that folder)"
+        )
+
+
 def _from_wheels(arch: str, keys: list[str]) -> list[Path]:
     """Runtime libraries for another architecture, extracted from PyPI wheels (cached)."""
-    versions = {dist: importlib.metadata.version(dist) for dist, _ in RUNTIME.values()}
-    folder = cache_dir() / "runtime" / f"{arch}-{versions['apache-tvm']}"
+    versions = _versions()
+    folder = _runtime_folder(arch)
     wheels = cache_dir() / "wheels"
     out = []
     for key in keys:
@@ -68,24 +120,7 @@ def _from_wheels(arch: str, keys: list[str]) -> list[Path]:
         if not target.exists():
             pattern = f"{dist.replace('-', '_')}-{versions[dist]}-*{arch}*.whl"
             if not list(wheels.glob(pattern)):
-                _run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pip",
-                        "download",
-                        "--no-deps",
-                        "--only-binary=:all:",
-                        "--platform",
-                        WHEEL_PLATFORMS[arch],
-                        "--python-version",
-                        "3.12",
-                        "-d",
-                        str(wheels),
-                        f"{dist}=={versions[dist]}",
-                    ],
-                    f"downloading the {arch} wheel of {dist}",
-                )
+                _download(dist, versions[dist], arch, wheels)
             with zipfile.ZipFile(next(iter(wheels.glob(pattern)))) as wheel:
                 folder.mkdir(parents=True, exist_ok=True)
                 partial = target.with_suffix(".part")
@@ -105,12 +140,69 @@ def runtime_libraries(arch: str, device: str = "cpu") -> list[Path]:
     return [_package_dir(m.split("/")[0]).parent / m for m in members]
 
 
-def build_runner(spec: TargetSpec) -> Path:
-    """Compile ``run`` for the spec's architecture and device (cached by source and flags)."""
+def _compiler(spec: TargetSpec) -> str:
+    """The C++ compiler that links the spec's libraries and ``run``, or ArtifactError naming
+    the package that provides it."""
     compiler = spec.cross_compiler or "g++"
     if shutil.which(compiler) is None:
-        hint = " (apt-get install g++-aarch64-linux-gnu)" if spec.arch == "aarch64" else ""
-        raise ArtifactError(f"the C++ compiler {compiler!r} for {spec.arch} is not installed{hint}")
+        package = COMPILER_PACKAGES.get(compiler)
+        hint = f" (Debian/Ubuntu: apt-get install {package})" if package else ""
+        raise ArtifactError(
+            f"the C++ compiler {compiler!r} for {spec.arch} is not installed or not on PATH{hint}"
+        )
+    return compiler
+
+
+def check_toolchain(
+    spec: TargetSpec, *, bundle: bool = False, notify: Callable[[str], None] | None = None
+) -> None:
+    """Before compiling: the cross compiler a foreign-CPU library needs, and for a bundle also
+    the host compiler, the runner and the target's TVM runtime libraries (downloaded once, with
+    a ``notify`` message first). Raises ArtifactError with what to install."""
+    if spec.is_cross or bundle:
+        _compiler(spec)
+    if not bundle:
+        return
+    missing = missing_runtime(spec.arch, spec.device)
+    if missing and notify is not None:
+        notify(
+            f"downloading the {spec.arch} TVM runtime ({', '.join(missing)} wheels) once into "
+            f"{cache_dir() / 'wheels'}"
+        )
+    runtime_libraries(spec.arch, spec.device)
+    build_runner(spec)
+
+
+@contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A folder beside ``folder`` to write into; when the block succeeds its files move into
+    ``folder`` (a rename when ``folder`` is new), when it fails it is removed."""
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder}: exists and is not a folder")
+    parent = folder.absolute().parent
+    made = next((p for p in [*reversed(parent.parents), parent] if not p.exists()), None)
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = parent / f".{folder.name}.{os.getpid()}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        if not folder.exists():
+            stage.rename(folder)
+            return
+        for item in stage.iterdir():
+            item.replace(folder / item.name)
+    except BaseException:
+        if made is not None:  # folders above the bundle that this call created
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def build_runner(spec: TargetSpec) -> Path:
+    """Compile ``run`` for the spec's architecture and device (cached by source and flags)."""
+    compiler = _compiler(spec)
     libraries = runtime_libraries(spec.arch, "cpu")
     flags = ["-std=c++17", "-O2", "-isystem", str(_package_dir("tvm_ffi") / "include")]
     if spec.device == "cuda":
@@ -146,10 +238,23 @@ BUNDLE_README = """\
 
 Run (no Python needed; the libraries here are all it loads):
     ./run input0.npy [input1.npy ...] --out results/    # writes results/output0.npy, ...
-    ./run input0.npy --bench 100                        # per-call latency
+    ./run input0.npy --bench 100                        # per-call latency (writes nothing)
+Outputs are written only with --out. Kernels use all the cores this process may use
+(taskset/cgroup limits count); --threads N sets the number.
 Inputs, in order: {inputs}
 Outputs, in order: {outputs}
 """
+
+
+def export_bundle(model, folder: Path, spec: TargetSpec) -> Path:
+    """``model.export(folder, bundle=True)``: checks the toolchain, then writes the library,
+    runtime and runner into a folder beside ``folder`` that becomes ``folder`` when complete.
+    Returns the library's path."""
+    check_toolchain(spec, bundle=True)
+    with staged_folder(folder) as stage:
+        library = model.export(stage / "model.so")
+        write_bundle(stage, library, spec, model.inputs, model.outputs)
+    return folder / library.name
 
 
 def write_bundle(
@@ -161,6 +266,7 @@ def write_bundle(
     shutil.copy2(build_runner(spec), folder / "run")
     (folder / "run").chmod(0o755)
     describe = lambda infos: ", ".join(f"{i.name} {list(i.shape)} {i.dtype}" for i in infos)  # noqa: E731
+    (folder / f"{library.stem}.signature").write_text(signature(inputs))
     (folder / "README.txt").write_text(
         BUNDLE_README.format(
             name=library.stem,
@@ -172,3 +278,13 @@ def write_bundle(
         )
     )
     return folder
+
+
+def signature(inputs: list) -> str:
+    """``model.signature``: one ``input NAME DTYPE DIMS`` line per input (DIMS like 1x28x28x1,
+    ``?`` for a dynamic size) that ``run`` checks its arguments against."""
+    lines = []
+    for info in inputs:
+        dims = "x".join("?" if d is None else str(d) for d in info.shape) or "scalar"
+        lines.append(f"input {''.join(info.name.split())} {info.dtype} {dims}\n")
+    return "".join(lines)

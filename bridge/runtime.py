@@ -189,7 +189,11 @@ class Model:
         if self._executable is None:
             raise ArtifactError("this model was loaded from an artifact; copy its files instead")
         path = Path(path)
-        library = path / "model.so" if bundle else path
+        if bundle:  # staged beside ``path``: a failure leaves no partial bundle
+            from bridge.deploy import export_bundle
+
+            return export_bundle(self, path, self._spec)
+        library = path
         library.parent.mkdir(parents=True, exist_ok=True)
         self._write_library(library)
         if self._params:
@@ -202,10 +206,6 @@ class Model:
             "outputs": [o.to_json() for o in self.outputs],
         }
         metadata_path(library).write_text(json.dumps(meta, indent=2) + "\n")
-        if bundle:
-            from bridge.deploy import write_bundle
-
-            write_bundle(path, library, self._spec, self.inputs, self.outputs)
         return library
 
     def _write_library(self, library: Path) -> None:

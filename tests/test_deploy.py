@@ -4,6 +4,7 @@ dynamic batch, weights kept in a separate file, Jetson bundles with sm_87 device
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -160,3 +161,135 @@ def test_cli_bundle(tmp_path):
     )
     inputs, outputs = reference(MODELS / "seq_cnn.npz")
     assert_matches(run_bundle(tmp_path / "b", inputs), outputs)
+
+
+# --- the runner's command line -------------------------------------------------------------
+
+
+def check_runner_errors(folder, tmp_path, *prefix: str) -> None:
+    """``run`` with no inputs, a wrong shape or dtype: exit 2, which input, expected and given
+    shape, and usage; --bench without --out writes nothing; threads default to the cores."""
+    run = [*prefix, str(folder / "run")]
+    shape = json.loads((folder / "model.meta.json").read_text())["inputs"][0]["shape"]
+    expected = "(" + ", ".join(map(str, shape)) + ")"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    invoke = lambda *args: subprocess.run(  # noqa: E731
+        [*run, *args], cwd=work, env={}, capture_output=True, text=True, timeout=300
+    )
+
+    result = invoke()
+    assert result.returncode == 2, result.stderr
+    assert "no input files given" in result.stderr and expected in result.stderr
+    assert "usage: run" in result.stderr and "Check failed" not in result.stderr
+
+    np.save(work / "wrong.npy", np.zeros((2, 5), np.float32))
+    result = invoke("wrong.npy")
+    assert result.returncode == 2, result.stderr
+    assert "wrong.npy: input" in result.stderr
+    assert f"expects float32 {expected}, got float32 (2, 5)" in result.stderr
+    assert "usage: run" in result.stderr
+
+    np.save(work / "ints.npy", np.zeros(shape, np.int32))
+    result = invoke("ints.npy")
+    assert result.returncode == 2 and "got int32" in result.stderr, result.stderr
+
+    np.save(work / "x.npy", np.zeros(shape, np.float32))
+    result = invoke("x.npy", "x.npy")
+    assert result.returncode == 2 and "2 input file(s) given" in result.stderr, result.stderr
+
+    before = sorted(p.name for p in work.iterdir())
+    result = invoke("x.npy", "--bench", "2")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in work.iterdir()) == before, "--bench without --out wrote files"
+    cores = len(os.sched_getaffinity(0))
+    assert f"on {cores} thread(s)" in result.stdout, result.stdout
+    result = invoke("x.npy", "--bench", "1", "--threads", "1")
+    assert "on 1 thread(s)" in result.stdout, result.stdout
+    assert "usage: run" in invoke("--help").stdout
+
+
+def test_x86_runner_reports_bad_arguments(tmp_path):
+    bridge.build(MODELS / "seq_cnn.keras", target="x86-64").export(tmp_path / "bundle", bundle=True)
+    check_runner_errors(tmp_path / "bundle", tmp_path)
+
+
+def test_aarch64_runner_reports_bad_arguments(tmp_path):
+    needs_tools(resolve("aarch64"), "qemu-aarch64")
+    bridge.build(MODELS / "seq_cnn.keras", target="aarch64").export(
+        tmp_path / "bundle", bundle=True
+    )
+    qemu = shutil.which("qemu-aarch64")
+    check_runner_errors(tmp_path / "bundle", tmp_path, qemu, "-L", "/usr/aarch64-linux-gnu")
+
+
+# --- toolchain checks and partial bundles ---------------------------------------------------
+
+
+def strip_path(monkeypatch, tmp_path) -> None:
+    """PATH without the cross compiler (and without anything else)."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+def test_cli_arm_bundle_checks_the_cross_compiler_before_compiling(monkeypatch, tmp_path, capsys):
+    from bridge.cli import main
+
+    strip_path(monkeypatch, tmp_path)
+    compiled = []
+    monkeypatch.setattr(bridge, "build", lambda *a, **k: compiled.append(a))
+    out = tmp_path / "arm"
+    argv = ["build", str(MODELS / "seq_cnn.keras"), "--target", "rpi4", "--bundle"]
+    assert main([*argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "aarch64-linux-gnu-g++" in err and "apt-get install g++-aarch64-linux-gnu" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not compiled and not out.exists()
+
+
+def test_failed_bundle_leaves_no_folder(monkeypatch, tmp_path):
+    model = bridge.build(MODELS / "seq_cnn.keras", target="aarch64")
+    strip_path(monkeypatch, tmp_path)
+    with pytest.raises(bridge.errors.ArtifactError, match="g\\+\\+-aarch64-linux-gnu"):
+        model.export(tmp_path / "new" / "bundle", bundle=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-path"]
+
+
+def test_bundle_failing_late_is_removed_and_existing_files_kept(monkeypatch, tmp_path):
+    from bridge import deploy
+
+    model = bridge.build(MODELS / "seq_cnn.keras", target="x86-64")
+
+    def broken(folder, *args):
+        (folder / "half-written").write_text("")
+        raise bridge.errors.ArtifactError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(deploy, "write_bundle", broken)
+        with pytest.raises(bridge.errors.ArtifactError, match="disk full"):
+            model.export(tmp_path / "bundle", bundle=True)
+    assert list(tmp_path.iterdir()) == []
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    library = model.export(existing, bundle=True)
+    assert library == existing / "model.so" and library.is_file()
+    assert (existing / "keep.txt").read_text() == "mine" and (existing / "run").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_runtime_download_failure_is_clear(monkeypatch, tmp_path):
+    from bridge.deploy import check_toolchain
+
+    needs_tools(resolve("aarch64"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    said = []
+    with pytest.raises(bridge.errors.ArtifactError) as error:
+        check_toolchain(resolve("aarch64"), bundle=True, notify=said.append)
+    message = str(error.value)
+    assert "cannot download the aarch64 TVM runtime" in message and "network" in message
+    assert "\n" not in message
+    assert said and "downloading the aarch64 TVM runtime" in said[0]

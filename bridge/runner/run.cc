@@ -3,9 +3,15 @@
 //   run [--model PATH] [--out DIR] [--bench N] [--threads N] [--device cpu|cuda] [in0.npy ...]
 //
 // Loads the model library (default: model.so next to this binary), calls its
-// `main` with the .npy inputs, and writes DIR/output<i>.npy for every tensor in
-// the result (a single tensor, or a tuple flattened depth-first). With --bench N
-// it then calls `main` N more times and prints the median and minimum latency.
+// `main` with the .npy inputs and, with --out DIR, writes DIR/output<i>.npy for
+// every tensor in the result (a single tensor, or a tuple flattened
+// depth-first); without --out it only prints each output's shape and dtype.
+// With --bench N it then calls `main` N more times and prints the median and
+// minimum latency. Kernels run on --threads N threads (default: the cores this
+// process may use, from sched_getaffinity; TVM_NUM_THREADS when set).
+// If model.signature sits next to the model (bundles write it: one line
+// "input NAME DTYPE DIMS" per input, DIMS like 1x28x28x1, ? for any), the
+// inputs are checked against it before the call.
 // If model.params sits next to the model (weights kept out of the library), its
 // tensors are passed after the inputs, in key order. With --device cuda (the
 // default of runners built with -DBRIDGE_CUDA) inputs and weights are copied to
@@ -21,6 +27,7 @@
 
 #include <dlfcn.h>
 #include <elf.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,7 +52,13 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: run [--model PATH] [--out DIR] [--bench N] [--threads N] [--device cpu|cuda]"
-    " [in0.npy ...]\n";
+    " in0.npy [in1.npy ...]\n"
+    "  --model PATH  the model library (default: model.so beside run)\n"
+    "  --out DIR     write DIR/output0.npy, output1.npy, ... (default: write nothing,"
+    " print shapes)\n"
+    "  --bench N     then time N more calls; print the median and minimum\n"
+    "  --threads N   kernel threads (default: the cores this process may use)\n"
+    "  --device D    cpu or cuda (CUDA bundles default to cuda)\n";
 #ifdef BRIDGE_CUDA
 constexpr const char* kDefaultDevice = "cuda";
 #else
@@ -53,6 +66,12 @@ constexpr const char* kDefaultDevice = "cpu";
 #endif
 
 [[noreturn]] void Fail(const std::string& msg) { throw std::runtime_error(msg); }
+
+// A mistake in the command line: reported with the usage text, exit code 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+[[noreturn]] void Usage(const std::string& msg) { throw UsageError(msg); }
 
 // ---- .npy files: read format 1.0-3.0, write 1.0; little-endian, C order ----
 
@@ -256,18 +275,95 @@ std::vector<ffi::Tensor> LoadParams(const std::string& model) {
   return out;
 }
 
+// ---- the model's inputs, from model.signature beside it ----
+
+struct InputSpec {
+  std::string name, dtype;
+  std::vector<int64_t> shape;  // -1: any size
+};
+
+std::string DtypeName(DLDataType t) {
+  const char* kind = t.code == kDLFloat ? "float" : t.code == kDLUInt ? "uint" : "int";
+  return kind + std::to_string(t.bits);
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string text = "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    text += (i ? ", " : "") + (shape[i] < 0 ? std::string("?") : std::to_string(shape[i]));
+  }
+  return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+std::string Describe(const InputSpec& in) {
+  return in.name + " " + in.dtype + " " + ShapeText(in.shape);
+}
+
+std::vector<InputSpec> LoadSignature(const std::string& model) {
+  std::ifstream in(model.substr(0, model.rfind('.')) + ".signature");
+  std::vector<InputSpec> specs;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::string kind, dims;
+    InputSpec spec;
+    if (!(fields >> kind >> spec.name >> spec.dtype >> dims) || kind != "input") continue;
+    std::stringstream ss(dims == "scalar" ? "" : dims);
+    for (std::string dim; std::getline(ss, dim, 'x');) {
+      if (!dim.empty()) spec.shape.push_back(dim == "?" ? -1 : std::stoll(dim));
+    }
+    specs.push_back(spec);
+  }
+  return specs;
+}
+
+std::string Expected(const std::vector<InputSpec>& specs) {
+  std::string text;
+  for (size_t i = 0; i < specs.size(); ++i) text += (i ? "; " : "") + Describe(specs[i]);
+  return text;
+}
+
+// Refuses inputs that do not match the signature: count, dtype and every fixed dimension.
+void CheckInputs(const std::vector<InputSpec>& specs, const std::vector<std::string>& paths,
+                 const std::vector<ffi::Tensor>& tensors) {
+  if (specs.empty()) return;
+  if (paths.size() != specs.size()) {
+    Usage(std::to_string(paths.size()) + " input file(s) given, the model takes " +
+          std::to_string(specs.size()) + ": " + Expected(specs));
+  }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    ffi::ShapeView view = tensors[i].shape();
+    std::vector<int64_t> got(view.begin(), view.end());
+    std::string dtype = DtypeName(tensors[i].dtype());
+    bool same = got.size() == specs[i].shape.size() && dtype == specs[i].dtype;
+    for (size_t d = 0; same && d < got.size(); ++d) {
+      same = specs[i].shape[d] < 0 || specs[i].shape[d] == got[d];
+    }
+    if (!same) {
+      Usage(paths[i] + ": input " + specs[i].name + " expects " + specs[i].dtype + " " +
+            ShapeText(specs[i].shape) + ", got " + dtype + " " + ShapeText(got));
+    }
+  }
+}
+
+// The cores this process may run on (its affinity mask; taskset and cgroups shrink it).
+int AllowedCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
 int ParseCount(const std::string& option, const char* text) {
   char* end = nullptr;
   long value = std::strtol(text, &end, 10);
   if (*text == '\0' || *end != '\0' || value < 0 || value > 1000000000) {
-    Fail("bad value for " + option + ": " + text);
+    Usage("bad value for " + option + ": " + text);
   }
   return static_cast<int>(value);
 }
 
 int Run(int argc, char** argv) {
-  std::string model = ExeDir() + "model.so", out_dir = ".", device_name = kDefaultDevice;
-  int bench = 0;
+  std::string model = ExeDir() + "model.so", out_dir, device_name = kDefaultDevice;
+  int bench = 0, threads = 0;
   std::vector<std::string> inputs;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -283,15 +379,23 @@ int Run(int argc, char** argv) {
       bench = ParseCount(arg, argv[++i]);
     } else if (arg == "--device" && has_value) {
       device_name = argv[++i];
-      if (device_name != "cpu" && device_name != "cuda") Fail("--device takes cpu or cuda");
-    } else if (arg == "--threads" && has_value) {  // read by TVM's thread pool
-      setenv("TVM_NUM_THREADS", std::to_string(ParseCount(arg, argv[++i])).c_str(), 1);
+      if (device_name != "cpu" && device_name != "cuda") Usage("--device takes cpu or cuda");
+    } else if (arg == "--threads" && has_value) {
+      threads = ParseCount(arg, argv[++i]);
+      if (threads < 1) Usage("--threads takes a count >= 1");
     } else if (arg.rfind("-", 0) == 0) {
-      Fail("unknown option or missing value: " + arg + " (see --help)");
+      Usage("unknown option or missing value: " + arg);
     } else {
       inputs.push_back(arg);
     }
   }
+  // Read by TVM's thread pool when it starts (at the first parallel kernel).
+  if (threads > 0) {
+    setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), 1);
+  } else if (!std::getenv("TVM_NUM_THREADS")) {
+    setenv("TVM_NUM_THREADS", std::to_string(AllowedCores()).c_str(), 1);
+  }
+  threads = std::atoi(std::getenv("TVM_NUM_THREADS"));
   // dlopen() does not look in the working directory for a bare file name.
   if (model.find('/') == std::string::npos) model = "./" + model;
   CheckModelArch(model);
@@ -316,8 +420,15 @@ int Run(int argc, char** argv) {
   }
   ffi::Function main_fn = vm->GetFunction("main").value();
 
+  std::vector<InputSpec> specs = LoadSignature(model);
+  if (inputs.empty()) {
+    Usage(specs.empty() ? "no input files given"
+                        : "no input files given; the model takes " + Expected(specs));
+  }
   std::vector<ffi::Tensor> tensors;
-  for (const std::string& path : inputs) tensors.push_back(OnDevice(ReadNpy(path), device));
+  for (const std::string& path : inputs) tensors.push_back(ReadNpy(path));
+  CheckInputs(specs, inputs, tensors);
+  for (ffi::Tensor& t : tensors) t = OnDevice(t, device);
   for (const ffi::Tensor& weight : LoadParams(model)) tensors.push_back(OnDevice(weight, device));
   std::vector<ffi::AnyView> args(tensors.begin(), tensors.end());
   // GPU kernels run asynchronously: a timed call ends when the device's stream is drained.
@@ -332,12 +443,21 @@ int Run(int argc, char** argv) {
 
   std::vector<ffi::Tensor> outputs;
   CollectTensors(call(), &outputs);
-  std::filesystem::create_directories(out_dir);
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    WriteNpy(out_dir + "/output" + std::to_string(i) + ".npy",
-             OnDevice(outputs[i], DLDevice{kDLCPU, 0}));
+  if (!out_dir.empty()) {
+    std::filesystem::create_directories(out_dir);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      WriteNpy(out_dir + "/output" + std::to_string(i) + ".npy",
+               OnDevice(outputs[i], DLDevice{kDLCPU, 0}));
+    }
+    std::printf("wrote %zu output(s) to %s\n", outputs.size(), out_dir.c_str());
+  } else {
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      ffi::ShapeView view = outputs[i].shape();
+      std::printf("output%zu: %s %s\n", i, DtypeName(outputs[i].dtype()).c_str(),
+                  ShapeText(std::vector<int64_t>(view.begin(), view.end())).c_str());
+    }
+    if (!bench) std::printf("(not written: pass --out DIR to save them as .npy)\n");
   }
-  std::printf("wrote %zu output(s) to %s\n", outputs.size(), out_dir.c_str());
 
   if (bench > 0) {
     std::vector<double> ms;
@@ -348,7 +468,8 @@ int Run(int argc, char** argv) {
       ms.push_back(elapsed.count());
     }
     std::sort(ms.begin(), ms.end());
-    std::printf("%d runs: median %.3f ms, min %.3f ms\n", bench, ms[ms.size() / 2], ms[0]);
+    std::printf("%d runs on %d thread(s): median %.3f ms, min %.3f ms\n", bench, threads,
+                ms[ms.size() / 2], ms[0]);
   }
   return 0;
 }
@@ -358,6 +479,9 @@ int Run(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     return Run(argc, argv);
+  } catch (const UsageError& e) {
+    std::cerr << "error: " << e.what() << "\n" << kUsage;
+    return 2;
   } catch (const ffi::Error& e) {
     std::cerr << "error: " << e.kind() << ": " << e.message() << "\n";
   } catch (const std::exception& e) {
