@@ -31,8 +31,18 @@ from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
 from bridge.schedules import winograd
+from bridge.schedules.common import (
+    COMM_REDUCE,
+    find_block,
+    is_reduction,
+    iter_kinds,
+    largest_divisor,
+    loop_extent,
+    reads_bool,
+    vector_divisor,
+    vectorize_block,
+)
 
-DATA_PAR, COMM_REDUCE = 0, 2
 MAX_PIXEL_TILE = 8
 
 
@@ -52,10 +62,6 @@ def simd_lanes(target: Target, bits: int = 32) -> int:
     return max(1, (width if width > 0 else 128) // bits)
 
 
-def _extent(loop) -> int | None:
-    return int(loop.extent) if isinstance(loop.extent, tirx.IntImm) else None
-
-
 def _static(func: tirx.PrimFunc) -> bool:
     """Every parameter is a buffer of static shape."""
     try:
@@ -64,32 +70,13 @@ def _static(func: tirx.PrimFunc) -> bool:
         return False
 
 
-def _iter_kinds(sch: s_tir.Schedule, block) -> list[int]:
-    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
-
-
-def is_reduction(sch: s_tir.Schedule, block) -> bool:
-    return COMM_REDUCE in _iter_kinds(sch, block)
-
-
-def _largest_divisor(extent: int, limit: int) -> int:
-    return next(d for d in range(min(limit, extent), 0, -1) if extent % d == 0)
-
-
 def channel_block(channels: int, lanes: int) -> int:
     """Channels per register tile: two or one full vectors when they divide the channels,
     else the largest divisor up to two vectors (LLVM splits odd vector lengths)."""
     for block in (2 * lanes, lanes, max(lanes // 2, 1)):
         if channels % block == 0:
             return block
-    return _largest_divisor(channels, 2 * lanes)
-
-
-def _find(sch: s_tir.Schedule, name: str):
-    try:
-        return sch.get_sblock(name)
-    except Exception:  # inlined away
-        return None
+    return largest_divisor(channels, 2 * lanes)
 
 
 def _has_condition(sch: s_tir.Schedule, block) -> bool:
@@ -113,7 +100,7 @@ class ChannelsLastKernels(CPUScheduleRule):
         if not _static(func):
             return None  # symbolic shapes (dynamic batch): leave to the generic path
         sch = s_tir.Schedule(func)
-        root = _find(sch, "root")
+        root = find_block(sch, "root")
         if root is None:  # hand-written TIR without blocks (sort, scan): nothing to do
             return None
         blocks = sch.get_child_blocks(root)
@@ -128,7 +115,7 @@ class ChannelsLastKernels(CPUScheduleRule):
         others = [sch.get(b).name_hint for b in blocks if not is_reduction(sch, b)]
         if len(reductions) == 1 and tile_reduction(sch, reductions[0], lanes):
             for name in others:  # stages neither inlined nor folded into the tile (e.g. pads)
-                block = _find(sch, name)
+                block = find_block(sch, name)
                 if block is not None:
                     vectorize_block(sch, block, lanes)
             return sch
@@ -154,46 +141,20 @@ def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedul
     return sch
 
 
-def _reads_bool(sch: s_tir.Schedule, block) -> bool:
-    return any(region.source.dtype == "bool" for region in sch.get(block).reads)
-
-
-def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Fuse a top-level spatial block's loops; parallel outside, SIMD inside (not for a block
-    loading a bool buffer, e.g. attention masks: TVM 0.27's LLVM codegen loads bool vectors as
-    int8 ones and then refuses to store them)."""
-    loops = sch.get_loops(block)
-    if not loops or any(k != DATA_PAR for k in _iter_kinds(sch, block)):
-        return
-    vectorize = not _reads_bool(sch, block)
-    if any(_extent(sch.get(loop)) is None for loop in loops):
-        return
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = _extent(sch.get(fused))
-    inner = _largest_divisor(total, lanes)  # e.g. 15 lanes for a 225x225x3 padded image
-    inner = inner if inner >= lanes // 4 else 1
-    if vectorize and inner > 1 and total > inner:
-        outer, vector = sch.split(fused, [None, inner])
-        sch.parallel(outer)
-        sch.vectorize(vector)
-    elif total > 1:
-        sch.parallel(fused)
-
-
 def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     """Register-tile one reduction block whose last spatial axis is contiguous in its output."""
-    kinds = _iter_kinds(sch, block)
+    kinds = iter_kinds(sch, block)
     loops = sch.get_loops(block)
     n_spatial = kinds.index(COMM_REDUCE)
     if len(loops) != len(kinds) or any(k != COMM_REDUCE for k in kinds[n_spatial:]):
         return False
     if n_spatial < 1 or not _contiguous_output_axis(sch, block, n_spatial):
         return False
-    channels = _extent(sch.get(loops[n_spatial - 1]))
-    width = _extent(sch.get(loops[n_spatial - 2])) if n_spatial >= 2 else 1
+    channels = loop_extent(sch.get(loops[n_spatial - 1]))
+    width = loop_extent(sch.get(loops[n_spatial - 2])) if n_spatial >= 2 else 1
     vector = channel_block(channels, lanes)
 
-    window = _extent(sch.get(loops[-1])) == 1  # depthwise: no input channels to sum
+    window = loop_extent(sch.get(loops[-1])) == 1  # depthwise: no input channels to sum
     for producer in sch.get_producers(block):  # pure copies (e.g. a zero-size pad): inline
         if not is_reduction(sch, producer) and (window or not _has_condition(sch, producer)):
             _try(sch.compute_inline, producer)
@@ -204,7 +165,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     spatial, reduce = loops[:n_spatial], loops[n_spatial:]
     ch_outer, ch_inner = sch.split(spatial[-1], [None, vector])
     if n_spatial >= 2:
-        tile = _largest_divisor(width, MAX_PIXEL_TILE)
+        tile = largest_divisor(width, MAX_PIXEL_TILE)
         px_outer, px_inner = sch.split(spatial[-2], [None, tile])
         outer = [*spatial[:-2], px_outer, ch_outer]
         sch.reorder(*outer, *reduce, px_inner, ch_inner)
@@ -257,7 +218,7 @@ def schedule_rows(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule | None:
 def _reduces_innermost(sch: s_tir.Schedule, block) -> bool:
     """One reduction iterator, the innermost, indexing the last axis of every input."""
     stmt = sch.get(block)
-    kinds = _iter_kinds(sch, block)
+    kinds = iter_kinds(sch, block)
     if kinds[-1] != COMM_REDUCE or kinds.count(COMM_REDUCE) != 1:
         return False
     k = stmt.iter_vars[-1].var
@@ -270,37 +231,27 @@ def _vector_partials(sch: s_tir.Schedule, block, lanes: int):
     """Split the reduction into vector-wide partial results (an rfactor block), so the long
     part of it vectorizes; None when no vector width of 4+ lanes divides a longer extent."""
     k = sch.get_loops(block)[-1]
-    extent = _extent(sch.get(k))
-    width = _vector_divisor(extent, lanes)
+    extent = loop_extent(sch.get(k))
+    width = vector_divisor(extent, lanes)
     if width is None or extent == width:
         return None
     _, lane = sch.split(k, [None, width])
     return sch.rfactor(lane, 0)
 
 
-def _vector_divisor(extent: int | None, lanes: int) -> int | None:
-    """The largest power of two up to ``lanes`` dividing ``extent``, if at least 4."""
-    width = lanes
-    while extent and width >= 4:
-        if extent % width == 0:
-            return width
-        width //= 2
-    return None
-
-
 def _vectorize_row_step(sch: s_tir.Schedule, block, row, lanes: int, partial: bool) -> None:
     loops = sch.get_loops(block)
     inner = loops[[sch.get(loop).same_as(sch.get(row)) for loop in loops].index(True) + 1 :]
-    if partial and not _reads_bool(sch, block):
+    if partial and not reads_bool(sch, block):
         # loops: lane (the rfactor axis, first), unit loops, the remaining reduction
         lane, reduce = inner[0], inner[-1]
         sch.reorder(reduce, lane)
         sch.vectorize(lane)
         init = sch.decompose_reduction(block, reduce)
         sch.vectorize(sch.get_loops(init)[-1])
-    elif inner and not is_reduction(sch, block) and not _reads_bool(sch, block):
-        extent = _extent(sch.get(inner[-1]))
-        width = _vector_divisor(extent, lanes)
+    elif inner and not is_reduction(sch, block) and not reads_bool(sch, block):
+        extent = loop_extent(sch.get(inner[-1]))
+        width = vector_divisor(extent, lanes)
         if width is not None and extent > width:
             sch.vectorize(sch.split(inner[-1], [None, width])[1])
         elif extent and 1 < extent <= lanes:
@@ -350,7 +301,7 @@ def _merge_elementwise_chain(sch: s_tir.Schedule, write_back) -> None:
     names = [sch.get(b).name_hint for b in blocks]
     start = names.index(sch.get(write_back).name_hint) + 1
     for name in names[start:-1]:  # the kernel's output block stays
-        block = _find(sch, name)
+        block = find_block(sch, name)
         if (
             block is not None
             and not is_reduction(sch, block)
@@ -363,5 +314,5 @@ def _merge_elementwise_chain(sch: s_tir.Schedule, write_back) -> None:
 def _unroll_taps(sch: s_tir.Schedule, reduce) -> None:
     """Unroll a depthwise window's inner taps (up to 7) so that neighbouring output pixels
     share each loaded input vector."""
-    if len(reduce) >= 2 and (_extent(sch.get(reduce[-2])) or 8) <= 7:
+    if len(reduce) >= 2 and (loop_extent(sch.get(reduce[-2])) or 8) <= 7:
         sch.unroll(reduce[-2])

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax, s_tir, te, tirx, topi
 
+from bridge.schedules.common import find_block, vector_divisor, vectorize_block
+
 MIN_TILES = 16  # tiles (batch x tile rows x tile columns) sharing each transformed weight
 MIN_CHANNELS = 16  # input channels: the transforms' cost is amortized over the product's
 OUT_EWISE_FUSABLE, OPAQUE = 4, 8  # TVM's OpPatternKind values
@@ -256,16 +258,12 @@ def winograd_output(m: te.Tensor, batch: int, size, tiles, tile: int) -> te.Tens
 
 
 def _vector_width(sch: s_tir.Schedule, loop, lanes: int) -> int:
-    from bridge.schedules.cpu import _vector_divisor  # cpu.py dispatches here: imported late
-
-    return _vector_divisor(int(sch.get(loop).extent), lanes) or 1
+    return vector_divisor(int(sch.get(loop).extent), lanes) or 1
 
 
 def schedule_input(sch: s_tir.Schedule, lanes: int) -> None:
     """Per tile (parallel), all transform entries unrolled, channels vectorized; the padded
     copy is written first by its own parallel loop."""
-    from bridge.schedules.cpu import _find, vectorize_block
-
     block = sch.get_sblock("winograd_input")
     e, p, c = sch.get_loops(block)
     c_outer, c_inner = sch.split(c, [None, _vector_width(sch, c, lanes)])
@@ -273,7 +271,7 @@ def schedule_input(sch: s_tir.Schedule, lanes: int) -> None:
     sch.parallel(p)
     sch.unroll(e)
     sch.vectorize(c_inner)
-    pad = _find(sch, "winograd_pad")
+    pad = find_block(sch, "winograd_pad")
     if pad is not None:
         vectorize_block(sch, pad, lanes)
 

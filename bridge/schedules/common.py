@@ -1,0 +1,68 @@
+"""Schedule helpers shared by the CPU rules (:mod:`bridge.schedules.cpu`) and the Winograd
+transforms (:mod:`bridge.schedules.winograd`): loop extents, iterator kinds, block lookup and the
+fused, parallel, vectorized loop of an injective block."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+DATA_PAR, COMM_REDUCE = 0, 2
+
+
+def loop_extent(loop) -> int | None:
+    return int(loop.extent) if isinstance(loop.extent, tirx.IntImm) else None
+
+
+def iter_kinds(sch: s_tir.Schedule, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return COMM_REDUCE in iter_kinds(sch, block)
+
+
+def largest_divisor(extent: int, limit: int) -> int:
+    return next(d for d in range(min(limit, extent), 0, -1) if extent % d == 0)
+
+
+def find_block(sch: s_tir.Schedule, name: str):
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # inlined away
+        return None
+
+
+def reads_bool(sch: s_tir.Schedule, block) -> bool:
+    return any(region.source.dtype == "bool" for region in sch.get(block).reads)
+
+
+def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Fuse a top-level spatial block's loops; parallel outside, SIMD inside (not for a block
+    loading a bool buffer, e.g. attention masks: TVM 0.27's LLVM codegen loads bool vectors as
+    int8 ones and then refuses to store them)."""
+    loops = sch.get_loops(block)
+    if not loops or any(k != DATA_PAR for k in iter_kinds(sch, block)):
+        return
+    vectorize = not reads_bool(sch, block)
+    if any(loop_extent(sch.get(loop)) is None for loop in loops):
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = loop_extent(sch.get(fused))
+    inner = largest_divisor(total, lanes)  # e.g. 15 lanes for a 225x225x3 padded image
+    inner = inner if inner >= lanes // 4 else 1
+    if vectorize and inner > 1 and total > inner:
+        outer, vector = sch.split(fused, [None, inner])
+        sch.parallel(outer)
+        sch.vectorize(vector)
+    elif total > 1:
+        sch.parallel(fused)
+
+
+def vector_divisor(extent: int | None, lanes: int) -> int | None:
+    """The largest power of two up to ``lanes`` dividing ``extent``, if at least 4."""
+    width = lanes
+    while extent and width >= 4:
+        if extent % width == 0:
+            return width
+        width //= 2
+    return None
