@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bridge.cli import main
-from tests.conftest import KERAS3, reference
+from tests.conftest import EXAMPLES, KERAS3, reference
 
 MODELS = KERAS3 / "models"
 
@@ -253,3 +255,28 @@ def test_portable_build_has_no_native_warning(tmp_path, capsys):
     model = str(MODELS / "seq_cnn.keras")
     assert main(["build", model, "--target", "x86-64", "-o", str(tmp_path)]) == 0
     assert "built for this CPU" not in capsys.readouterr().out
+
+
+def readme_block(heading: str) -> list[str]:
+    """The commands (argument lists) of the first ```sh block under a README heading."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index(f"\n## {heading}\n") :]
+    block = section[section.index("```sh\n") + 6 :]
+    block = block[: block.index("```")]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_readme_tflite_example_runs_as_written(tmp_path):
+    """From a fresh clone's root: the README's TFLite commands, then the example script."""
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    commands = readme_block("TFLite models")
+    assert any("examples/tflite/cnn.tflite" in c for c in commands)
+    assert any("examples/run_tflite_example.py" in c for c in commands)
+    for command in commands:
+        program, *args = command
+        prefix = {"bridge": [sys.executable, "-m", "bridge.cli"], "python": [sys.executable]}
+        result = subprocess.run(
+            [*prefix[program], *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    assert "OK: bridge matches LiteRT" in result.stdout
