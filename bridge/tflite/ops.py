@@ -13,6 +13,7 @@ from tvm import relax
 from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter, get_pad_value
 
 from bridge.errors import Problem
+from bridge.quant.tflite import integer_converters
 from bridge.tflite.reader import OpDesc, TFLiteFile
 from bridge.tflite.weights import Rewrites
 
@@ -70,6 +71,7 @@ class BridgeConverter(OperatorConverter):
     def __init__(self, model, subgraph, exp_tab, ctx, conversion_state=None):
         super().__init__(model, subgraph, exp_tab, ctx, conversion_state)
         self.convert_map.update({"Convolution2DTransposeBias": self.convert_transpose_conv_bias})
+        self.convert_map.update(integer_converters(self))  # int8 products: bridge.quant
         self.op_labels: list[str] = []  # set by translate(): "#index NAME" per operator shown
 
     def get_op_code_str(self, op):

@@ -1,0 +1,103 @@
+"""Integer products as Relax operators: int8/uint8 activations x int8 weights -> int32.
+
+Each kernel returns the int32 accumulator with the input zero point already folded into a
+precomputed bias, so the product itself is a pure ``sum(x * w)`` (the form a VNNI/sdot
+schedule takes) and requantization is a separate elementwise epilogue
+(:func:`bridge.quant.fixed_point.requantize`) that fuses into the kernel's write-back:
+
+    sum_k (x - zx) * w + b  =  sum_k x * w + (b - zx * sum_k w)
+
+Padding is filled with the input zero point (a real zero), so the fold holds at the borders.
+Weights are constant numpy arrays (TFLite's symmetric int8: weight zero point 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+ACC = "int32"
+
+
+def fold_bias(
+    bias: np.ndarray | None, weight_sums: np.ndarray, input_zero_point: int
+) -> np.ndarray:
+    """``bias - zx * sum_k w`` per output channel, as int32 (raises if it overflows)."""
+    folded = -int(input_zero_point) * weight_sums.astype(np.int64)
+    if bias is not None:
+        folded = folded + bias.astype(np.int64)
+    if np.abs(folded).max(initial=0) >= 2**31:
+        raise ValueError("folded bias overflows int32")
+    return folded.astype(np.int32)
+
+
+def _pad(x: relax.Expr, padding: tuple[int, int, int, int], value: int) -> relax.Expr:
+    top, left, bottom, right = padding
+    if not any(padding):
+        return x
+    return relax.op.nn.pad(x, [0, 0, top, bottom, left, right, 0, 0], pad_value=float(value))
+
+
+def conv2d(
+    x: relax.Expr,
+    weight_ohwi: np.ndarray,
+    bias: np.ndarray | None,
+    input_zero_point: int,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> relax.Expr:
+    """NHWC convolution, weights as TFLite stores them (OHWI): int32 accumulators + bias."""
+    weight = np.ascontiguousarray(weight_ohwi.transpose(1, 2, 3, 0))  # HWIO
+    folded = fold_bias(bias, weight_ohwi.astype(np.int64).sum(axis=(1, 2, 3)), input_zero_point)
+    acc = relax.op.nn.conv2d(
+        _pad(x, padding, input_zero_point),
+        relax.const(weight),
+        strides=strides,
+        dilation=dilation,
+        data_layout="NHWC",
+        kernel_layout="HWIO",
+        out_dtype=ACC,
+    )
+    return relax.op.add(acc, relax.const(folded))
+
+
+def depthwise_conv2d(
+    x: relax.Expr,
+    weight_1hwc: np.ndarray,
+    bias: np.ndarray | None,
+    input_zero_point: int,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    channels: int,
+) -> relax.Expr:
+    """NHWC depthwise convolution, weights [1, KH, KW, C * M] (output ``c * M + m`` reads
+    input channel ``c``): int32 accumulators + bias."""
+    _, kh, kw, out_channels = weight_1hwc.shape
+    multiplier = out_channels // channels
+    folded = fold_bias(bias, weight_1hwc.astype(np.int64).sum(axis=(0, 1, 2)), input_zero_point)
+    if channels == 1:  # one group: an ordinary convolution with M output channels
+        weight, layout, groups = weight_1hwc.reshape(kh, kw, 1, multiplier), "HWIO", 1
+    else:
+        weight, layout, groups = weight_1hwc.reshape(kh, kw, out_channels, 1), "HWOI", channels
+    acc = relax.op.nn.conv2d(
+        _pad(x, padding, input_zero_point),
+        relax.const(np.ascontiguousarray(weight)),
+        strides=strides,
+        dilation=dilation,
+        groups=groups,
+        data_layout="NHWC",
+        kernel_layout=layout,
+        out_dtype=ACC,
+    )
+    return relax.op.add(acc, relax.const(folded))
+
+
+def dense(
+    x: relax.Expr, weight_nk: np.ndarray, bias: np.ndarray | None, input_zero_point: int
+) -> relax.Expr:
+    """``x @ W.T`` for x [..., K] and weights [N, K] as TFLite stores them: int32 + bias."""
+    folded = fold_bias(bias, weight_nk.astype(np.int64).sum(axis=1), input_zero_point)
+    acc = relax.op.matmul(x, relax.const(np.ascontiguousarray(weight_nk.T)), out_dtype=ACC)
+    return relax.op.add(acc, relax.const(folded))

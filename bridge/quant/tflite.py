@@ -1,0 +1,235 @@
+"""Integer converters for quantized TFLite operators (CONV_2D, DEPTHWISE_CONV_2D,
+FULLY_CONNECTED).
+
+TVM's converter keeps quantized tensors as integers between operators but computes each
+quantized operator as dequantize -> float operator -> quantize. Here an operator whose
+activations are int8/uint8 and whose weights are constant symmetric int8 becomes an integer
+product (:mod:`bridge.quant.kernels`) with TFLite's fixed-point requantization
+(:mod:`bridge.quant.fixed_point`); any other operator goes to TVM's converter unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import relax
+from tvm.relax.frontend.tflite.tflite_frontend import get_pad_value
+
+from bridge.quant import fixed_point, kernels
+
+ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+INTEGER = ("int8", "uint8")
+# The rounding each operator's LiteRT builtin kernel uses on x86 (checked against LiteRT's
+# intermediate tensors in tests/test_int8.py).
+ROUNDING = {
+    "CONV_2D": "double_up",
+    "DEPTHWISE_CONV_2D": "double_up",
+    "FULLY_CONNECTED": "double_up",
+}
+
+
+@dataclass(frozen=True)
+class QParams:
+    """A tensor's quantization: scales (one, or one per channel along ``axis``), zero points."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int
+    dtype: str
+
+    @property
+    def zp(self) -> int:
+        return int(self.zero_point.flat[0])
+
+
+def qparams(converter, tensor) -> QParams | None:
+    """The quantization of a TFLite tensor wrapper, or None when it has none."""
+    if tensor.tensor_idx < 0:
+        return None
+    q = tensor.tensor.Quantization()
+    if q is None or not q.ScaleLength():
+        return None
+    zero = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, np.int64)
+    dtype = converter.get_tensor_type_str(tensor.tensor.Type())
+    return QParams(
+        np.asarray(q.ScaleAsNumpy(), np.float32),
+        np.asarray(zero, np.int64),
+        int(q.QuantizedDimension()),
+        dtype,
+    )
+
+
+def integer_converters(converter) -> dict[str, Callable]:
+    """``convert_map`` entries: the integer converter where it applies, else TVM's."""
+    table = {
+        "CONV_2D": convert_conv2d,
+        "DEPTHWISE_CONV_2D": convert_depthwise_conv2d,
+        "FULLY_CONNECTED": convert_fully_connected,
+    }
+    return {
+        name: functools.partial(_integer_or, converter, integer, converter.convert_map[name])
+        for name, integer in table.items()
+        if name in converter.convert_map
+    }
+
+
+def _integer_or(converter, integer: Callable, fallback: Callable, op) -> relax.Expr:
+    result = integer(converter, op)
+    return fallback(op=op) if result is None else result
+
+
+@dataclass(frozen=True)
+class _Operands:
+    x: relax.Expr
+    weight: np.ndarray
+    bias: np.ndarray | None
+    input: QParams
+    weight_q: QParams
+    output: QParams
+
+
+def _operands(converter, op) -> _Operands | None:
+    """The operands of an integer product, or None when the operator does not qualify:
+    int8/uint8 activations, constant int8 weights with zero point 0, int32 bias."""
+    tensors = converter.get_input_tensors(op)
+    outputs = converter.get_output_tensors(op)
+    if len(tensors) < 2 or len(outputs) != 1:
+        return None
+    data, weight = tensors[:2]
+    bias = tensors[2] if len(tensors) > 2 and tensors[2].tensor_idx >= 0 else None
+    qx, qw, qy = (
+        qparams(converter, data),
+        qparams(converter, weight),
+        qparams(converter, outputs[0]),
+    )
+    if qx is None or qw is None or qy is None:
+        return None
+    if qx.dtype not in INTEGER or qy.dtype not in INTEGER or qw.dtype != "int8":
+        return None
+    if qx.zero_point.size != 1 or qy.zero_point.size != 1 or np.any(qw.zero_point):
+        return None
+    if converter.has_expr(weight.tensor_idx) or converter.is_prefetched(weight.tensor_idx):
+        return None  # weights computed in the graph
+    bias_value = None
+    if bias is not None:
+        if converter.has_expr(bias.tensor_idx) or bias.tensor.Type() != 2:  # 2: INT32
+            return None
+        bias_value = np.asarray(converter.get_tensor_value(bias), np.int32)
+    weight_value = np.asarray(converter.get_tensor_value(weight), np.int8)
+    return _Operands(converter.get_tensor_expr(data), weight_value, bias_value, qx, qw, qy)
+
+
+def _options(op, options_class):
+    options = options_class()
+    table = op.BuiltinOptions()
+    options.Init(table.Bytes, table.Pos)
+    return options
+
+
+def _activation(converter, code: int) -> str | None:
+    name = converter.activation_fn_type[code]
+    return name if name in ACTIVATIONS else None
+
+
+def _multiplier(operands: _Operands, channels: int) -> fixed_point.Multiplier:
+    """``input_scale * weight_scale[c] / output_scale`` in double, per output channel."""
+    weight_scale = np.broadcast_to(operands.weight_q.scale.astype(np.float64), (channels,))
+    real = np.float64(operands.input.scale[0]) * weight_scale / np.float64(operands.output.scale[0])
+    return fixed_point.quantize_multiplier(real)
+
+
+def _epilogue(acc, operands: _Operands, channels: int, activation: str, op_name: str):
+    out = operands.output
+    clamp = fixed_point.activation_range(activation, float(out.scale[0]), out.zp, out.dtype)
+    return fixed_point.requantize(
+        acc, _multiplier(operands, channels), out.zp, clamp, out.dtype, ROUNDING[op_name]
+    )
+
+
+def _padding(code: int, size: tuple[int, int], kernel: tuple[int, int], options) -> tuple:
+    """(top, left, bottom, right) for TFLite's SAME (0) or VALID (1) padding."""
+    if code == 1:
+        return (0, 0, 0, 0)
+    (h, w), (kh, kw) = size, kernel
+    dh, dw = options.DilationHFactor(), options.DilationWFactor()
+    top, bottom = get_pad_value(h, dh * (kh - 1) + 1, options.StrideH())
+    left, right = get_pad_value(w, dw * (kw - 1) + 1, options.StrideW())
+    return (top, left, bottom, right)
+
+
+def _spatial(converter, op, options, kernel: tuple[int, int]) -> dict:
+    _, h, w, _ = (int(d) for d in converter.get_tensor_shape(converter.get_input_tensors(op)[0]))
+    if options.Padding() not in (0, 1):
+        return {}
+    return {
+        "strides": (options.StrideH(), options.StrideW()),
+        "padding": _padding(options.Padding(), (h, w), kernel, options),
+        "dilation": (options.DilationHFactor(), options.DilationWFactor()),
+    }
+
+
+def convert_conv2d(converter, op) -> relax.Expr | None:
+    from tflite.Conv2DOptions import Conv2DOptions
+
+    operands = _operands(converter, op)
+    if operands is None or operands.weight.ndim != 4:
+        return None
+    options = _options(op, Conv2DOptions)
+    activation = _activation(converter, options.FusedActivationFunction())
+    out_channels, kh, kw, in_channels = operands.weight.shape
+    data_channels = int(converter.get_tensor_shape(converter.get_input_tensors(op)[0])[3])
+    if activation is None or in_channels != data_channels:  # grouped: TVM's path
+        return None
+    if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
+        return None
+    spatial = _spatial(converter, op, options, (kh, kw))
+    if not spatial:
+        return None
+    acc = kernels.conv2d(operands.x, operands.weight, operands.bias, operands.input.zp, **spatial)
+    return _epilogue(acc, operands, out_channels, activation, "CONV_2D")
+
+
+def convert_depthwise_conv2d(converter, op) -> relax.Expr | None:
+    from tflite.DepthwiseConv2DOptions import DepthwiseConv2DOptions
+
+    operands = _operands(converter, op)
+    if operands is None or operands.weight.ndim != 4 or operands.weight.shape[0] != 1:
+        return None
+    options = _options(op, DepthwiseConv2DOptions)
+    activation = _activation(converter, options.FusedActivationFunction())
+    _, kh, kw, out_channels = operands.weight.shape
+    channels = int(converter.get_tensor_shape(converter.get_input_tensors(op)[0])[3])
+    if activation is None or out_channels % channels:
+        return None
+    if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 3:
+        return None
+    spatial = _spatial(converter, op, options, (kh, kw))
+    if not spatial:
+        return None
+    acc = kernels.depthwise_conv2d(
+        operands.x, operands.weight, operands.bias, operands.input.zp, channels=channels, **spatial
+    )
+    return _epilogue(acc, operands, out_channels, activation, "DEPTHWISE_CONV_2D")
+
+
+def convert_fully_connected(converter, op) -> relax.Expr | None:
+    from tflite.FullyConnectedOptions import FullyConnectedOptions
+
+    operands = _operands(converter, op)
+    if operands is None or operands.weight.ndim != 2:
+        return None
+    options = _options(op, FullyConnectedOptions)
+    activation = _activation(converter, options.FusedActivationFunction())
+    if activation is None or options.WeightsFormat() != 0:  # 0: DEFAULT (not shuffled)
+        return None
+    if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
+        return None
+    units, depth = operands.weight.shape
+    out_shape = [int(d) for d in converter.get_tensor_shape(converter.get_output_tensors(op)[0])]
+    x = relax.op.reshape(operands.x, [-1, depth])
+    acc = kernels.dense(x, operands.weight, operands.bias, operands.input.zp)
+    out = _epilogue(acc, operands, units, activation, "FULLY_CONNECTED")
+    return relax.op.reshape(out, out_shape)

@@ -1,0 +1,394 @@
+"""Integer kernels (bridge.quant): bit-exact against a numpy model of TFLite's integer
+arithmetic on random data, operator by operator against LiteRT's own intermediate tensors,
+whole int8 fixtures against LiteRT, and a guard that the int8 path really is integer.
+
+Agreement with LiteRT 2.3 (builtin kernels, x86, one thread), checked below:
+- CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: bit-exact on every such operator of the int8
+  fixtures, fed LiteRT's own input (per-tensor and per-channel weights). LiteRT rounds these
+  with the SIMD kernels' double rounding, both steps half up ("double_up"), not the reference
+  kernels' half away from zero: branches_int8's first convolution (no activation, so negative
+  outputs survive) has 3 outputs exactly on a half that tell the two apart.
+- whole models: see MAX_STEPS; the remaining step comes from operators still computed as
+  dequantize -> float -> quantize (MEAN, AVERAGE_POOL_2D, SOFTMAX), which round a float.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from conftest import FIXTURES
+from tvm import relax
+
+import bridge
+from bridge.compile import compile_module
+from bridge.quant import fixed_point, kernels
+
+TFLITE = FIXTURES / "tflite"
+INTERMEDIATES = TFLITE / "litert_int8_intermediates.npz"
+TARGET = "llvm"
+INTEGER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+RNG = np.random.default_rng(13)
+
+# --- numpy model of TFLite's integer arithmetic ---------------------------------------------
+
+
+def ref_scale(acc: np.ndarray, significand: np.ndarray, shift: np.ndarray, rounding: str):
+    """acc * significand * 2**(shift - 31), rounded as ``rounding`` (int64 throughout)."""
+    acc = acc.astype(np.int64)
+    m = significand.astype(np.int64)
+    shift = shift.astype(np.int64)
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    if rounding == "single":
+        total = 31 - shift
+        return (acc * m + 2 ** (total - 1)) // 2**total
+    product = (acc * 2**left) * m
+    if rounding == "double_up":
+        high = (product + 2**30) // 2**31
+        return np.where(right > 0, (high + 2 ** np.maximum(right - 1, 0)) // 2**right, high)
+    # reference: round half away from zero, twice
+    nudged = product + np.where(product >= 0, 2**30, 1 - 2**30)
+    high = np.sign(nudged) * (np.abs(nudged) // 2**31)  # C++ division truncates
+    mask = 2**right - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> right) + (remainder > threshold)
+
+
+def ref_requantize(acc, real, zero_point, clamp, rounding, dtype):
+    mul = fixed_point.quantize_multiplier(real)
+    y = ref_scale(acc, mul.significand, mul.shift, rounding) + zero_point
+    return np.clip(y, *clamp).astype(dtype)
+
+
+def ref_conv2d(x, w_ohwi, bias, zx, strides, padding, dilation):
+    """sum((x - zx) * w) + bias with zero (real) padding, NHWC/OHWI, int64."""
+    top, left, bottom, right = padding
+    xs = np.pad(x.astype(np.int64) - zx, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    out_c, kh, kw, _ = w_ohwi.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (xs.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    ow = (xs.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    acc = np.zeros((x.shape[0], oh, ow, out_c), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xs[
+                :,
+                i * dh : i * dh + sh * (oh - 1) + 1 : sh,
+                j * dw : j * dw + sw * (ow - 1) + 1 : sw,
+            ]
+            acc += np.einsum("nhwc,oc->nhwo", patch, w_ohwi[:, i, j].astype(np.int64))
+    return acc + (0 if bias is None else bias.astype(np.int64))
+
+
+def ref_depthwise(x, w_1hwc, bias, zx, strides, padding, dilation):
+    multiplier = w_1hwc.shape[3] // x.shape[3]
+    xs = np.repeat(x.astype(np.int64) - zx, multiplier, axis=3)
+    top, left, bottom, right = padding
+    xs = np.pad(xs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    _, kh, kw, channels = w_1hwc.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (xs.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    ow = (xs.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    acc = np.zeros((x.shape[0], oh, ow, channels), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xs[
+                :,
+                i * dh : i * dh + sh * (oh - 1) + 1 : sh,
+                j * dw : j * dw + sw * (ow - 1) + 1 : sw,
+            ]
+            acc += patch * w_1hwc[0, i, j].astype(np.int64)
+    return acc + (0 if bias is None else bias.astype(np.int64))
+
+
+def ref_dense(x, w_nk, bias, zx):
+    acc = (x.astype(np.int64) - zx) @ w_nk.T.astype(np.int64)
+    return acc + (0 if bias is None else bias.astype(np.int64))
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def run_relax(build, inputs: list[np.ndarray]) -> np.ndarray:
+    """Compile ``build(vars) -> expr`` with bridge's CPU pipeline and run it on ``inputs``."""
+    bb = relax.BlockBuilder()
+    params = [
+        relax.Var(f"x{i}", relax.TensorType(x.shape, str(x.dtype))) for i, x in enumerate(inputs)
+    ]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(*params))
+        bb.emit_func_output(out)
+    executable = compile_module(bb.get(), {}, tvm.target.Target(TARGET))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
+
+
+def random_int(shape, dtype: str) -> np.ndarray:
+    lo, hi = fixed_point.INT_RANGE[dtype]
+    return RNG.integers(lo, hi + 1, size=shape).astype(dtype)
+
+
+# --- fixed point ------------------------------------------------------------------------------
+
+
+def test_quantize_multiplier_matches_tflite_decomposition() -> None:
+    mul = fixed_point.quantize_multiplier(np.array([0.5, 0.25, 1.0, 3.0, 1 - 2**-40, 0.0, 2**-40]))
+    assert mul.significand.tolist() == [2**30, 2**30, 2**30, 3 * 2**29, 2**30, 0, 0]
+    assert mul.shift.tolist() == [0, -1, 1, 2, 1, 0, 0]  # 1 - 2**-40 rounds up to 2**31 -> 2**30
+
+
+@pytest.mark.parametrize("rounding", fixed_point.ROUNDINGS)
+def test_requantize_bit_exact(rounding: str) -> None:
+    """Random accumulators plus exact halves at both rounding steps, per-channel multipliers
+    with left and right shifts."""
+    channels = 8
+    real = np.array([0.0003, 0.0071, 0.04, 0.33, 0.5, 1.7, 0.0001234, 0.0625])
+    mul = fixed_point.quantize_multiplier(real)
+    acc = RNG.integers(-(2**20), 2**20, size=(64, channels)).astype(np.int32)
+    # values landing exactly on a half after the high multiply (0.0625 = 2**30 * 2**-33)
+    acc[:8, 7] = [-24, -8, 8, 24, -40, 40, -3, 3]
+    acc[8:16] = np.arange(-4, 4)[:, None]
+    zero_point, clamp = -5, (-128, 127)
+    expected = ref_requantize(acc, real, zero_point, clamp, rounding, "int8")
+    got = run_relax(
+        lambda a: fixed_point.requantize(a, mul, zero_point, clamp, "int8", rounding), [acc]
+    )
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_roundings_differ_on_halves() -> None:
+    """The three roundings really are different (else the tests above could not tell)."""
+    acc = np.array([-24, -8, 8, 24, -3, 3], np.int64)
+    mul = fixed_point.quantize_multiplier(np.full(6, 0.0625))
+    got = {r: ref_scale(acc, mul.significand, mul.shift, r).tolist() for r in fixed_point.ROUNDINGS}
+    assert got["double"] == [-2, -1, 1, 2, 0, 0]  # -1.5 -> -2, -0.5 -> -1
+    assert got["double_up"] == [-1, 0, 1, 2, 0, 0]  # -1.5 -> -1, -0.5 -> 0
+    assert got["single"] == [*got["double_up"][:4], 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("activation", "dtype"), [("NONE", "int8"), ("RELU", "int8"), ("RELU6", "uint8")]
+)
+def test_activation_range(activation: str, dtype: str) -> None:
+    lo, hi = fixed_point.activation_range(activation, 0.05, 10 if dtype == "uint8" else -3, dtype)
+    expected = {
+        "NONE": (-128, 127),
+        "RELU": (-3, 127),
+        "RELU6": (10, 130),  # 10 + round(6 / 0.05)
+    }[activation]
+    assert (lo, hi) == expected
+
+
+# --- kernels on random data -------------------------------------------------------------------
+
+CONV_CASES = [
+    # (dtype, per_channel, strides, padding, dilation, activation, rounding)
+    ("int8", True, (1, 1), (1, 1, 1, 1), (1, 1), "NONE", "double_up"),
+    ("int8", False, (2, 2), (0, 0, 1, 1), (1, 1), "RELU6", "double"),
+    ("uint8", True, (1, 1), (0, 0, 0, 0), (2, 2), "RELU", "single"),
+]
+
+
+def _requantized(acc_ref, real, out_zp, activation, rounding, dtype="int8", scale=0.05):
+    clamp = fixed_point.activation_range(activation, scale, out_zp, dtype)
+    return ref_requantize(acc_ref, real, out_zp, clamp, rounding, dtype), clamp
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c[:2] + c[5:])))
+def test_conv2d_bit_exact(case) -> None:
+    dtype, per_channel, strides, padding, dilation, activation, rounding = case
+    x = random_int((1, 9, 10, 5), dtype)
+    zx = 131 if dtype == "uint8" else -7
+    w = random_int((12, 3, 3, 5), "int8")
+    bias = RNG.integers(-5000, 5000, size=12).astype(np.int32)
+    w_scale = RNG.uniform(0.002, 0.02, size=12 if per_channel else 1)
+    real = 0.03 * w_scale / 0.05
+    expected, clamp = _requantized(
+        ref_conv2d(x, w, bias, zx, strides, padding, dilation), real, 4, activation, rounding
+    )
+    mul = fixed_point.quantize_multiplier(np.broadcast_to(real, (12,)))
+
+    def build(data):
+        acc = kernels.conv2d(data, w, bias, zx, strides, padding, dilation)
+        return fixed_point.requantize(acc, mul, 4, clamp, "int8", rounding)
+
+    np.testing.assert_array_equal(run_relax(build, [x]), expected)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_depthwise_bit_exact(multiplier: int, dtype: str) -> None:
+    x = random_int((1, 8, 8, 6), dtype)
+    zx = 128 if dtype == "uint8" else 3
+    w = random_int((1, 3, 3, 6 * multiplier), "int8")
+    bias = RNG.integers(-2000, 2000, size=6 * multiplier).astype(np.int32)
+    real = 0.02 * RNG.uniform(0.002, 0.02, size=6 * multiplier) / 0.04
+    padding, strides, dilation = (1, 1, 1, 1), (2, 2), (1, 1)
+    expected, clamp = _requantized(
+        ref_depthwise(x, w, bias, zx, strides, padding, dilation), real, -1, "RELU", "double_up"
+    )
+    mul = fixed_point.quantize_multiplier(real)
+
+    def build(data):
+        acc = kernels.depthwise_conv2d(data, w, bias, zx, strides, padding, dilation, channels=6)
+        return fixed_point.requantize(acc, mul, -1, clamp, "int8", "double_up")
+
+    np.testing.assert_array_equal(run_relax(build, [x]), expected)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dense_bit_exact(per_channel: bool) -> None:
+    x = random_int((3, 40), "int8")
+    w = random_int((10, 40), "int8")
+    bias = RNG.integers(-9000, 9000, size=10).astype(np.int32)
+    real = 0.05 * RNG.uniform(0.001, 0.01, size=10 if per_channel else 1) / 0.1
+    expected, clamp = _requantized(ref_dense(x, w, bias, -9), real, 2, "NONE", "double_up")
+    mul = fixed_point.quantize_multiplier(np.broadcast_to(real, (10,)))
+
+    def build(data):
+        acc = kernels.dense(data, w, bias, -9)
+        return fixed_point.requantize(acc, mul, 2, clamp, "int8", "double_up")
+
+    np.testing.assert_array_equal(run_relax(build, [x]), expected)
+
+
+def test_folded_bias_overflow_is_refused() -> None:
+    with pytest.raises(ValueError, match="overflows"):
+        kernels.fold_bias(np.array([2**31 - 10], np.int32), np.array([100]), -128)
+
+
+# --- operators of the fixtures against LiteRT -------------------------------------------------
+
+
+def _litert_cases() -> list[tuple[str, int]]:
+    from bridge.tflite import read_tflite
+
+    saved = set(np.load(INTERMEDIATES).files)
+    cases = []
+    for model in sorted({key.split("/")[0] for key in saved}):
+        for op in read_tflite(TFLITE / f"{model}.tflite").ops:
+            if op.name in INTEGER_OPS and f"{model}/{op.outputs[0]}" in saved:
+                cases.append((model, op.index))
+    return cases
+
+
+def one_operator(model: str, index: int) -> tuple[tvm.IRModule, str, int]:
+    """A module computing operator ``index`` of ``model`` alone (its first input a
+    parameter) with bridge's converter; returns (module, operator name, input tensor)."""
+    import tflite
+    from tvm.relax.frontend.tflite.tflite_frontend import ExprTable, get_tensor_name
+
+    from bridge.tflite.ops import BridgeConverter
+
+    buffer = (TFLITE / f"{model}.tflite").read_bytes()
+    tfl = tflite.Model.GetRootAsModel(buffer, 0)
+    subgraph = tfl.Subgraphs(0)
+    bb, table = relax.BlockBuilder(), ExprTable()
+    converter = BridgeConverter(tfl, subgraph, table, bb)
+    op = subgraph.Operators(index)
+    data = converter.get_input_tensors(op)[0]
+    shape = [int(d) for d in converter.get_tensor_shape(data)]
+    dtype = converter.get_tensor_type_str(data.tensor.Type())
+    var = relax.Var("x", relax.TensorType(shape, dtype))
+    name = converter.get_op_code_str(op)
+    with bb.function("main", [var]):
+        with bb.dataflow():
+            table.set_expr(get_tensor_name(subgraph, data.tensor_idx), var)
+            out = bb.emit_output(converter.convert_map[name](op=op))
+        bb.emit_func_output(out)
+    return bb.get(), name, data.tensor_idx
+
+
+@pytest.mark.parametrize(("model", "index"), _litert_cases())
+def test_operator_bit_exact_with_litert(model: str, index: int) -> None:
+    """Each CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED of the int8 fixtures, fed LiteRT's
+    input tensor, gives LiteRT's output tensor exactly, through integer kernels only."""
+    from bridge.tflite import read_tflite
+
+    mod, name, input_index = one_operator(model, index)
+    assert "relax.dequantize" not in mod.script(), f"{model} #{index} {name}: float path"
+    saved = np.load(INTERMEDIATES)
+    x = saved[f"{model}/{input_index}"]
+    expected = saved[f"{model}/{read_tflite(TFLITE / f'{model}.tflite').ops[index].outputs[0]}"]
+    executable = compile_module(mod, {}, tvm.target.Target(TARGET))
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert got.dtype == expected.dtype
+    diff = np.abs(got.astype(np.int64) - expected.reshape(got.shape).astype(np.int64))
+    assert diff.max() == 0, f"{model} #{index} {name}: {np.count_nonzero(diff)} values differ"
+
+
+def test_litert_cases_cover_every_kind() -> None:
+    from bridge.tflite import read_tflite
+
+    names = {read_tflite(TFLITE / f"{m}.tflite").ops[i].name for m, i in _litert_cases()}
+    assert names == INTEGER_OPS
+
+
+# --- whole models ----------------------------------------------------------------------------
+
+# Largest distance from LiteRT's outputs, in quantization steps. The steps left come from
+# operators still computed in float (MEAN, AVERAGE_POOL_2D; see the module docstring).
+MAX_STEPS = {
+    "cnn_int8": 1,
+    "cnn_int8_pertensor": 1,
+    "cnn_uint8io": 1,
+    "mobile_int8": 1,
+    "branches_int8": 0,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAX_STEPS))
+def test_model_against_litert(name: str) -> None:
+    data = np.load(TFLITE / f"{name}.npz")
+    inputs = [data[k] for k in sorted(data.files) if k.startswith("input_")]
+    got = bridge.build(TFLITE / f"{name}.tflite", target=TARGET)(*inputs)
+    for i, g in enumerate(got if isinstance(got, list) else [got]):
+        expected = data[f"output_{i}"]
+        steps = int(np.abs(g.astype(np.int64) - expected.astype(np.int64)).max())
+        assert steps <= MAX_STEPS[name], f"{name} output {i}: {steps} steps from LiteRT"
+
+
+def test_cnn_int8_convolutions_are_integer() -> None:
+    """Guard: cnn_int8's convolutions and dense layer are int8 x int8 -> int32 products, in the
+    imported Relax module and in the fused TIR kernels, and none is a float convolution."""
+    from bridge.schedules.pipeline import fuse
+    from bridge.tflite import read_tflite
+    from bridge.tflite.translate import translate
+
+    translation = translate(read_tflite(TFLITE / "cnn_int8.tflite"))
+    products = []
+
+    def visit(expr) -> None:
+        product = isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+        if product and expr.op.name in ("relax.nn.conv2d", "relax.matmul"):
+            products.append((expr.op.name, str(expr.args[0].ty.dtype), str(expr.ty.dtype)))
+
+    relax.analysis.post_order_visit(translation.mod["main"].body, visit)
+    assert products.count(("relax.nn.conv2d", "int8", "int32")) == 2, products
+    assert products.count(("relax.matmul", "int8", "int32")) == 1, products
+    assert all(dtype != "float32" for _, dtype, _ in products), products
+
+    from bridge.compile import bind_weights
+
+    mod = bind_weights(translation.mod, translation.params)
+    fused = fuse(mod, tvm.target.Target(TARGET))
+    reductions = [
+        block
+        for gv, func in fused.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint
+        for block in _reduction_blocks(func)
+    ]
+    assert len(reductions) == 2
+    for block in reductions:
+        # the sum accumulates int32 and reads int8 activations and weights, nothing float
+        assert [str(w.source.dtype) for w in block.writes] == ["int32"], block
+        assert {str(r.source.dtype) for r in block.reads} <= {"int8", "int32"}, block
+        assert "float" not in str(block.body), block
+
+
+def _reduction_blocks(func: tvm.tirx.PrimFunc) -> list:
+    sch = tvm.s_tir.Schedule(func)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    return [b for b in blocks if any(int(iv.iter_type) == 2 for iv in b.iter_vars)]
