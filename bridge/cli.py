@@ -182,35 +182,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def layers_markdown() -> str:
-    """The support table as Markdown, from the registry (README's "Supported layers" holds it)."""
-    from bridge.convert.activations import ACTIVATIONS
-    from bridge.convert.support import ALIASES, UNSUPPORTED, family_notes, support_table
-
-    families, notes = support_table(), family_notes()
-    lines = [
-        "| family (`bridge/convert/layers/`) | Keras classes | notes |",
-        "|---|---|---|",
-        *(
-            f"| {family} | {', '.join(classes)} | {notes[family]} |"
-            for family, classes in families.items()
-        ),
-        "",
-        f"{sum(map(len, families.values()))} classes in {len(families)} families. "
-        f"Activation functions (`activation=` and `Activation`): {', '.join(sorted(ACTIVATIONS))}.",
-        "Aliases (files hold the class's own name): "
-        + ", ".join(f"{a} = {c}" for a, c in ALIASES.items())
-        + ".",
-        "",
-        "| deliberately unsupported | why |",
-        "|---|---|",
-        *(f"| {name} | {reason} |" for name, reason in UNSUPPORTED.items()),
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def cmd_layers(args: argparse.Namespace) -> int:
-    from bridge.convert.support import UNSUPPORTED, family_notes, support_table
+    from bridge.convert.support import UNSUPPORTED, family_notes, layers_markdown, support_table
 
     if args.markdown:
         print(layers_markdown(), end="")

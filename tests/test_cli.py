@@ -93,7 +93,10 @@ def test_layers_prints_the_registry_and_unsupported(capsys):
 
 
 def test_layers_markdown_is_readmes_table(capsys):
-    from bridge.cli import layers_markdown
+    import bridge.cli
+
+    assert not hasattr(bridge.cli, "layers_markdown"), "the support table lives in convert"
+    from bridge.convert.support import layers_markdown
 
     assert main(["layers", "--markdown"]) == 0
     assert capsys.readouterr().out == layers_markdown()
