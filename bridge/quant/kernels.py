@@ -101,3 +101,57 @@ def dense(
     folded = fold_bias(bias, weight_nk.astype(np.int64).sum(axis=1), input_zero_point)
     acc = relax.op.matmul(x, relax.const(np.ascontiguousarray(weight_nk.T)), out_dtype=ACC)
     return relax.op.add(acc, relax.const(folded))
+
+
+def spatial_sum(x: relax.Expr, input_zero_point: int) -> relax.Expr:
+    """``sum_hw (x - zx)`` over the spatial axes of NHWC ``x``, keeping them as 1 x 1: int32."""
+    _, h, w, _ = (int(d) for d in x.ty.shape.values)
+    total = relax.op.sum(relax.op.astype(x, ACC), axis=[1, 2], keepdims=True)
+    if not input_zero_point:
+        return total
+    return relax.op.subtract(total, relax.const(int(input_zero_point) * h * w, ACC))
+
+
+def window_sum(
+    x: relax.Expr,
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+) -> relax.Expr:
+    """Sum of each pooling window of NHWC ``x`` (padding adds nothing): int32. A depthwise
+    product with unit weights, so it takes the depthwise schedule."""
+    channels = int(x.ty.shape.values[3])
+    ones = np.ones((1, *window, channels), np.int8)
+    return depthwise_conv2d(x, ones, None, 0, strides, padding, (1, 1), channels)
+
+
+def window_counts(
+    size: tuple[int, int],
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+) -> np.ndarray:
+    """How many input pixels each output pixel's window covers (padding excluded): [OH, OW]."""
+    top, left, bottom, right = padding
+
+    def counts(n: int, k: int, s: int, before: int, after: int) -> np.ndarray:
+        starts = np.arange(0, n + before + after - k + 1, s) - before
+        return np.minimum(starts + k, n) - np.maximum(starts, 0)
+
+    rows = counts(size[0], window[0], strides[0], top, bottom)
+    cols = counts(size[1], window[1], strides[1], left, right)
+    return np.outer(rows, cols).astype(np.int32)
+
+
+def divide_round_away(total: relax.Expr, counts: np.ndarray) -> relax.Expr:
+    """``total / counts`` rounded half away from zero (TFLite's integer average pool:
+    ``(acc +- count / 2) / count`` with C's truncating division), int32."""
+    if np.all(counts == counts.flat[0]):
+        count = relax.const(int(counts.flat[0]), ACC)
+        half = relax.const(int(counts.flat[0]) // 2, ACC)
+    else:
+        count = relax.const(counts[None, :, :, None])
+        half = relax.const((counts // 2)[None, :, :, None])
+    magnitude = relax.op.floor_divide(relax.op.add(relax.op.abs(total), half), count)
+    negative = relax.op.less(total, relax.const(0, ACC))
+    return relax.op.where(negative, relax.op.negative(magnitude), magnitude)

@@ -1,5 +1,5 @@
 """Integer converters for quantized TFLite operators (CONV_2D, DEPTHWISE_CONV_2D,
-FULLY_CONNECTED).
+FULLY_CONNECTED, MEAN over the spatial axes, AVERAGE_POOL_2D).
 
 TVM's converter keeps quantized tensors as integers between operators but computes each
 quantized operator as dequantize -> float operator -> quantize. Here an operator whose
@@ -28,6 +28,7 @@ ROUNDING = {
     "CONV_2D": "double_up",
     "DEPTHWISE_CONV_2D": "double_up",
     "FULLY_CONNECTED": "double_up",
+    "MEAN": "double_up",
 }
 
 
@@ -68,6 +69,8 @@ def integer_converters(converter) -> dict[str, Callable]:
         "CONV_2D": convert_conv2d,
         "DEPTHWISE_CONV_2D": convert_depthwise_conv2d,
         "FULLY_CONNECTED": convert_fully_connected,
+        "MEAN": convert_mean,
+        "AVERAGE_POOL_2D": convert_average_pool2d,
     }
     return {
         name: functools.partial(_integer_or, converter, integer, converter.convert_map[name])
@@ -233,3 +236,72 @@ def convert_fully_connected(converter, op) -> relax.Expr | None:
     acc = kernels.dense(x, operands.weight, operands.bias, operands.input.zp)
     out = _epilogue(acc, operands, units, activation, "FULLY_CONNECTED")
     return relax.op.reshape(out, out_shape)
+
+
+def _activation_tensors(converter, op) -> tuple[QParams, QParams] | None:
+    """(input, output) quantization of a one-activation operator with integer tensors."""
+    data = converter.get_input_tensors(op)[0]
+    outputs = converter.get_output_tensors(op)
+    if len(outputs) != 1:
+        return None
+    qx, qy = qparams(converter, data), qparams(converter, outputs[0])
+    if qx is None or qy is None or qx.dtype not in INTEGER or qy.dtype != qx.dtype:
+        return None
+    if qx.scale.size != 1 or qy.scale.size != 1:
+        return None
+    return qx, qy
+
+
+def convert_mean(converter, op) -> relax.Expr | None:
+    """MEAN of a 4-D tensor over its spatial axes (a global average pool): the sum less
+    the input zero point, requantized by ``input_scale / (count * output_scale)``."""
+    quant = _activation_tensors(converter, op)
+    tensors = converter.get_input_tensors(op)
+    if quant is None or len(tensors) != 2 or converter.has_expr(tensors[1].tensor_idx):
+        return None
+    qx, qy = quant
+    data = tensors[0]
+    shape = [int(d) for d in converter.get_tensor_shape(data)]
+    axes = sorted(int(a) % 4 for a in np.atleast_1d(converter.get_tensor_value(tensors[1])))
+    if len(shape) != 4 or axes != [1, 2]:
+        return None
+    total = kernels.spatial_sum(converter.get_tensor_expr(data), qx.zp)
+    real = np.float64(qx.scale[0]) / (shape[1] * shape[2] * np.float64(qy.scale[0]))
+    clamp = fixed_point.INT_RANGE[qy.dtype]
+    out = fixed_point.requantize(
+        total, fixed_point.quantize_multiplier(real), qy.zp, clamp, qy.dtype, ROUNDING["MEAN"]
+    )
+    out_shape = [int(d) for d in converter.get_tensor_shape(converter.get_output_tensors(op)[0])]
+    return relax.op.reshape(out, out_shape)
+
+
+def convert_average_pool2d(converter, op) -> relax.Expr | None:
+    """AVERAGE_POOL_2D with equal input and output quantization (as TFLite requires): each
+    window's integer sum divided by its pixel count, rounded half away from zero."""
+    from tflite.Pool2DOptions import Pool2DOptions
+
+    quant = _activation_tensors(converter, op)
+    if quant is None:
+        return None
+    qx, qy = quant
+    if qx.zp != qy.zp or qx.scale[0] != qy.scale[0]:
+        return None
+    options = _options(op, Pool2DOptions)
+    activation = _activation(converter, options.FusedActivationFunction())
+    data = converter.get_input_tensors(op)[0]
+    shape = [int(d) for d in converter.get_tensor_shape(data)]
+    if activation is None or len(shape) != 4 or options.Padding() not in (0, 1):
+        return None
+    window = (options.FilterHeight(), options.FilterWidth())
+    strides = (options.StrideH(), options.StrideW())
+    if options.Padding() == 1:
+        padding = (0, 0, 0, 0)
+    else:
+        top, bottom = get_pad_value(shape[1], window[0], strides[0])
+        left, right = get_pad_value(shape[2], window[1], strides[1])
+        padding = (top, left, bottom, right)
+    total = kernels.window_sum(converter.get_tensor_expr(data), window, strides, padding)
+    counts = kernels.window_counts((shape[1], shape[2]), window, strides, padding)
+    mean = kernels.divide_round_away(total, counts)
+    low, high = fixed_point.activation_range(activation, float(qy.scale[0]), qy.zp, qy.dtype)
+    return relax.op.astype(relax.op.clip(mean, low, high), qy.dtype)
