@@ -290,10 +290,12 @@ def _load_npy(file: str) -> np.ndarray:
         raise InputError(f"{file}: not a readable .npy array file ({_one_line(exc)})") from exc
 
 
-def _parse_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
-    """``--input`` values (``file.npy`` or ``NAME=file.npy``) -> arrays by input name."""
+def _parse_inputs(
+    specs: list[str], names: list[str], files: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """``--input`` values (``file.npy`` or ``NAME=file.npy``) -> arrays by input name; fills
+    ``files`` (input name -> file)."""
     arrays: dict[str, np.ndarray] = {}
-    files: dict[str, str] = {}
     for index, spec in enumerate(specs):
         name, _, file = spec.rpartition("=")
         if not name and index >= len(names):
@@ -323,8 +325,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out_dir = _out_dir(args.out) if args.out else None
     model = bridge.load(args.artifact)
-    inputs = _parse_inputs(args.input, [i.name for i in model.inputs])
-    result = model(inputs)
+    files: dict[str, str] = {}
+    inputs = _parse_inputs(args.input, [i.name for i in model.inputs], files)
+    try:
+        result = model(inputs)
+    except InputError as exc:  # name the file holding the input the model refused
+        file = next((f for name, f in files.items() if repr(name) in str(exc)), None)
+        raise InputError(f"{file}: {exc}" if file else str(exc)) from exc
     outputs = result if isinstance(result, list) else [result]
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -283,3 +283,10 @@ def test_readme_tflite_example_runs_as_written(tmp_path):
         )
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert "OK: bridge matches LiteRT" in result.stdout
+
+
+def test_run_wrong_shape_names_the_file(library, tmp_path, capsys):
+    x = tmp_path / "small.npy"
+    np.save(x, np.zeros((2, 3), np.float32))
+    assert main(["run", str(library), "-i", str(x)]) == 2
+    one_error_line(capsys, f"{x}: input", "[2, 3]")
