@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from bridge.export import BuiltModel, file_digest
 from bridge.keras.files import KerasSource, file_kind, open_model
-from bridge.runtime import Model, file_digest
 from bridge.targets import host_arch
 
 PathLike = str | Path
@@ -155,9 +155,9 @@ def build(
     num_threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     custom_layers: CustomLayersArg = None,
-) -> Model:
+) -> BuiltModel:
     """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a
-    callable Model.
+    callable, exportable model (a ``bridge.Model``; see ``bridge.export.BuiltModel``).
 
     ``target`` is a preset name (``bridge targets``), ``"llvm"``/``"native"``, ``"cuda"``, a TVM
     tag or a TVM target dict. ``batch_size=None`` compiles a symbolic batch dimension.
@@ -202,7 +202,7 @@ def build(
         tuning = _tune_kernels(mod, spec, tune, folder, rpc_tracker, rpc_key)
     report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
     database = existing_database(folder)
-    executable = compile_module(mod, translation.params, tvm_target, bind=False, database=database)
+    executable = compile_module(mod, tvm_target, database=database)
     metadata = {
         "bridge_version": __version__,
         "tvm_version": tvm.__version__,
@@ -226,14 +226,13 @@ def build(
     if spec.device == "cuda":
         metadata["cuda_arch"] = str(tvm_target.attrs["arch"])
     params = list(translation.params.values()) if separate_params else None
-    return Model(
+    return BuiltModel(
         executable,
         translation.inputs,
         translation.outputs,
         metadata,
-        executable,
-        params=params,
         spec=spec,
+        params=params,
         num_threads=num_threads,
     )
 

@@ -23,20 +23,11 @@ def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModu
     return relax.transform.DeadCodeElimination(["main"])(mod)
 
 
-def compile_module(
-    mod: tvm.IRModule,
-    params: dict[str, np.ndarray],
-    target: tvm.target.Target,
-    bind: bool = True,
-    database=None,
-):
-    """Compile ``mod`` for ``target``, with ``params`` bound as constants unless ``bind`` is
-    False (then ``main`` keeps taking them after the inputs); returns a relax Executable.
-    Kernels found in ``database`` (a MetaSchedule database of tuned kernels) replace bridge's
-    default schedules."""
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target, database=None):
+    """Compile ``mod`` (weights bound by :func:`bind_weights`, or taken by ``main`` after the
+    inputs) for ``target``; returns a relax Executable. Kernels found in ``database`` (a
+    MetaSchedule database of tuned kernels) replace bridge's default schedules."""
     try:
-        if bind:
-            mod = bind_weights(mod, params)
         pipeline = relax_pipeline(target, tuned=database is not None)
         with target, database if database is not None else contextlib.nullcontext():
             return tvm.compile(mod, target=target, relax_pipeline=pipeline)

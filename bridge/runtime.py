@@ -1,20 +1,18 @@
-"""Calling compiled models, exporting them, and loading exported ones with the TVM runtime only.
+"""Calling compiled models, and loading exported ones, with the TVM runtime only.
 
-Nothing here imports TVM's compiler (``tvm.relax``); with ``TVM_USE_RUNTIME_LIB=1`` it runs on
-``libtvm_runtime`` alone.
+Nothing here imports TVM's compiler (``tvm.relax``), a C compiler or the CUDA toolkit; with
+``TVM_USE_RUNTIME_LIB=1`` it runs on ``libtvm_runtime`` alone. Writing libraries and bundles is
+``bridge.export``'s work.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import ctypes
 import json
 import os
-import shutil
 import sys
-import tempfile
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,18 @@ from bridge.signature import TensorInfo
 from bridge.targets import host_arch
 
 METADATA_FORMAT = 1
+# Numpy dtype kinds a model input accepts (cast to the input's dtype): bool, integers, floats.
+NUMERIC_KINDS = "biuf"
+KIND_NAMES = {
+    "U": "strings",
+    "S": "bytes",
+    "O": "Python objects",
+    "c": "complex numbers",
+    "M": "datetimes",
+    "m": "timedeltas",
+    "V": "raw bytes",
+}
+CUDA_LOADER = "ffi.Module.load_from_bytes.cuda"
 
 
 @contextlib.contextmanager
@@ -49,18 +59,59 @@ def metadata_path(library: str | Path) -> Path:
     return library.with_name(library.stem + ".meta.json")
 
 
-def file_digest(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).name.encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+def params_path(library: str | Path) -> Path:
+    """Weights kept out of a library: ``model.so`` -> ``model.params``."""
+    return Path(library).with_suffix(".params")
+
+
+def _cuda_problem() -> str | None:
+    """Why CUDA kernels cannot run in this process, or None if they can. Loads TVM's CUDA
+    runtime (``libtvm_runtime_cuda.so``) when nothing has yet: a runtime-only TVM does not."""
+    import tvm
+    import tvm_ffi
+    from tvm.runtime import cuda
+
+    if tvm_ffi.get_global_func(CUDA_LOADER, allow_missing=True) is None:
+        library = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+        try:
+            ctypes.CDLL(str(library))  # its initializers register the CUDA loader
+        except OSError as exc:
+            return f"TVM's CUDA runtime does not load here ({exc})"
+    if not cuda(0).exist:
+        return "no GPU is usable here"
+    return None
+
+
+def unavailable_reason(metadata: Mapping[str, Any], library: Path | None = None) -> str | None:
+    """Why a model with ``metadata`` cannot run in this process (another CPU architecture, or
+    CUDA without a usable GPU), saying where to run it; None if it can. ``library``: the file
+    a loaded model came from (named in the message)."""
+    where = f"{library}: " if library is not None else ""
+    arch, device = metadata.get("arch", host_arch()), metadata.get("device", "cpu")
+    if arch != host_arch():
+        how = (
+            f"run it on an {arch} machine (a bundle runs there without Python)"
+            if library is not None
+            else "export it (bundle=True) and run it on the target"
+        )
+        return f"{where}this model is compiled for {arch} and this machine is {host_arch()}: {how}"
+    if device == "cuda":
+        problem = _cuda_problem()
+        if problem is not None:
+            return (
+                f"{where}this model is compiled for CUDA and {problem}: "
+                f"run it on a machine with an NVIDIA GPU and CUDA 13"
+            )
+    return None
 
 
 class Model:
-    """A compiled model: call it with numpy arrays, get numpy arrays back (Keras semantics)."""
+    """A compiled model: call it with numpy arrays, get numpy arrays back (Keras semantics).
+
+    ``bridge.load`` returns one; ``bridge.build`` returns a ``bridge.export.BuiltModel``, which
+    can also be exported. A model for another CPU or for a GPU that is not here is still made:
+    calling it raises DeviceError saying where to run it.
+    """
 
     def __init__(
         self,
@@ -68,42 +119,27 @@ class Model:
         inputs: list[TensorInfo],
         outputs: list[TensorInfo],
         metadata: dict[str, Any],
-        executable: Any = None,
+        *,
         params: list[np.ndarray] | None = None,
-        spec: Any = None,
         num_threads: int | None = None,
+        library: Path | None = None,
     ):
+        """``module``: what TVM's VirtualMachine runs (a relax Executable or a loaded library);
+        ``params``: weights passed after the inputs; ``library``: the file a loaded model came
+        from."""
         if num_threads is not None:
             use_threads(num_threads)  # checks the value now; applied again before each call
         self.num_threads = num_threads
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.metadata = metadata
-        self._executable = executable
-        self._spec = spec
+        self.library = library
+        self._module = module
         self._params = list(params or [])
         self._vm, self._device, self._param_tensors = None, None, []
-        self._unavailable = self._runnable_here()
+        self._unavailable = unavailable_reason(metadata, library)
         if self._unavailable is None:
             self._start(module)
-
-    def _runnable_here(self) -> str | None:
-        """Why this model cannot run in this process, or None if it can."""
-        arch, device = self.metadata.get("arch", host_arch()), self.metadata.get("device", "cpu")
-        if arch != host_arch():
-            return (
-                f"this model is compiled for {arch} and this machine is {host_arch()}: "
-                f"export it (bundle=True) and run it on the target"
-            )
-        if device == "cuda":
-            from tvm.runtime import cuda
-
-            if not cuda(0).exist:
-                return (
-                    "this model is compiled for CUDA and no GPU is usable here: export it and "
-                    "run it on a machine with an NVIDIA GPU"
-                )
-        return None
 
     def _start(self, module: Any) -> None:
         from tvm.runtime import cpu, cuda, tensor
@@ -146,7 +182,7 @@ class Model:
 
     @staticmethod
     def _check(info: TensorInfo, value: Any) -> np.ndarray:
-        array = np.ascontiguousarray(np.asarray(value, dtype=info.dtype))
+        array = np.ascontiguousarray(_as_numeric(info, value), dtype=info.dtype)
         expected = info.shape
         if len(array.shape) != len(expected) or any(
             e is not None and e != g for e, g in zip(expected, array.shape)
@@ -177,56 +213,11 @@ class Model:
             return result.numpy()
         return [r.numpy() for r in result]
 
-    # --- export -------------------------------------------------------------------------------
     def export(self, path: str | Path, *, bundle: bool = False) -> Path:
-        """Write the library ``path`` (e.g. ``out/model.so``) and its ``.meta.json`` sidecar
-        (plus ``.params`` when weights are kept out of the library); returns the library path.
-
-        With ``bundle=True``, ``path`` is a folder that becomes a bundle: ``model.so``, the TVM
-        runtime libraries for the target's CPU and the native ``run`` program (see
-        ``bridge.deploy``).
-        """
-        if self._executable is None:
-            raise ArtifactError("this model was loaded from an artifact; copy its files instead")
-        path = Path(path)
-        if bundle:  # staged beside ``path``: a failure leaves no partial bundle
-            from bridge.deploy import export_bundle
-
-            return export_bundle(self, path, self._spec)
-        library = path
-        library.parent.mkdir(parents=True, exist_ok=True)
-        self._write_library(library)
-        if self._params:
-            _save_params(self._params, params_path(library))
-        meta = dict(self.metadata) | {
-            "format": METADATA_FORMAT,
-            "library": library.name,
-            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "inputs": [i.to_json() for i in self.inputs],
-            "outputs": [o.to_json() for o in self.outputs],
-        }
-        metadata_path(library).write_text(json.dumps(meta, indent=2) + "\n")
-        return library
-
-    def _write_library(self, library: Path) -> None:
-        """Export (cross-linking where needed) and, for CUDA, prove it holds device code."""
-        options = {}
-        if self._spec is not None and self._spec.is_cross:
-            from tvm.support import cc
-
-            options["fcompile"] = cc.cross_compiler(self._spec.cross_compiler)
-        with tempfile.TemporaryDirectory() as tmp:
-            staged = Path(tmp) / library.name
-            try:
-                with quiet_native_stderr():
-                    self._executable.export_library(str(staged), **options)
-            except Exception as exc:
-                raise ArtifactError(f"{library}: exporting failed ({exc})") from exc
-            if self.metadata.get("device") == "cuda":
-                from bridge.cuda import check_device_code
-
-                check_device_code(staged, self.metadata["cuda_arch"])
-            shutil.move(str(staged), library)
+        """Only models built in this process export (``bridge.export.BuiltModel``)."""
+        raise ArtifactError(
+            f"{self.library or 'this model'}: a loaded model does not export; copy its files"
+        )
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
@@ -234,24 +225,40 @@ class Model:
         return f"<bridge.Model ({ins}) -> ({outs}) target={self.metadata.get('target')}>"
 
 
-def params_path(library: str | Path) -> Path:
-    """Weights kept out of a library: ``model.so`` -> ``model.params``."""
-    return Path(library).with_suffix(".params")
-
-
-def _save_params(params: list[np.ndarray], path: Path) -> None:
-    """Keys ``p00000``, ``p00001``, ... so that key order is argument order (the C++ runner
-    passes them sorted)."""
-    from tvm.runtime import save_param_dict_to_file, tensor
-
-    save_param_dict_to_file({f"p{i:05d}": tensor(a) for i, a in enumerate(params)}, str(path))
-
-
 def _load_params(path: Path) -> list[np.ndarray]:
     from tvm.runtime import load_param_dict_from_file
 
     table = load_param_dict_from_file(str(path))
     return [table[key].numpy() for key in sorted(table)]
+
+
+def _as_numeric(info: TensorInfo, value: Any) -> np.ndarray:
+    """``value`` as a numpy array that casts to the input's dtype without losing its meaning:
+    numbers (bool, int, float; whole numbers for an integer input), never strings or objects."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # e.g. ragged nested lists
+        raise InputError(
+            f"input {info.name!r} must be a {info.dtype} array; numpy cannot make one of this "
+            f"{type(value).__name__} ({exc})"
+        ) from exc
+    kind = array.dtype.kind
+    if kind not in NUMERIC_KINDS:
+        got = KIND_NAMES.get(kind, kind)
+        raise InputError(
+            f"input {info.name!r} must be a numeric array ({info.dtype}), got {got} "
+            f"(dtype {array.dtype})"
+        )
+    if kind == "f" and np.dtype(info.dtype).kind in "iub" and not _whole(array):
+        raise InputError(
+            f"input {info.name!r} takes {info.dtype}, got {array.dtype} values that are not "
+            f"whole numbers"
+        )
+    return array
+
+
+def _whole(array: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(array) & (array == np.round(array))))
 
 
 def use_threads(count: int) -> None:
@@ -291,12 +298,15 @@ def load(path: str | Path, *, num_threads: int | None = None) -> Model:
         if not params_path(path).is_file():
             raise ArtifactError(f"{path}: weights file {params_path(path).name} not found")
         params = _load_params(params_path(path))
-    arch = meta.get("arch", host_arch())
-    if arch != host_arch():  # dlopen would only say "No such file"; the model says why
-        return Model(None, inputs, outputs, meta, params=params, num_threads=num_threads)
-    try:
-        with quiet_native_stderr():
-            module = load_module(str(path.resolve()))
-    except Exception as exc:
-        raise ArtifactError(f"{path}: TVM runtime cannot load the library ({exc})") from exc
-    return Model(module, inputs, outputs, meta, params=params, num_threads=num_threads)
+    module = None
+    # Another CPU's library (dlopen: "No such file") or CUDA without a GPU (TVM: "loader not
+    # registered") is not loaded: the model says where to run it when called.
+    if unavailable_reason(meta, path) is None:
+        try:
+            with quiet_native_stderr():
+                module = load_module(str(path.resolve()))
+        except Exception as exc:
+            raise ArtifactError(f"{path}: TVM runtime cannot load the library ({exc})") from exc
+    return Model(
+        module, inputs, outputs, meta, params=params, num_threads=num_threads, library=path
+    )

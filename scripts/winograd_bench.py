@@ -46,7 +46,7 @@ def build(mod: tvm.IRModule, target, variant: winograd.Variant | None) -> Virtua
     chosen = winograd.choose  # the module's one convolution: force the variant
     winograd.choose = lambda *_: variant
     try:
-        return VirtualMachine(compile_module(mod, {}, target), tvm.cpu())
+        return VirtualMachine(compile_module(mod, target), tvm.cpu())
     finally:
         winograd.choose = chosen
 

@@ -86,7 +86,7 @@ def test_gpu_build_of_conv_clip_pad_has_compiled_device_code(tmp_path):
 
     enable_offline_codegen()
     target = bridge.targets.resolve("cuda-sm90").tvm_target()
-    executable = compile_module(conv_clip_pad_module(), {}, target)
+    executable = compile_module(conv_clip_pad_module(), target)
     library = tmp_path / "model.so"
     executable.export_library(str(library))
     check_device_code(library, "sm_90")
@@ -121,7 +121,7 @@ def test_channel_slice_after_pool_stays_in_bounds():
             out = builder.emit_output(relax.op.multiply(half, relax.const(2.0)))
         builder.emit_func_output(out)
     a = np.random.default_rng(0).standard_normal((1, 8, 8, 64)).astype("float32")
-    vm = VirtualMachine(compile_module(builder.get(), {}, tvm.target.Target("llvm")), tvm.cpu())
+    vm = VirtualMachine(compile_module(builder.get(), tvm.target.Target("llvm")), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(a)).numpy()
     expected = 2 * a.reshape(1, 4, 2, 4, 2, 64).max(axis=(2, 4))[..., :32]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
@@ -192,7 +192,7 @@ def test_row_kernels_are_vectorized_per_row_and_exact():
             assert "T.parallel" in text, name
             assert ("_rf" in text) == ("T.vectorized" in text) == (width != 999), name
         x = np.random.default_rng(0).standard_normal((2, 3, width)).astype("float32") * 4
-        vm = VirtualMachine(compile_module(mod, {}, tvm.target.Target("llvm")), tvm.cpu())
+        vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
         soft, norm, peak = (t.numpy() for t in vm["main"](tvm.runtime.tensor(x)))
         e = np.exp(x - x.max(-1, keepdims=True))
         np.testing.assert_allclose(soft, e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
@@ -248,7 +248,7 @@ def test_prepacked_weights_give_the_same_results(strides, padding, dilation):
     assert any("conv2d_nhwc_packed" in n for n in names), names
     assert any("matmul_packed" in n for n in names), names
     a = tvm.runtime.tensor(rng.standard_normal((1, 9, 9, 12)).astype("float32"))
-    got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
+    got = VirtualMachine(compile_module(mod, target), tvm.cpu())["main"](a).numpy()
     with target:
         reference = tvm.compile(mod, target=target)  # TVM's pipeline: unpacked, unscheduled
     want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
@@ -284,7 +284,7 @@ def test_zero_padding_is_folded_into_the_next_convolution(groups):
     kernels = [gv.name_hint for gv in fuse(mod, target).get_global_vars()]
     assert not any("pad" in k for k in kernels), kernels
     a = tvm.runtime.tensor(rng.standard_normal((1, 10, 10, 8)).astype("float32"))
-    got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
+    got = VirtualMachine(compile_module(mod, target), tvm.cpu())["main"](a).numpy()
     with target:
         reference = tvm.compile(mod, target=target)
     want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
@@ -352,7 +352,7 @@ def test_winograd_convolution_equals_tvm_lowering(shape, channels_out, padding):
     assert any(n.startswith("fused_winograd_output") for n in names), names  # epilogue fused
     assert not any("conv2d" in n for n in names), names
     a = tvm.runtime.tensor(rng.standard_normal(shape).astype("float32"))
-    got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
+    got = VirtualMachine(compile_module(mod, target), tvm.cpu())["main"](a).numpy()
     with target:
         reference = tvm.compile(mod, target=target)
     want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
@@ -381,7 +381,7 @@ def test_winograd_rule_refusing_falls_back_to_generic_schedule(stage, monkeypatc
     mod = _conv_epilogue_module(shape, 32, (1, 1, 1, 1), rng)
     target = bridge.targets.resolve("native").tvm_target()
     a = tvm.runtime.tensor(rng.standard_normal(shape).astype("float32"))
-    got = VirtualMachine(compile_module(mod, {}, target), tvm.cpu())["main"](a).numpy()
+    got = VirtualMachine(compile_module(mod, target), tvm.cpu())["main"](a).numpy()
     assert calls == [stage]
     with target:
         reference = tvm.compile(mod, target=target)

@@ -1,0 +1,203 @@
+"""The runtime seam: bridge.runtime loads and calls models without TVM's compiler; export lives in
+bridge.export; a library that cannot run here loads and says where to run it; inputs that are
+not numbers are refused with InputError; ``import bridge`` pulls in nothing a loader does not
+need."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bridge
+from bridge.errors import ArtifactError, DeviceError, InputError
+from bridge.runtime import Model, metadata_path
+from tests.conftest import KERAS3, reference
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = KERAS3 / "models" / "seq_cnn.keras"
+# What a process that only loads and runs libraries must never import.
+COMPILER_MODULES = ("tvm.relax", "tvm.support", "tvm.s_tir", "tvm.contrib")
+BRIDGE_COMPILER = (
+    "bridge.api", "bridge.compile", "bridge.convert", "bridge.cuda", "bridge.deploy",
+    "bridge.export", "bridge.keras", "bridge.schedules", "bridge.tflite", "bridge.tuning",
+)  # fmt: skip
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every module ``path`` imports, at module level or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, **env),
+    )
+
+
+def _needs(*programs: str) -> None:
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        if os.environ.get("BRIDGE_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail(f"toolchain missing: {missing}")
+        pytest.skip(f"toolchain missing: {missing}")
+
+
+# --- the seam between runtime and export ----------------------------------------------------------
+
+
+def test_runtime_imports_no_compiler():
+    imported = _imported_names(ROOT / "bridge" / "runtime.py")
+    bad = sorted(n for n in imported if _under(n, COMPILER_MODULES + BRIDGE_COMPILER))
+    assert not bad, f"bridge/runtime.py imports compiler modules: {bad}"
+
+
+def test_model_takes_one_module_and_compile_takes_no_weights():
+    from bridge.compile import compile_module
+
+    assert "executable" not in inspect.signature(Model).parameters  # one module, given once
+    assert list(inspect.signature(compile_module).parameters) == ["mod", "target", "database"]
+
+
+@pytest.fixture(scope="module")
+def built():
+    return bridge.build(MODEL, batch_size=2)
+
+
+def test_built_model_exports_and_loaded_model_does_not(built, tmp_path):
+    from bridge.export import BuiltModel
+
+    assert isinstance(built, BuiltModel) and isinstance(built, bridge.Model)
+    library = built.export(tmp_path / "model.so")
+    loaded = bridge.load(library)
+    assert type(loaded) is Model and loaded.library == library
+    with pytest.raises(ArtifactError, match=r"model\.so: a loaded model does not export"):
+        loaded.export(tmp_path / "again.so")
+    inputs, _ = reference(MODEL.with_suffix(".npz"))
+    np.testing.assert_array_equal(loaded(*inputs), built(*inputs))
+
+
+# --- libraries that cannot run here --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cuda_library(tmp_path_factory):
+    _needs("nvcc")
+    from tvm.runtime import cuda
+
+    library = bridge.build(MODEL, target="cuda-sm80").export(
+        tmp_path_factory.mktemp("cuda") / "model.so"
+    )
+    if cuda(0).exist:  # the build loaded TVM's CUDA runtime
+        pytest.skip("a GPU is usable here: the library runs")
+    return library
+
+
+@pytest.fixture(scope="module")
+def arm_library(tmp_path_factory):
+    _needs("aarch64-linux-gnu-g++")
+    return bridge.build(MODEL, target="aarch64").export(tmp_path_factory.mktemp("arm") / "model.so")
+
+
+def _load_and_call(library: Path) -> subprocess.CompletedProcess:
+    """Load ``library`` in a fresh runtime-only process and call it: one line, the error."""
+    return _run_python(
+        f"""
+        import bridge, numpy as np
+        model = bridge.load({str(library)!r})
+        assert not model.runnable
+        try:
+            model(np.zeros((1, 16, 16, 3), "float32"))
+        except bridge.errors.DeviceError as exc:
+            print(exc)
+        """,
+        TVM_USE_RUNTIME_LIB="1",
+    )
+
+
+def test_cuda_library_without_gpu_loads_and_says_where_to_run(cuda_library):
+    assert json.loads(metadata_path(cuda_library).read_text())["device"] == "cuda"
+    result = _load_and_call(cuda_library)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{cuda_library}: this model is compiled for CUDA")
+    assert "NVIDIA GPU" in result.stdout
+    model = bridge.load(cuda_library)  # here, after the build loaded the CUDA runtime
+    with pytest.raises(DeviceError, match="no GPU is usable here"):
+        model(np.zeros((1, 16, 16, 3), "float32"))
+
+
+def test_foreign_arch_library_loads_and_says_where_to_run(arm_library):
+    result = _load_and_call(arm_library)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{arm_library}: this model is compiled for aarch64")
+    assert "run it on an aarch64 machine" in result.stdout
+
+
+@pytest.mark.parametrize("which", ["cuda", "arm"])
+def test_run_command_says_where_to_run(which, request, tmp_path):
+    library = request.getfixturevalue(f"{which}_library")
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 16, 16, 3), "float32"))
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "run", str(library), "--input", str(x)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {library}: this model is compiled for ")
+    assert "Traceback" not in result.stderr and "loader" not in result.stderr
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        (np.array([["a"]]), "strings"),
+        (np.full((2, 16, 16, 3), "x"), "strings"),
+        (np.zeros((2, 16, 16, 3), dtype=object), "Python objects"),
+        (np.zeros((2, 16, 16, 3), dtype=complex), "complex"),
+        (np.zeros((2, 16, 16, 3), dtype="S1"), "bytes"),
+        ([[1.0, 2.0], [3.0]], "numpy cannot make one"),
+        (None, "Python objects"),
+    ],
+)
+def test_non_numeric_input_is_an_input_error(built, value, says):
+    name = built.inputs[0].name
+    with pytest.raises(InputError, match=f"input {name!r} must be a .*float32.*{says}"):
+        built(value)
+
+
+def test_numeric_inputs_of_other_dtypes_still_cast(built):
+    inputs, outputs = reference(MODEL.with_suffix(".npz"))
+    got = built(inputs[0].astype(np.float64))
+    np.testing.assert_allclose(got, outputs[0], rtol=1e-4, atol=1e-5)
+    built(np.zeros((2, 16, 16, 3), dtype=np.int64))
+    built(np.zeros((2, 16, 16, 3), dtype=bool))
