@@ -21,6 +21,7 @@ import numpy as np
 from bridge.errors import ModelFileError, Problem
 from bridge.keras.graph import Layer, ModelGraph
 from bridge.keras.guards import check_dataset, check_links, reading
+from bridge.keras.h5guard import check_global_heaps
 
 LayerWeights = dict[str, list[np.ndarray]]
 # For a layer, which of its weights are trainable, in weight order; None if unknown.
@@ -236,6 +237,7 @@ class ShardedStore(NewLayoutStore):
             shard = (self.path.parent / name).resolve()
             if self.path.parent.resolve() not in shard.parents or not shard.is_file():
                 raise ModelFileError(self.path, f"shard {name!r} not found next to the index")
+            check_global_heaps(shard)
             try:
                 handle = h5py.File(shard, "r")
             except OSError as exc:
