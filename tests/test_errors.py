@@ -135,10 +135,47 @@ def test_preflight_collects_every_problem_in_model_order(tmp_path):
     assert "no_such_activation" in text
 
 
-def test_missing_weights_are_reported():
+def test_an_architecture_without_weights_file_is_one_problem():
     err = _raises(UnsupportedModelError, MODELS / "seq_cnn.json")
-    assert {"conv1", "bn1", "conv2"} <= {p.layer for p in err.problems}
-    assert "no weights" in str(err)
+    assert len(err.problems) == 1, str(err)
+    assert "needs a weights file (e.g. model.weights.h5)" in str(err)
+    assert "second argument" in str(err) and "seq_cnn.json" in str(err)
+
+
+def test_inspect_of_an_architecture_without_weights_file_shows_the_layers():
+    report = bridge.api.inspect(MODELS / "seq_cnn.json")
+    assert {"conv1", "bn1", "conv2"} <= {row.path for row in report.layers}
+    assert all(row.status == "ok" for row in report.layers), report.layers
+
+
+def test_another_number_of_weight_arrays_is_a_weights_error(tmp_path):
+    weights = tmp_path / "seq_cnn.weights.h5"
+    shutil.copy(MODELS / "seq_cnn.weights.h5", weights)
+    with h5py.File(weights, "r+") as handle:
+        handle["layers/conv2d/vars/2"] = np.zeros((8,), "float32")  # a third array
+    err = _raises(WeightsError, MODELS / "seq_cnn.json", weights)
+    assert [p.layer for p in err.problems] == ["conv1"]
+    assert "3 weight arrays" in str(err) and "seq_cnn.weights.h5" in str(err)
+
+
+def test_refused_outputs_leave_no_tvm_warning(tmp_path):
+    """An unknown ``outputs=`` name raises after the walk began: the Relax builder is closed
+    cleanly (TVM would print "BlockBuilder destroyed with remaining blocks!" at exit)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import bridge, sys\n"
+        "try:\n"
+        f"    bridge.to_relax({str(MODELS / 'seq_cnn.keras')!r}, outputs=['nope'])\n"
+        "except bridge.errors.UnsupportedModelError as exc:\n"
+        "    print('refused:', exc.problems[0].layer)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert "refused: nope" in done.stdout, done.stderr
+    assert "BlockBuilder" not in done.stderr and "Warning" not in done.stderr, done.stderr
 
 
 def test_unknown_output_layer():

@@ -55,16 +55,57 @@ def test_chunked_name_attributes(tmp_path):
 
 def test_tensor_kwargs_of_a_call_are_inputs():
     """MultiHeadAttention(q, v, key=k): Keras 3 keeps ``key`` in kwargs, Keras 2 ``value`` too."""
-    from bridge.api import load_keras
+    from bridge.sources import open_keras
     from tests.conftest import KERAS3
 
     for path, positional, keywords in (
         (KERAS3 / "layers" / "mha_cross_key_scores.keras", 2, ["key"]),
         (KERAS2 / "layers" / "mha_cross_key_scores.h5", 1, ["value", "key"]),
     ):
-        graph = load_keras(path).source.graph
+        graph = open_keras(path).source.graph
         call = next(layer for layer in graph.layers if layer.class_name == "MultiHeadAttention")
         call = call.calls[0]
         assert len(call.inputs) == positional
         assert list(call.tensor_kwargs()) == keywords
         assert len(call.all_inputs()) == 3 and call.kwargs["return_attention_scores"] is True
+
+
+READERS = [
+    "bridge.keras.files",
+    "bridge.keras.graph",
+    "bridge.keras.weights",
+    "bridge.keras.guards",
+    "bridge.tflite.reader",
+    "bridge.formats",
+    "bridge.signature",
+    "bridge.errors",
+    "bridge.translation",
+    "bridge.sources",
+]
+
+
+def test_readers_load_no_tvm():
+    """Reading model files needs json, zipfile, h5py, numpy and the tflite schema, never TVM."""
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib, sys\n"
+        f"for name in {READERS!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'tvm' or m.startswith('tvm.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout[:500]
+
+
+def test_file_kind_is_detected_by_content(tmp_path):
+    from bridge.formats import file_kind, kind_of
+
+    assert kind_of(b"\x89HDF\r\n\x1a\n") == "hdf5" and kind_of(b"PK\x03\x04rest") == "zip"
+    assert kind_of(b'  {"a"') == "json" and kind_of(b"\x1c\x00\x00\x00TFL3") == "tflite"
+    assert kind_of(b"\x00\x01garbage") is None
+    path = tmp_path / "model.h5"  # named .h5, holds a flatbuffer
+    path.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(16))
+    assert file_kind(path) == "tflite"

@@ -68,7 +68,7 @@ def test_matches_litert(name: str) -> None:
 
 def test_int8_is_really_integer() -> None:
     """A guard for the int8 tests: the fixture's weights and activations are int8."""
-    from bridge.tflite import read_tflite
+    from bridge.tflite.reader import read_tflite
 
     source = read_tflite(TFLITE / "cnn_int8.tflite")
     conv = next(op for op in source.ops if op.name == "CONV_2D")
@@ -94,7 +94,7 @@ def test_to_relax_takes_inputs_then_weights() -> None:
 
 
 def test_outputs_pick_tensors_by_name() -> None:
-    from bridge.tflite import read_tflite
+    from bridge.tflite.reader import read_tflite
 
     source = read_tflite(TFLITE / "cnn_float32.tflite")
     pool = next(op for op in source.ops if op.name == "MAX_POOL_2D")
@@ -145,7 +145,8 @@ def test_garbage_after_magic(tmp_path: Path) -> None:
 def test_mutated_files_end_in_bridge_errors(tmp_path: Path) -> None:
     """Seeded byte flips, truncations and overwritten words: every file is translated or
     rejected with a bridge error (no other exception, nothing slow)."""
-    from bridge.tflite import read_tflite, translate
+    from bridge.tflite.reader import read_tflite
+    from bridge.tflite.translate import translate
 
     base = (TFLITE / "branches_int8.tflite").read_bytes()
     rng = np.random.default_rng(6)

@@ -9,6 +9,11 @@ from bridge.errors import Problem
 from bridge.keras.graph import Layer, ModelGraph
 from bridge.keras.weights import LayerWeights
 
+
+class WeightsMisfit(Problem):
+    """A problem of the weights file (they do not fit the architecture), not of the model."""
+
+
 HOW_TO_SUPPLY = (
     "supply a converter: bridge.build(..., custom_layers={{{key!r}: converter}}) "
     "or CLI --custom-layers module:DICT (README, 'Custom layers')"
@@ -45,8 +50,11 @@ def check_layer(
     weights: LayerWeights,
     weights_label: str,
     custom: CustomLayers | None = None,
+    require_weights: bool = True,
 ) -> list[Problem]:
-    """Every problem of one (non-model) layer: class, config values, weight count."""
+    """Every problem of one (non-model) layer: class, config values, weight count (and missing
+    weights, unless ``require_weights`` is False: the model has no weights file at all, one
+    problem for the whole model)."""
     converter = converter_for(layer, custom)
     if converter is None:
         return [Problem(path, layer.class_name, unsupported_reason(layer))]
@@ -58,14 +66,25 @@ def check_layer(
     except Exception as exc:  # a converter reading a config value of the wrong type or shape
         return [Problem(path, layer.class_name, f"malformed layer config ({exc!r:.200})")]
     got = weights.get(path)
-    if expected and got is None:
+    if expected and got is None and require_weights:
         reasons.append(f"no weights for this layer in {weights_label} (expects {expected})")
-    elif got is not None and len(got) != len(expected):
-        reasons.append(
-            f"{weights_label} holds {len(got)} weight arrays for this layer, "
-            f"the config needs {len(expected)} {expected}"
-        )
-    return [Problem(path, layer.class_name, r) for r in reasons]
+    problems = [Problem(path, layer.class_name, r) for r in reasons]
+    if got is not None and len(got) != len(expected):
+        problems.append(weight_count_problem(path, layer, weights_label, len(got), expected))
+    return problems
+
+
+def weight_count_problem(
+    path: str, layer: Layer, weights_label: str, count: int, expected: list[str]
+) -> Problem:
+    """Weights that do not fit the architecture: another number of arrays than the config
+    needs (a :class:`~bridge.errors.WeightsError` when it is the only kind of problem)."""
+    return WeightsMisfit(
+        path,
+        layer.class_name,
+        f"{weights_label} holds {count} weight arrays for this layer, "
+        f"the config needs {len(expected)} {expected}",
+    )
 
 
 def preflight(
@@ -73,10 +92,11 @@ def preflight(
     weights: LayerWeights,
     weights_label: str,
     custom: CustomLayers | None = None,
+    require_weights: bool = True,
 ) -> list[Problem]:
     """All problems of all layers, in model order (nested models' layers in place)."""
     problems: list[Problem] = []
     for path, layer in graph.walk_layers():
         if layer.model is None:
-            problems += check_layer(path, layer, weights, weights_label, custom)
+            problems += check_layer(path, layer, weights, weights_label, custom, require_weights)
     return problems

@@ -7,37 +7,23 @@ keep them as run-time parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import tvm
 from tvm import relax
 
-from bridge.convert.activations import apply_activation
-from bridge.convert.context import LayerContext, dtype_of, static_shape
+from bridge.convert.context import LayerContext, static_shape
+from bridge.convert.invoke import invoke
 from bridge.convert.layers import converter_for
-from bridge.convert.preflight import preflight
+from bridge.convert.preflight import WeightsMisfit, preflight
 from bridge.convert.registry import CustomLayers
 from bridge.errors import BridgeError, Problem, UnsupportedModelError, WeightsError
 from bridge.keras.graph import Layer, ModelGraph, TensorRef
 from bridge.keras.weights import LayerWeights
-from bridge.signature import TensorInfo
+from bridge.translation import Translation, error_reason, pick_outputs, tensor_info
 
 # Largest size of one dimension of a declared input shape.
 MAX_DIM = 2**31
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
-
-
-@dataclass
-class Translation:
-    """The result of translating a Keras model."""
-
-    mod: tvm.IRModule
-    params: dict[str, np.ndarray]
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
-    layer_count: int
-    layer_shapes: dict[str, list[tuple[int, ...]]]
 
 
 def input_dtype(layer: Layer) -> str:
@@ -122,7 +108,7 @@ class _Walker:
             try:
                 tensor_type = relax.TensorType(shape, input_dtype(layer))
             except Exception as exc:  # e.g. a dtype TVM does not know
-                problem = Problem(layer.name, layer.class_name, f"bad input: {_first_line(exc)}")
+                problem = Problem(layer.name, layer.class_name, f"bad input: {error_reason(exc)}")
                 raise UnsupportedModelError(self.label, [problem]) from exc
             variables.append(relax.Var(layer.name, tensor_type))
         return variables
@@ -207,22 +193,20 @@ class _Walker:
                 device=self.device,
             )
             try:
-                result = converter.fn(ctx, inputs)
+                result = invoke(converter, ctx, inputs)
                 unread = ctx.unread_tensor_kwargs()
                 if unread:  # e.g. an RNN's initial_state: ignoring it would give wrong results
                     reason = f"tensors passed to the call as {unread} are not supported"
                     problem = Problem(path, layer.class_name, reason)
                     raise UnsupportedModelError(self.label, [problem])
                 outs = list(result) if isinstance(result, (list, tuple)) else [result]
-                if converter.activation:
-                    outs = [apply_activation(ctx, o, layer.config.get("activation")) for o in outs]
                 out_masks = _output_masks(converter.masks, ctx, in_masks, len(outs))
             except BridgeError:
                 raise
             except Exception as exc:  # a TVM shape/type check, or a config value we misread
                 raise UnsupportedModelError(
                     self.label,
-                    [Problem(path, layer.class_name, f"translation failed: {_first_line(exc)}")],
+                    [Problem(path, layer.class_name, f"translation failed: {error_reason(exc)}")],
                 ) from exc
         self.layer_values.setdefault(path, outs)
         return outs, out_masks
@@ -238,16 +222,6 @@ def _output_masks(
     return []
 
 
-def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
-def _info(name: str, expr: relax.Expr) -> TensorInfo:
-    shape = tuple(d if isinstance(d, int) else None for d in static_shape(expr))
-    return TensorInfo(name, shape, dtype_of(expr))
-
-
 def translate(
     graph: ModelGraph,
     weights: LayerWeights,
@@ -259,12 +233,19 @@ def translate(
     extra_problems: list[Problem] | None = None,
     device: str = "cpu",
     custom: CustomLayers | None = None,
+    require_weights: bool = True,
 ) -> Translation:
-    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first).
+    """Translate ``graph`` with ``weights``; raises with every problem found (preflight first;
+    ``require_weights=False`` leaves out the per-layer "no weights" problems, for a caller that
+    reports a missing weights file once).
     ``device`` ("cpu" or "cuda") is what the module will be compiled for: recurrent time loops
     become one loop kernel on CPUs and stay unrolled in the graph for CUDA. ``custom`` maps
     :func:`~bridge.convert.registry.custom_keys` to user converters."""
-    problems = list(extra_problems or []) + preflight(graph, weights, weights_label, custom)
+    problems = list(extra_problems or []) + preflight(
+        graph, weights, weights_label, custom, require_weights
+    )
+    if problems and all(isinstance(p, WeightsMisfit) for p in problems):
+        raise WeightsError(label, problems)  # the architecture is fine, the weights do not fit
     if problems:
         raise UnsupportedModelError(label, problems)
     try:
@@ -272,7 +253,7 @@ def translate(
     except BridgeError:
         raise
     except Exception as exc:  # not a layer's own failure (those name the layer): the graph's
-        problem = Problem(graph.name, "graph", f"translation failed: {_first_line(exc)}")
+        problem = Problem(graph.name, "graph", f"translation failed: {error_reason(exc)}")
         raise UnsupportedModelError(label, [problem]) from exc
 
 
@@ -290,15 +271,25 @@ def _translate(
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]
     bb = walker.bb
     with bb.function("main", inputs + params, attrs={"num_input": len(inputs)}):
-        with bb.dataflow():
-            results, _ = walker.run_graph(graph, "", inputs)
-            names = [
-                f"{r.layer}" if r.tensor == 0 else f"{r.layer}:{r.tensor}" for r in graph.outputs
-            ]
-            if outputs:
-                results, names = _pick_outputs(walker, outputs, label)
-            out_vars = [bb.emit_output(r) for r in results]
-            output = out_vars[0] if len(out_vars) == 1 else bb.emit_output(relax.Tuple(out_vars))
+        try:
+            with bb.dataflow():
+                results, _ = walker.run_graph(graph, "", inputs)
+                names = [
+                    f"{r.layer}" if r.tensor == 0 else f"{r.layer}:{r.tensor}"
+                    for r in graph.outputs
+                ]
+                if outputs:
+                    picked = pick_outputs(walker.layer_values, outputs, label, "layer")
+                    names, results = [n for n, _ in picked], [v for _, v in picked]
+                out_vars = [bb.emit_output(r) for r in results]
+                output = (
+                    out_vars[0] if len(out_vars) == 1 else bb.emit_output(relax.Tuple(out_vars))
+                )
+        except BaseException:
+            # close the function so the builder holds no open scope (TVM warns "BlockBuilder
+            # destroyed with remaining blocks!" otherwise); the module is discarded
+            bb.emit_func_output(relax.Tuple([]))
+            raise
         bb.emit_func_output(output)
     if walker.problems:
         raise WeightsError(label, walker.problems)
@@ -306,25 +297,8 @@ def _translate(
     return Translation(
         mod=mod,
         params=walker.params,
-        inputs=[_info(v.name, v) for v in inputs],
-        outputs=[_info(n, r) for n, r in zip(names, out_vars)],
+        inputs=[tensor_info(v.name, v) for v in inputs],
+        outputs=[tensor_info(n, r) for n, r in zip(names, out_vars)],
         layer_count=sum(1 for _, layer in graph.walk_layers() if layer.model is None),
         layer_shapes={k: [static_shape(v) for v in vs] for k, vs in walker.layer_values.items()},
     )
-
-
-def _pick_outputs(
-    walker: _Walker, wanted: list[str], label: str
-) -> tuple[list[relax.Expr], list[str]]:
-    results, names, problems = [], [], []
-    for name in wanted:
-        values = walker.layer_values.get(name)
-        if values is None:
-            problems.append(Problem(name, "outputs", "no layer of that name in the model"))
-            continue
-        for i, value in enumerate(values):
-            results.append(value)
-            names.append(name if i == 0 else f"{name}:{i}")
-    if problems:
-        raise UnsupportedModelError(label, problems)
-    return results, names

@@ -17,13 +17,10 @@ from typing import Any
 import h5py
 
 from bridge.errors import ModelFileError
+from bridge.formats import file_kind
 from bridge.keras.graph import ModelGraph, parse_model
 from bridge.keras.guards import check_links, read_member, reading
 from bridge.keras.weights import WeightStore, open_weights_h5, open_weights_json
-
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-ZIP_MAGIC = b"PK\x03\x04"
-TFLITE_MAGIC = b"TFL3"
 
 
 @dataclass
@@ -41,27 +38,6 @@ class KerasSource:
     def label(self) -> str:
         """The file name used in error messages."""
         return str(self.model_path)
-
-
-def file_kind(path: Path) -> str:
-    """'hdf5', 'zip', 'json' or 'tflite', from the first bytes; raises ModelFileError otherwise."""
-    if not path.exists():
-        raise ModelFileError(path, "file not found")
-    if not path.is_file():
-        raise ModelFileError(path, "not a regular file")
-    with path.open("rb") as handle:
-        head = handle.read(8)
-    if head.startswith(HDF5_MAGIC):
-        return "hdf5"
-    if head.startswith(ZIP_MAGIC):
-        return "zip"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    if head[4:8] == TFLITE_MAGIC:  # flatbuffer file identifier (read by bridge.tflite)
-        return "tflite"
-    raise ModelFileError(
-        path, "unrecognized file kind: expected a Keras .json, .keras or .h5 file, or a .tflite"
-    )
 
 
 def read_json(data: bytes | str, path: Path) -> Any:
@@ -110,7 +86,8 @@ def _open_weights(path: Path) -> WeightStore:
 
 
 def _open_h5(path: Path | io.BytesIO, label: Path | None = None) -> h5py.File:
-    """Open an HDF5 file for reading, refusing links that lead out of it."""
+    """Open an HDF5 file for reading, refusing links that lead out of it (and global heaps that
+    would hang libhdf5, checked before it reads anything)."""
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:

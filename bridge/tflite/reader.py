@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bridge.errors import ModelFileError
+from bridge.formats import HEAD_BYTES, kind_of
 
-TFLITE_MAGIC = b"TFL3"
 MAX_RANK = 8
 MAX_ELEMENTS = 1 << 31  # per tensor: a larger declared shape is a damaged or hostile file
 
@@ -50,11 +50,6 @@ CUSTOM = 32  # BuiltinOperator.CUSTOM
 
 # Errors the flatbuffers runtime and numpy raise on out-of-range offsets and lengths.
 READ_ERRORS = (struct.error, IndexError, ValueError, TypeError, OverflowError, UnicodeDecodeError)
-
-
-def is_tflite(head: bytes) -> bool:
-    """Whether the first bytes of a file are a TFLite flatbuffer (file identifier at 4)."""
-    return head[4:8] == TFLITE_MAGIC
 
 
 def _builtin_names() -> dict[int, str]:
@@ -147,7 +142,7 @@ def read_tflite(path: str | Path) -> TFLiteFile:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelFileError(path, f"cannot read the file ({exc.strerror or exc})") from exc
-    if len(data) < 8 or not is_tflite(data[:8]):
+    if len(data) < HEAD_BYTES or kind_of(data[:HEAD_BYTES]) != "tflite":
         raise ModelFileError(path, "not a TFLite flatbuffer (no 'TFL3' identifier)")
     try:
         return _parse(path, data)

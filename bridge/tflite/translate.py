@@ -14,13 +14,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from bridge.convert.walk import Translation
 from bridge.errors import BridgeError, ModelFileError, Problem, UnsupportedModelError
-from bridge.signature import TensorInfo
 from bridge.tflite.ops import BridgeConverter, OperatorFailed, op_label, preflight
 from bridge.tflite.reader import DTYPES, READ_ERRORS, TFLiteFile
 from bridge.tflite.view import ModelView
 from bridge.tflite.weights import Rewrites, plan
+from bridge.translation import Translation, error_reason, pick_outputs, tensor_info
 
 LIFT_MIN_BYTES = 256  # smaller constants (scalars, scales, shapes) stay inline in the module
 KEEP_INLINE = {"relax.quantize", "relax.dequantize"}  # their scale/zero point must be constants
@@ -30,7 +29,7 @@ def plan_rewrites(source: TFLiteFile) -> Rewrites:
     try:
         return plan(source)
     except (*READ_ERRORS, RecursionError) as exc:  # e.g. damaged sparsity metadata
-        raise ModelFileError(source.path, f"malformed weights: {_first_line(exc)}") from exc
+        raise ModelFileError(source.path, f"malformed weights: {error_reason(exc)}") from exc
 
 
 def check(source: TFLiteFile, rewrites: Rewrites, batch_size: int | None) -> None:
@@ -62,7 +61,11 @@ def translate(
 
     rewrites = plan_rewrites(source)
     check(source, rewrites, batch_size)
-    out_tensors = _pick_outputs(source, outputs) if outputs else list(source.outputs)
+    if outputs:
+        by_name = {t.name: [t.index] for t in source.tensors}
+        out_tensors = [index for _, index in pick_outputs(by_name, outputs, source.label, "tensor")]
+    else:
+        out_tensors = list(source.outputs)
     view = ModelView(source, rewrites, out_tensors)
     labels = [op_label(source, op) for op in source.ops if op.index not in rewrites.dropped]
 
@@ -79,7 +82,7 @@ def translate(
             raise ModelFileError(source.path, reason) from exc.cause
         index = int(exc.label.split()[0][1:])
         problem = Problem(
-            exc.label, source.ops[index].name, f"translation failed: {_first_line(exc.cause)}"
+            exc.label, source.ops[index].name, f"translation failed: {error_reason(exc.cause)}"
         )
         raise UnsupportedModelError(source.label, [problem]) from exc.cause
     except BridgeError:
@@ -87,17 +90,17 @@ def translate(
     except struct.error as exc:
         raise ModelFileError(source.path, f"corrupt flatbuffer ({exc})") from exc
     except Exception as exc:  # graph-level failures (inputs, outputs)
-        problem = Problem(source.name, "graph", f"translation failed: {_first_line(exc)}")
+        problem = Problem(source.name, "graph", f"translation failed: {error_reason(exc)}")
         raise UnsupportedModelError(source.label, [problem]) from exc
     # TVM legalizes conv2d_transpose only as NCHW: transposed convolutions (TRANSPOSE_CONV,
     # Convolution2DTransposeBias) are converted NHWC, so wrap them in layout transposes.
     mod = relax.transform.ConvertLayout({"relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
     mod, params = lift_weights(mod)
     main = mod["main"]
-    inputs = [_info(source.tensors[t].name, v) for t, v in zip(source.inputs, main.params)]
+    inputs = [tensor_info(source.tensors[t].name, v) for t, v in zip(source.inputs, main.params)]
     ret = main.ret_ty
     fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
-    result = [_info(source.tensors[t].name, s) for t, s in zip(out_tensors, fields)]
+    result = [tensor_info(source.tensors[t].name, s) for t, s in zip(out_tensors, fields)]
     return Translation(
         mod=mod,
         params=params,
@@ -108,28 +111,6 @@ def translate(
             op_label(source, op): [source.tensors[t].shape for t in op.outputs] for op in source.ops
         },
     )
-
-
-def _pick_outputs(source: TFLiteFile, names: list[str]) -> list[int]:
-    by_name = {t.name: t.index for t in source.tensors}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise UnsupportedModelError(
-            source.label, [Problem(n, "outputs", "no tensor of that name") for n in missing]
-        )
-    return [by_name[n] for n in names]
-
-
-def _info(name: str, ty) -> TensorInfo:
-    """A tensor's signature entry from its Relax type (or a variable's)."""
-    ty = ty.ty if isinstance(ty, relax.Var) else ty
-    shape = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in ty.shape.values)
-    return TensorInfo(name, shape, str(ty.dtype))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 @relax.expr_functor.mutator

@@ -8,7 +8,7 @@ from typing import Any
 
 from tvm.relax import op as R
 
-from bridge.convert.activations import apply_activation
+from bridge.convert.invoke import invoke
 from bridge.convert.registry import Converter, register, registered
 from bridge.keras.graph import Layer
 
@@ -49,12 +49,10 @@ def time_distributed(ctx, inputs):
     folded = ctx.emit(R.reshape(x, (batch * steps, *rest)))
     layer = Layer(inner.get("name", class_name), class_name, inner, [])
     inner_ctx = ctx.wrapped(layer)
-    y = converter.fn(inner_ctx, [folded])
+    y = invoke(converter, inner_ctx, [folded])
     if isinstance(y, (list, tuple)):
         ctx.fail(f"wrapped {class_name} has several outputs; TimeDistributed needs one")
         return x
-    if converter.activation:
-        y = apply_activation(inner_ctx, y, inner.get("activation"))
     return ctx.emit(R.reshape(y, (batch, steps, *ctx.shape(y)[1:])))
 
 
@@ -74,8 +72,7 @@ def spectral_normalization(ctx, inputs):
     class_name, inner, converter = _wrapped(ctx.config)
     layer = Layer(inner.get("name", class_name), class_name, inner, [])
     inner_ctx = ctx.wrapped(layer)
-    y = converter.fn(inner_ctx, inputs)
-    return apply_activation(inner_ctx, y, inner.get("activation")) if converter.activation else y
+    return invoke(converter, inner_ctx, inputs)
 
 
 def _pipeline_layers(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], Converter | None]]:
@@ -100,7 +97,5 @@ def pipeline(ctx, inputs):
     x = inputs[0]
     for class_name, inner, converter in _pipeline_layers(ctx.config):
         inner_ctx = ctx.wrapped(Layer(inner.get("name", class_name), class_name, inner, []))
-        x = converter.fn(inner_ctx, [x])
-        if converter.activation:
-            x = apply_activation(inner_ctx, x, inner.get("activation"))
+        x = invoke(converter, inner_ctx, [x])
     return x
