@@ -5,9 +5,17 @@
 >>> y = m(x)
 >>> m.export("out/model.so")
 >>> m2 = bridge.load("out/model.so")
+
+The top level is lazy: ``import bridge`` loads the runtime (``load``, ``Model``) and the errors
+only; the compiler side (``build``, ``tune``, the readers, h5py, ``tvm.relax``) loads on first
+use of a name that needs it (PEP 562), so a process that only loads libraries never imports it.
 """
 
+from __future__ import annotations
+
+import importlib as _importlib
 import os as _os
+from typing import TYPE_CHECKING
 
 from bridge.cores import usable_cores as _usable_cores
 
@@ -17,11 +25,42 @@ from bridge.cores import usable_cores as _usable_cores
 _os.environ.setdefault("TVM_NUM_THREADS", str(_usable_cores()))
 
 from bridge import errors
-from bridge.api import build, check_modeltype, to_relax, tune
-from bridge.convert.registry import converter
 from bridge.runtime import Model, load
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "build": "bridge.api",
+    "tune": "bridge.api",
+    "to_relax": "bridge.api",
+    "check_modeltype": "bridge.api",
+    "inspect": "bridge.api",
+    "converter": "bridge.convert.registry",
+    "support_table": "bridge.convert.support",
+    "layers_markdown": "bridge.convert.support",
+    "presets": "bridge.targets",
+}
+
+if TYPE_CHECKING:
+    from bridge.api import build, check_modeltype, inspect, to_relax, tune
+    from bridge.convert.registry import converter
+    from bridge.convert.support import layers_markdown, support_table
+    from bridge.targets import presets
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Model",
@@ -30,7 +69,11 @@ __all__ = [
     "check_modeltype",
     "converter",
     "errors",
+    "inspect",
+    "layers_markdown",
     "load",
+    "presets",
+    "support_table",
     "to_relax",
     "tune",
 ]

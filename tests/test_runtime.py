@@ -25,8 +25,10 @@ from tests.conftest import KERAS3, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = KERAS3 / "models" / "seq_cnn.keras"
-# What a process that only loads and runs libraries must never import.
+# What bridge/runtime.py must never import, and what a process that only loads and runs libraries
+# must never load (``import tvm`` itself loads tvm.support, even with a runtime-only TVM).
 COMPILER_MODULES = ("tvm.relax", "tvm.support", "tvm.s_tir", "tvm.contrib")
+NEVER_LOADED = ("h5py", "tvm.relax", "tvm.s_tir", "tvm.contrib")
 BRIDGE_COMPILER = (
     "bridge.api", "bridge.compile", "bridge.convert", "bridge.cuda", "bridge.deploy",
     "bridge.export", "bridge.keras", "bridge.schedules", "bridge.tflite", "bridge.tuning",
@@ -201,3 +203,47 @@ def test_numeric_inputs_of_other_dtypes_still_cast(built):
     np.testing.assert_allclose(got, outputs[0], rtol=1e-4, atol=1e-5)
     built(np.zeros((2, 16, 16, 3), dtype=np.int64))
     built(np.zeros((2, 16, 16, 3), dtype=bool))
+
+
+# --- the lazy top level --------------------------------------------------------------------------
+
+
+def test_loading_and_running_imports_no_compiler_and_no_h5py(built, tmp_path):
+    library = built.export(tmp_path / "model.so")
+    inputs, _ = reference(MODEL.with_suffix(".npz"))
+    np.save(tmp_path / "x.npy", inputs[0])
+    result = _run_python(
+        f"""
+        import sys, numpy as np
+        import bridge
+        model = bridge.load({str(library)!r})
+        print(model(np.load({str(tmp_path / "x.npy")!r})).shape)
+        print(" ".join(sorted(sys.modules)))
+        """,
+        TVM_USE_RUNTIME_LIB="1",
+    )
+    assert result.returncode == 0, result.stderr
+    shape, modules = result.stdout.splitlines()
+    assert shape == "(2, 10)"
+    loaded = [m for m in modules.split() if _under(m, NEVER_LOADED + BRIDGE_COMPILER)]
+    assert not loaded, f"loading and running a library imported {loaded}"
+
+
+def test_public_names_load_on_first_use():
+    result = _run_python(
+        """
+        import sys
+        import bridge
+        assert "bridge.api" not in sys.modules
+        from bridge import build, inspect, layers_markdown, presets, support_table
+        assert build is bridge.build and callable(inspect) and "Dense" in layers_markdown()
+        assert "x86-64" in presets() and support_table()
+        assert set(bridge.__all__) <= set(dir(bridge))
+        try:
+            bridge.no_such_name
+        except AttributeError as exc:
+            print(exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "module 'bridge' has no attribute 'no_such_name'"
