@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,53 @@ def assert_matches(got, expected, rtol: float = 1e-4, atol: float = 1e-4) -> Non
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol * scale)
 
 
-@pytest.fixture
-def tmp_out(tmp_path: Path) -> Path:
-    return tmp_path / "out"
+def needs_tools(spec=None, *programs: str) -> None:
+    """Skip when a toolchain (the spec's cross compiler, nvcc for CUDA, or ``programs``) is
+    missing here; CI sets BRIDGE_REQUIRE_TOOLCHAINS=1 to fail instead."""
+    wanted = list(programs)
+    if spec is not None and spec.cross_compiler:
+        wanted.append(spec.cross_compiler)
+    if spec is not None and spec.device == "cuda":
+        wanted.append("nvcc")
+    missing = [program for program in wanted if shutil.which(program) is None]
+    if missing:
+        if os.environ.get("BRIDGE_REQUIRE_TOOLCHAINS") == "1":
+            pytest.fail(f"toolchain missing: {missing}")
+        pytest.skip(f"toolchain missing: {missing}")
+
+
+def run_bundle(folder, inputs, *prefix: str, extra=()) -> list[np.ndarray]:
+    """Run ./run in ``folder`` on ``inputs`` in an empty environment; return the outputs."""
+    names = []
+    for index, array in enumerate(inputs):
+        np.save(folder / f"in{index}.npy", array)
+        names.append(f"in{index}.npy")
+    result = subprocess.run(
+        [*prefix, "./run", *names, "--out", "results", *extra],
+        cwd=folder,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    outputs = sorted((folder / "results").glob("output*.npy"))
+    return [np.load(p) for p in outputs]
+
+
+def conv_clip_pad_module():
+    """conv2d -> clip -> zero-pad, the MobileNetV2 pattern that TVM misclassifies (the pad as
+    element-wise) and then fuses into the convolution."""
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 16, 16, 8], "float32"))
+    w = relax.const(np.ones((3, 3, 8, 16), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit(relax.op.nn.conv2d(x, w, data_layout="NHWC", kernel_layout="HWIO"))
+            y = builder.emit(relax.op.clip(y, 0.0, 6.0))
+            y = builder.emit(relax.op.nn.pad(y, [0, 0, 0, 1, 0, 1, 0, 0]))
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    return builder.get()

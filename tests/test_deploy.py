@@ -15,29 +15,9 @@ import bridge
 from bridge.cuda import device_code
 from bridge.runtime import metadata_path, params_path
 from bridge.targets import resolve
-from tests.conftest import KERAS3, assert_matches, reference
-from tests.test_targets import needs_tools
+from tests.conftest import KERAS3, assert_matches, needs_tools, reference, run_bundle
 
 MODELS = KERAS3 / "models"
-
-
-def run_bundle(folder, inputs, *prefix: str, extra=()) -> list[np.ndarray]:
-    """Run ./run in ``folder`` on ``inputs`` in an empty environment; return the outputs."""
-    names = []
-    for index, array in enumerate(inputs):
-        np.save(folder / f"in{index}.npy", array)
-        names.append(f"in{index}.npy")
-    result = subprocess.run(
-        [*prefix, "./run", *names, "--out", "results", *extra],
-        cwd=folder,
-        env={},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    outputs = sorted((folder / "results").glob("output*.npy"))
-    return [np.load(p) for p in outputs]
 
 
 def test_x86_bundle_runs_without_python(tmp_path):

@@ -14,7 +14,7 @@ from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_disp
 import bridge
 from bridge.compile import bind_weights
 from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
-from tests.conftest import EXAMPLES, KERAS3
+from tests.conftest import EXAMPLES, KERAS3, conv_clip_pad_module
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"})
 
@@ -49,24 +49,6 @@ def test_simd_width_follows_target():
     assert simd_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})) == 8
     neon = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
     assert simd_lanes(neon) == 4
-
-
-def conv_clip_pad_module() -> tvm.IRModule:
-    """conv2d -> clip -> zero-pad, the MobileNetV2 pattern that TVM misclassifies (the pad as
-    element-wise) and then fuses into the convolution."""
-    from tvm import relax
-
-    builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType([1, 16, 16, 8], "float32"))
-    w = relax.const(np.ones((3, 3, 8, 16), "float32"))
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            y = builder.emit(relax.op.nn.conv2d(x, w, data_layout="NHWC", kernel_layout="HWIO"))
-            y = builder.emit(relax.op.clip(y, 0.0, 6.0))
-            y = builder.emit(relax.op.nn.pad(y, [0, 0, 0, 1, 0, 1, 0, 0]))
-            out = builder.emit_output(y)
-        builder.emit_func_output(out)
-    return builder.get()
 
 
 def test_gpu_pipeline_keeps_padding_out_of_conv_epilogues():

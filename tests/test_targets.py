@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 import bridge
@@ -12,7 +9,7 @@ from bridge.cli import main
 from bridge.cuda import device_code
 from bridge.errors import DeviceError, TargetError
 from bridge.targets import host_arch, presets, resolve
-from tests.conftest import KERAS3
+from tests.conftest import KERAS3, needs_tools
 
 MODEL = KERAS3 / "models" / "seq_cnn.keras"
 ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
@@ -34,21 +31,6 @@ REQUIRED = {
     "cuda-sm89",
     "cuda-sm90",
 }
-
-
-def needs_tools(spec=None, *programs: str) -> None:
-    """Skip when a toolchain (the spec's cross compiler, nvcc for CUDA, or ``programs``) is
-    missing here; CI sets BRIDGE_REQUIRE_TOOLCHAINS=1 to fail instead."""
-    wanted = list(programs)
-    if spec is not None and spec.cross_compiler:
-        wanted.append(spec.cross_compiler)
-    if spec is not None and spec.device == "cuda":
-        wanted.append("nvcc")
-    missing = [program for program in wanted if shutil.which(program) is None]
-    if missing:
-        if os.environ.get("BRIDGE_REQUIRE_TOOLCHAINS") == "1":
-            pytest.fail(f"toolchain missing: {missing}")
-        pytest.skip(f"toolchain missing: {missing}")
 
 
 def test_required_presets_exist():

@@ -226,7 +226,7 @@ def test_mediapipe_unsupported_custom_ops_named(name: str) -> None:
 
 def test_int8_bundle_runs_without_python(tmp_path: Path) -> None:
     """The native runner reads and writes int8 .npy files (``|i1``)."""
-    from tests.test_deploy import run_bundle
+    from tests.conftest import run_bundle
 
     inputs, expected, data = reference("mobile_int8")
     bridge.build(TFLITE / "mobile_int8.tflite", target="x86-64").export(

@@ -20,8 +20,7 @@ from bridge.targets import resolve
 from bridge.tuning import Budget, Remote, existing_database, kernels
 from bridge.tuning import tune as tune_kernels
 from bridge.tuning.database import Ledger, workload_key
-from tests.conftest import KERAS3
-from tests.test_schedules import conv_clip_pad_module
+from tests.conftest import KERAS3, conv_clip_pad_module
 
 TARGET = resolve("native").tvm_target()
 BORDER_GRID = "T.grid(T.int64(1), T.int64(15), T.int64(15), T.int64(16))"

@@ -62,10 +62,6 @@ class Layer:
     module: str | None = None  # "keras.layers", or e.g. "keras.src.ops.numpy" for operations
     in_model_layers: bool = True  # False for a Sequential's InputLayer (not in model.layers)
 
-    @property
-    def is_model(self) -> bool:
-        return self.model is not None
-
 
 @dataclass
 class ModelGraph:

@@ -21,8 +21,6 @@ import numpy as np
 from bridge.errors import ModelFileError
 from bridge.tflite.reader import TFLiteFile
 
-FOLDABLE = {"DEQUANTIZE", "DENSIFY"}
-
 
 @dataclass
 class Rewrites:
