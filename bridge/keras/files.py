@@ -20,6 +20,7 @@ from bridge.errors import ModelFileError
 from bridge.formats import file_kind
 from bridge.keras.graph import ModelGraph, parse_model
 from bridge.keras.guards import check_links, read_member, reading
+from bridge.keras.h5guard import check_global_heaps
 from bridge.keras.weights import WeightStore, open_weights_h5, open_weights_json
 
 
@@ -88,6 +89,7 @@ def _open_weights(path: Path) -> WeightStore:
 def _open_h5(path: Path | io.BytesIO, label: Path | None = None) -> h5py.File:
     """Open an HDF5 file for reading, refusing links that lead out of it (and global heaps that
     would hang libhdf5, checked before it reads anything)."""
+    check_global_heaps(path, label)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
