@@ -153,7 +153,7 @@ def build(
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
     num_threads: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, float | None], None] | None = None,
     custom_layers: CustomLayersArg = None,
 ) -> BuiltModel:
     """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a
@@ -162,8 +162,9 @@ def build(
     ``target`` is a preset name (``bridge targets``), ``"llvm"``/``"native"``, ``"cuda"``, a TVM
     tag or a TVM target dict. ``batch_size=None`` compiles a symbolic batch dimension.
     ``separate_params=True`` keeps the weights out of the library (``export`` then writes them
-    to ``model.params``, loaded at run time). ``progress``, if given, is called with a short
-    description as each stage starts.
+    to ``model.params``, loaded at run time). ``progress``, if given, is called as
+    ``progress(description, done)`` as each stage starts, ``description`` a short line and
+    ``done`` None; while tuning, also with ``done`` the fraction of the budget spent.
 
     ``tune`` (a time such as ``"20m"`` or a number of trials) first searches faster kernels
     with MetaSchedule (see :func:`tune`); tuned kernels already in the target's database
@@ -182,7 +183,7 @@ def build(
     from bridge.targets import resolve, target_json
     from bridge.tuning import Budget, database_dir, existing_database
 
-    report = progress or (lambda stage: None)
+    report = _stages(progress)
     spec = resolve(target)
     tvm_target = spec.tvm_target()
     if spec.device == "cuda":
@@ -199,7 +200,7 @@ def build(
     tuning = None
     if tune is not None:
         report(f"tuning kernels for {spec.name} ({Budget.parse(tune)})")
-        tuning = _tune_kernels(mod, spec, tune, folder, rpc_tracker, rpc_key)
+        tuning = _tune_kernels(mod, spec, tune, folder, rpc_tracker, rpc_key, progress)
     report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
     database = existing_database(folder)
     executable = compile_module(mod, tvm_target, database=database)
@@ -237,8 +238,16 @@ def build(
     )
 
 
-def _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress: bool = True):
-    """Tune ``mod`` (weights bound or not, as it will be compiled) into ``folder``."""
+def _stages(progress: Callable[[str, float | None], None] | None) -> Callable[[str], None]:
+    """``report(description)`` for the stages of a build or tuning run: ``progress(..., None)``."""
+    if progress is None:
+        return lambda description: None
+    return lambda description: progress(description, None)
+
+
+def _tune_kernels(mod, spec, budget, folder, rpc_tracker, rpc_key, progress=None):
+    """Tune ``mod`` (weights bound or not, as it will be compiled) into ``folder``, telling
+    ``progress(description, done)`` how far it is."""
     from bridge.errors import TargetError, TuningError
     from bridge.schedules.pipeline import fuse
     from bridge.tuning import Budget, Remote
@@ -278,7 +287,7 @@ def tune(
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
     custom_layers: CustomLayersArg = None,
-    progress: bool = True,
+    progress: Callable[[str, float | None], None] | None = None,
 ):
     """Search faster kernels for a model's target within ``budget`` (``"20m"``, ``"90s"``, or a
     number of trials) and store them in the target's tuning database; returns a TuningReport.
@@ -286,14 +295,18 @@ def tune(
     Only kernels faster than bridge's default schedule *and* numerically equal to it on random
     inputs are stored. Kernels tuned before (by any model) are skipped, so tuning again only
     tunes what is new. Later builds for the same target use the stored kernels.
+    ``progress`` is :func:`build`'s: ``progress(description, done)``, ``done`` the fraction of
+    the budget spent (None while reading the model and measuring the default kernels).
     """
     from bridge.compile import bind_weights
     from bridge.targets import resolve
     from bridge.tuning import database_dir
 
     spec = resolve(target)
+    report = _stages(progress)
+    report(f"reading {Path(model).name}")
     translation, _ = _load_and_translate(
-        model, weights, batch_size, None, device=spec.device, custom_layers=custom_layers
+        model, weights, batch_size, None, report, device=spec.device, custom_layers=custom_layers
     )
     mod = translation.mod if separate_params else bind_weights(translation.mod, translation.params)
     folder = database_dir(spec.tvm_target(), tuning_db)

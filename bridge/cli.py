@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from bridge.errors import BridgeError, InputError
@@ -65,7 +72,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             outputs=outputs,
             separate_params=args.separate_params,
             tuning_db=args.tuning_db,
-            progress=lambda stage: bar.update(task, description=escape(stage)),
+            progress=lambda stage, done: bar.update(task, description=escape(stage)),
             custom_layers=args.custom_layers,
         )
         bar.update(task, description="bundling" if args.bundle else "exporting")
@@ -113,20 +120,36 @@ def _native_note(spec) -> str:
 
 
 def _tune(args: argparse.Namespace, budget: str):
+    """``bridge.tune`` for ``bridge tune`` and ``bridge build --tune``, with a progress bar on
+    stderr: a spinner while reading and measuring, then the share of the budget spent."""
     import bridge
 
-    return bridge.tune(
-        args.model,
-        args.weights,
-        target=args.target,
-        budget=int(budget) if budget.isdigit() else budget,
-        batch_size=args.batch_size,
-        separate_params=getattr(args, "separate_params", False),
-        tuning_db=args.tuning_db,
-        rpc_tracker=args.rpc_tracker,
-        rpc_key=args.rpc_key,
-        custom_layers=args.custom_layers,
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
     )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def show(description: str, done: float | None) -> None:
+            total = None if done is None else 1.0
+            bar.update(task, description=escape(description), total=total, completed=done or 0)
+
+        return bridge.tune(
+            args.model,
+            args.weights,
+            target=args.target,
+            budget=int(budget) if budget.isdigit() else budget,
+            batch_size=args.batch_size,
+            separate_params=getattr(args, "separate_params", False),
+            tuning_db=args.tuning_db,
+            rpc_tracker=args.rpc_tracker,
+            rpc_key=args.rpc_key,
+            custom_layers=args.custom_layers,
+            progress=show,
+        )
 
 
 def _print_tuning(report) -> None:

@@ -7,6 +7,7 @@ that leave the padded border unwritten; a kernel with exactly that defect must b
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from bridge.tuning.database import Ledger, workload_key
 from tests.conftest import KERAS3, conv_clip_pad_module
 
 TARGET = resolve("native").tvm_target()
+ROOT = Path(__file__).resolve().parent.parent
 BORDER_GRID = "T.grid(T.int64(1), T.int64(15), T.int64(15), T.int64(16))"
 
 
@@ -73,7 +75,7 @@ def test_check_rejects_unwritten_border_and_accepts_correct_kernel(workload):
 
 
 def test_only_correct_kernels_are_stored_and_tuning_is_not_repeated(fused, workload, tmp_path):
-    report = tune_kernels(fused, TARGET, Budget(trials=16), folder=tmp_path, progress=False)
+    report = tune_kernels(fused, TARGET, Budget(trials=16), folder=tmp_path)
     assert [k.trials for k in report.kernels] == [16]
     ledger = Ledger(tmp_path)
     assert workload_key(workload) in ledger
@@ -84,7 +86,7 @@ def test_only_correct_kernels_are_stored_and_tuning_is_not_repeated(fused, workl
             sch = tvm.s_tir.Schedule(workload)
             record.trace.apply_to_schedule(sch, remove_postproc=False)
             assert reference.matches(kernels.build_schedule(sch.mod, TARGET), kernels.Executor())
-    again = tune_kernels(fused, TARGET, Budget(trials=16), folder=tmp_path, progress=False)
+    again = tune_kernels(fused, TARGET, Budget(trials=16), folder=tmp_path)
     assert again.skipped == 1 and again.kernels == [] and again.trials == 0
 
 
@@ -94,7 +96,7 @@ def test_wrong_candidates_are_counted_and_never_stored(fused, workload, tmp_path
     monkeypatch.setattr(
         kernels, "build_schedule", lambda mod, target: _build(border_left_unwritten(workload))
     )
-    report = tune_kernels(fused, TARGET, Budget(trials=16), folder=tmp_path, progress=False)
+    report = tune_kernels(fused, TARGET, Budget(trials=16), folder=tmp_path)
     assert report.wrong >= 1 and report.improved == 0
     assert existing_database(tmp_path) is None  # nothing committed
     (entry,) = json.loads((tmp_path / "tuned.json").read_text()).values()
@@ -105,10 +107,24 @@ def _build(mod):
     return tvm.compile(mod, target=TARGET).mod
 
 
-def test_tuned_build_matches_keras_and_records_tuning(tmp_path):
+def test_tuned_build_matches_keras_and_records_tuning(tmp_path, capsys):
     stem = KERAS3 / "models" / "seq_cnn"
     reference = np.load(stem.with_suffix(".npz"))
-    model = bridge.build(stem.with_suffix(".keras"), tune=16, tuning_db=tmp_path, batch_size=2)
+    calls = []
+    model = bridge.build(
+        stem.with_suffix(".keras"),
+        tune=16,
+        tuning_db=tmp_path,
+        batch_size=2,
+        progress=lambda description, done: calls.append((description, done)),
+    )
+    assert capsys.readouterr() == ("", "")  # progress is the caller's to draw
+    assert calls[0] == ("reading seq_cnn.keras", None)
+    assert all(isinstance(text, str) and text for text, _ in calls)
+    fractions = [done for _, done in calls if done is not None]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert any(t.startswith("tuning: ") and t.endswith("16/16 trials") for t, _ in calls)
+    assert calls[-1][0].startswith("compiling for ")
     assert model.metadata["tuning"]["trials"] == 16
     stored = model.metadata["tuning"]["kernels_faster"] > 0  # only faster, checked kernels
     assert (model.metadata["tuning_database"] is not None) == stored
@@ -128,9 +144,7 @@ def test_remote_tuning_through_a_loopback_tracker(fused, workload, tmp_path):
 
     with LocalRPC(tracker_key="bridge-test", silent=True) as rpc:
         remote = Remote(f"{rpc.tracker_host}:{rpc.tracker_port}", rpc.tracker_key)
-        report = tune_kernels(
-            fused, TARGET, Budget(trials=8), folder=tmp_path, remote=remote, progress=False
-        )
+        report = tune_kernels(fused, TARGET, Budget(trials=8), folder=tmp_path, remote=remote)
     (kernel,) = report.kernels
     assert kernel.trials == 8 and kernel.default_ms > 0
     assert workload_key(workload) in Ledger(tmp_path)
@@ -139,3 +153,31 @@ def test_remote_tuning_through_a_loopback_tracker(fused, workload, tmp_path):
 def test_rpc_tracker_address_is_validated():
     with pytest.raises(TuningError, match="host:port"):
         _ = Remote("localhost", "key").address
+
+
+def test_tuning_draws_nothing_itself():
+    for path in (ROOT / "bridge" / "tuning").glob("*.py"):
+        assert "rich" not in path.read_text(), f"{path.name}: drawing progress is the CLI's job"
+
+
+def test_cli_tune_draws_the_progress_it_is_told(monkeypatch, tmp_path, capsys):
+    import io
+
+    from rich.console import Console
+
+    from bridge import cli
+    from bridge.tuning import TuningReport
+
+    def fake_tune(model, weights, *, progress, **options):
+        progress("reading seq_cnn.keras", None)
+        progress("tuning: 1/2 faster [fast]", 0.5)
+        return TuningReport("znver4", tmp_path)
+
+    monkeypatch.setattr(bridge, "tune", fake_tune)
+    terminal = io.StringIO()
+    monkeypatch.setattr(cli, "err_console", Console(file=terminal, force_terminal=True))
+    model = KERAS3 / "models" / "seq_cnn.keras"
+    assert cli.main(["tune", str(model), "--budget", "8", "--tuning-db", str(tmp_path)]) == 0
+    drawn = terminal.getvalue()
+    assert "tuning: 1/2 faster [fast]" in drawn and "50%" in drawn
+    assert "0 kernels" in capsys.readouterr().out

@@ -12,6 +12,9 @@ What bridge adds to ``meta_schedule.tune_tasks``:
   them, e.g. for a fused conv2d+clip+pad) are counted and dropped. Accepted kernels are written
   to the database as they are found, so a run cut short keeps everything found so far.
 * The budget is time or trials; when time is up every task is stopped after its current batch.
+* Progress goes to a callback, ``progress(description, done)`` (``done``: the fraction of the
+  budget spent, or None while the default kernels are measured), the convention of
+  ``bridge.build``'s ``progress``; drawing it is the caller's business (the CLI draws a bar).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,8 @@ from bridge.tuning import kernels
 from bridge.tuning.intrinsics import load_cpu_intrinsics
 
 TRIALS_PER_ROUND = 32
+# progress(description, done): done is the fraction of the stage complete, or None if unknown.
+ProgressCallback = Callable[[str, float | None], None]
 
 
 @dataclass(frozen=True)
@@ -294,10 +300,11 @@ def tune(
     folder: Path,
     remote: Remote | None = None,
     cross_compiler: str | None = None,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> TuningReport:
     """Tune the kernels of ``fused`` (a module after :func:`bridge.schedules.pipeline.fuse`)
-    for ``target`` within ``budget``, storing checked kernels in the database in ``folder``."""
+    for ``target`` within ``budget``, storing checked kernels in the database in ``folder``.
+    ``progress(description, done)`` hears how far it is (see the module's docstring)."""
     if target.kind.name != "llvm":
         raise TargetError(f"tuning supports CPU targets; got {target.kind.name}")
     _check_extras()
@@ -312,38 +319,38 @@ def tune(
     if not extracted:
         return report
     executor = kernels.Executor(remote, cross_compiler if remote else None)
-    with _Progress(progress, budget, len(extracted)) as show:
-        tasks = []
-        for i, task in enumerate(extracted):
-            show.status(f"measuring default kernels {i + 1}/{len(extracted)}")
-            mod = task.dispatched[0]
-            reference = kernels.Reference.measure(mod, target, executor)
-            ms_default = reference.seconds * 1e3
-            result = KernelResult(task.task_name, int(task.weight), ms_default, ms_default)
-            tasks.append(_Task(task.task_name, mod, db.workload_key(mod), result, reference))
-        report.kernels = [t.result for t in tasks]
-        contexts = [_context(task, target, seed) for seed, task in enumerate(extracted)]
-        weights = [float(task.weight) for task in extracted]
-        deadline = started + budget.seconds if budget.seconds else None
-        callback = CheckAndCommit(
-            tasks, target, executor, db.open_database(folder), ledger, show.update
-        )
-        show.start(deadline)
-        trials = budget.trials or 10**9
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=tempfile.gettempdir(),  # unused: the database and loggers are given
-            max_trials_global=trials,
-            max_trials_per_task=trials if budget.trials else None,
-            num_trials_per_iter=TRIALS_PER_ROUND,
-            builder=InProcessBuilder(cross_compiler),
-            runner=_runner(remote),
-            database=ms.database.MemoryDatabase(),
-            measure_callbacks=[callback, *ms.measure_callback.MeasureCallback.create("default")],
-            cost_model=ms.cost_model.CostModel.create("xgb", num_tuning_cores=usable_cores()),
-            task_scheduler=BudgetScheduler(tasks, deadline),
-        )
+    show = _Progress(progress, budget, len(extracted))
+    tasks = []
+    for i, task in enumerate(extracted):
+        show.status(f"tuning: measuring default kernels {i + 1}/{len(extracted)}")
+        mod = task.dispatched[0]
+        reference = kernels.Reference.measure(mod, target, executor)
+        ms_default = reference.seconds * 1e3
+        result = KernelResult(task.task_name, int(task.weight), ms_default, ms_default)
+        tasks.append(_Task(task.task_name, mod, db.workload_key(mod), result, reference))
+    report.kernels = [t.result for t in tasks]
+    contexts = [_context(task, target, seed) for seed, task in enumerate(extracted)]
+    weights = [float(task.weight) for task in extracted]
+    deadline = started + budget.seconds if budget.seconds else None
+    callback = CheckAndCommit(
+        tasks, target, executor, db.open_database(folder), ledger, show.update
+    )
+    show.start(deadline)
+    trials = budget.trials or 10**9
+    ms.tune_tasks(
+        tasks=contexts,
+        task_weights=weights,
+        work_dir=tempfile.gettempdir(),  # unused: the database and loggers are given
+        max_trials_global=trials,
+        max_trials_per_task=trials if budget.trials else None,
+        num_trials_per_iter=TRIALS_PER_ROUND,
+        builder=InProcessBuilder(cross_compiler),
+        runner=_runner(remote),
+        database=ms.database.MemoryDatabase(),
+        measure_callbacks=[callback, *ms.measure_callback.MeasureCallback.create("default")],
+        cost_model=ms.cost_model.CostModel.create("xgb", num_tuning_cores=usable_cores()),
+        task_scheduler=BudgetScheduler(tasks, deadline),
+    )
     report.seconds = time.monotonic() - started
     return report
 
@@ -402,58 +409,34 @@ def _runner(remote: Remote | None):
 
 
 class _Progress:
-    """A rich progress bar: kernels improved, estimated latency, time or trials left."""
+    """Tells ``progress`` how tuning goes: kernels improved, estimated latency, the budget left."""
 
-    def __init__(self, enabled: bool, budget: Budget, count: int):
-        self.enabled, self.budget, self.count = enabled, budget, count
-        self.bar = None
+    def __init__(self, progress: ProgressCallback | None, budget: Budget, count: int):
+        self.progress = progress or (lambda description, done: None)
+        self.budget, self.count = budget, count
         self.deadline = None
-        self.started = time.monotonic()
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]tuning[/] {task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                transient=False,
-            )
-            self.bar.start()
-            total = self.budget.seconds or self.budget.trials
-            self.handle = self.bar.add_task("", total=total, info="")
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
 
     def status(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.handle, description=text)
+        self.progress(text, None)
 
     def start(self, deadline: float | None) -> None:
         self.deadline = deadline
-        self.status(f"{self.count} kernels, {self.budget}")
+        self.progress(f"tuning {self.count} kernels, {self.budget}", 0.0)
 
     def update(self, tasks: list[_Task]) -> None:
-        if self.bar is None:
-            return
         results = [t.result for t in tasks]
         before = sum(r.weight * r.default_ms for r in results)
         after = sum(r.weight * r.best_ms for r in results)
         improved = sum(1 for r in results if r.best_ms < r.default_ms)
         wrong = sum(r.wrong for r in results)
         trials = sum(r.trials for r in results)
-        info = f"{improved}/{len(results)} faster, {before:.2f} -> {after:.2f} ms"
-        info += f", {wrong} wrong dropped" if wrong else ""
+        text = f"tuning: {improved}/{len(results)} faster, {before:.2f} -> {after:.2f} ms"
+        text += f", {wrong} wrong dropped" if wrong else ""
         if self.deadline:
             left = max(0.0, self.deadline - time.monotonic())
-            info += f", {left / 60:.1f} min left"
-            done = time.monotonic() - self.started
+            text += f", {left / 60:.1f} min left"
+            done = 1.0 - left / self.budget.seconds
         else:
-            done = trials
-            info += f", {trials} trials"
-        self.bar.update(self.handle, completed=done, info=info)
+            text += f", {trials}/{self.budget.trials} trials"
+            done = trials / self.budget.trials
+        self.progress(text, min(1.0, done))
