@@ -9,6 +9,7 @@ import ast
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -247,3 +248,39 @@ def test_public_names_load_on_first_use():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "module 'bridge' has no attribute 'no_such_name'"
+
+
+# --- the CLI is a client of the API -----------------------------------------------------------
+
+# Text about command lines: the CLI; the bundle's README.txt (the runner's own --out, --bench);
+# targets.PORTABLE, the build summary's portable-preset hint, which only the CLI prints.
+CLI_TEXT = {"cli.py", "deploy.py", "targets.py"}
+
+
+def _messages(path: Path) -> list[str]:
+    """The string constants of a module, less its docstrings."""
+    tree = ast.parse(path.read_text())
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+    ]
+
+
+def test_library_messages_name_no_cli_flags():
+    flags = set(re.findall(r'"(--[a-z][a-z-]+)"', (ROOT / "bridge" / "cli.py").read_text()))
+    assert {"--custom-layers", "--target", "--budget"} <= flags
+    found = []
+    for path in sorted((ROOT / "bridge").rglob("*.py")):
+        if str(path.relative_to(ROOT / "bridge")) in CLI_TEXT:
+            continue
+        for text in _messages(path):
+            named = [f for f in flags if re.search(re.escape(f) + r"(?![\w-])", text)]
+            found += [f"{path.name}: {f}" for f in named]
+    assert not found, f"library messages name CLI flags (say the API's parameter): {found}"

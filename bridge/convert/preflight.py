@@ -14,10 +14,7 @@ class WeightsMisfit(Problem):
     """A problem of the weights file (they do not fit the architecture), not of the model."""
 
 
-HOW_TO_SUPPLY = (
-    "supply a converter: bridge.build(..., custom_layers={{{key!r}: converter}}) "
-    "or CLI --custom-layers module:DICT (README, 'Custom layers')"
-)
+HOW_TO_SUPPLY = "supply a converter: custom_layers={{{key!r}: converter}} (README, 'Custom layers')"
 
 
 def unsupported_reason(layer: Layer) -> str:
