@@ -212,10 +212,17 @@ def open_keras(
             return None
         return None if names is None else [trainable and n not in NON_TRAINABLE for n in names]
 
+    def sublayers(layer) -> list[str]:
+        converter = converter_for(layer, custom)
+        try:
+            return converter.sublayer_groups(layer.config) if converter else []
+        except Exception:  # a malformed config: preflight reports it, naming the layer
+            return []
+
     source = open_model(model, weights)
     if source.weights is None:
         return KerasModel(source, {}, custom=custom)
-    assigned, problems = source.weights.assign(source.graph, flags)
+    assigned, problems = source.weights.assign(source.graph, flags, sublayers)
     return KerasModel(source, assigned, problems, custom)
 
 

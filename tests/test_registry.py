@@ -63,8 +63,6 @@ def test_families_are_modules():
 README = Path(__file__).parent.parent / "README.md"
 
 
-# Keras 3 classes whose converters are being written on the recurrent/attention branch of issue 5
-# (ConvLSTM, RNN cells, Masking, AdditiveAttention, GroupedQueryAttention). Remove on merge.
 def generated_block(text: str) -> str:
     start = "<!-- generated: bridge layers --markdown -->\n"
     return text.split(start, 1)[1].split("<!-- end generated -->", 1)[0]
@@ -81,13 +79,11 @@ def test_readme_table_is_generated_from_the_registry():
 def test_every_keras_layer_class_is_accounted_for():
     """Every class keras.layers exports (Keras 3.15, recorded by the fixture generator) is
     supported, an alias of one, or deliberately unsupported with a reason."""
-    from bridge.convert.registry import ALIASES, UNSUPPORTED
+    from bridge.convert.registry import ALIASES, PARTS, UNSUPPORTED
 
     exported = json.loads((KERAS3 / "layer_classes.json").read_text())["classes"]
-    from bridge.convert.layers.recurrent import CELLS
-
-    # cells are converted as part of the RNN / StackedRNNCells layer whose config holds them
-    known = set(all_converters()) | set(UNSUPPORTED) | set(CELLS) | {"StackedRNNCells"}
+    # cells are converted as part of the RNN whose config holds them (registered as parts)
+    known = set(all_converters()) | set(UNSUPPORTED) | set(PARTS)
     missing = sorted(
         name
         for name, own in exported.items()
@@ -95,3 +91,26 @@ def test_every_keras_layer_class_is_accounted_for():
     )
     assert not missing, f"keras.layers classes neither supported nor explained: {missing}"
     assert not set(UNSUPPORTED) & set(all_converters())
+    assert {"LSTMCell", "StackedRNNCells"} <= set(PARTS)
+
+
+def test_sublayer_groups_are_registration_data():
+    """Where Keras 3 keeps a layer's sub-layer variables comes from its converter's
+    registration (the weights reader is handed it), including StackedRNNCells' numbering."""
+    from bridge.convert.layers import lookup
+
+    assert lookup("LSTM").sublayer_groups({}) == ["cell"]
+    assert lookup("TimeDistributed").sublayer_groups({}) == ["layer"]
+    assert lookup("Dense").sublayer_groups({"units": 3}) == []
+    stacked = {
+        "cell": {
+            "class_name": "StackedRNNCells",
+            "config": {"cells": [{"class_name": "LSTMCell"}, {"class_name": "LSTMCell"}]},
+        }
+    }
+    assert lookup("RNN").sublayer_groups(stacked) == [
+        "cell/cells/lstm_cell",
+        "cell/cells/lstm_cell_1",
+    ]
+    groups = lookup("Bidirectional").sublayer_groups({"layer": {"config": {}}})
+    assert groups == ["forward_layer/cell", "backward_layer/cell"]

@@ -19,6 +19,7 @@ NON_TRAINABLE = frozenset({"moving_mean", "moving_variance", "mean", "variance",
 
 WeightNames = Callable[[dict[str, Any]], list[str]]
 ConfigCheck = Callable[[dict[str, Any]], list[str]]
+SublayerGroups = Callable[[dict[str, Any]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Converter:
     first input's mask on to every output without reading it (Keras' default ``compute_mask``);
     ``"custom"``: the converter reads ``ctx.mask()`` and sets ``ctx.set_masks()``; ``None``: the
     layer does not support masking, so Keras drops the mask (Keras 2 refuses to build the model).
+    ``sublayers(config)`` names, in weight order, the sub-layer groups where Keras 3's layout
+    keeps the layer's variables after its own ``vars`` (an RNN's ``cell``, a wrapper's
+    ``layer``); the weights reader is handed them (it never imports converters).
     """
 
     class_name: str
@@ -42,9 +46,13 @@ class Converter:
     check: ConfigCheck | None
     activation: bool
     masks: str | None = None
+    sublayers: SublayerGroups | None = None
 
     def weight_names(self, config: dict[str, Any]) -> list[str]:
         return self.weights(config)
+
+    def sublayer_groups(self, config: dict[str, Any]) -> list[str]:
+        return list(self.sublayers(config)) if self.sublayers else []
 
     def problems(self, config: dict[str, Any]) -> list[str]:
         return self.check(config) if self.check else []
@@ -52,6 +60,9 @@ class Converter:
 
 REGISTRY: dict[str, Converter] = {}
 MASK_MODES = (None, "keep", "custom")
+# Keras classes that only occur inside another layer's config and are converted as part of it
+# (RNN cells inside an RNN): class name -> the layer that converts them.
+PARTS: dict[str, str] = {}
 
 # Keras classes bridge deliberately does not convert, and why (``bridge layers`` prints these).
 UNSUPPORTED: dict[str, str] = {
@@ -100,21 +111,32 @@ def register(
     check: ConfigCheck | None = None,
     activation: bool = False,
     masks: str | None = None,
+    sublayers: tuple[str, ...] | SublayerGroups = (),
 ):
-    """Register ``fn`` as the converter of the given Keras class names (duplicates refused)."""
+    """Register ``fn`` as the converter of the given Keras class names (duplicates refused).
+    ``sublayers``: the groups of sub-layer variables (a tuple, or a function of the config)."""
 
     if masks not in MASK_MODES:
         raise ValueError(f"masks={masks!r}: expected one of {MASK_MODES}")
+    groups = sublayers if callable(sublayers) else (lambda config, g=list(sublayers): list(g))
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         family = fn.__module__.rsplit(".", 1)[-1]
         for name in class_names:
             if name in REGISTRY:
                 raise RuntimeError(f"converter for {name!r} registered twice")
-            REGISTRY[name] = Converter(name, fn, family, weights, check, activation, masks)
+            REGISTRY[name] = Converter(
+                name, fn, family, weights, check, activation, masks, groups if sublayers else None
+            )
         return fn
 
     return decorate
+
+
+def register_parts(*class_names: str, within: str) -> None:
+    """Record classes converted as part of the layer ``within`` (they have no converter)."""
+    for name in class_names:
+        PARTS[name] = within
 
 
 def registry_key(class_name: str, module: str | None = None) -> str:

@@ -27,61 +27,15 @@ LayerWeights = dict[str, list[np.ndarray]]
 # For a layer, which of its weights are trainable, in weight order; None if unknown.
 TrainableFlags = Callable[[Layer, bool], "list[bool] | None"]
 CONTAINER_KEYS = ("layers", "_layer_checkpoint_dependencies")
-# New layout: layers that keep their variables in sub-layers, saved under the sub-layers'
-# attribute names (``<group>/<sub>/vars``), listed in weight order. K2.15's Bidirectional also
-# writes an empty ``layer/cell/vars``, which is not a weight source.
-SUBLAYER_VARS: dict[str, tuple[str, ...]] = {
-    "SimpleRNN": ("cell",),
-    "LSTM": ("cell",),
-    "GRU": ("cell",),
-    "ConvLSTM1D": ("cell",),
-    "ConvLSTM2D": ("cell",),
-    "ConvLSTM3D": ("cell",),
-    "Bidirectional": ("forward_layer/cell", "backward_layer/cell"),
-    "TimeDistributed": ("layer",),
-    "SpectralNormalization": ("layer",),
-    # Keras 3 names the projections ``query_dense``, Keras 2.15 (new layout) ``_query_dense``;
-    # Keras 3.15's optional gate projection is ``_gate_dense`` in both multi-head layers.
-    "MultiHeadAttention": tuple(
-        f"{u}{p}_dense" for p in ("query", "key", "gate", "value", "output") for u in ("", "_")
-    ),
-    "GroupQueryAttention": tuple(
-        f"_{p}_dense" for p in ("query", "key", "gate", "value", "output")
-    ),
-}
+# New layout: where a layer's sub-layers keep their variables (``<group>/<sub>/vars``), in weight
+# order, given by the caller (converters register them: ``register(..., sublayers=...)``).
+SublayerGroups = Callable[[Layer], "list[str]"]
 # Layers saved under their Python class's name where the config's class name is an alias.
 PYTHON_CLASS = {"GroupQueryAttention": "GroupedQueryAttention"}
 
 
-def _cell_groups(group: str, cell: dict[str, Any] | None) -> list[str]:
-    """An RNN cell's variable groups: ``<group>`` itself, or for StackedRNNCells one group per
-    cell, ``<group>/cells/<snake_case(class)>[_n]`` in cell order."""
-    cell = cell or {}
-    if cell.get("class_name") != "StackedRNNCells":
-        return [group]
-    counters: Counter[str] = Counter()
-    groups = []
-    for entry in cell.get("config", {}).get("cells", []):
-        base = snake_case(entry.get("class_name", ""))
-        groups.append(f"{group}/cells/{base}" + (f"_{counters[base]}" if counters[base] else ""))
-        counters[base] += 1
-    return groups
-
-
-def sublayer_groups(layer: Layer) -> list[str]:
-    """Where a layer's sub-layers keep their variables (``SUBLAYER_VARS``; RNN and Bidirectional
-    over RNN also look into the config for StackedRNNCells)."""
-    config = layer.config
-    if layer.class_name == "RNN":
-        return _cell_groups("cell", config.get("cell"))
-    if layer.class_name == "Bidirectional":
-        groups = []
-        for sub, key in (("forward_layer", "layer"), ("backward_layer", "backward_layer")):
-            wrapped = config.get(key) or config.get("layer")
-            inner = wrapped.get("config", {}) if isinstance(wrapped, dict) else {}
-            groups += _cell_groups(f"{sub}/cell", inner.get("cell"))
-        return groups
-    return list(SUBLAYER_VARS.get(layer.class_name, ()))
+def no_sublayers(layer: Layer) -> list[str]:
+    return []
 
 
 def snake_case(name: str) -> str:
@@ -127,14 +81,19 @@ class WeightStore:
         self.path = path
 
     def assign(
-        self, graph: ModelGraph, flags: TrainableFlags
+        self,
+        graph: ModelGraph,
+        flags: TrainableFlags,
+        sublayers: SublayerGroups = no_sublayers,
     ) -> tuple[LayerWeights, list[Problem]]:
-        """Each layer's stored arrays (by layer path), and problems found assigning them."""
+        """Each layer's stored arrays (by layer path), and problems found assigning them.
+        ``flags`` says which of a layer's weights are trainable (legacy nested models),
+        ``sublayers`` where its sub-layers keep their variables (Keras 3 layout)."""
         with reading(self.path, "weights file"):
-            return self.assign_layers(graph, flags)
+            return self.assign_layers(graph, flags, sublayers)
 
     def assign_layers(
-        self, graph: ModelGraph, flags: TrainableFlags
+        self, graph: ModelGraph, flags: TrainableFlags, sublayers: SublayerGroups
     ) -> tuple[LayerWeights, list[Problem]]:
         raise NotImplementedError
 
@@ -159,10 +118,10 @@ class NewLayoutStore(WeightStore):
         raise NotImplementedError
 
     def assign_layers(
-        self, graph: ModelGraph, flags: TrainableFlags
+        self, graph: ModelGraph, flags: TrainableFlags, sublayers: SublayerGroups
     ) -> tuple[LayerWeights, list[Problem]]:
         out: LayerWeights = {}
-        self._assign(graph, "", "", out)
+        self._assign(graph, "", "", out, sublayers)
         return out, []
 
     def _container(self, prefix: str) -> str:
@@ -171,7 +130,14 @@ class NewLayoutStore(WeightStore):
                 return prefix + key
         return prefix + CONTAINER_KEYS[0]
 
-    def _assign(self, graph: ModelGraph, group_prefix: str, path_prefix: str, out: LayerWeights):
+    def _assign(
+        self,
+        graph: ModelGraph,
+        group_prefix: str,
+        path_prefix: str,
+        out: LayerWeights,
+        sublayers: SublayerGroups,
+    ):
         container = self._container(group_prefix)
         counters: Counter[str] = Counter()
         for layer in graph.layers:
@@ -181,16 +147,17 @@ class NewLayoutStore(WeightStore):
             group = f"{container}/{base}" + (f"_{counters[base]}" if counters[base] else "")
             counters[base] += 1
             if layer.model is not None:
-                self._assign(layer.model, group + "/", f"{path_prefix}{layer.name}/", out)
+                prefix = f"{path_prefix}{layer.name}/"
+                self._assign(layer.model, group + "/", prefix, out, sublayers)
                 continue
-            arrays = self.read_layer_vars(group, layer)
+            arrays = self.read_layer_vars(group, sublayers(layer))
             if arrays is not None:
                 out[path_prefix + layer.name] = arrays
 
-    def read_layer_vars(self, group: str, layer: Layer) -> list[np.ndarray] | None:
-        """A layer's own ``vars``, then those of its sub-layers (``sublayer_groups``), in order."""
+    def read_layer_vars(self, group: str, subgroups: list[str]) -> list[np.ndarray] | None:
+        """A layer's own ``vars``, then those of its sub-layers (``subgroups``), in order."""
         arrays = self.read_vars(group + "/vars")
-        for sub in sublayer_groups(layer):
+        for sub in subgroups:
             more = self.read_vars(f"{group}/{sub}/vars")
             if more is not None:
                 arrays = (arrays or []) + more
@@ -279,7 +246,7 @@ class LegacyStore(WeightStore):
         return [self.array(group[n]) for n in names]
 
     def assign_layers(
-        self, graph: ModelGraph, flags: TrainableFlags
+        self, graph: ModelGraph, flags: TrainableFlags, sublayers: SublayerGroups
     ) -> tuple[LayerWeights, list[Problem]]:
         out: LayerWeights = {}
         problems: list[Problem] = []

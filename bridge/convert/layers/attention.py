@@ -296,7 +296,18 @@ def _output_projection(ctx, attended: Expr, heads: int, value_dim: int) -> Expr:
     return output
 
 
-@register("MultiHeadAttention", weights=_mha_weights, check=_check_mha, masks="custom")
+# Keras 3 names the projections ``query_dense``, Keras 2.15 (new layout) ``_query_dense``;
+# Keras 3.15's optional gate projection is ``_gate_dense`` in both multi-head layers.
+PROJECTIONS = ("query", "key", "gate", "value", "output")
+
+
+@register(
+    "MultiHeadAttention",
+    weights=_mha_weights,
+    check=_check_mha,
+    masks="custom",
+    sublayers=tuple(f"{u}{p}_dense" for p in PROJECTIONS for u in ("", "_")),
+)
 def multi_head_attention(ctx, inputs):
     """Scaled dot-product attention over ``num_heads`` projected heads, along
     ``attention_axes``. ``value`` and ``key`` come positionally (Keras 3) or as call kwargs
@@ -305,7 +316,13 @@ def multi_head_attention(ctx, inputs):
     return _multi_head(ctx, inputs, heads, heads, key_dim, int(ctx.get("value_dim") or key_dim))
 
 
-@register("GroupQueryAttention", weights=_mha_weights, check=_check_mha, masks="custom")
+@register(
+    "GroupQueryAttention",
+    weights=_mha_weights,
+    check=_check_mha,
+    masks="custom",
+    sublayers=tuple(f"_{p}_dense" for p in PROJECTIONS),
+)
 def group_query_attention(ctx, inputs):
     """Multi-head attention whose ``num_key_value_heads`` key/value heads are shared by groups
     of query heads (Keras 3's GroupedQueryAttention, rank-3 inputs)."""

@@ -28,7 +28,7 @@ from tvm.relax import op as R
 
 from bridge.convert.activations import activation_name, activation_problem, apply_activation
 from bridge.convert.context import dtype_of
-from bridge.convert.registry import register
+from bridge.convert.registry import register, register_parts
 from bridge.convert.spatial import (
     DATA_LAYOUT,
     KERNEL_LAYOUT,
@@ -39,9 +39,11 @@ from bridge.convert.spatial import (
     to_channels_last,
 )
 from bridge.convert.time_loop import KERNEL_ACTIVATIONS, LoopSpec, scan_kernel
+from bridge.keras.weights import snake_case
 
 GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3, "ConvLSTM": 4}
 CELLS = {"SimpleRNNCell": "SimpleRNN", "LSTMCell": "LSTM", "GRUCell": "GRU"}
+register_parts(*CELLS, "StackedRNNCells", within="RNN")  # converted with the RNN holding them
 STATES = {"SimpleRNN": 1, "LSTM": 2, "GRU": 1, "ConvLSTM": 2}
 CONV_LSTM = {"ConvLSTM1D": 1, "ConvLSTM2D": 2, "ConvLSTM3D": 3}
 CONV_OPS = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}
@@ -474,12 +476,46 @@ def _weights_of(class_name: str):
     return lambda config: _rnn_weights(config, class_name)
 
 
+def _cell_groups(group: str, cell: Any) -> list[str]:
+    """Where a cell keeps its variables (Keras 3 layout): ``<group>`` itself, or for
+    StackedRNNCells one group per cell, ``<group>/cells/<snake_case(class)>[_n]`` in cell order."""
+    cell = cell if isinstance(cell, dict) else {}
+    if cell.get("class_name") != "StackedRNNCells":
+        return [group]
+    counters: dict[str, int] = {}
+    groups = []
+    for entry in (cell.get("config") or {}).get("cells") or []:
+        base = snake_case(entry.get("class_name", "") if isinstance(entry, dict) else "")
+        count = counters.get(base, 0)
+        groups.append(f"{group}/cells/{base}" + (f"_{count}" if count else ""))
+        counters[base] = count + 1
+    return groups
+
+
+def _rnn_sublayers(config: dict[str, Any]) -> list[str]:
+    return _cell_groups("cell", config.get("cell"))
+
+
+def _bidirectional_sublayers(config: dict[str, Any]) -> list[str]:
+    """Each direction's cell: ``forward_layer/cell``, ``backward_layer/cell`` (K2.15's extra,
+    empty ``layer/cell/vars`` is not a weight source)."""
+    groups = []
+    for sub, key in (("forward_layer", "layer"), ("backward_layer", "backward_layer")):
+        wrapped = config.get(key) or config.get("layer")
+        inner = wrapped.get("config", {}) if isinstance(wrapped, dict) else {}
+        groups += _cell_groups(
+            f"{sub}/cell", inner.get("cell") if isinstance(inner, dict) else None
+        )
+    return groups
+
+
 def _register_rnn(class_name: str):
     @register(
         class_name,
         weights=_weights_of(class_name),
         check=_check_layer(class_name),
         masks="custom",
+        sublayers=_rnn_sublayers if class_name == "RNN" else ("cell",),
     )
     def recurrent(ctx, inputs):
         spec = rnn_spec(ctx.layer.class_name, ctx.config)
@@ -498,7 +534,11 @@ for _name in LAYERS:
 
 
 @register(
-    "Bidirectional", weights=_bidirectional_weights, check=_check_bidirectional, masks="custom"
+    "Bidirectional",
+    weights=_bidirectional_weights,
+    check=_check_bidirectional,
+    masks="custom",
+    sublayers=_bidirectional_sublayers,
 )
 def bidirectional(ctx, inputs):
     """Both directions (initial states: the forward layer's, then the backward one's); the

@@ -40,6 +40,7 @@ def _check_time_distributed(config: dict[str, Any]) -> list[str]:
     weights=_time_distributed_weights,
     check=_check_time_distributed,
     masks="keep",
+    sublayers=("layer",),
 )
 def time_distributed(ctx, inputs):
     """Fold time into the batch, ``(B, T, ...) -> (B*T, ...)``, run the wrapped layer, unfold."""
@@ -66,7 +67,12 @@ def _spectral_weights(config: dict[str, Any]) -> list[str]:
     return [*inner, "vector_u"]
 
 
-@register("SpectralNormalization", weights=_spectral_weights, check=_check_time_distributed)
+@register(
+    "SpectralNormalization",
+    weights=_spectral_weights,
+    check=_check_time_distributed,
+    sublayers=("layer",),
+)
 def spectral_normalization(ctx, inputs):
     """Training re-normalizes and stores the kernel; inference just runs the wrapped layer."""
     class_name, inner, converter = _wrapped(ctx.config)
