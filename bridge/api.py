@@ -4,85 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bridge.export import BuiltModel, file_digest
-from bridge.keras.files import KerasSource, file_kind, open_model
+from bridge.sources import open_source
 from bridge.targets import host_arch
+
+if TYPE_CHECKING:
+    from bridge.translation import Translation
 
 PathLike = str | Path
 # custom_layers=: "package>Name", class name or Lambda layer name -> converter
 CustomLayersArg = Mapping[str, Any] | None
-
-
-@dataclass
-class Loaded:
-    """A Keras source with its weights assigned to layers (and any assignment problems)."""
-
-    source: KerasSource
-    weights: dict[str, list[np.ndarray]]
-    problems: list = field(default_factory=list)
-    custom: dict = field(default_factory=dict)  # validated custom_layers
-
-    @property
-    def weights_label(self) -> str:
-        path = self.source.weights_path or (self.source.model_path if self.source.weights else None)
-        return str(path) if path else "(no weights file)"
-
-
-def load_keras(
-    model: PathLike, weights: PathLike | None = None, custom_layers: CustomLayersArg = None
-) -> Loaded:
-    """Open the files and assign stored weights to layers."""
-    from bridge.convert.layers import converter_for
-    from bridge.convert.registry import NON_TRAINABLE, as_custom_layers
-
-    custom = as_custom_layers(custom_layers)
-
-    def flags(layer, trainable: bool) -> list[bool] | None:
-        converter = converter_for(layer, custom)
-        try:
-            names = converter.weight_names(layer.config) if converter else None
-        except Exception:  # a malformed config: preflight reports it, naming the layer
-            return None
-        return None if names is None else [trainable and n not in NON_TRAINABLE for n in names]
-
-    source = open_model(model, weights)
-    if source.weights is None:
-        return Loaded(source, {}, custom=custom)
-    assigned, problems = source.weights.assign(source.graph, flags)
-    return Loaded(source, assigned, problems, custom)
-
-
-def _translate(loaded: Loaded, batch_size: int, outputs: list[str] | None, device: str = "cpu"):
-    from bridge.convert.walk import translate
-
-    return translate(
-        loaded.source.graph,
-        loaded.weights,
-        loaded.source.label,
-        loaded.weights_label,
-        batch_size=batch_size,
-        outputs=outputs,
-        extra_problems=loaded.problems,
-        device=device,
-        custom=loaded.custom,
-    )
-
-
-def _is_tflite(model: PathLike, weights: PathLike | None) -> bool:
-    """Whether ``model`` is a TFLite flatbuffer (which holds its own weights)."""
-    from bridge.errors import ModelFileError
-
-    if file_kind(Path(model)) != "tflite":
-        return False
-    if weights is not None:
-        raise ModelFileError(weights, "a .tflite model holds its weights; pass no weights file")
-    return True
 
 
 def _load_and_translate(
@@ -93,31 +30,11 @@ def _load_and_translate(
     report: Callable[[str], None] = lambda stage: None,
     device: str = "cpu",
     custom_layers: CustomLayersArg = None,
-):
+) -> tuple[Translation, dict[str, Any]]:
     """Translate any supported model file: (translation, metadata describing its source).
     ``device`` ("cpu" or "cuda") is what the module will be compiled for."""
-    if _is_tflite(model, weights):
-        from bridge.tflite import read_tflite, translate
-
-        tfl = read_tflite(model)
-        report(f"translating {len(tfl.ops)} TFLite operators to Relax")
-        source = {
-            "model": tfl.name,
-            "model_type": "tflite",
-            "keras_version": "",
-            "files": [tfl.path],
-        }
-        return translate(tfl, batch_size=batch_size, outputs=outputs), source
-    loaded = load_keras(model, weights, custom_layers)
-    report(f"translating {sum(1 for _ in loaded.source.graph.walk_layers())} layers to Relax")
-    keras = loaded.source
-    source = {
-        "model": keras.graph.name,
-        "model_type": keras.graph.kind,
-        "keras_version": keras.keras_version,
-        "files": keras.files,
-    }
-    return _translate(loaded, batch_size, outputs, device), source
+    source = open_source(model, weights, custom_layers)
+    return source.translate(batch_size, outputs, device, report), source.describe()
 
 
 def to_relax(
@@ -314,10 +231,8 @@ def tune(
 
 
 def check_modeltype(model: PathLike) -> str:
-    """``"sequential"``, ``"functional"`` (reads the architecture only) or ``"tflite"``."""
-    if file_kind(Path(model)) == "tflite":
-        return "tflite"
-    return open_model(model).graph.kind
+    """``"sequential"``, ``"functional"`` or ``"tflite"``."""
+    return open_source(model).describe()["model_type"]
 
 
 @dataclass
@@ -352,42 +267,6 @@ def inspect(
 ) -> ModelReport:
     """Per-layer class, output shape, parameter count and support status (never raises for
     unsupported layers; they are reported in the rows)."""
-    from bridge.convert.preflight import check_layer
-    from bridge.errors import UnsupportedModelError
-
-    if _is_tflite(model, weights):
-        from bridge.tflite import read_tflite
-        from bridge.tflite.translate import report_rows
-
-        tfl = read_tflite(model)
-        rows = [LayerRow(*row) for row in report_rows(tfl)]
-        return ModelReport("tflite", tfl.name, "", rows)
-    loaded = load_keras(model, weights, custom_layers)
-    graph = loaded.source.graph
-    problems: dict[str, list[str]] = {}
-    for path, layer in graph.walk_layers():
-        if layer.model is None:
-            checked = check_layer(path, layer, loaded.weights, loaded.weights_label, loaded.custom)
-            for p in checked:
-                problems.setdefault(path, []).append(p.reason)
-    for p in loaded.problems:
-        problems.setdefault(p.layer, []).append(p.reason)
-    shapes: dict[str, list[tuple[int, ...]]] = {}
-    if not problems:
-        try:
-            shapes = _translate(loaded, batch_size, None).layer_shapes
-        except UnsupportedModelError as exc:
-            for p in exc.problems:
-                problems.setdefault(p.layer, []).append(p.reason)
-    rows = [
-        LayerRow(
-            path,
-            layer.class_name,
-            shapes.get(path),
-            sum(int(a.size) for a in loaded.weights.get(path, [])),
-            "; ".join(problems.get(path, [])) or "ok",
-        )
-        for path, layer in graph.walk_layers()
-    ]
-    source = loaded.source
-    return ModelReport(graph.kind, graph.name, source.keras_version, rows)
+    source = open_source(model, weights, custom_layers)
+    kind, version, rows = source.inspect_rows(batch_size)
+    return ModelReport(kind, source.name, version, [LayerRow(*row) for row in rows])
