@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,6 +252,7 @@ class ModelReport:
     name: str
     keras_version: str
     layers: list[LayerRow]
+    notes: list[str] = field(default_factory=list)  # about the model as a whole
 
     @property
     def supported(self) -> bool:
@@ -269,4 +270,5 @@ def inspect(
     unsupported layers; they are reported in the rows)."""
     source = open_source(model, weights, custom_layers)
     kind, version, rows = source.inspect_rows(batch_size)
-    return ModelReport(kind, source.name, version, [LayerRow(*row) for row in rows])
+    rows = [LayerRow(*row) for row in rows]
+    return ModelReport(kind, source.name, version, rows, source.notes())

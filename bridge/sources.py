@@ -52,6 +52,8 @@ class ModelSource(Protocol):
 
     def inspect_rows(self, batch_size: int | None = 1) -> tuple[str, str, list[Row]]: ...
 
+    def notes(self) -> list[str]: ...
+
 
 @dataclass
 class KerasModel:
@@ -120,6 +122,11 @@ class KerasModel:
             require_weights=missing is None,
         )
 
+    def notes(self) -> list[str]:
+        """What ``bridge inspect`` says about the model as a whole."""
+        missing = self.missing_weights()
+        return [f"no shapes or parameters: {missing.reason}"] if missing else []
+
     def inspect_rows(self, batch_size: int | None = 1) -> tuple[str, str, list[Row]]:
         """(model kind, Keras version, rows). Without a weights file, layers are checked for
         everything else and translation is skipped (shapes unknown)."""
@@ -187,6 +194,9 @@ class TFLiteModel:
 
         report(f"translating {len(self.file.ops)} TFLite operators to Relax")
         return translate(self.file, batch_size=batch_size, outputs=outputs)
+
+    def notes(self) -> list[str]:
+        return []
 
     def inspect_rows(self, batch_size: int | None = 1) -> tuple[str, str, list[Row]]:
         from bridge.tflite.translate import report_rows

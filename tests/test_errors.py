@@ -146,6 +146,7 @@ def test_inspect_of_an_architecture_without_weights_file_shows_the_layers():
     report = bridge.api.inspect(MODELS / "seq_cnn.json")
     assert {"conv1", "bn1", "conv2"} <= {row.path for row in report.layers}
     assert all(row.status == "ok" for row in report.layers), report.layers
+    assert len(report.notes) == 1 and "needs a weights file" in report.notes[0]
 
 
 def test_another_number_of_weight_arrays_is_a_weights_error(tmp_path):
