@@ -30,6 +30,8 @@ from tests.fuzz.formats import FORMATS
 from tests.fuzz.harness import Runner, fuzz_one
 
 BOUNDED_EXAMPLES = 400
+# Formats whose cases cost more (every HDF5 structure mutation can hit the hang limit) run fewer.
+BOUNDED_OVERRIDES = {"h5-struct": 100}
 LONG_EXAMPLES = 3000
 
 
@@ -63,7 +65,7 @@ def _fuzz(runner: Runner, format_name: str, examples: int, derandomize: bool) ->
 
 @pytest.mark.parametrize("format_name", sorted(FORMATS))
 def test_fuzz_bounded(runner, format_name):
-    _fuzz(runner, format_name, BOUNDED_EXAMPLES, derandomize=True)
+    _fuzz(runner, format_name, BOUNDED_OVERRIDES.get(format_name, BOUNDED_EXAMPLES), True)
 
 
 @pytest.mark.slow
@@ -434,3 +436,24 @@ def test_tflite_dequantize_of_tensor_without_scale_is_typed(tmp_path):
     path.write_bytes(bytes(blob))
     with pytest.raises(ModelFileError, match="no scale"):
         bridge.to_relax(path)
+
+
+def test_h5_structure_mutations_reach_every_structure_kind(tmp_path):
+    """The ``h5-struct`` seeds hold every metadata structure the mutations aim at, v2 ones
+    (rewritten seeds) included, and the v2 checksums the mutator repairs are found."""
+    from tests.fuzz.formats import seeds_of
+    from tests.fuzz.mutate import _checksum_span, h5_structures
+
+    kinds: set[str] = set()
+    spans = 0
+    for index, seed in enumerate(seeds_of("h5-struct")):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        seed.write(folder)
+        path = folder / (seed.weights or seed.model)
+        found = h5_structures(path)
+        kinds |= set(found)
+        blob = path.read_bytes()
+        spans += sum(_checksum_span(blob, at) is not None for at in found.get("ohdr-v2", []))
+    expected = {"gcol", "heap", "btree-v1", "btree-v2", "snod", "ohdr-v1", "ohdr-v2", "fheap"}
+    assert expected <= kinds and spans > 100

@@ -17,6 +17,13 @@ then objects: index (2), reference count (2), reserved (4), size (L), data padde
 Object 0 is the free space; its size includes its own header and is not padded. ``L`` is the
 superblock's "size of lengths" (8 unless the writer chose otherwise); libhdf5 pads both headers
 to 8 bytes.
+
+Dense attribute and link storage (fractal heaps and version 2 B-trees, written only with
+``libver="latest"`` and more than 8 attributes or links on an object) is refused outright: libhdf5
+dies (SIGFPE, SIGSEGV in ``H5Aexists``) on fuzzed ones whose checksums still match, its layout is
+too large to validate here, and neither Keras nor h5py's default format ever writes it. A
+structure counts when its signature, version 0 and its checksum all match (Jenkins' lookup3,
+as libhdf5 checks it), so bytes of weight data never do.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ ALIGN = 8
 # collections (signatures inside data): bound the check's own time on hostile files.
 STEP_BUDGET_PER_BYTE = 1 / 8
 STEP_BUDGET_MIN = 1 << 16
-_LENGTH_FORMATS = {2: "<H", 4: "<I", 8: "<Q"}
+LENGTH_SIZES = (2, 4, 8, 16, 32)  # what libhdf5 accepts as the superblock's "size of lengths"
 
 
 def check_global_heaps(source: Path | io.BytesIO, label: object | None = None) -> None:
@@ -55,7 +62,8 @@ def check_global_heaps(source: Path | io.BytesIO, label: object | None = None) -
 
 
 def _check_buffer(data, label: object) -> None:
-    width = length_size(data)
+    offsets, width = superblock_sizes(data)
+    _refuse_dense_storage(data, offsets, width, label)
     budget = max(STEP_BUDGET_MIN, int(len(data) * STEP_BUDGET_PER_BYTE))
     offset = data.find(SIGNATURE)
     while offset >= 0:
@@ -68,22 +76,88 @@ def _check_buffer(data, label: object) -> None:
         offset = data.find(SIGNATURE, offset + 1)
 
 
-def length_size(data) -> int:
-    """The superblock's "size of lengths" (bytes per size field); 8 if there is no superblock
-    (libhdf5 then refuses the file anyway). The superblock is searched where libhdf5 searches:
-    offset 0, then 512, 1024, 2048, ..."""
+def superblock_sizes(data) -> tuple[int, int]:
+    """The superblock's "size of offsets" and "size of lengths" (bytes per address and per size
+    field); 8 for one that is missing or out of range (libhdf5 then refuses the file anyway).
+    The superblock is searched where libhdf5 searches: offset 0, then 512, 1024, 2048, ..."""
     at = 0
     while at + 16 <= len(data):
         if data[at : at + 8] == HDF5_SIGNATURE:
-            version = data[at + 8]
-            width = data[at + 14] if version < 2 else data[at + 10]
-            return width if width in _LENGTH_FORMATS else 8
+            first = at + 13 if data[at + 8] < 2 else at + 9  # versions 0, 1; then 2, 3
+            offsets, lengths = data[first], data[first + 1]
+            return (
+                offsets if offsets in LENGTH_SIZES else 8,
+                lengths if lengths in LENGTH_SIZES else 8,
+            )
         at = 512 if at == 0 else at * 2
-    return 8
+    return 8, 8
+
+
+def lookup3(blob: bytes) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle`` (initial value 0): HDF5's metadata checksum."""
+    length = len(blob)
+    a = b = c = (0xDEADBEEF + length) & _U32
+    at = 0
+    while length > 12:
+        x, y, z = struct.unpack_from("<III", blob, at)
+        a, b, c = (a + x) & _U32, (b + y) & _U32, (c + z) & _U32
+        a, c = ((a - c) & _U32) ^ _rot(c, 4), (c + b) & _U32
+        b, a = ((b - a) & _U32) ^ _rot(a, 6), (a + c) & _U32
+        c, b = ((c - b) & _U32) ^ _rot(b, 8), (b + a) & _U32
+        a, c = ((a - c) & _U32) ^ _rot(c, 16), (c + b) & _U32
+        b, a = ((b - a) & _U32) ^ _rot(a, 19), (a + c) & _U32
+        c, b = ((c - b) & _U32) ^ _rot(b, 4), (b + a) & _U32
+        length, at = length - 12, at + 12
+    if length == 0:
+        return c
+    x, y, z = struct.unpack("<III", bytes(blob[at : at + length]) + bytes(12 - length))
+    abc = [(a + x) & _U32, (b + y) & _U32, (c + z) & _U32]
+    for left, right, shift in _FINAL_STEPS:
+        abc[left] = ((abc[left] ^ abc[right]) - _rot(abc[right], shift)) & _U32
+    return abc[2]
+
+
+_U32 = 0xFFFFFFFF
+# lookup3's final(): (target, source, rotation) for c^=b; c-=rot(b,14); a^=c; a-=rot(c,11); ...
+_FINAL_STEPS = ((2, 1, 14), (0, 2, 11), (1, 0, 25), (2, 1, 16), (0, 2, 4), (1, 0, 14), (2, 1, 24))
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _U32
+
+
+def dense_storage_span(data, at: int, offsets: int, lengths: int) -> int | None:
+    """Bytes covered by the checksum of a fractal heap header (``FRHP``) or v2 B-tree header
+    (``BTHD``) at ``at`` (the checksum follows them); None if the signature is another one."""
+    signature = bytes(data[at : at + 4])
+    if signature == b"BTHD":  # ... depth, split/merge %, root address, root records, total
+        return 18 + offsets + lengths
+    if signature == b"FRHP":  # 12 lengths, 3 addresses, 4 small fields; then the root filter
+        span = 22 + 12 * lengths + 3 * offsets
+        filters = int.from_bytes(data[at + 7 : at + 9], "little")
+        return span + (lengths + 4 + filters if filters else 0)
+    return None
+
+
+def _refuse_dense_storage(data, offsets: int, lengths: int, label: object) -> None:
+    for signature, what in ((b"FRHP", "fractal heap"), (b"BTHD", "version 2 B-tree")):
+        at = data.find(signature)
+        while at >= 0:
+            span = dense_storage_span(data, at, offsets, lengths)
+            if span and data[at + 4 : at + 5] == b"\0" and at + span + 4 <= len(data):
+                stored = struct.unpack_from("<I", data, at + span)[0]
+                if lookup3(data[at : at + span]) == stored:
+                    raise ModelFileError(
+                        label,
+                        f"HDF5 dense attribute/link storage ({what} at offset {at}) is not read: "
+                        "libhdf5 crashes on corrupt ones and Keras never writes it; re-save the "
+                        "file with h5py's default format",
+                    )
+            at = data.find(signature, at + 1)
 
 
 def _read_length(data, offset: int, width: int) -> int:
-    return struct.unpack_from(_LENGTH_FORMATS[width], data, offset)[0]
+    return int.from_bytes(data[offset : offset + width], "little")
 
 
 def _align(size: int) -> int:

@@ -7,6 +7,9 @@ point called on each case is ``entry(model, weights)`` (``bridge.to_relax`` by d
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +20,10 @@ from hypothesis import strategies as st
 
 from tests.fuzz.mutate import (
     Canaries,
+    latest_layout,
     mutate_bytes,
     mutate_h5,
+    mutate_h5_struct,
     mutate_json_doc,
     mutate_tflite,
     mutate_zip,
@@ -194,6 +199,49 @@ def mutate_tflite_file(data: st.DataObject, folder: Path, seed: Seed, canaries: 
     path.write_bytes(mutate_tflite(data, path.read_bytes()))
 
 
+MUTATION_NOTE = ".mutation"  # the case folder's note of the mutation kind, for the record
+
+
+def mutate_h5_structs(data: st.DataObject, folder: Path, seed: Seed, canaries: Canaries) -> None:
+    """Corrupt an HDF5 metadata structure (heap, B-tree, symbol table, object header) in the
+    file's bytes, the kind of damage libhdf5 walks into rather than refuses."""
+    kind = mutate_h5_struct(data, folder / (seed.weights or seed.model))
+    (folder / MUTATION_NOTE).write_text(kind)
+
+
+def h5_struct_seeds() -> list[Seed]:
+    """Every HDF5 layout of the model fixtures: full-model ``.h5``, legacy and Keras 3 weights
+    files (with their JSON), and the legacy files rewritten in the newest HDF5 format (v2 object
+    headers; with and without dense storage: fractal heaps, v2 B-trees), which no committed
+    fixture uses. (The layer cases' files have the same structures as the models'.)"""
+    model_folders = (K2 / "models", K3 / "models")
+    legacy = [s for s in full_h5_seeds() + legacy_weights_seeds()
+              if _h5_source(s).parent in model_folders]  # fmt: skip
+    return legacy + weights_h5_seeds() + _latest_seeds(tuple(legacy))
+
+
+def _h5_source(seed: Seed) -> Path:
+    source = dict(seed.files)[seed.weights or seed.model]
+    return source[0] if isinstance(source, tuple) else source
+
+
+@cache
+def _latest_seeds(seeds: tuple[Seed, ...]) -> list[Seed]:
+    folder = Path(tempfile.mkdtemp(prefix="bridge-fuzz-latest-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    out = []
+    for index, seed in enumerate(seeds):
+        for layout in ("latest", "dense"):
+            h5_name = seed.weights or seed.model
+            files = dict(seed.files)
+            target = folder / f"{index}-{layout}-{h5_name}"
+            latest_layout(_h5_source(seed), target, dense=layout == "dense")
+            files[h5_name] = target
+            name = f"{layout}-{_h5_source(seed).parent.parent.name}-{seed.name}"
+            out.append(Seed(name, tuple(files.items()), seed.model, seed.weights))
+    return out
+
+
 def mutate_raw(data: st.DataObject, folder: Path, seed: Seed, canaries: Canaries) -> None:
     """Byte-level only (truncation, flips, zeroed ranges): for formats without a structured
     mutator yet."""
@@ -211,6 +259,7 @@ FORMATS: dict[str, Format] = {
         Format("keras", keras_zip_seeds, mutate_keras_zip),
         Format("sharded", sharded_seeds, mutate_sharded),
         Format("tflite", tflite_seeds, mutate_tflite_file),
+        Format("h5-struct", h5_struct_seeds, mutate_h5_structs),
     ]
 }
 

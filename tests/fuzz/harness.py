@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from tests.fuzz.formats import FORMATS, seeds_of
+from tests.fuzz.formats import FORMATS, MUTATION_NOTE, seeds_of
 from tests.fuzz.mutate import Canaries
 from tests.fuzz.worker import Case, Outcome, serve
 
@@ -35,6 +35,8 @@ class Runner:
         self.canaries.create()
         self.log = base / "worker.log"
         self.counts: Counter[tuple[str, str]] = Counter()
+        # (format, mutation kind, status), for formats whose mutator notes its kind
+        self.kinds: Counter[tuple[str, str, str]] = Counter()
         self._case_index = 0
         self._process = None
         self._conn = None
@@ -101,17 +103,22 @@ def fuzz_one(data: st.DataObject, runner: Runner, format_name: str) -> Outcome:
     )  # fmt: skip
     outcome = runner.run(case)
     runner.counts[(format_name, outcome.status)] += 1
+    note = folder / MUTATION_NOTE
+    mutation = note.read_text() if note.exists() else ""
+    if mutation:
+        runner.kinds[(format_name, mutation, outcome.status)] += 1
     record = os.environ.get("BRIDGE_FUZZ_RECORD")
     if record:
         if outcome.status not in ("ok", "error") or outcome.violations:
             keep = Path(record + ".cases") / f"{format_name}-{runner.counts.total()}"
             shutil.copytree(folder, keep, dirs_exist_ok=True)
         with open(record, "a") as handle:
-            handle.write(json.dumps({"format": format_name, "seed": seed.name, **asdict(outcome)}))
+            entry = {"format": format_name, "seed": seed.name, "mutation": mutation}
+            handle.write(json.dumps({**entry, **asdict(outcome)}))
             handle.write("\n")
         return outcome
     assert outcome.status in ("ok", "error") and not outcome.violations, describe(
-        outcome, seed.name
+        outcome, f"{seed.name} {mutation}".strip()
     )
     return outcome
 

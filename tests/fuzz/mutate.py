@@ -13,6 +13,7 @@ import copy
 import io
 import json
 import math
+import re
 import struct
 import warnings
 import zipfile
@@ -23,6 +24,8 @@ from typing import Any
 import h5py
 import numpy as np
 from hypothesis import strategies as st
+
+from bridge.keras.h5guard import dense_storage_span, lookup3
 
 # Values that break naive readers: sizes far beyond memory, signs, types, special floats.
 HUGE = [10**12, 2**31, 2**63, 10**30, 10**9, 50_000]
@@ -565,3 +568,215 @@ def mutate_tflite(data: st.DataObject, blob: bytes) -> bytes:
         width = 1 if kind == "type" else 4  # TensorType is a byte
         out[at : at + width] = (value & (2 ** (8 * width) - 1)).to_bytes(width, "little")
     return bytes(out)
+
+
+# --- HDF5 structures (bytes) --------------------------------------------------------------------
+# libhdf5 trusts its on-disk metadata: sizes, counts and addresses steer its walks. These
+# mutations aim at those fields, found by signature (global heaps, local heaps, B-trees, symbol
+# table nodes, v2 object headers, fractal heaps) or, for v1 object headers (no signature), by the
+# addresses h5py reports.
+
+H5_SIGNATURES = {
+    "gcol": (b"GCOL",),
+    "heap": (b"HEAP",),
+    "btree-v1": (b"TREE",),
+    "btree-v2": (b"BTHD", b"BTIN", b"BTLF"),
+    "snod": (b"SNOD",),
+    "ohdr-v2": (b"OHDR", b"OCHK"),
+    "fheap": (b"FRHP", b"FHDB", b"FHIB"),
+    "fspace": (b"FSHD", b"FSSE"),
+}
+H5_STRUCT_OPS = ("zero", "field", "self-address", "flip", "truncate")
+# Edge values for a size, count or address field (8 bytes; narrower fields take the low bytes).
+FIELD_EDGES = [0, 1, 8, 16, 0xFFFF, 2**31, 2**32 - 1, 2**63, 2**64 - 1, 2**64 - 16, 10**6]
+
+
+def _v1_object_headers(path: Path) -> list[int]:
+    """File offsets of the v1 object headers (root group, groups, datasets)."""
+    offsets: set[int] = set()
+    with h5py.File(path, "r") as handle:
+        offsets.add(h5py.h5o.get_info(handle.id).addr)
+        handle.visititems(lambda _name, obj: offsets.add(h5py.h5o.get_info(obj.id).addr))
+    return sorted(offsets)
+
+
+def h5_structures(path: Path) -> dict[str, list[int]]:
+    """Offsets of each structure kind in an HDF5 file (kinds with none are left out)."""
+    blob = path.read_bytes()
+    found: dict[str, list[int]] = {}
+    for kind, signatures in H5_SIGNATURES.items():
+        for signature in signatures:
+            at = blob.find(signature)
+            while at >= 0:
+                found.setdefault(kind, []).append(at)
+                at = blob.find(signature, at + 1)
+    with contextlib.suppress(OSError, RuntimeError, ValueError, KeyError):
+        v1 = [a for a in _v1_object_headers(path) if 0 < a < len(blob) and blob[a] == 1]
+        if v1:
+            found["ohdr-v1"] = v1
+    return found
+
+
+def _gcol_objects(blob: bytes, start: int) -> list[int]:
+    """Offsets of the object headers in the global heap collection at ``start``."""
+    end = min(len(blob), start + struct.unpack_from("<Q", blob, start + 8)[0])
+    at, out = start + 16, []
+    while at + 16 <= end and len(out) < 4096:
+        out.append(at)
+        index, _, _, size = struct.unpack_from("<HHIQ", blob, at)
+        need = size if index == 0 else 16 + -(-size // 8) * 8
+        if need <= 0:
+            break
+        at += need
+    return out
+
+
+def _v1_messages(blob: bytes, start: int) -> list[int]:
+    """Offsets of the message headers in the v1 object header at ``start`` (first chunk)."""
+    count, _, size = struct.unpack_from("<HII", blob, start + 2)
+    at, end, out = start + 16, min(len(blob), start + 16 + size), []
+    while at + 8 <= end and len(out) < min(count, 256):
+        out.append(at)
+        at += 8 + struct.unpack_from("<H", blob, at + 2)[0]
+    return out
+
+
+def _field_offsets(blob: bytes, kind: str, start: int) -> list[tuple[int, int]]:
+    """(offset, width) of the fields that steer libhdf5's walk of the structure at ``start``."""
+    if kind == "gcol":  # collection size; each object's index and size
+        fields = [(start + 8, 8)]
+        for obj in _gcol_objects(blob, start):
+            fields += [(obj, 2), (obj + 8, 8)]
+        return fields
+    if kind == "heap":  # data segment size, free-list head, data segment address
+        return [(start + 8, 8), (start + 16, 8), (start + 24, 8)]
+    if kind == "btree-v1":
+        # type, level, entries used, siblings, then alternating keys and child addresses
+        # (8-byte keys: group nodes; dataset chunk keys are longer, then offsets are approximate)
+        fields = [(start + 4, 1), (start + 5, 1), (start + 6, 2), (start + 8, 8), (start + 16, 8)]
+        used = struct.unpack_from("<H", blob, start + 6)[0]
+        return fields + [(start + 24 + 8 * i, 8) for i in range(min(2 * used + 1, 33))]
+    if kind == "snod":  # symbol count; each entry's name offset and object header address
+        fields = [(start + 6, 2)]
+        return fields + [(start + 8 + 40 * i + d, 8) for i in range(8) for d in (0, 8)]
+    if kind == "ohdr-v1":  # message count, header size; each message's type and size
+        fields = [(start + 2, 2), (start + 8, 4)]
+        for message in _v1_messages(blob, start):
+            fields += [(message, 2), (message + 2, 2)]
+        return fields
+    return [(start + 4 + 4 * i, w) for i in range(12) for w in (1, 4, 8)]
+
+
+def _self_address(blob: bytearray, kind: str, start: int, data: st.DataObject) -> None:
+    """Point an address field of the structure back at itself (or its object header at a
+    continuation of itself): the cycles a walk must not follow forever."""
+    if kind == "ohdr-v1":
+        messages = _v1_messages(bytes(blob), start)
+        if messages:  # a continuation message (0x10) whose block is this very header
+            at = messages[data.draw(st.integers(0, len(messages) - 1), label="message")]
+            length = struct.unpack_from("<H", blob, at + 2)[0]
+            if length >= 16:  # the block: the header itself, or its first chunk of messages
+                size = struct.unpack_from("<I", blob, start + 8)[0]
+                block = data.draw(st.sampled_from([(start, 16 + size), (start + 16, size)]))
+                struct.pack_into("<HHBxxxQQ", blob, at, 0x10, length, 0, *block)
+                return
+    if blob[start : start + 4] == b"TREE":  # a child pointer at this node or another: a cycle
+        used = struct.unpack_from("<H", blob, start + 6)[0]
+        if used:
+            child = start + 32 + 16 * data.draw(st.integers(0, min(used, 16) - 1), label="child")
+            nodes = [start, *(m.start() for m in re.finditer(b"TREE", blob))]
+            target = nodes[data.draw(st.integers(0, len(nodes) - 1), label="target node")]
+            struct.pack_into("<Q", blob, child, target)
+            return
+    fields = [f for f in _field_offsets(bytes(blob), kind, start) if f[1] == 8]
+    if fields:
+        at, _ = fields[data.draw(st.integers(0, len(fields) - 1), label="address field")]
+        struct.pack_into("<Q", blob, at, start)
+
+
+def _checksum_span(blob: bytes, start: int) -> int | None:
+    """Bytes covered by the checksum of the v2 structure at ``start`` (the checksum follows
+    them), for the layouts known here (object header chunk 0, v2 B-tree header, fractal heap
+    header); None otherwise, or if the stored checksum does not match. (8-byte addresses and
+    sizes, as h5py writes.)"""
+    span = dense_storage_span(blob, start, 8, 8)
+    if blob[start : start + 4] == b"OHDR" and start + 7 <= len(blob):
+        flags, at = blob[start + 5], start + 6
+        at += (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        width = 1 << (flags & 3)
+        span = at + width + int.from_bytes(blob[at : at + width], "little") - start
+    if span is None or start + span + 4 > len(blob):
+        return None
+    stored = struct.unpack_from("<I", blob, start + span)[0]
+    return span if lookup3(blob[start : start + span]) == stored else None
+
+
+def mutate_h5_struct(data: st.DataObject, path: Path) -> str:
+    """Corrupt one HDF5 metadata structure of the file in place; returns the mutation's kind
+    (``structure-op``) for the record."""
+    found = h5_structures(path)
+    if not found:
+        path.write_bytes(mutate_bytes(data, path.read_bytes()))
+        return "none-bytes"
+    kind = data.draw(st.sampled_from(sorted(found)), label="structure")
+    starts = found[kind]
+    start = starts[data.draw(st.integers(0, len(starts) - 1), label="which")]
+    op = data.draw(st.sampled_from(H5_STRUCT_OPS), label="struct op")
+    blob = bytearray(path.read_bytes())
+    span = _checksum_span(bytes(blob), start)
+    if op == "zero":  # what a damaged sector does: 64-byte runs, at or inside the structure
+        for _ in range(data.draw(st.integers(1, 3), label="runs")):
+            at = start + data.draw(st.integers(0, 255), label="into") // 8 * 8
+            blob[at : at + 64] = bytes(len(blob[at : at + 64]))
+    elif op == "field":
+        for _ in range(data.draw(st.integers(1, 2), label="fields")):
+            fields = _field_offsets(bytes(blob), kind, start)
+            at, width = fields[data.draw(st.integers(0, len(fields) - 1), label="field")]
+            value = data.draw(st.sampled_from(FIELD_EDGES), label="value")
+            if at + width <= len(blob):
+                blob[at : at + width] = (value % 2 ** (8 * width)).to_bytes(width, "little")
+    elif op == "self-address":
+        _self_address(blob, kind, start, data)
+    elif op == "flip":
+        for _ in range(data.draw(st.integers(1, 8), label="flips")):
+            at = min(len(blob) - 1, start + data.draw(st.integers(0, 63), label="at"))
+            blob[at] ^= data.draw(st.integers(1, 255), label="mask")
+    else:  # the file ends inside the structure
+        del blob[start + data.draw(st.integers(0, 63), label="cut") :]
+    if span and op != "truncate" and data.draw(st.integers(0, 3), label="checksum?") > 0:
+        # a matching checksum, so that libhdf5 decodes the damage instead of refusing it
+        struct.pack_into("<I", blob, start + span, lookup3(bytes(blob[start : start + span])))
+    path.write_bytes(bytes(blob))
+    return f"{kind}-{op}"
+
+
+def _group_plist(dense: bool):
+    plist = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+    if dense:  # every attribute in dense storage (fractal heap, v2 B-tree), links indexed
+        plist.set_attr_phase_change(0, 0)
+        plist.set_link_creation_order(h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED)
+    return plist
+
+
+def _copy_tree(source: h5py.Group, target: h5py.Group, dense: bool) -> None:
+    for key in source.attrs:
+        target.attrs.create(key, source.attrs[key], dtype=source.attrs.get_id(key).dtype)
+    for name, obj in source.items():
+        if isinstance(obj, h5py.Group):
+            group_id = h5py.h5g.create(target.id, name.encode(), gcpl=_group_plist(dense))
+            _copy_tree(obj, h5py.Group(group_id), dense)
+        else:
+            target.create_dataset(name, data=obj[()], dtype=obj.dtype)
+            for key in obj.attrs:
+                target[name].attrs[key] = obj.attrs[key]
+
+
+def latest_layout(source: Path, target: Path, dense: bool) -> None:
+    """Rewrite an HDF5 file in the newest format with the same content: v2 object headers, and
+    with ``dense`` attributes and links in dense storage (fractal heaps, v2 B-trees; a few empty
+    groups push the root's links past compact storage), so that mutations reach those
+    structures too. (Groups of more than 8 links are dense either way.)"""
+    with h5py.File(source, "r") as old, h5py.File(target, "w", libver="latest") as new:
+        _copy_tree(old, new, dense)
+        for index in range(9 if dense else 0):
+            new.create_group(f"_dense{index}")
