@@ -2,21 +2,26 @@
 arithmetic on random data, operator by operator against LiteRT's own intermediate tensors,
 whole int8 fixtures against LiteRT, and a guard that the int8 path really is integer.
 
-Agreement with LiteRT 2.3 (builtin kernels, x86, one thread), checked below:
-- CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, MEAN (spatial axes), AVERAGE_POOL_2D:
-  bit-exact on every such operator of the int8 fixtures, fed LiteRT's own input (per-tensor
-  and per-channel weights). LiteRT rounds the products with the SIMD kernels' double rounding,
-  both steps half up ("double_up"), not the reference kernels' half away from zero:
-  branches_int8's first convolution (no activation, so negative outputs survive) has 3
-  outputs exactly on a half that tell the two apart. For DEPTHWISE_CONV_2D and MEAN the
-  fixtures hold no such half (their ties are clamped by ReLU or absent), so "double" would
-  match them too. MEAN's multiplier folds the pixel count (input_scale / (count *
-  output_scale)); dividing after requantizing is 1 step off on cnn_int8. AVERAGE_POOL_2D
-  divides each window's sum by its count rounding half away from zero.
-- whole models: cnn_int8, cnn_int8_pertensor, cnn_uint8io, mobile_int8 and branches_int8
-  are bit-exact with LiteRT (MAX_STEPS); the operators still computed as dequantize -> float
-  -> quantize there (SOFTMAX, LOGISTIC, TANH, ADD, MUL, QUANTIZE) happen to round like LiteRT
-  on these inputs, which test_tflite.py's one-step tolerance still covers in general.
+Agreement with LiteRT 2.3 (builtin kernels, x86, one thread), checked below operator by
+operator on LiteRT's own inputs: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (per-tensor and
+per-channel weights), MEAN over the spatial axes, AVERAGE_POOL_2D, ADD, MUL, LOGISTIC and
+TANH are bit-exact on every such operator of the int8 fixtures.
+
+- Rounding. TFLite's high multiply rounds halves up; its final power-of-two divide rounds
+  halves away from zero in the reference kernels ("double") and up in the SIMD kernels
+  ("double_up"). LiteRT's convolutions and dense layers round up: branches_int8's first
+  convolution (no activation, so negative outputs survive) has 3 outputs on an exact
+  negative half that "double" puts one step lower. DEPTHWISE_CONV_2D and MEAN use
+  "double_up" too, but the fixtures hold no negative half there (ReLU clamps them), so
+  "double" would match as well; ADD and MUL use "double" (TFLite's scalar code), equally
+  untested by a tie.
+- MEAN's multiplier folds the pixel count (input_scale / (count * output_scale)); dividing
+  after requantizing is 1 step off on cnn_int8. AVERAGE_POOL_2D divides each window's sum by
+  its count rounding half away from zero (rounding halves up is 1 step off on mobile_int8).
+- LOGISTIC and TANH are TFLite's 256-entry tables (float32 function, std::round); the
+  fixtures exercise 54 and 56 distinct inputs of them.
+- whole models (MAX_STEPS): all five int8 fixtures are bit-exact with LiteRT; SOFTMAX and
+  QUANTIZE still run as dequantize -> float -> quantize and happen to round like LiteRT here.
 """
 
 from __future__ import annotations
@@ -29,12 +34,22 @@ from tvm import relax
 
 import bridge
 from bridge.compile import compile_module
-from bridge.quant import fixed_point, kernels
+from bridge.quant import elementwise, fixed_point, kernels
 
 TFLITE = FIXTURES / "tflite"
 INTERMEDIATES = TFLITE / "litert_int8_intermediates.npz"
 TARGET = "llvm"
-INTEGER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "AVERAGE_POOL_2D"}
+INTEGER_OPS = {
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "FULLY_CONNECTED",
+    "MEAN",
+    "AVERAGE_POOL_2D",
+    "ADD",
+    "MUL",
+    "LOGISTIC",
+    "TANH",
+}
 RNG = np.random.default_rng(13)
 
 # --- numpy model of TFLite's integer arithmetic ---------------------------------------------
@@ -321,6 +336,57 @@ def test_spatial_mean_bit_exact(rounding: str) -> None:
     np.testing.assert_array_equal(run_relax(build, [x]), expected)
 
 
+def ref_add(a, qa, b, qb, out, clamp):
+    """TFLite's integer ADD step by step (reference rounding)."""
+    twice = 2 * np.float64(max(np.float32(qa[0]), np.float32(qb[0])))
+    total = 0
+    for x, (scale, zp) in ((a, qa), (b, qb)):
+        mul = fixed_point.quantize_multiplier(np.float64(scale) / twice)
+        total = total + ref_scale(
+            (x.astype(np.int64) - zp) * 2**20, mul.significand, mul.shift, "double"
+        )
+    mul = fixed_point.quantize_multiplier(twice / (2**20 * np.float64(out[0])))
+    return np.clip(ref_scale(total, mul.significand, mul.shift, "double") + out[1], *clamp)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_add_bit_exact(dtype: str) -> None:
+    """Two activations with different scales and zero points, one broadcast along channels."""
+    a, b = random_int((2, 5, 6, 8), dtype), random_int((1, 1, 1, 8), dtype)
+    zp = 128 if dtype == "uint8" else 0
+    qa, qb, out = (0.031, zp - 9), (0.0077, zp + 21), (0.04, zp + 3)
+    clamp = fixed_point.activation_range("RELU", out[0], out[1], dtype)
+    expected = ref_add(a, qa, b, qb, out, clamp).astype(dtype)
+    got = run_relax(lambda x, y: elementwise.add(x, qa, y, qb, out, clamp, dtype), [a, b])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_multiply_bit_exact() -> None:
+    a, b = random_int((3, 40), "int8"), random_int((3, 40), "int8")
+    qa, qb, out = (0.05, -4), (0.02, 7), (0.009, -1)
+    real = 0.05 * 0.02 / 0.009
+    acc = (a.astype(np.int64) + 4) * (b.astype(np.int64) - 7)
+    expected = ref_requantize(acc, real, -1, (-128, 127), "double", "int8")
+    got = run_relax(
+        lambda x, y: elementwise.multiply(x, qa, y, qb, out, (-128, 127), "int8"), [a, b]
+    )
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_lookup_table() -> None:
+    """LOGISTIC's table: within one step of the exact sigmoid, and the lookup kernel returns
+    ``table[x + 128]`` for every int8 value."""
+    table = fixed_point.float_table(
+        lambda v: 1 / (1 + np.exp(-v)), 0.0363, -3, 1 / 256, -128, "int8"
+    )
+    real = 0.0363 * (np.arange(-128, 128) + 3)
+    exact = np.clip(np.round(256 / (1 + np.exp(-real))) - 128, -128, 127)
+    assert np.abs(table.astype(np.int64) - exact).max() <= 1
+    x = np.arange(-128, 128, dtype=np.int8).reshape(4, 64)
+    got = run_relax(lambda v: elementwise.lookup(v, table, -128), [x])
+    np.testing.assert_array_equal(got, table[x.astype(np.int64) + 128])
+
+
 def test_folded_bias_overflow_is_refused() -> None:
     with pytest.raises(ValueError, match="overflows"):
         kernels.fold_bias(np.array([2**31 - 10], np.int32), np.array([100]), -128)
@@ -341,9 +407,9 @@ def _litert_cases() -> list[tuple[str, int]]:
     return cases
 
 
-def one_operator(model: str, index: int) -> tuple[tvm.IRModule, str, int]:
-    """A module computing operator ``index`` of ``model`` alone (its first input a
-    parameter) with bridge's converter; returns (module, operator name, input tensor)."""
+def one_operator(model: str, index: int) -> tuple[tvm.IRModule, str, list[int]]:
+    """A module computing operator ``index`` of ``model`` alone (its activation inputs are
+    parameters) with bridge's converter; returns (module, operator name, input tensors)."""
     import tflite
     from tvm.relax.frontend.tflite.tflite_frontend import ExprTable, get_tensor_name
 
@@ -355,32 +421,45 @@ def one_operator(model: str, index: int) -> tuple[tvm.IRModule, str, int]:
     bb, table = relax.BlockBuilder(), ExprTable()
     converter = BridgeConverter(tfl, subgraph, table, bb)
     op = subgraph.Operators(index)
-    data = converter.get_input_tensors(op)[0]
-    shape = [int(d) for d in converter.get_tensor_shape(data)]
-    dtype = converter.get_tensor_type_str(data.tensor.Type())
-    var = relax.Var("x", relax.TensorType(shape, dtype))
+    activations = [
+        t
+        for t in converter.get_input_tensors(op)
+        if t.tensor_idx >= 0 and not t.buffer.DataLength()
+    ]
+    params = [
+        relax.Var(
+            f"x{t.tensor_idx}",
+            relax.TensorType(
+                [int(d) for d in converter.get_tensor_shape(t)],
+                converter.get_tensor_type_str(t.tensor.Type()),
+            ),
+        )
+        for t in activations
+    ]
     name = converter.get_op_code_str(op)
-    with bb.function("main", [var]):
+    with bb.function("main", params):
         with bb.dataflow():
-            table.set_expr(get_tensor_name(subgraph, data.tensor_idx), var)
+            for t, var in zip(activations, params):
+                table.set_expr(get_tensor_name(subgraph, t.tensor_idx), var)
             out = bb.emit_output(converter.convert_map[name](op=op))
         bb.emit_func_output(out)
-    return bb.get(), name, data.tensor_idx
+    return bb.get(), name, [t.tensor_idx for t in activations]
 
 
 @pytest.mark.parametrize(("model", "index"), _litert_cases())
 def test_operator_bit_exact_with_litert(model: str, index: int) -> None:
-    """Each CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED of the int8 fixtures, fed LiteRT's
-    input tensor, gives LiteRT's output tensor exactly, through integer kernels only."""
+    """Each operator of the int8 fixtures that bridge.quant computes in integers, fed
+    LiteRT's input tensors, gives LiteRT's output tensor exactly, through integer kernels
+    only (no dequantize in its module)."""
     from bridge.tflite.reader import read_tflite
 
-    mod, name, input_index = one_operator(model, index)
+    mod, name, input_indices = one_operator(model, index)
     assert "relax.dequantize" not in mod.script(), f"{model} #{index} {name}: float path"
     saved = np.load(INTERMEDIATES)
-    x = saved[f"{model}/{input_index}"]
+    inputs = [tvm.runtime.tensor(saved[f"{model}/{t}"]) for t in input_indices]
     expected = saved[f"{model}/{read_tflite(TFLITE / f'{model}.tflite').ops[index].outputs[0]}"]
     executable = compile_module(mod, tvm.target.Target(TARGET))
-    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](*inputs).numpy()
     assert got.dtype == expected.dtype
     diff = np.abs(got.astype(np.int64) - expected.reshape(got.shape).astype(np.int64))
     assert diff.max() == 0, f"{model} #{index} {name}: {np.count_nonzero(diff)} values differ"

@@ -5,11 +5,11 @@ and a power-of-two exponent (TFLite's ``QuantizeMultiplier``). An int32 accumula
 is then requantized in one of the two roundings TFLite ships:
 
 * ``"double"``: the reference kernels' ``MultiplyByQuantizedMultiplier`` — a saturating
-  rounding doubling high multiply (round half away from zero) followed by a rounding divide by
-  a power of two (round half away from zero);
-* ``"double_up"``: the same two steps with both roundings half up (toward +inf): the high
-  multiply ``(x * m + 2**30) >> 31`` and the rounding right shift ``(h + 2**(e-1)) >> e`` of
-  the SIMD kernels (NEON's ``vqrdmulh``/``vrshl`` and the x86 kernels that mirror them); LiteRT's
+  rounding doubling high multiply (``(x * m + 2**30) >> 31``: its nudge-and-truncate rounds
+  halves up for both signs) followed by a rounding divide by a power of two (halves away
+  from zero);
+* ``"double_up"``: the same high multiply, then a rounding right shift with halves up,
+  ``(h + 2**(e-1)) >> e`` (NEON's ``vrshl`` and the x86 kernels that mirror it); LiteRT's
   builtin int8 convolutions and fully connected layers round this way on x86;
 * ``"single"``: ruy's reference (and ``TFLITE_SINGLE_ROUNDING``'s) one rounding shift of the
   64-bit product, round half up.
@@ -134,33 +134,58 @@ def requantize(
 
 
 def _rounding_high_mul(product: relax.Expr) -> relax.Expr:
-    """``SaturatingRoundingDoublingHighMul`` given the 64-bit product: add the nudge
-    (+2**30, or 1 - 2**30 below zero), then divide by 2**31 truncating toward zero."""
-    zero = relax.const(0, "int64")
-    negative = relax.op.less(product, zero)
-    nudged = relax.op.add(
-        product,
-        relax.op.where(
-            negative, relax.const(1 - (1 << 30), "int64"), relax.const(1 << 30, "int64")
-        ),
+    """``SaturatingRoundingDoublingHighMul`` given the 64-bit product: TFLite adds a nudge
+    (+2**30, or 1 - 2**30 below zero) and divides by 2**31 truncating, which is rounding half
+    up for both signs: ``(product + 2**30) >> 31`` (one use of ``product``, so the epilogue
+    stays linear in size when the schedule inlines it)."""
+    return relax.op.right_shift(
+        relax.op.add(product, relax.const(1 << 30, "int64")), relax.const(31, "int64")
     )
-    shift = relax.const(31, "int64")
-    down = relax.op.right_shift(nudged, shift)  # floor
-    up = relax.op.negative(relax.op.right_shift(relax.op.negative(nudged), shift))  # ceil
-    return relax.op.where(relax.op.less(nudged, zero), up, down)
 
 
 def _rounding_shift(x: relax.Expr, exponent: np.ndarray, channels: int) -> relax.Expr:
-    """``RoundingDivideByPOT``: ``x / 2**exponent``, halves away from zero."""
-    mask = (np.left_shift(1, exponent) - 1).astype(np.int64)
-    remainder = relax.op.bitwise_and(x, _const(mask, channels))
-    negative = relax.op.astype(relax.op.less(x, relax.const(0, "int64")), "int64")
-    threshold = relax.op.add(_const(mask >> 1, channels), negative)
-    carry = relax.op.astype(relax.op.greater(remainder, threshold), "int64")
-    return relax.op.add(relax.op.right_shift(x, _const(exponent, channels)), carry)
+    """``RoundingDivideByPOT``: ``x / 2**exponent``, halves away from zero, as
+    ``(x + 2**(e-1) - [x < 0]) >> e`` (``x`` itself where ``e`` is 0)."""
+    half = np.where(exponent > 0, np.left_shift(1, np.maximum(exponent, 1) - 1), 0)
+    sign = relax.op.right_shift(x, relax.const(63, "int64"))  # -1 below zero, else 0
+    down = relax.op.bitwise_and(sign, _const((exponent > 0).astype(np.int64), channels))
+    biased = relax.op.subtract(relax.op.add(x, _const(half, channels)), down)
+    return relax.op.right_shift(biased, _const(exponent, channels))
 
 
 def _shift_half_up(x: relax.Expr, exponent: np.ndarray, channels: int) -> relax.Expr:
     """``(x + 2**(e-1)) >> e`` (``x`` itself where ``e`` is 0)."""
     half = np.where(exponent > 0, np.left_shift(1, np.maximum(exponent, 1) - 1), 0)
     return relax.op.right_shift(relax.op.add(x, _const(half, channels)), _const(exponent, channels))
+
+
+def float_table(function, scale_in, zero_in, scale_out, zero_out, dtype: str) -> np.ndarray:
+    """Every output of a unary function on 8-bit integers, as TFLite's ``LUTPopulate``
+    computes its lookup tables: float32 arithmetic, ``std::round``, clamped to ``dtype``.
+    Indexed by ``value - min(dtype)``."""
+    low, high = INT_RANGE[dtype]
+    values = np.arange(low, high + 1, dtype=np.int32)
+    real = np.float32(scale_in) * (values - np.int32(zero_in)).astype(np.float32)
+    transformed = np.asarray(function(real.astype(np.float32)), np.float32)
+    scaled = transformed * (np.float32(1) / np.float32(scale_out))
+    rounded = round_half_away(scaled).astype(np.int64) + int(zero_out)
+    return np.clip(rounded, low, high).astype(dtype)
+
+
+def scale_input(
+    x: relax.Expr, zero_point: int, left_shift: int, multiplier: Multiplier
+) -> relax.Expr:
+    """``MultiplyByQuantizedMultiplierSmallerThanOneExp((x - zp) << left_shift)`` of TFLite's
+    integer ADD: each input brought to a common scale with ``left_shift`` bits of headroom,
+    int64."""
+    x = relax.op.astype(x, "int64")
+    if zero_point:
+        x = relax.op.subtract(x, relax.const(int(zero_point), "int64"))
+    return multiply_high(relax.op.left_shift(x, relax.const(left_shift, "int64")), multiplier)
+
+
+def multiply_high(x: relax.Expr, multiplier: Multiplier) -> relax.Expr:
+    """``x * m``, reference double rounding, for one multiplier (shift <= 0), int64 in/out."""
+    y = _rounding_high_mul(relax.op.multiply(x, _const(multiplier.significand, 1)))
+    right = np.maximum(-multiplier.shift, 0)
+    return _rounding_shift(y, right, 1) if np.any(right) else y

@@ -1,5 +1,5 @@
 """Integer converters for quantized TFLite operators (CONV_2D, DEPTHWISE_CONV_2D,
-FULLY_CONNECTED, MEAN over the spatial axes, AVERAGE_POOL_2D).
+FULLY_CONNECTED, MEAN over the spatial axes, AVERAGE_POOL_2D, ADD, MUL, LOGISTIC, TANH).
 
 TVM's converter keeps quantized tensors as integers between operators but computes each
 quantized operator as dequantize -> float operator -> quantize. Here an operator whose
@@ -18,7 +18,7 @@ import numpy as np
 from tvm import relax
 from tvm.relax.frontend.tflite.tflite_frontend import get_pad_value
 
-from bridge.quant import fixed_point, kernels
+from bridge.quant import elementwise, fixed_point, kernels
 
 ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
 INTEGER = ("int8", "uint8")
@@ -71,6 +71,10 @@ def integer_converters(converter) -> dict[str, Callable]:
         "FULLY_CONNECTED": convert_fully_connected,
         "MEAN": convert_mean,
         "AVERAGE_POOL_2D": convert_average_pool2d,
+        "ADD": convert_add,
+        "MUL": convert_mul,
+        "LOGISTIC": functools.partial(convert_table, function=_sigmoid),
+        "TANH": functools.partial(convert_table, function=np.tanh),
     }
     return {
         name: functools.partial(_integer_or, converter, integer, converter.convert_map[name])
@@ -305,3 +309,65 @@ def convert_average_pool2d(converter, op) -> relax.Expr | None:
     mean = kernels.divide_round_away(total, counts)
     low, high = fixed_point.activation_range(activation, float(qy.scale[0]), qy.zp, qy.dtype)
     return relax.op.astype(relax.op.clip(mean, low, high), qy.dtype)
+
+
+def _binary(converter, op, options_class):
+    """(inputs' exprs, their quantization, output quantization, activation) of a two-input
+    elementwise operator on 8-bit tensors of one dtype, or None."""
+    tensors = converter.get_input_tensors(op)
+    outputs = converter.get_output_tensors(op)
+    if len(tensors) != 2 or len(outputs) != 1:
+        return None
+    quant = [qparams(converter, t) for t in (*tensors, outputs[0])]
+    if any(q is None or q.dtype not in INTEGER or q.scale.size != 1 for q in quant):
+        return None
+    if len({q.dtype for q in quant}) != 1:
+        return None
+    activation = "NONE"
+    if op.BuiltinOptions() is not None:
+        activation = _activation(converter, _options(op, options_class).FusedActivationFunction())
+    if activation is None:
+        return None
+    exprs = [converter.get_tensor_expr(t) for t in tensors]
+    return exprs, quant[:2], quant[2], activation
+
+
+def _pair(q: QParams) -> tuple[float, int]:
+    return float(q.scale[0]), q.zp
+
+
+def convert_add(converter, op) -> relax.Expr | None:
+    from tflite.AddOptions import AddOptions
+
+    return _convert_binary(converter, op, AddOptions, elementwise.add)
+
+
+def convert_mul(converter, op) -> relax.Expr | None:
+    from tflite.MulOptions import MulOptions
+
+    return _convert_binary(converter, op, MulOptions, elementwise.multiply)
+
+
+def _convert_binary(converter, op, options_class, compute) -> relax.Expr | None:
+    parts = _binary(converter, op, options_class)
+    if parts is None:
+        return None
+    (a, b), (qa, qb), out, activation = parts
+    clamp = fixed_point.activation_range(activation, float(out.scale[0]), out.zp, out.dtype)
+    return compute(a, _pair(qa), b, _pair(qb), _pair(out), clamp, out.dtype)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.float32(1) / (np.float32(1) + np.exp(-x))
+
+
+def convert_table(converter, op, function) -> relax.Expr | None:
+    """A unary operator on an 8-bit tensor (LOGISTIC, TANH) as the 256-entry table TFLite's
+    optimized kernels build (float32 function of each dequantized value, rounded)."""
+    quant = _activation_tensors(converter, op)
+    if quant is None:
+        return None
+    qx, qy = quant
+    table = fixed_point.float_table(function, qx.scale[0], qx.zp, qy.scale[0], qy.zp, qy.dtype)
+    data = converter.get_tensor_expr(converter.get_input_tensors(op)[0])
+    return elementwise.lookup(data, table, fixed_point.INT_RANGE[qx.dtype][0])
