@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_tools, run_bundle
 from tvm import relax
 
 import bridge
@@ -494,6 +494,26 @@ def test_model_against_litert(name: str) -> None:
         expected = data[f"output_{i}"]
         steps = int(np.abs(g.astype(np.int64) - expected.astype(np.int64)).max())
         assert steps <= MAX_STEPS[name], f"{name} output {i}: {steps} steps from LiteRT"
+
+
+@pytest.mark.parametrize(
+    ("preset", "name"), [("aarch64", "mobile_int8"), ("rpi5", "branches_int8")]
+)
+def test_aarch64_bundle_bit_exact_under_qemu(preset: str, name: str, tmp_path) -> None:
+    """The integer kernels compiled for 64-bit ARM (NEON; rpi5 adds the dot product) give
+    LiteRT's outputs exactly, run as a bundle under qemu."""
+    import shutil
+
+    from bridge.targets import resolve
+
+    needs_tools(resolve(preset), "qemu-aarch64")
+    data = np.load(TFLITE / f"{name}.npz")
+    inputs = [data[k] for k in sorted(data.files) if k.startswith("input_")]
+    bridge.build(TFLITE / f"{name}.tflite", target=preset).export(tmp_path / "b", bundle=True)
+    qemu = shutil.which("qemu-aarch64")
+    got = run_bundle(tmp_path / "b", inputs, qemu, "-L", "/usr/aarch64-linux-gnu")
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, data[f"output_{i}"], err_msg=f"{preset} {name} {i}")
 
 
 def test_cnn_int8_convolutions_are_integer() -> None:
