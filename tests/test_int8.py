@@ -4,8 +4,9 @@ whole int8 fixtures against LiteRT, and a guard that the int8 path really is int
 
 Agreement with LiteRT 2.3 (builtin kernels, x86, one thread), checked below operator by
 operator on LiteRT's own inputs: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (per-tensor and
-per-channel weights), MEAN over the spatial axes, AVERAGE_POOL_2D, ADD, MUL, LOGISTIC and
-TANH are bit-exact on every such operator of the int8 fixtures.
+per-channel weights), MEAN over the spatial axes, AVERAGE_POOL_2D, ADD, MUL, LOGISTIC, TANH,
+QUANTIZE (8-bit to 8-bit) and CONCATENATION are bit-exact on every such operator of the int8
+fixtures.
 
 - Rounding. TFLite's high multiply rounds halves up; its final power-of-two divide rounds
   halves away from zero in the reference kernels ("double") and up in the SIMD kernels
@@ -20,8 +21,11 @@ TANH are bit-exact on every such operator of the int8 fixtures.
   its count rounding half away from zero (rounding halves up is 1 step off on mobile_int8).
 - LOGISTIC and TANH are TFLite's 256-entry tables (float32 function, std::round); the
   fixtures exercise 54 and 56 distinct inputs of them.
-- whole models (MAX_STEPS): all five int8 fixtures are bit-exact with LiteRT; SOFTMAX and
-  QUANTIZE still run as dequantize -> float -> quantize and happen to round like LiteRT here.
+- QUANTIZE and CONCATENATION rescale through 256-entry tables of TFLite's formulas
+  (fixed-point Requantize; ConcatenationWithScaling's float32 rounding); the fixtures only
+  shift zero points or pass through, which any rounding gets right.
+- whole models (MAX_STEPS): all five int8 fixtures are bit-exact with LiteRT; SOFTMAX still
+  runs as dequantize -> float -> quantize and happens to round like LiteRT here.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ INTEGER_OPS = {
     "MUL",
     "LOGISTIC",
     "TANH",
+    "QUANTIZE",
+    "CONCATENATION",
 }
 RNG = np.random.default_rng(13)
 
@@ -385,6 +391,36 @@ def test_lookup_table() -> None:
     x = np.arange(-128, 128, dtype=np.int8).reshape(4, 64)
     got = run_relax(lambda v: elementwise.lookup(v, table, -128), [x])
     np.testing.assert_array_equal(got, table[x.astype(np.int64) + 128])
+
+
+@pytest.mark.parametrize(
+    ("quant_in", "quant_out"),
+    [
+        ((0.035, 133, "uint8"), (0.035, 5, "int8")),  # uint8 input -> int8, same scale
+        ((0.02, -3, "int8"), (0.0511, 17, "int8")),
+        ((0.09, 0, "int8"), (0.01, 128, "uint8")),  # clamps
+    ],
+)
+def test_requantize_table(quant_in, quant_out) -> None:
+    """QUANTIZE between 8-bit types: the table equals TFLite's Requantize of every value."""
+    (s_in, z_in, d_in), (s_out, z_out, d_out) = quant_in, quant_out
+    table = fixed_point.requantize_table(s_in, z_in, d_in, s_out, z_out, d_out)
+    low, high = fixed_point.INT_RANGE[d_in]
+    centred = np.arange(low, high + 1) - z_in
+    real = np.float64(np.float32(s_in)) / np.float64(np.float32(s_out))
+    clamp = fixed_point.INT_RANGE[d_out]
+    np.testing.assert_array_equal(
+        table, ref_requantize(centred, real, z_out, clamp, "double", d_out)
+    )
+
+
+def test_rescale_table() -> None:
+    """CONCATENATION's rescaling of an input: float32 round(x * s - zp_in * s) + zp_out."""
+    table = fixed_point.rescale_table(0.05, -7, "int8", 0.08, 3, "int8")
+    s = np.float32(0.05) * (np.float32(1) / np.float32(0.08))
+    values = np.arange(-128, 128).astype(np.float32) * s + np.float32(7) * s
+    expected = np.clip(np.sign(values) * np.floor(np.abs(values) + 0.5) + 3, -128, 127)
+    np.testing.assert_array_equal(table, expected.astype(np.int8))
 
 
 def test_folded_bias_overflow_is_refused() -> None:

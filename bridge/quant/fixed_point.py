@@ -189,3 +189,30 @@ def multiply_high(x: relax.Expr, multiplier: Multiplier) -> relax.Expr:
     y = _rounding_high_mul(relax.op.multiply(x, _const(multiplier.significand, 1)))
     right = np.maximum(-multiplier.shift, 0)
     return _rounding_shift(y, right, 1) if np.any(right) else y
+
+
+def requantize_table(scale_in, zero_in, dtype_in, scale_out, zero_out, dtype_out) -> np.ndarray:
+    """Every 8-bit value requantized to another scale and zero point as TFLite's QUANTIZE
+    (``Requantize``): ``(x - zp_in) * (scale_in / scale_out)`` by the fixed-point multiplier
+    (reference rounding), plus ``zp_out``, clamped. Indexed by ``x - min(dtype_in)``."""
+    low, high = INT_RANGE[dtype_in]
+    centred = np.arange(low, high + 1, dtype=np.int64) - int(zero_in)
+    mul = quantize_multiplier(np.float64(np.float32(scale_in)) / np.float64(np.float32(scale_out)))
+    left = max(int(mul.shift[0]), 0)
+    right = max(-int(mul.shift[0]), 0)
+    high_mul = (centred * 2**left * int(mul.significand[0]) + 2**30) >> 31
+    half = (1 << right) >> 1
+    scaled = (high_mul + half - ((high_mul < 0) & (right > 0))) >> right
+    return np.clip(scaled + int(zero_out), *INT_RANGE[dtype_out]).astype(dtype_out)
+
+
+def rescale_table(scale_in, zero_in, dtype_in, scale_out, zero_out, dtype_out) -> np.ndarray:
+    """Every 8-bit value brought to another scale as TFLite's CONCATENATION does for an input
+    whose quantization differs from the output's: ``round(x * s + b) + zp_out`` in float32
+    with ``s = scale_in / scale_out`` and ``b = -zp_in * s``. Indexed by ``x - min(dtype_in)``."""
+    low, high = INT_RANGE[dtype_in]
+    values = np.arange(low, high + 1).astype(np.float32)
+    scale = np.float32(scale_in) * (np.float32(1) / np.float32(scale_out))
+    bias = np.float32(-int(zero_in)) * scale
+    rounded = round_half_away((values * scale + bias).astype(np.float32)) + int(zero_out)
+    return np.clip(rounded, *INT_RANGE[dtype_out]).astype(dtype_out)

@@ -1,5 +1,6 @@
 """Integer converters for quantized TFLite operators (CONV_2D, DEPTHWISE_CONV_2D,
-FULLY_CONNECTED, MEAN over the spatial axes, AVERAGE_POOL_2D, ADD, MUL, LOGISTIC, TANH).
+FULLY_CONNECTED, MEAN over the spatial axes, AVERAGE_POOL_2D, ADD, MUL, LOGISTIC, TANH,
+QUANTIZE between 8-bit types, CONCATENATION).
 
 TVM's converter keeps quantized tensors as integers between operators but computes each
 quantized operator as dequantize -> float operator -> quantize. Here an operator whose
@@ -75,6 +76,8 @@ def integer_converters(converter) -> dict[str, Callable]:
         "MUL": convert_mul,
         "LOGISTIC": functools.partial(convert_table, function=_sigmoid),
         "TANH": functools.partial(convert_table, function=np.tanh),
+        "QUANTIZE": convert_quantize,
+        "CONCATENATION": convert_concatenation,
     }
     return {
         name: functools.partial(_integer_or, converter, integer, converter.convert_map[name])
@@ -371,3 +374,49 @@ def convert_table(converter, op, function) -> relax.Expr | None:
     table = fixed_point.float_table(function, qx.scale[0], qx.zp, qy.scale[0], qy.zp, qy.dtype)
     data = converter.get_tensor_expr(converter.get_input_tensors(op)[0])
     return elementwise.lookup(data, table, fixed_point.INT_RANGE[qx.dtype][0])
+
+
+def convert_quantize(converter, op) -> relax.Expr | None:
+    """QUANTIZE of an 8-bit tensor to another 8-bit quantization (requantize) as a table."""
+    data = converter.get_input_tensors(op)[0]
+    outputs = converter.get_output_tensors(op)
+    qx, qy = qparams(converter, data), qparams(converter, outputs[0])
+    if qx is None or qy is None or qx.dtype not in INTEGER or qy.dtype not in INTEGER:
+        return None
+    if qx.scale.size != 1 or qy.scale.size != 1:
+        return None
+    table = fixed_point.requantize_table(qx.scale[0], qx.zp, qx.dtype, qy.scale[0], qy.zp, qy.dtype)
+    low = fixed_point.INT_RANGE[qx.dtype][0]
+    return elementwise.lookup(converter.get_tensor_expr(data), table, low)
+
+
+def convert_concatenation(converter, op) -> relax.Expr | None:
+    """CONCATENATION of 8-bit tensors: inputs quantized like the output pass through, the
+    others are rescaled by table (TFLite's float32 formula), then joined as integers."""
+    from tflite.ConcatenationOptions import ConcatenationOptions
+
+    tensors = converter.get_input_tensors(op)
+    out = qparams(converter, converter.get_output_tensors(op)[0])
+    quant = [qparams(converter, t) for t in tensors]
+    if out is None or out.dtype not in INTEGER or out.scale.size != 1:
+        return None
+    if any(q is None or q.dtype != out.dtype or q.scale.size != 1 for q in quant):
+        return None
+    options = _options(op, ConcatenationOptions)
+    activation = _activation(converter, options.FusedActivationFunction())
+    if activation is None:
+        return None
+    parts = []
+    for tensor, q in zip(tensors, quant):
+        x = converter.get_tensor_expr(tensor)
+        if (q.zp, q.scale[0]) != (out.zp, out.scale[0]):
+            table = fixed_point.rescale_table(
+                q.scale[0], q.zp, q.dtype, out.scale[0], out.zp, out.dtype
+            )
+            x = elementwise.lookup(x, table, fixed_point.INT_RANGE[q.dtype][0])
+        parts.append(x)
+    joined = relax.op.concat(parts, axis=options.Axis())
+    if activation == "NONE":
+        return joined
+    low, high = fixed_point.activation_range(activation, float(out.scale[0]), out.zp, out.dtype)
+    return relax.op.astype(relax.op.clip(joined, low, high), out.dtype)
