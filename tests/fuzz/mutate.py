@@ -682,13 +682,15 @@ def _self_address(blob: bytearray, kind: str, start: int, data: st.DataObject) -
                 return
     if blob[start : start + 4] == b"TREE":  # a child pointer at this node or another: a cycle
         used = struct.unpack_from("<H", blob, start + 6)[0]
-        if used:
-            child = start + 32 + 16 * data.draw(st.integers(0, min(used, 16) - 1), label="child")
+        used = min(used, 16, (len(blob) - start - 40) // 16)
+        if used > 0:
+            child = start + 32 + 16 * data.draw(st.integers(0, used - 1), label="child")
             nodes = [start, *(m.start() for m in re.finditer(b"TREE", blob))]
             target = nodes[data.draw(st.integers(0, len(nodes) - 1), label="target node")]
             struct.pack_into("<Q", blob, child, target)
             return
-    fields = [f for f in _field_offsets(bytes(blob), kind, start) if f[1] == 8]
+    fields = [f for f in _field_offsets(bytes(blob), kind, start)
+              if f[1] == 8 and f[0] + 8 <= len(blob)]  # fmt: skip
     if fields:
         at, _ = fields[data.draw(st.integers(0, len(fields) - 1), label="address field")]
         struct.pack_into("<Q", blob, at, start)
@@ -724,6 +726,17 @@ def mutate_h5_struct(data: st.DataObject, path: Path) -> str:
     op = data.draw(st.sampled_from(H5_STRUCT_OPS), label="struct op")
     blob = bytearray(path.read_bytes())
     span = _checksum_span(bytes(blob), start)
+    # A field that a signature in data near the file's end would put past it is not a finding.
+    with contextlib.suppress(struct.error, IndexError):
+        _apply_struct_op(data, blob, kind, start, op)
+    if span and op != "truncate" and data.draw(st.integers(0, 3), label="checksum?") > 0:
+        # a matching checksum, so that libhdf5 decodes the damage instead of refusing it
+        struct.pack_into("<I", blob, start + span, lookup3(bytes(blob[start : start + span])))
+    path.write_bytes(bytes(blob))
+    return f"{kind}-{op}"
+
+
+def _apply_struct_op(data: st.DataObject, blob: bytearray, kind: str, start: int, op: str) -> None:
     if op == "zero":  # what a damaged sector does: 64-byte runs, at or inside the structure
         for _ in range(data.draw(st.integers(1, 3), label="runs")):
             at = start + data.draw(st.integers(0, 255), label="into") // 8 * 8
@@ -743,11 +756,6 @@ def mutate_h5_struct(data: st.DataObject, path: Path) -> str:
             blob[at] ^= data.draw(st.integers(1, 255), label="mask")
     else:  # the file ends inside the structure
         del blob[start + data.draw(st.integers(0, 63), label="cut") :]
-    if span and op != "truncate" and data.draw(st.integers(0, 3), label="checksum?") > 0:
-        # a matching checksum, so that libhdf5 decodes the damage instead of refusing it
-        struct.pack_into("<I", blob, start + span, lookup3(bytes(blob[start : start + span])))
-    path.write_bytes(bytes(blob))
-    return f"{kind}-{op}"
 
 
 def _group_plist(dense: bool):
