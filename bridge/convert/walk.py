@@ -7,6 +7,8 @@ keep them as run-time parameters.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -288,7 +290,8 @@ def _translate(
         except BaseException:
             # close the function so the builder holds no open scope (TVM warns "BlockBuilder
             # destroyed with remaining blocks!" otherwise); the module is discarded
-            bb.emit_func_output(relax.Tuple([]))
+            with contextlib.suppress(Exception):  # never hide the error being raised
+                bb.emit_func_output(relax.Tuple([]))
             raise
         bb.emit_func_output(output)
     if walker.problems:
