@@ -7,9 +7,8 @@ Tolerances (outputs compared with LiteRT's builtin kernels):
 - dynamic-range models: 2e-3 * max|LiteRT|. LiteRT's hybrid kernels quantize activations to
   int8 on the fly; bridge computes in float32 with the dequantized weights (closer to the
   float model), so the two differ by activation rounding.
-- full-integer models: at most one quantization step of the output. bridge computes each
-  quantized operator as dequantize -> float32 -> requantize (round to nearest); LiteRT uses
-  fixed-point multipliers, so a value near a rounding boundary may land one step away.
+- full-integer models: bit-exact (0 quantization steps). bridge runs their operators on
+  integer kernels with TFLite's fixed-point requantization (``bridge/quant``).
 - real (MediaPipe) models: 1e-3 * max|LiteRT| per output; deep float networks with activations
   in the hundreds accumulate summation-order differences (largest seen: 6.7e-4 relative).
 """
@@ -48,7 +47,7 @@ def check_outputs(name: str, got: list[np.ndarray], expected: list[np.ndarray], 
         assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, g.dtype, e.shape, e.dtype)
         if f"scale_{i}" in data.files:  # quantized output: count steps
             steps = np.abs(g.astype(np.int64) - e.astype(np.int64)).max()
-            assert steps <= 1, f"{name} output {i}: {steps} quantization steps from LiteRT"
+            assert steps == 0, f"{name} output {i}: {steps} quantization steps from LiteRT"
             continue
         scale = max(1.0, float(np.abs(e).max()))
         tolerance = 2e-3 * float(np.abs(e).max()) if "dynamic" in name else 1e-5 * scale
