@@ -52,6 +52,7 @@ class Row:
     profile: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     divergent: bool = False
+    extra: bool = False  # named by the compare or profile only, e.g. the profile's "(runtime)"
 
     @property
     def us(self) -> float | None:
@@ -160,18 +161,20 @@ def merge(graph: Any, compare: dict | None, profile: dict | None) -> list[Row]:
     rows: list[Row] = []
     by_key: dict[str, Row] = {}
 
-    def row_for(name: str, class_name: str = "") -> Row:
+    graph_rows = graph_layers(graph)
+
+    def row_for(name: str, class_name: str = "", extra: bool = bool(graph_rows)) -> Row:
         found = by_key.get(key(name))
         if found is None:
-            found = Row(len(rows), name, class_name, params=None)
+            found = Row(len(rows), name, class_name, params=None, extra=extra)
             rows.append(found)
             by_key[key(name)] = found
         elif class_name and not found.class_name:
             found.class_name = class_name
         return found
 
-    for layer in graph_layers(graph):
-        row = row_for(layer["layer"], layer["class"])
+    for layer in graph_rows:
+        row = row_for(layer["layer"], layer["class"], extra=False)
         row.shapes, row.params, row.status = layer["shapes"], layer["params"], layer["status"]
     for entry in (compare or {}).get("rows", []):
         row_for(str(entry.get("layer", "")), str(entry.get("class", ""))).errors.append(entry)
@@ -349,17 +352,18 @@ def _kernel_cell(row: Row, kernels: dict[str, dict[str, Any]]) -> str:
     names = [str(k) for k in (row.profile or {}).get("kernels", [])]
     if not names:
         return f'<div class="c kern"><span class="na">{DASH}</span></div>'
-    chips = []
-    for name in names[:2]:
-        members = kernels.get(name, {}).get("layers", [])
-        fused = f" \u00d7{len(members)}" if len(members) > 1 else ""
-        title = name + (f": fused {', '.join(map(str, members))}" if fused else "")
-        chips.append(
-            f'<span class="chip" style="--h:{_hue(name)}" title="{_e(title)}">'
-            f"{_e(name)}{'<em>' + _e(fused) + '</em>' if fused else ''}</span>"
-        )
-    more = f'<span class="more">+{len(names) - 2}</span>' if len(names) > 2 else ""
-    return f'<div class="c kern">{"".join(chips)}{more}</div>'
+    members = [str(x) for x in kernels.get(names[0], {}).get("layers", [])]
+    title = "; ".join(
+        k + (f" (fused: {', '.join(map(str, m))})" if len(m) > 1 else "")
+        for k in names
+        for m in [kernels.get(k, {}).get("layers", [])]
+    )
+    fused = f'<em class="fx">\u00d7{len(members)}</em>' if len(members) > 1 else ""
+    more = f'<span class="more">+{len(names) - 1}</span>' if len(names) > 1 else ""
+    return (
+        f'<div class="c kern" title="{_e(title)}">'
+        f'<span class="chip" style="--h:{_hue(names[0])}">{_e(names[0])}</span>{fused}{more}</div>'
+    )
 
 
 def _row_html(row: Row, depth: int, scales: Scales, kernels: dict[str, dict[str, Any]]) -> str:
@@ -370,6 +374,8 @@ def _row_html(row: Row, depth: int, scales: Scales, kernels: dict[str, dict[str,
         classes.append("bad")
     if row.status != "ok":
         classes.append("unsupported")
+    if row.extra:
+        classes.append("extra")
     badge = '<span class="badge">first divergent</span>' if row.divergent else ""
     status = f'<span class="status" title="{_e(row.status)}">unsupported</span>'
     status = status if row.status != "ok" else ""
@@ -428,6 +434,13 @@ def _item_html(
     return _row_html(item, depth, scales, kernels)
 
 
+def _count(rows: list[Row]) -> str:
+    """``429 layers`` (and ``, 1 other row`` for the profile's ``(runtime)`` and the like)."""
+    extra = sum(1 for r in rows if r.extra)
+    others = f", {extra} other row{'s' if extra > 1 else ''}" if extra else ""
+    return f"{len(rows) - extra} layers{others}"
+
+
 def _card(title: str, value: str, detail: str = "", cls: str = "") -> str:
     return (
         f'<div class="card {cls}"><div class="k">{_e(title)}</div>'
@@ -437,7 +450,8 @@ def _card(title: str, value: str, detail: str = "", cls: str = "") -> str:
 
 def _cards(rows: list[Row], compare: dict | None, profile: dict | None, build: dict) -> str:
     params = sum(r.params or 0 for r in rows)
-    cards = [_card("Layers", f"{len(rows):,}", f"{params:,} parameters")]
+    layers = sum(1 for r in rows if not r.extra)
+    cards = [_card("Layers", f"{layers:,}", f"{params:,} parameters")]
     if profile is not None:
         detail = (
             f"per call · {_e(profile.get('threads', '?'))} threads · median of "
@@ -621,7 +635,7 @@ def render(
             else ""
         )
         + '<label><input type="checkbox" id="only-bad"> only layers out of tolerance</label>'
-        f'<span id="count">{len(rows)} layers</span></div>'
+        f'<span id="count">{_count(rows)}</span></div>'
     )
     head = (
         '<div class="row head"><div class="c idx">#</div><div class="c name">layer</div>'

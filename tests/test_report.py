@@ -222,6 +222,9 @@ def test_merge_matches_tflite_operators_outputs_and_extra_layers():
     rows = report.merge(graph, compare, None)
     assert [r.name for r in rows] == ["#0 cnn/conv1/Relu", "#1 cnn/logits", "only_in_compare"]
     assert rows[0].max_abs == 1e-6 and rows[1].max_abs == 0.5 and not rows[1].ok
+    assert [r.extra for r in rows] == [False, False, True]  # not a layer of the graph
+    page = report.render(graph, compare=compare)
+    assert "2 layers, 1 other row" in page and ">2</div>" in page  # the Layers card: 2
 
 
 def test_blocks_group_consecutive_prefixes_and_skip_a_shared_one():
@@ -346,3 +349,4 @@ def test_large_model_report_in_chromium(tmp_path):
     shown = {g["data-name"] for g in searched.find("details", **{"class": "group"})
              if "hidden" not in g}  # fmt: skip
     assert shown == {"conv4", "conv4_block7"}
+
