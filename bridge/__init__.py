@@ -35,6 +35,7 @@ _LAZY = {
     "tune": "bridge.api",
     "to_relax": "bridge.api",
     "check_modeltype": "bridge.api",
+    "compare": "bridge.compare",
     "inspect": "bridge.api",
     "converter": "bridge.convert.registry",
     "support_table": "bridge.convert.support",
@@ -44,6 +45,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from bridge.api import build, check_modeltype, inspect, to_relax, tune
+    from bridge.compare import compare
     from bridge.convert.registry import converter
     from bridge.convert.support import layers_markdown, support_table
     from bridge.targets import presets
@@ -67,6 +69,7 @@ __all__ = [
     "__version__",
     "build",
     "check_modeltype",
+    "compare",
     "converter",
     "errors",
     "inspect",

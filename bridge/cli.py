@@ -487,6 +487,9 @@ def parser() -> argparse.ArgumentParser:
         "--out", help="folder to write output0.npy, output1.npy, ... to (default: print them)"
     )
     run.set_defaults(func=cmd_run)
+    from bridge.commands import compare as compare_command
+
+    compare_command.add_parser(sub)
     return top
 
 
