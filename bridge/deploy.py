@@ -4,7 +4,10 @@ A bundle holds the model library (and its sidecar, and ``model.params`` when wei
 out of the library), the TVM runtime libraries for the target's CPU architecture, and ``run``,
 bridge's small native runner (``bridge/runner/run.cc``) built for that architecture:
 
-    ./run in0.npy [in1.npy ...] [--out DIR] [--bench N] [--threads N]
+    ./run in0.npy [in1.npy ...] [--out DIR] [--bench N] [--threads N] [--profile out.json]
+
+and the C API that ``run`` is a client of, for applications that embed the model:
+``libbridge_model.so`` and ``include/bridge_model.h`` (with ``include/dlpack/dlpack.h``).
 
 Runtime libraries for this machine's architecture come from the installed TVM packages; for
 another architecture from the matching PyPI wheels, downloaded once into bridge's cache.
@@ -31,7 +34,10 @@ from bridge.cache import cache_dir
 from bridge.errors import ArtifactError
 from bridge.targets import TargetSpec, host_arch
 
-RUNNER_SOURCE = Path(__file__).parent / "runner" / "run.cc"
+RUNNER_DIR = Path(__file__).parent / "runner"
+# The C API (bridge_model.h, libbridge_model.so) and run, its command-line client.
+RUNNER_SOURCES = [RUNNER_DIR / name for name in ("bridge_model.h", "bridge_model.cc", "run.cc")]
+MODEL_LIBRARY = "libbridge_model.so"
 WHEEL_PLATFORMS = {"aarch64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
 # (distribution, path inside its wheel) of each runtime library.
 RUNTIME = {
@@ -201,36 +207,56 @@ def staged_folder(folder: Path) -> Iterator[Path]:
 
 
 def build_runner(spec: TargetSpec) -> Path:
-    """Compile ``run`` for the spec's architecture and device (cached by source and flags)."""
+    """Compile ``libbridge_model.so`` (the C API, ``bridge_model.h``) and ``run``, its
+    command-line client, for the spec's architecture and device, into one cached folder (keyed
+    by the sources and flags); returns the path of ``run``."""
     compiler = _compiler(spec)
     libraries = runtime_libraries(spec.arch, "cpu")
     flags = ["-std=c++17", "-O2", "-isystem", str(_package_dir("tvm_ffi") / "include")]
     if spec.device == "cuda":
         flags.append("-DBRIDGE_CUDA")
-    key = hashlib.sha256(RUNNER_SOURCE.read_bytes() + " ".join([compiler, *flags]).encode())
-    runner = cache_dir() / "runner" / f"{spec.arch}-{spec.device}-{key.hexdigest()[:16]}" / "run"
-    if not runner.exists():
-        runner.parent.mkdir(parents=True, exist_ok=True)
-        partial = runner.with_suffix(".part")
-        link_dirs = sorted({f"-L{p.parent}" for p in libraries})
-        _run(
-            [
-                compiler,
-                *flags,
-                str(RUNNER_SOURCE),
-                "-o",
-                str(partial),
-                *link_dirs,
-                "-Wl,--no-as-needed",
-                "-ltvm_runtime",
-                "-ltvm_ffi",
-                "-ldl",
-                "-Wl,-rpath,$ORIGIN",
-            ],
-            f"building the {spec.arch} runner",
-        )
-        partial.replace(runner)
+    sources = b"".join(path.read_bytes() for path in RUNNER_SOURCES)
+    key = hashlib.sha256(sources + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    folder = cache_dir() / "runner" / f"{spec.arch}-{spec.device}-{key}"
+    runner = folder / "run"
+    if runner.exists():
+        return runner
+    folder.mkdir(parents=True, exist_ok=True)
+    link_dirs = sorted({str(p.parent) for p in libraries})
+    tvm = [*(f"-L{d}" for d in link_dirs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi"]
+    api = folder / MODEL_LIBRARY
+    partial = api.with_suffix(".part")
+    _run(
+        [compiler, *flags, "-fPIC", "-shared", str(RUNNER_DIR / "bridge_model.cc"), "-o",
+         str(partial), *tvm, "-ldl", f"-Wl,-soname,{MODEL_LIBRARY}", "-Wl,-rpath,$ORIGIN"],
+        f"building the {spec.arch} {MODEL_LIBRARY}",
+    )  # fmt: skip
+    partial.replace(api)
+    partial = runner.with_suffix(".part")
+    _run(
+        [compiler, *flags, f"-I{RUNNER_DIR}", str(RUNNER_DIR / "run.cc"), "-o", str(partial),
+         f"-L{folder}", "-lbridge_model", f"-Wl,-rpath-link,{':'.join(link_dirs)}",
+         "-Wl,-rpath,$ORIGIN"],
+        f"building the {spec.arch} runner",
+    )  # fmt: skip
+    partial.replace(runner)
     return runner
+
+
+def model_library(spec: TargetSpec) -> Path:
+    """``libbridge_model.so`` for the spec's architecture and device (built with ``run``)."""
+    return build_runner(spec).with_name(MODEL_LIBRARY)
+
+
+def copy_embedding_files(folder: Path, spec: TargetSpec) -> None:
+    """The C API into a bundle: ``libbridge_model.so`` beside the runtime libraries,
+    ``include/bridge_model.h`` and the ``include/dlpack/dlpack.h`` it includes."""
+    shutil.copy2(model_library(spec), folder / MODEL_LIBRARY)
+    include = folder / "include"
+    (include / "dlpack").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(RUNNER_DIR / "bridge_model.h", include / "bridge_model.h")
+    dlpack = _package_dir("tvm_ffi") / "include" / "dlpack" / "dlpack.h"
+    shutil.copy2(dlpack, include / "dlpack" / "dlpack.h")
 
 
 BUNDLE_README = """\
@@ -239,8 +265,12 @@ BUNDLE_README = """\
 Run (no Python needed; the libraries here are all it loads):
     ./run input0.npy [input1.npy ...] --out results/    # writes results/output0.npy, ...
     ./run input0.npy --bench 100                        # per-call latency (writes nothing)
+    ./run input0.npy --profile profile.json             # per-kernel times (10 runs, or --bench N)
 Outputs are written only with --out. Kernels use all the cores this process may use
-(taskset/cgroup limits count); --threads N sets the number.
+(taskset/cgroup limits count); --threads N sets the number. Render a profile on the
+workstation with `bridge profile --from profile.json MODEL`.
+Embed the model in an application (C, C++, Rust, Go ...): include/bridge_model.h, link
+libbridge_model.so (with an rpath to this folder); bridge's examples/embed/ shows how.
 Inputs, in order: {inputs}
 Outputs, in order: {outputs}
 """
@@ -265,8 +295,9 @@ def write_bundle(
         shutil.copy2(path, folder / path.name)
     shutil.copy2(build_runner(spec), folder / "run")
     (folder / "run").chmod(0o755)
+    copy_embedding_files(folder, spec)
     describe = lambda infos: ", ".join(f"{i.name} {list(i.shape)} {i.dtype}" for i in infos)  # noqa: E731
-    (folder / f"{library.stem}.signature").write_text(signature(inputs))
+    (folder / f"{library.stem}.signature").write_text(signature(inputs, outputs))
     (folder / "README.txt").write_text(
         BUNDLE_README.format(
             name=library.stem,
@@ -280,11 +311,14 @@ def write_bundle(
     return folder
 
 
-def signature(inputs: list) -> str:
-    """``model.signature``: one ``input NAME DTYPE DIMS`` line per input (DIMS like 1x28x28x1,
-    ``?`` for a dynamic size) that ``run`` checks its arguments against."""
+def signature(inputs: list, outputs: list = ()) -> str:
+    """``model.signature``: one ``input NAME DTYPE DIMS`` line per input, then one ``output
+    NAME DTYPE DIMS`` line per output (DIMS like 1x28x28x1, ``?`` for a dynamic size,
+    ``scalar`` for none), which ``run`` checks its arguments against and ``bridge_model.h``
+    reports."""
     lines = []
-    for info in inputs:
-        dims = "x".join("?" if d is None else str(d) for d in info.shape) or "scalar"
-        lines.append(f"input {''.join(info.name.split())} {info.dtype} {dims}\n")
+    for kind, infos in (("input", inputs), ("output", outputs)):
+        for info in infos:
+            dims = "x".join("?" if d is None else str(d) for d in info.shape) or "scalar"
+            lines.append(f"{kind} {''.join(info.name.split())} {info.dtype} {dims}\n")
     return "".join(lines)

@@ -205,8 +205,9 @@ class Model:
         if self._vm is None:
             raise DeviceError(self._unavailable)
         arrays = self._arrange(args, kwargs)
-        if self.num_threads is not None:
-            use_threads(self.num_threads)
+        # Default: the whole pool (the cores this process may use), even after another model
+        # ran on fewer threads of it.
+        use_threads(self.num_threads if self.num_threads is not None else thread_pool_size())
         values = [tensor(a, self._device) for a in arrays] + self._param_tensors
         result = self._vm["main"](*values)
         if len(self.outputs) == 1:
@@ -278,7 +279,8 @@ def use_threads(count: int) -> None:
 
 def load(path: str | Path, *, num_threads: int | None = None) -> Model:
     """Load an exported library and its sidecar with the TVM runtime only. ``num_threads``
-    sets how many CPU threads its kernels use (default: every core)."""
+    sets how many CPU threads its kernels use (default: the cores this process may use, see
+    ``bridge.cores``)."""
     from tvm.runtime import load_module
 
     path = Path(path)
