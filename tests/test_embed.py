@@ -272,3 +272,26 @@ def test_load_defaults_to_the_usable_cores(x86):
     assert result.stdout.split()[-1] == "1"
     result = run(args, folder, env=env)
     assert result.stdout.split()[-1] == str(len(os.sched_getaffinity(0))), result.stderr
+
+
+# --- the CUDA variant ------------------------------------------------------------------------
+
+
+def test_cuda_runner_builds_and_defaults_to_the_gpu(x86, tmp_path):
+    """CUDA bundles' libbridge_model.so and run (-DBRIDGE_CUDA) build without a GPU; they run a
+    model on the GPU by default (loading libtvm_runtime_cuda.so from their folder, absent
+    here) and on the CPU with --device cpu."""
+    from bridge.deploy import build_runner
+
+    folder, _, names, expected = x86
+    runner = build_runner(resolve("cuda"))
+    bundle = tmp_path / "bundle"  # the x86 bundle with the CUDA variant's run and library
+    shutil.copytree(folder, bundle)
+    for built in (runner, runner.with_name("libbridge_model.so")):
+        shutil.copy2(built, bundle / built.name)
+    result = run(["./run", *names], bundle, env={})
+    assert result.returncode == 1 and "libtvm_runtime_cuda.so" in result.stderr, result.stderr
+    result = run(["./run", *names, "--device", "cpu", "--out", "o"], bundle, env={})
+    assert result.returncode == 0, result.stderr
+    for g, e in zip(outputs_in(bundle / "o"), expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)

@@ -238,11 +238,13 @@ def convert_fully_connected(converter, op) -> relax.Expr | None:
     if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
         return None
     units, depth = operands.weight.shape
-    out_shape = [int(d) for d in converter.get_tensor_shape(converter.get_output_tensors(op)[0])]
     x = relax.op.reshape(operands.x, [-1, depth])
     acc = kernels.dense(x, operands.weight, operands.bias, operands.input.zp)
     out = _epilogue(acc, operands, units, activation, "FULLY_CONNECTED")
-    return relax.op.reshape(out, out_shape)
+    if not options.KeepNumDims():  # (rows, units), as computed: stored shapes may be placeholders
+        return out
+    leading = list(converter.bb.normalize(operands.x).ty.shape.values)[:-1]
+    return relax.op.reshape(out, [*leading, units])
 
 
 def _activation_tensors(converter, op) -> tuple[QParams, QParams] | None:

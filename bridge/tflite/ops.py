@@ -9,12 +9,13 @@ operator.
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter, get_pad_value
 
-from bridge.errors import Problem
+from bridge.errors import ModelFileError, Problem
 from bridge.quant.tflite import integer_converters
-from bridge.tflite.reader import OpDesc, TFLiteFile
+from bridge.tflite import fold
+from bridge.tflite.reader import READ_ERRORS, Graph, OpDesc, TFLiteFile
 from bridge.tflite.weights import Rewrites
 
 # Layout and data-movement operators are exact on quantized integers when their input and
@@ -48,18 +49,29 @@ QUANTIZED_PASSTHROUGH = frozenset(
 # Resource variables store and load tensors unchanged (streaming models keep int8 state).
 QUANTIZED_STORAGE = frozenset({"ASSIGN_VARIABLE", "CALL_ONCE", "READ_VARIABLE", "VAR_HANDLE"})
 MARKERS = {"DELEGATE", "PLACEHOLDER_FOR_GREATER_OP_CODES"}
+# Operators that run other subgraphs: option table -> its subgraph-index fields.
+CONTROL_FLOW = {
+    "IF": ("IfOptions", ("ThenSubgraphIndex", "ElseSubgraphIndex")),
+    "WHILE": ("WhileOptions", ("CondSubgraphIndex", "BodySubgraphIndex")),
+    "CALL": ("CallOptions", ("Subgraph",)),
+    "CALL_ONCE": ("CallOnceOptions", ("InitSubgraphIndex",)),
+}
+# What TVM's frontend runs inside a CALL_ONCE initialiser (it records the values assigned).
+INITIALISERS = frozenset({"VAR_HANDLE", "ASSIGN_VARIABLE", "HASHTABLE", "HASHTABLE_IMPORT"})
 # Tensor types TVM's frontend has no Relax dtype for (string, resource and variant tensors are
 # handled by its hash-table and variable operators).
 UNTYPED = {"float64", "uint16", "int4", "bfloat16", "complex128"}
 
 
 class OperatorFailed(Exception):
-    """TVM's converter raised while translating one operator."""
+    """TVM's converter raised while translating one operator (``inside``: the operator of a
+    control-flow subgraph that failed, when ``label`` is the IF/WHILE/CALL running it)."""
 
-    def __init__(self, label: str, cause: Exception):
+    def __init__(self, label: str, cause: Exception, inside: str = ""):
         super().__init__(label)
         self.label = label
         self.cause = cause
+        self.inside = inside
 
 
 BUILTIN_CUSTOM = {"TFLite_Detection_PostProcess": "DETECTION_POSTPROCESS"}
@@ -73,6 +85,7 @@ class BridgeConverter(OperatorConverter):
         self.convert_map.update({"Convolution2DTransposeBias": self.convert_transpose_conv_bias})
         self.convert_map.update(integer_converters(self))  # int8 products: bridge.quant
         self.op_labels: list[str] = []  # set by translate(): "#index NAME" per operator shown
+        self.shape_values: dict[int, np.ndarray] = {}  # tensor -> evaluated shape arithmetic
 
     def get_op_code_str(self, op):
         code = self.model.OperatorCodes(op.OpcodeIndex())
@@ -89,15 +102,39 @@ class BridgeConverter(OperatorConverter):
             op = self.subgraph.Operators(position)
             try:
                 self._convert_one(op)
+            except OperatorFailed as exc:  # in a subgraph this operator runs
+                inside = exc.label + (f" > {exc.inside}" if exc.inside else "")
+                raise OperatorFailed(self._label(position, op), exc.cause, inside) from exc.cause
             except Exception as exc:
-                raise OperatorFailed(self.op_labels[position], exc) from exc
+                raise OperatorFailed(self._label(position, op), exc) from exc
+
+    def _label(self, position: int, op) -> str:
+        """The main graph's labels come from translate(); a subgraph's operator is named by
+        its subgraph, position, operator and first output."""
+        if self.op_labels:
+            return self.op_labels[position]
+        index = next(
+            (
+                k
+                for k in range(self.model.SubgraphsLength())
+                if self.model.Subgraphs(k)._tab.Pos == self.subgraph._tab.Pos
+            ),
+            "?",
+        )
+        out = ""
+        if op.OutputsLength():
+            out = (self.subgraph.Tensors(op.Outputs(0)).Name() or b"").decode("utf-8", "replace")
+        return f"subgraph {index} #{position} {self.get_op_code_str(op)} {out.split(';')[0]}"
 
     def _convert_one(self, op) -> None:
         """The body of TVM's loop for one operator: convert, then name its outputs."""
         from tvm.relax.frontend.tflite.tflite_frontend import get_tensor_name
 
         output_tensors = self.get_output_tensors(op)
-        result = self.convert_map[self.get_op_code_str(op)](op=op)
+        name = self.get_op_code_str(op)
+        if len(output_tensors) == 1 and self._evaluate_shape(op, name, output_tensors[0]):
+            return
+        result = self.convert_map[name](op=op)
         if result is None:  # prefetched (constant) result
             return
         result = self.bb.normalize(result)
@@ -108,6 +145,81 @@ class BridgeConverter(OperatorConverter):
         for i, tensor in enumerate(output_tensors):
             self.exp_tab.set_expr(get_tensor_name(self.subgraph, tensor.tensor_idx), result[i])
 
+    # --- shape arithmetic (bridge.tflite.fold) --------------------------------------------------
+    def _evaluate_shape(self, op, name: str, out) -> bool:
+        """Evaluate an integer shape operator from known values (``fold``); False leaves it
+        to TVM. Known integer values read as constants (``get_tensor_value``); symbolic ones
+        also get an expression, for operators that take them as tensors."""
+        if name != "SHAPE" and name not in fold.EVALUATORS:
+            return False
+        dtype = self.get_tensor_type_str(out.tensor.Type())
+        if dtype not in ("int32", "int64"):
+            return False
+        inputs = self.get_input_tensors(op)
+        if name == "SHAPE":
+            value = self._inferred_shape(inputs[0])
+        else:
+            args = [self._known_value(t) for t in inputs]
+            if any(a is None for a in args):
+                return False
+            value = fold.evaluate(name, lambda table: fold.parse_options(op, table), args)
+        if value is None:
+            return False
+        if value.dtype == object and all(isinstance(v, int) for v in value.flat):
+            value = value.astype(np.int64)
+        if value.dtype != object:
+            self.shape_values[out.tensor_idx] = value.astype(dtype)
+            return True
+        if value.ndim > 1:
+            return False
+        self.shape_values[out.tensor_idx] = value
+        as_tensor = relax.op.shape_to_tensor(relax.ShapeExpr([*value.reshape(-1)]))
+        as_tensor = relax.op.astype(as_tensor, dtype)
+        if value.ndim == 0:
+            as_tensor = relax.op.reshape(as_tensor, [])
+        from tvm.relax.frontend.tflite.tflite_frontend import get_tensor_name
+
+        name_out = get_tensor_name(self.subgraph, out.tensor_idx)
+        self.exp_tab.set_expr(name_out, self.bb.normalize(as_tensor))
+        return True
+
+    def _inferred_shape(self, tensor) -> np.ndarray | None:
+        """The shape TVM inferred for ``tensor`` (ints, TIR expressions where symbolic)."""
+        ty = getattr(self.get_tensor_expr(tensor), "ty", None)
+        if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+            return None
+        dims = [int(d.value) if isinstance(d, tirx.IntImm) else d for d in ty.shape.values]
+        out = np.empty(len(dims), dtype=object)
+        out[:] = dims
+        return out
+
+    def _known_value(self, tensor) -> np.ndarray | None:
+        """An integer tensor's value: evaluated shape arithmetic or a stored constant."""
+        value = self.shape_values.get(tensor.tensor_idx)
+        if value is not None:
+            return value
+        if self.has_expr(tensor.tensor_idx) or tensor.buffer is None:
+            return None
+        if not tensor.buffer.DataLength():
+            return None
+        if self.get_tensor_type_str(tensor.tensor.Type()) not in ("int32", "int64"):
+            return None
+        return super().get_tensor_value(tensor)
+
+    def get_tensor_value(self, tensor_wrapper, is_sparse=False):
+        value = self.shape_values.get(tensor_wrapper.tensor_idx)
+        if value is not None and value.dtype != object:
+            return value
+        return super().get_tensor_value(tensor_wrapper, is_sparse)
+
+    def convert_reshape(self, op):
+        """``RESHAPE`` to a shape holding symbolic dimensions (``fold``); TVM's otherwise."""
+        tensors = self.get_input_tensors(op)
+        value = self.shape_values.get(tensors[1].tensor_idx) if len(tensors) > 1 else None
+        if value is None or value.dtype != object:
+            return super().convert_reshape(op)
+        return relax.op.reshape(self.get_tensor_expr(tensors[0]), list(value.reshape(-1)))
+
     def convert_prelu(self, op):
         """``x if x > 0 else alpha * x`` with alpha broadcast as stored (TVM's converter
         materializes alpha at the full activation size, one constant per activation element)."""
@@ -116,6 +228,18 @@ class BridgeConverter(OperatorConverter):
         zero = relax.const(0, self.get_tensor_type_str(data.tensor.Type()))
         negative = relax.op.multiply(x, self.get_tensor_expr(alpha))
         return relax.op.where(relax.op.greater(x, zero), x, negative)
+
+    def convert_expand_dims(self, op):
+        """``EXPAND_DIMS``: TVM 0.27's converter passes ``relax.op.expand_dims`` a third argument
+        it does not take. Quantized inputs pass through (preflight checks the parameters)."""
+        data, axis_tensor = self.get_input_tensors(op)[:2]
+        axis = int(np.asarray(self.get_tensor_value(axis_tensor)).reshape(-1)[0])
+        rank = len(self.get_tensor_shape(data))
+        if not -1 - rank <= axis <= rank:
+            raise ValueError(f"axis {axis} out of range for rank {rank}")
+        if axis < 0:
+            axis += rank + 1
+        return relax.op.expand_dims(self.get_tensor_expr(data), axis)
 
     # --- custom operators ---------------------------------------------------------------------
     def convert_transpose_conv_bias(self, op):
@@ -147,18 +271,30 @@ class BridgeConverter(OperatorConverter):
         return relax.op.add(out, self.get_tensor_expr(bias))
 
 
-def _qparams(source: TFLiteFile, tensor: int) -> tuple:
-    q = source.model.Subgraphs(0).Tensors(tensor).Quantization()
+def _qparams(source: TFLiteFile, tensor: int, graph: int = 0) -> tuple:
+    q = source.model.Subgraphs(graph).Tensors(tensor).Quantization()
     if q is None or not q.ScaleLength():
         return (), ()
     zero_points = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, np.int64)
     return tuple(np.round(q.ScaleAsNumpy(), 9)), tuple(zero_points)
 
 
-def check_op(source: TFLiteFile, op: OpDesc, rewrites: Rewrites, known: set[str]) -> str | None:
-    """Why ``op`` cannot be translated, or None."""
+def check_op(
+    source: TFLiteFile,
+    op: OpDesc,
+    rewrites: Rewrites,
+    known: set[str],
+    graph: Graph | None = None,
+    initialiser: bool = False,
+) -> str | None:
+    """Why ``op`` (of ``graph``, the main graph by default) cannot be translated, or None.
+    ``initialiser``: ``graph`` is a CALL_ONCE initialiser."""
+    graph = graph or source.graphs[0]
+    tensors = graph.tensors
     if op.index in rewrites.dropped:
         return None
+    if initialiser and op.name not in INITIALISERS:
+        return f"a CALL_ONCE initialiser that runs {op.name} (only variable and table set-up)"
     name = BUILTIN_CUSTOM.get(op.name, op.name) if op.custom else op.name
     if op.custom and name not in known:
         return f"custom operator {op.name!r} has no converter in bridge"
@@ -166,49 +302,90 @@ def check_op(source: TFLiteFile, op: OpDesc, rewrites: Rewrites, known: set[str]
         return f"{name} marks a delegated or newer-schema operator; nothing to translate"
     if name not in known:
         return f"operator {name} is not supported by TVM's TFLite frontend"
-    if name == "ASSIGN_VARIABLE":  # in the main graph: state carried from one call to the next
+    if name == "ASSIGN_VARIABLE" and not initialiser:  # state carried from call to call
         return "stateful model: variables updated at every call are not supported"
     for t in (*op.inputs, *op.outputs):
-        if t >= 0 and t not in rewrites.constants and source.tensors[t].dtype in UNTYPED:
-            desc = source.tensors[t]
+        if t >= 0 and t not in rewrites.constants and tensors[t].dtype in UNTYPED:
+            desc = tensors[t]
             return f"tensor {desc.name!r} has type {desc.dtype}, which TVM cannot represent"
     activations = [
         t
         for t in op.inputs
-        if t >= 0
-        and t not in rewrites.constants
-        and source.buffer_bytes(source.tensors[t].buffer) is None
+        if t >= 0 and t not in rewrites.constants and source.buffer_bytes(tensors[t].buffer) is None
     ]
-    quantized = [t for t in (*activations, *op.outputs) if source.tensors[t].quantized]
+    quantized = [t for t in (*activations, *op.outputs) if tensors[t].quantized]
     if not quantized:
+        if graph.index and name not in ("QUANTIZE", "DEQUANTIZE"):
+            weights = [t for t in op.inputs if t >= 0 and t not in activations]
+            if any(tensors[t].quantized for t in weights):
+                return f"{name} with int8 weights and float activations in a control-flow subgraph"
         return None
     if name in OperatorConverter._SUPPORTED_QUANTIZED_OPS or name in QUANTIZED_STORAGE:
         return None
+    if name == "SHAPE":  # of an integer tensor: its shape, whatever its values
+        return None
     if name in QUANTIZED_PASSTHROUGH and activations:
         first, out = activations[0], op.outputs[0]
-        if source.tensors[first].quantized and source.tensors[out].quantized:
-            if _qparams(source, first) == _qparams(source, out):
+        if tensors[first].quantized and tensors[out].quantized:
+            if _qparams(source, first, graph.index) == _qparams(source, out, graph.index):
                 return None
             return f"quantized {name} changes scale or zero point; only pass-through is supported"
     return f"quantized (integer) {name} is not supported"
 
 
 def preflight(source: TFLiteFile, rewrites: Rewrites) -> list[Problem]:
-    """Every operator of subgraph 0 that cannot be translated, in model order."""
+    """Every operator that cannot be translated, in model order: subgraph 0's, then those of
+    the subgraphs its control flow runs (each once, in the order first reached)."""
     known = set(_known_names())
     problems = []
-    for op in source.ops:
-        reason = check_op(source, op, rewrites, known)
-        if reason is not None:
-            problems.append(Problem(op_label(source, op), op.name, reason))
+    pending = [(0, False)]  # (subgraph, is a CALL_ONCE initialiser)
+    seen = {0}
+    while pending:
+        index, initialiser = pending.pop(0)
+        graph = source.graphs[index]
+        own = rewrites if index == 0 else Rewrites()
+        for op in graph.ops:
+            reason = check_op(source, op, own, known, graph, initialiser)
+            if reason is not None:
+                problems.append(Problem(op_label(source, op, graph), op.name, reason))
+            for called in called_graphs(source, graph, op):
+                if called not in seen:
+                    seen.add(called)
+                    pending.append((called, op.name == "CALL_ONCE"))
     return problems
 
 
-def op_label(source: TFLiteFile, op: OpDesc) -> str:
+def called_graphs(source: TFLiteFile, graph: Graph, op: OpDesc) -> list[int]:
+    """The subgraphs a control-flow operator runs (none for other operators)."""
+    import importlib
+
+    if op.custom or op.name not in CONTROL_FLOW:
+        return []
+    table, fields = CONTROL_FLOW[op.name]
+    label = op_label(source, op, graph)
+    try:
+        raw = source.model.Subgraphs(graph.index).Operators(op.index).BuiltinOptions()
+        if raw is None:
+            raise ValueError("no options")
+        options = getattr(importlib.import_module(f"tflite.{table}"), table)()
+        options.Init(raw.Bytes, raw.Pos)
+        called = [int(getattr(options, f)()) for f in fields]
+    except READ_ERRORS as exc:
+        raise ModelFileError(source.path, f"operator {label}: corrupt options ({exc})") from exc
+    for index in called:
+        if not 0 < index < len(source.graphs):
+            raise ModelFileError(source.path, f"operator {label} runs subgraph {index}: not there")
+    return called
+
+
+def op_label(source: TFLiteFile, op: OpDesc, graph: Graph | None = None) -> str:
     """``#index`` plus the name of the operator's first output tensor (the first of the names
-    the converter fused with ';', at most 48 characters)."""
-    out = source.tensors[op.outputs[0]].name.split(";")[0] if op.outputs else "-"
-    return f"#{op.index} {out if len(out) <= 48 else '...' + out[-45:]}"
+    the converter fused with ';', at most 48 characters); ``subgraph k #index ...`` outside the
+    main graph."""
+    tensors = graph.tensors if graph is not None else source.tensors
+    out = tensors[op.outputs[0]].name.split(";")[0] if op.outputs else "-"
+    where = f"subgraph {graph.index} " if graph is not None and graph.index else ""
+    return f"{where}#{op.index} {out if len(out) <= 48 else '...' + out[-45:]}"
 
 
 def _known_names() -> list[str]:

@@ -86,9 +86,21 @@ class OpDesc:
     outputs: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Graph:
+    """One subgraph described: ``index`` 0 is the main graph, others are control-flow bodies."""
+
+    index: int
+    tensors: list[TensorDesc]
+    ops: list[OpDesc]
+    inputs: list[int]
+    outputs: list[int]
+
+
 @dataclass
 class TFLiteFile:
-    """A checked TFLite model: the raw bytes, the flatbuffer root, and subgraph 0 described."""
+    """A checked TFLite model: the raw bytes, the flatbuffer root, and subgraph 0 described
+    (``graphs`` describes every subgraph, subgraph 0 first)."""
 
     path: Path
     data: bytes
@@ -100,6 +112,7 @@ class TFLiteFile:
     inputs: list[int]
     outputs: list[int]
     buffer_data: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> (start, len)
+    graphs: list[Graph] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -176,16 +189,26 @@ def _parse(path: Path, data: bytes) -> TFLiteFile:
             opcodes.append((custom or "CUSTOM", True))
         else:
             opcodes.append((names.get(builtin, f"BUILTIN_{builtin}"), False))
+    graphs = []
     for s in range(model.SubgraphsLength()):  # every subgraph: control flow may call them
         tensors, ops, inputs, outputs = _subgraph(model.Subgraphs(s), opcodes, buffer_count, path)
-        if s == 0:
-            main = (tensors, ops, inputs, outputs)
+        graphs.append(Graph(s, tensors, ops, inputs, outputs))
         for t in tensors:
             _check_buffer(t, buffer_data, path)
-    tensors, ops, inputs, outputs = main
+    main = graphs[0]
     description = (model.Description() or b"").decode("utf-8", "replace")
     return TFLiteFile(
-        path, data, model, version, description, tensors, ops, inputs, outputs, buffer_data
+        path,
+        data,
+        model,
+        version,
+        description,
+        main.tensors,
+        main.ops,
+        main.inputs,
+        main.outputs,
+        buffer_data,
+        graphs,
     )
 
 

@@ -140,8 +140,10 @@ class _WeightLifter(relax.PyExprMutator):
 
 
 def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
-    """``main`` takes the inputs then every weight (``num_input`` counts the inputs), as the
-    Keras path's ``main`` does; returns the module and the weights by parameter name."""
+    """``main`` takes the inputs then every weight of ``main`` (``num_input`` counts the
+    inputs), as the Keras path's ``main`` does; returns the module and the weights by parameter
+    name. The private functions of control flow (IF branches, WHILE conditions and bodies) are
+    kept as they are, their constants inline: they are compiled into the library."""
     main = mod["main"]
     lifter = _WeightLifter(mod)
     body = lifter.visit_expr(main.body)
@@ -149,7 +151,9 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]
     func = relax.Function(
         list(main.params) + lifter.variables, body, main.ret_ty, main.is_pure
     ).with_attrs(attrs)
-    return tvm.IRModule({"main": func}), lifter.values
+    functions = {gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}
+    lifted = tvm.IRModule({**functions, mod.get_global_var("main"): func})
+    return lifted, lifter.values
 
 
 def report_rows(source: TFLiteFile) -> list[tuple[str, str, list | None, int, str]]:
