@@ -41,23 +41,29 @@ LAMBDA_REASON = (
 
 
 def _keras(path: Path | str = "model"):
-    """The Keras module: Keras 3, or tf.keras 2.x when only TensorFlow 2 is installed."""
+    """The Keras module: Keras 3, or Keras 2 (tf.keras 2.x, also reached as ``keras``)."""
     try:
         import keras
 
-        if int(keras.__version__.split(".")[0]) >= 3:
-            return keras
+        return keras
     except ImportError:
-        keras = None
+        pass
     try:
-        from tensorflow import keras as tf_keras  # tf.keras 2.x
+        from tensorflow import keras  # a TensorFlow without the keras package
 
-        return tf_keras
+        return keras
     except ImportError:
-        if keras is not None:
-            return keras
         reason = "reading it needs Keras 3 or tf.keras 2.x, not installed in this environment"
         raise ModelFileError(path, reason) from None
+
+
+def _keras_version(keras) -> str:
+    version = getattr(keras, "__version__", None)
+    if version:
+        return version
+    import tensorflow
+
+    return f"tf.keras {tensorflow.__version__}"
 
 
 def _head(path: Path) -> bytes:
@@ -315,7 +321,7 @@ def write_reference(
     meta = {
         "format": FORMAT,
         "version": 1,
-        "keras_version": keras.__version__,
+        "keras_version": _keras_version(keras),
         "backend": _backend(keras),
         "model": model.name,
         "inputs": names,

@@ -23,7 +23,7 @@ from bridge.compare import CompareTable, Tolerance, load, measure, read_referenc
 from bridge.errors import UnsupportedModelError
 from bridge.reference import INPUT_PREFIX, META_KEY, load_model
 from bridge.targets import resolve
-from tests.conftest import FIXTURES, KERAS3, needs_tools, run_bundle
+from tests.conftest import FIXTURES, KERAS2, KERAS3, needs_tools, run_bundle
 
 REF = FIXTURES / "reference"
 MODELS = KERAS3 / "models"
@@ -55,6 +55,14 @@ def test_keras_reference_every_layer_agrees_in_model_order():
     assert all(row.max_rel < 1e-5 and row.cosine > 0.99999 for row in table.rows)
     assert table.rows[0].shape == [2, 14, 14, 8]  # the reference's batch of 2
     assert "Keras 3.15" in table.reference
+
+
+@pytest.mark.parametrize("model", ["seq_cnn.keras", "seq_cnn.h5"])
+def test_tf_keras_2_reference(model):
+    """A reference written by tf.keras 2.15 (keras2/models/seq_cnn.keras) fits its .h5 twin."""
+    table = bridge.compare(KERAS2 / "models" / model, reference=REF / "seq_cnn.tf2.npz")
+    assert [row.layer for row in table.rows] == SEQ_LAYERS and table.ok
+    assert "Keras 2.15" in table.reference
 
 
 def test_perturbed_weight_is_the_first_divergent_layer(tmp_path):
