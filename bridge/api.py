@@ -97,6 +97,7 @@ def build(
 
     from bridge import __version__
     from bridge.compile import bind_weights, compile_module
+    from bridge.kernels_map import kernel_metadata, recording
     from bridge.targets import resolve, target_json
     from bridge.tuning import Budget, database_dir, existing_database
 
@@ -120,7 +121,8 @@ def build(
         tuning = _tune_kernels(mod, spec, tune, folder, rpc_tracker, rpc_key, progress)
     report(f"compiling for {spec.name} ({spec.arch}, {spec.device})")
     database = existing_database(folder)
-    executable = compile_module(mod, tvm_target, database=database)
+    with recording() as kernels:  # each kernel's layers, for bridge profile
+        executable = compile_module(mod, tvm_target, database=database)
     metadata = {
         "bridge_version": __version__,
         "tvm_version": tvm.__version__,
@@ -141,6 +143,7 @@ def build(
     }
     if tuning is not None:
         metadata["tuning"] = tuning.summary()
+    metadata.update(kernel_metadata(kernels))
     if spec.device == "cuda":
         metadata["cuda_arch"] = str(tvm_target.attrs["arch"])
     params = list(translation.params.values()) if separate_params else None

@@ -490,6 +490,9 @@ def parser() -> argparse.ArgumentParser:
     from bridge.commands import compare as compare_command
 
     compare_command.add_parser(sub)
+    from bridge.commands import profile as profile_command
+
+    profile_command.add_parser(sub)
     return top
 
 

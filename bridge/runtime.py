@@ -214,6 +214,16 @@ class Model:
             return result.numpy()
         return [r.numpy() for r in result]
 
+    def profile(self, inputs: Any = None, *, runs: int = 10, progress: Any = None) -> Any:
+        """Time every kernel call and attribute it to the model's layers; returns a
+        ``bridge.profile.Profile`` (``.layers``, ``.kernels``, ``.to_dict()``, ``.save()``).
+        ``inputs`` as for calling the model (random ones of the right shapes when None);
+        ``runs``: the median of that many runs is kept; ``progress(description, done)`` as for
+        ``bridge.build``."""
+        from bridge.profile import profile_model
+
+        return profile_model(self, inputs, runs=runs, progress=progress)
+
     def export(self, path: str | Path, *, bundle: bool = False) -> Path:
         """Only models built in this process export (``bridge.export.BuiltModel``)."""
         raise ArtifactError(

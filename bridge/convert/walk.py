@@ -21,6 +21,7 @@ from bridge.convert.registry import CustomLayers
 from bridge.errors import BridgeError, Problem, UnsupportedModelError, WeightsError
 from bridge.keras.graph import Layer, ModelGraph, TensorRef
 from bridge.keras.weights import LayerWeights
+from bridge.kernels_map import label_layers
 from bridge.translation import Translation, error_reason, pick_outputs, tensor_info
 
 # Largest size of one dimension of a declared input shape.
@@ -80,6 +81,7 @@ class _Walker:
         self.weight_vars: dict[str, list[relax.Var]] = {}
         self.weight_names: dict[str, list[str]] = {}
         self.params: dict[str, np.ndarray] = {}
+        self.calls: list[tuple[str, str, list[relax.Expr]]] = []  # emitted, for label_layers
         for path, layer in graph.walk_layers():
             converter = converter_for(layer, custom) if layer.model is None else None
             if converter is None or path not in weights:
@@ -203,6 +205,7 @@ class _Walker:
                     raise UnsupportedModelError(self.label, [problem])
                 outs = list(result) if isinstance(result, (list, tuple)) else [result]
                 out_masks = _output_masks(converter.masks, ctx, in_masks, len(outs))
+                self.calls.append((path, layer.class_name, outs))
             except BridgeError:
                 raise
             except Exception as exc:  # a TVM shape/type check, or a config value we misread
@@ -296,7 +299,7 @@ def _translate(
         bb.emit_func_output(output)
     if walker.problems:
         raise WeightsError(label, walker.problems)
-    mod = bb.get()
+    mod = label_layers(bb.get(), walker.calls)  # kernels name their layers (bridge profile)
     return Translation(
         mod=mod,
         params=walker.params,

@@ -15,6 +15,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.relax.backend.cuda import pipeline as cuda
 from tvm.s_tir import dlight
 
+from bridge.kernels_map import with_observers
 from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels
 from bridge.schedules.prepack import prepack_weights
@@ -27,7 +28,12 @@ def _is_gpu(target: tvm.target.Target) -> bool:
 
 
 def fusion_passes(target: tvm.target.Target) -> list:
-    """Dispatch, legalization and fusion: Relax operators -> fused TIR kernels."""
+    """Dispatch, legalization and fusion: Relax operators -> fused TIR kernels (observed around
+    FuseOps by :mod:`bridge.kernels_map`, which records each kernel's layers)."""
+    return with_observers(_fusion_passes(target))
+
+
+def _fusion_passes(target: tvm.target.Target) -> list:
     if _is_gpu(target):
         return [
             *cuda.library_dispatch_passes(target),

@@ -85,6 +85,7 @@ class BridgeConverter(OperatorConverter):
         self.convert_map.update({"Convolution2DTransposeBias": self.convert_transpose_conv_bias})
         self.convert_map.update(integer_converters(self))  # int8 products: bridge.quant
         self.op_labels: list[str] = []  # set by translate(): "#index NAME" per operator shown
+        self.results: list[tuple[int, object]] = []  # (position, result) per operator (profile)
         self.shape_values: dict[int, np.ndarray] = {}  # tensor -> evaluated shape arithmetic
 
     def get_op_code_str(self, op):
@@ -101,7 +102,7 @@ class BridgeConverter(OperatorConverter):
         for position in range(self.subgraph.OperatorsLength()):
             op = self.subgraph.Operators(position)
             try:
-                self._convert_one(op)
+                self.results.append((position, self._convert_one(op)))
             except OperatorFailed as exc:  # in a subgraph this operator runs
                 inside = exc.label + (f" > {exc.inside}" if exc.inside else "")
                 raise OperatorFailed(self._label(position, op), exc.cause, inside) from exc.cause
@@ -126,8 +127,9 @@ class BridgeConverter(OperatorConverter):
             out = (self.subgraph.Tensors(op.Outputs(0)).Name() or b"").decode("utf-8", "replace")
         return f"subgraph {index} #{position} {self.get_op_code_str(op)} {out.split(';')[0]}"
 
-    def _convert_one(self, op) -> None:
-        """The body of TVM's loop for one operator: convert, then name its outputs."""
+    def _convert_one(self, op):
+        """The body of TVM's loop for one operator: convert, then name its outputs; returns
+        the result (None for a prefetched constant)."""
         from tvm.relax.frontend.tflite.tflite_frontend import get_tensor_name
 
         output_tensors = self.get_output_tensors(op)
@@ -136,14 +138,15 @@ class BridgeConverter(OperatorConverter):
             return
         result = self.convert_map[name](op=op)
         if result is None:  # prefetched (constant) result
-            return
+            return None
         result = self.bb.normalize(result)
         if len(output_tensors) == 1:
             name = get_tensor_name(self.subgraph, output_tensors[0].tensor_idx)
             self.exp_tab.set_expr(name, result)
-            return
+            return result
         for i, tensor in enumerate(output_tensors):
             self.exp_tab.set_expr(get_tensor_name(self.subgraph, tensor.tensor_idx), result[i])
+        return result
 
     # --- shape arithmetic (bridge.tflite.fold) --------------------------------------------------
     def _evaluate_shape(self, op, name: str, out) -> bool:

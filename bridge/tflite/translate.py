@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from bridge.errors import BridgeError, ModelFileError, Problem, UnsupportedModelError
+from bridge.kernels_map import keep_layers, label_layers, operator_calls
 from bridge.tflite.ops import BridgeConverter, OperatorFailed, op_label, preflight
 from bridge.tflite.reader import DTYPES, READ_ERRORS, TFLiteFile
 from bridge.tflite.view import ModelView
@@ -69,9 +70,12 @@ def translate(
     view = ModelView(source, rewrites, out_tensors)
     labels = [op_label(source, op) for op in source.ops if op.index not in rewrites.dropped]
 
+    converters: list[BridgeConverter] = []  # the main graph's first
+
     def converter(model, subgraph, exp_tab, bb):
         instance = BridgeConverter(model, subgraph, exp_tab, bb)
         instance.op_labels = labels
+        converters.append(instance)
         return instance
 
     try:
@@ -94,6 +98,7 @@ def translate(
         raise UnsupportedModelError(source.label, [problem]) from exc
     # TVM legalizes conv2d_transpose only as NCHW: transposed convolutions (TRANSPOSE_CONV,
     # Convolution2DTransposeBias) are converted NHWC, so wrap them in layout transposes.
+    mod = label_layers(mod, operator_calls(source, labels, converters[0].results))  # profile
     mod = relax.transform.ConvertLayout({"relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
     mod, params = lift_weights(mod)
     main = mod["main"]
@@ -147,7 +152,7 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]
     main = mod["main"]
     lifter = _WeightLifter(mod)
     body = lifter.visit_expr(main.body)
-    attrs = {"global_symbol": "main", "num_input": len(main.params)}
+    attrs = {"global_symbol": "main", "num_input": len(main.params), **keep_layers(main)}
     func = relax.Function(
         list(main.params) + lifter.variables, body, main.ret_ty, main.is_pure
     ).with_attrs(attrs)

@@ -1,0 +1,245 @@
+"""bridge profile: kernels attributed to layers through fusion, FLOPs by formula, rendering a
+runner's raw JSON, the CLI. No assertion on measured times (they vary): numbers checked are
+the build's (FLOPs, bytes, layers) and those of renders of fixed raw profiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+import bridge
+from bridge import cli
+from bridge.errors import ArtifactError, InputError
+from bridge.profile import RAW_FORMAT, RUNTIME_ROW, UNATTRIBUTED_ROW, load, measure, render
+
+CONV_BN_RELU = FIXTURES / "profile" / "conv_bn_relu.keras"
+TFLITE_CNN = FIXTURES / "tflite" / "cnn_float32.tflite"
+# conv_bn_relu: Input (6, 6, 3) -> Conv2D 4 filters 3x3 "same", no bias -> BN -> ReLU -> Flatten
+# -> Dense 5, no bias
+CONV_FLOPS = 2 * (6 * 6 * 4) * (3 * 3 * 3)  # a multiply and an add per weight per output
+DENSE_FLOPS = 2 * (6 * 6 * 4) * 5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return bridge.build(CONV_BN_RELU)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    return model.export(tmp_path_factory.mktemp("profile") / "conv_bn_relu.so")
+
+
+def _kernel_of(metadata: dict, layer: str) -> str:
+    (name,) = [k for k, v in metadata["kernels"].items() if layer in v["layers"]]
+    return name
+
+
+def _raw(calls: list[tuple[str, float]], source: str = "runner") -> dict:
+    return {
+        "format": RAW_FORMAT,
+        "version": 1,
+        "source": source,
+        "device": "cpu",
+        "threads": 4,
+        "runs": 7,
+        "calls": [{"name": n, "us": us} for n, us in calls],
+    }
+
+
+# --- attribution at build time ------------------------------------------------------------
+def test_fused_kernel_lists_its_layers(model):
+    kernels = model.metadata["kernels"]
+    fused = _kernel_of(model.metadata, "conv")
+    assert kernels[fused]["layers"] == ["conv", "bn", "relu"]  # one kernel, three layers
+    assert _kernel_of(model.metadata, "fc") != fused
+    assert kernels[_kernel_of(model.metadata, "fc")]["layers"] == ["fc"]
+    order = [(e["layer"], e["class"]) for e in model.metadata["layer_order"]]
+    assert order[:3] == [("conv", "Conv2D"), ("bn", "BatchNormalization"), ("relu", "ReLU")]
+    assert ("fc", "Dense") in order
+
+
+def test_flops_of_conv_and_dense_are_the_formula(model):
+    kernels = model.metadata["kernels"]
+    (call,) = kernels[_kernel_of(model.metadata, "conv")]["calls"]
+    assert call["layers"] == ["conv", "bn", "relu"]
+    assert call["flops"][0] == CONV_FLOPS
+    assert call["flops"][1:] == [2 * 6 * 6 * 4, 6 * 6 * 4]  # BN: scale and shift; ReLU: max
+    fc = kernels[_kernel_of(model.metadata, "fc")]
+    assert fc["flops"] == DENSE_FLOPS
+    # bytes: the input (144 floats), the weights (144 x 5) and the output (5), read or written
+    assert fc["bytes"] == 4 * (144 + 144 * 5 + 5)
+
+
+def test_exported_metadata_has_the_kernel_table(model, exported):
+    meta = json.loads(exported.with_name("conv_bn_relu.meta.json").read_text())
+    assert meta["kernels"] == json.loads(json.dumps(model.metadata["kernels"]))
+    assert meta["layer_order"][0] == {"layer": "conv", "class": "Conv2D"}
+
+
+def test_tflite_kernels_name_operators():
+    built = bridge.build(TFLITE_CNN)
+    order = [(e["layer"], e["class"]) for e in built.metadata["layer_order"]]
+    assert order[0] == ("#0 cnn_1/conv1_1/Relu", "CONV_2D")
+    assert [c for _, c in order] == [
+        "CONV_2D",
+        "MAX_POOL_2D",
+        "CONV_2D",
+        "MEAN",
+        "FULLY_CONNECTED",
+        "SOFTMAX",
+    ]
+    profile = built.profile(runs=2)
+    names = [row.layer for row in profile.layers]
+    assert names[:6] == [layer for layer, _ in order]  # model order, runtime row last
+    softmax = profile.layers[5]
+    assert softmax.class_name == "SOFTMAX" and softmax.kernels == ["softmax"]
+
+
+# --- rendering ----------------------------------------------------------------------------
+def test_render_splits_a_fused_kernel_by_flops(model):
+    fused, fc = _kernel_of(model.metadata, "conv"), _kernel_of(model.metadata, "fc")
+    raw = _raw([("vm.builtin.alloc_storage", 10.0), (fused, 82.08), (fc, 30.0)])
+    profile = render(raw, model.metadata)
+    rows = {row.layer: row for row in profile.layers}
+    total_flops = CONV_FLOPS + 3 * 6 * 6 * 4
+    assert rows["conv"].us == pytest.approx(82.08 * CONV_FLOPS / total_flops)
+    assert rows["relu"].us == pytest.approx(82.08 * 144 / total_flops)
+    assert rows["fc"].us == pytest.approx(30.0)
+    assert rows["fc"].gflops == pytest.approx(DENSE_FLOPS / 30.0e3)
+    assert rows[RUNTIME_ROW].us == pytest.approx(10.0)
+    assert profile.total_us == pytest.approx(122.08)
+    assert sum(row.share for row in profile.layers) == pytest.approx(1.0)
+    assert rows["fc"].share == pytest.approx(30.0 / 122.08)
+    assert [r.layer for r in profile.layers] == ["conv", "bn", "relu", "fc", RUNTIME_ROW]
+    assert rows["bn"].kernels == [fused]
+    (kernel,) = [k for k in profile.kernels if k.name == fused]
+    assert kernel.layers == ["conv", "bn", "relu"] and kernel.us == pytest.approx(82.08)
+    data = profile.to_dict()
+    assert data["format"] == "bridge-profile" and data["threads"] == 4 and data["runs"] == 7
+
+
+def test_unknown_kernels_are_unattributed(model):
+    profile = render(_raw([("mystery_kernel", 5.0)]), model.metadata)
+    assert [(r.layer, r.us, r.kernels) for r in profile.layers] == [
+        (UNATTRIBUTED_ROW, 5.0, ["mystery_kernel"])
+    ]
+
+
+def test_a_kernel_called_twice_takes_its_calls_in_order():
+    metadata = {
+        "layer_order": [{"layer": "a", "class": "Dense"}, {"layer": "b", "class": "Dense"}],
+        "kernels": {
+            "matmul": {
+                "layers": ["a", "b"],
+                "flops": 30,
+                "bytes": 0,
+                "calls": [
+                    {"layers": ["a"], "flops": [10], "bytes": 0},
+                    {"layers": ["b"], "flops": [20], "bytes": 0},
+                ],
+            }
+        },
+    }
+    profile = render(_raw([("matmul", 1.0), ("matmul", 3.0)]), metadata)
+    assert [(r.layer, r.us, r.flops) for r in profile.layers] == [("a", 1.0, 10), ("b", 3.0, 20)]
+
+
+def test_python_profile_shares_sum_to_one(model):
+    profile = model.profile(runs=3)
+    assert sum(row.share for row in profile.layers) == pytest.approx(1.0)
+    assert profile.total_us == pytest.approx(sum(k.us for k in profile.kernels))
+    rows = {row.layer: row for row in profile.layers}
+    assert rows["conv"].flops == CONV_FLOPS and rows["fc"].flops == DENSE_FLOPS
+    assert all(row.us > 0 for row in profile.layers)
+    assert profile.runs == 3 and profile.source == "python"
+
+
+def test_profile_saves_and_loads(model, tmp_path):
+    profile = model.profile(np.ones((1, 6, 6, 3), "float32"), runs=2)
+    again = load(profile.save(tmp_path / "p.json"))
+    assert again.to_dict() == profile.to_dict()
+
+
+# --- errors -------------------------------------------------------------------------------
+def test_bad_arguments_are_typed_errors(model, tmp_path):
+    with pytest.raises(InputError, match="runs must be a positive integer"):
+        model.profile(runs=0)
+    with pytest.raises(InputError, match="must have shape"):
+        model.profile(np.ones((1, 5, 5, 3), "float32"))
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps(_raw([("x", 1.0)])))
+    with pytest.raises(ArtifactError, match=r"raw\.json: a raw profile needs the model's metadata"):
+        load(raw)
+    raw.write_text(json.dumps(_raw([("x", -1.0)])))
+    with pytest.raises(ArtifactError, match="negative"):
+        load(raw, model.metadata)
+    raw.write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"raw\.json: not JSON"):
+        load(raw, model.metadata)
+    raw.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ArtifactError, match="not a bridge profile"):
+        load(raw, model.metadata)
+
+
+# --- the CLI ------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Tables as a wide terminal shows them (names not folded)."""
+    from bridge.commands import profile as command
+
+    monkeypatch.setattr(command.console, "width", 200)
+
+
+def test_cli_prints_layers_and_fusion_groups(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    code = cli.main(["profile", str(CONV_BN_RELU), "--runs", "2", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    for name in ("conv", "bn", "relu", "fc", "Conv2D", "BatchNormalization", RUNTIME_ROW):
+        assert name in text
+    assert "conv + bn + relu" in text  # the fusion group
+    data = json.loads(out.read_text())
+    assert data["format"] == "bridge-profile"
+    assert [r["layer"] for r in data["layers"]] == ["conv", "bn", "relu", "fc", RUNTIME_ROW]
+
+
+def test_cli_renders_a_runner_json(model, exported, tmp_path, capsys):
+    raw = measure(model, runs=2)
+    raw["source"] = "runner"
+    file = tmp_path / "out.json"
+    file.write_text(json.dumps(raw))
+    code = cli.main(["profile", "--from", str(file), str(exported), "--json", str(tmp_path / "r")])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "conv + bn + relu" in text and "measured on the device" in text
+    rendered = json.loads((tmp_path / "r").read_text())
+    assert rendered["source"] == "runner" and rendered["runs"] == 2
+    assert {r["layer"] for r in rendered["layers"]} >= {"conv", "bn", "relu", "fc"}
+    # the bundle folder (library and .meta.json) works as MODEL too
+    code = cli.main(["profile", "--from", str(file), str(exported.parent)])
+    assert code == 0 and "conv + bn + relu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--inputs", "{tmp}/missing.npy"], "missing.npy: no such file"),
+        (["--inputs", "{tmp}/bad.npz"], "bad.npz: keys ['x'] do not match the model's inputs"),
+        (["--inputs", "{tmp}/text.npy"], "text.npy: not a .npy or .npz file"),
+        (["--runs", "0"], "--runs takes a positive integer"),
+        (["--from", "{tmp}/missing.json"], "missing.json: no such file"),
+    ],
+)
+def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((1, 6, 6, 3), "float32"))
+    (tmp_path / "text.npy").write_text("hello")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code = cli.main(["profile", str(CONV_BN_RELU), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1
