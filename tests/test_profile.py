@@ -5,10 +5,12 @@ the build's (FLOPs, bytes, layers) and those of renders of fixed raw profiles.""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_tools
 
 import bridge
 from bridge import cli
@@ -243,3 +245,46 @@ def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
     assert code == 2
     assert message in " ".join(err.split())
     assert len(err.strip().splitlines()) == 1
+
+
+# --- a bundle's runner (run --profile), rendered here ---------------------------------------
+def _runner_profile(folder, *prefix: str) -> dict:
+    """Run the bundle's ./run --profile on a random input; its raw JSON."""
+    np.save(folder / "in0.npy", np.random.default_rng(0).standard_normal((1, 6, 6, 3), "float32"))
+    result = subprocess.run(
+        [*prefix, "./run", "in0.npy", "--profile", "raw.json", "--bench", "3"],
+        cwd=folder,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads((folder / "raw.json").read_text())
+
+
+@pytest.mark.parametrize("preset", ["x86-64", "aarch64"])
+def test_runner_profile_renders_per_layer(preset, tmp_path, capsys):
+    from bridge.targets import resolve
+
+    prefix: tuple[str, ...] = ()
+    if preset == "aarch64":
+        needs_tools(resolve(preset), "qemu-aarch64")
+        prefix = (shutil.which("qemu-aarch64"), "-L", "/usr/aarch64-linux-gnu")
+    folder = tmp_path / "bundle"
+    bridge.build(CONV_BN_RELU, target=preset).export(folder, bundle=True)
+    raw = _runner_profile(folder, *prefix)
+    assert raw["format"] == RAW_FORMAT and raw["source"] == "runner" and raw["runs"] == 3
+    kernels = json.loads((folder / "model.meta.json").read_text())["kernels"]
+    called = {c["name"] for c in raw["calls"] if not c["name"].startswith("vm.builtin.")}
+    assert called and called <= set(kernels)  # every kernel the VM ran is in the metadata
+    out = tmp_path / "rendered.json"
+    code = cli.main(
+        ["profile", "--from", str(folder / "raw.json"), str(folder), "--json", str(out)]
+    )
+    text = capsys.readouterr().out
+    assert code == 0 and "conv + bn + relu" in text and "measured on the device" in text
+    rendered = json.loads(out.read_text())
+    assert [r["layer"] for r in rendered["layers"]] == ["conv", "bn", "relu", "fc", RUNTIME_ROW]
+    assert rendered["total_us"] == pytest.approx(sum(c["us"] for c in raw["calls"]))
+    assert rendered["layers"][0]["flops"] == CONV_FLOPS
