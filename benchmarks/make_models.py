@@ -310,8 +310,9 @@ def make(name: str, batches: list[int], force: bool) -> dict:
     keras_path = MODELS_DIR / f"{name}.keras"
     model.save(keras_path)
     spec = MODELS[name]
-    constructor = f"make_models.{SEQUENCE_MODELS[name].__name__}: {spec.note}"
-    if spec.application:
+    if not spec.application:
+        constructor = f"make_models.{SEQUENCE_MODELS[name].__name__}: {spec.note}"
+    else:
         constructor = (
             f"keras.applications.{name}(weights=None, input_shape={INPUT_SHAPE}, "
             "classifier_activation=None)"

@@ -71,6 +71,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             outputs=outputs,
             separate_params=args.separate_params,
+            optimize_for=args.optimize_for,
             tuning_db=args.tuning_db,
             progress=lambda stage, done: bar.update(task, description=escape(stage)),
             custom_layers=args.custom_layers,
@@ -94,12 +95,28 @@ def cmd_build(args: argparse.Namespace) -> int:
         console.print(f"portable    {escape(_native_note(_spec(args.target)))}")
     console.print(f"build time  {build_seconds:.1f} s")
     console.print(f"artifact    {escape(str(library))} ({_size(library.stat().st_size)})")
+    console.print(f"size        {_sizes(meta, library)}")
     if args.bundle:
         total = sum(p.stat().st_size for p in library.parent.iterdir() if p.is_file())
         console.print(
             f"bundle      {escape(str(library.parent))}/ ({_size(total)}): ./run in0.npy --out DIR"
         )
     return 0
+
+
+def _sizes(meta: dict, library: Path) -> str:
+    """The summary's size line: library + weights file against the model's weights."""
+    from bridge.runtime import params_path
+
+    params = params_path(library)
+    weights = params.stat().st_size if meta.get("params") and params.is_file() else 0
+    total = library.stat().st_size + weights
+    line = f"library {_size(library.stat().st_size)} + params {_size(weights)} = {_size(total)}"
+    if meta.get("weights_bytes"):
+        line += f" ({total / meta['weights_bytes']:.2f}x the weights)"
+    if meta.get("arena_bytes") is not None:
+        line += f"; activations {_size(meta['arena_bytes'])} per call"
+    return f"{line}; optimize_for={meta.get('optimize_for')}"
 
 
 def _spec(target: str):
@@ -143,7 +160,7 @@ def _tune(args: argparse.Namespace, budget: str):
             target=args.target,
             budget=int(budget) if budget.isdigit() else budget,
             batch_size=args.batch_size,
-            separate_params=getattr(args, "separate_params", False),
+            optimize_for=getattr(args, "optimize_for", "balanced"),
             tuning_db=args.tuning_db,
             rpc_tracker=args.rpc_tracker,
             rpc_key=args.rpc_key,
@@ -434,8 +451,17 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--separate-params",
-        action="store_true",
-        help="keep weights out of the library, in a .params file beside it",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="weights in a .params file beside the library, transformed at build time "
+        "(default); --no-separate-params embeds them (one file; loading holds them 3-4 times)",
+    )
+    build.add_argument(
+        "--optimize-for",
+        choices=("speed", "balanced", "size"),
+        default="balanced",
+        help="Winograd convolutions (faster, weights 1.8-4x larger): where they pay most within "
+        "+20%% of the weights (balanced, default), wherever they pay (speed), nowhere (size)",
     )
     build.add_argument(
         "--outputs", help="comma-separated layer (TFLite: tensor) names to use as outputs"

@@ -66,11 +66,13 @@ class BuiltModel(Model):
             return export_bundle(self, path, self.spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_library(self._module, path, self.spec, self.metadata)
+        weights = params_path(path)
         if self._params:
-            save_params(self._params, params_path(path))
+            save_params(self._params, weights)
         meta = dict(self.metadata) | {
             "format": METADATA_FORMAT,
             "library": path.name,
+            "library_bytes": path.stat().st_size,
             "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "inputs": [i.to_json() for i in self.inputs],
             "outputs": [o.to_json() for o in self.outputs],
@@ -103,12 +105,15 @@ def write_library(
         shutil.move(str(staged), library)
 
 
-def save_params(params: list[np.ndarray], path: Path) -> None:
-    """Keys ``p00000``, ``p00001``, ... so that key order is argument order (the C++ runner
-    passes them sorted; ``bridge.runtime`` loads them sorted)."""
-    from tvm.runtime import save_param_dict_to_file, tensor
+def save_params(params: list, path: Path) -> None:
+    """TVM's params format (what the runner and ``bridge.runtime`` read), the weights (numpy
+    arrays or TVM tensors) as ``main`` takes them after its inputs. Keys ``p00000``,
+    ``p00001``, ... so that key order is argument order (the C++ runner passes them sorted;
+    ``bridge.runtime`` loads them sorted)."""
+    from tvm.runtime import Tensor, save_param_dict_to_file, tensor
 
-    save_param_dict_to_file({f"p{i:05d}": tensor(a) for i, a in enumerate(params)}, str(path))
+    tensors = {f"p{i:05d}": a if isinstance(a, Tensor) else tensor(a) for i, a in enumerate(params)}
+    save_param_dict_to_file(tensors, str(path))
 
 
 def file_digest(paths: Sequence[Path]) -> str:

@@ -142,12 +142,14 @@ class Model:
             self._start(module)
 
     def _start(self, module: Any) -> None:
-        from tvm.runtime import cpu, cuda, tensor
+        from tvm.runtime import cpu, cuda
         from tvm.runtime.vm import VirtualMachine
 
         self._device = cuda(0) if self.metadata.get("device") == "cuda" else cpu()
         self._vm = VirtualMachine(module, self._device)
-        self._param_tensors = [tensor(p, self._device) for p in self._params]
+        self._param_tensors = [_on_device(p, self._device) for p in self._params]
+        if self._device == cpu():
+            self._params = self._param_tensors  # each weight held once (export reads these)
 
     @property
     def runnable(self) -> bool:
@@ -236,11 +238,25 @@ class Model:
         return f"<bridge.Model ({ins}) -> ({outs}) target={self.metadata.get('target')}>"
 
 
-def _load_params(path: Path) -> list[np.ndarray]:
+def _load_params(path: Path) -> list:
+    """The weights in ``path`` as TVM tensors, in argument order. TVM's reader streams each
+    straight into its final (64-byte aligned) buffer, so they are held once, as the runner
+    and the C API hold them. Not ``mmap``: the format packs tensors back to back after
+    ``40 + 8 * ndim``-byte headers, and TVM's kernels assume 64-byte aligned buffers."""
     from tvm.runtime import load_param_dict_from_file
 
     table = load_param_dict_from_file(str(path))
-    return [table[key].numpy() for key in sorted(table)]
+    return [table[key] for key in sorted(table)]
+
+
+def _on_device(value: Any, device: Any) -> Any:
+    """``value`` (a numpy array or TVM tensor) as a TVM tensor on ``device``, not copied
+    when it already is one."""
+    from tvm.runtime import Tensor, tensor
+
+    if isinstance(value, Tensor) and value.device == device:
+        return value
+    return tensor(value, device)
 
 
 def _as_numeric(info: TensorInfo, value: Any) -> np.ndarray:

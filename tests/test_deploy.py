@@ -85,7 +85,8 @@ def test_dynamic_batch_one_artifact_many_batches(tmp_path):
 def test_separate_params_file(tmp_path):
     inputs, outputs = reference(MODELS / "seq_cnn.npz")
     model = bridge.build(MODELS / "seq_cnn.keras", batch_size=2, separate_params=True)
-    embedded = bridge.build(MODELS / "seq_cnn.keras", batch_size=2).export(tmp_path / "e.so")
+    embedded = bridge.build(MODELS / "seq_cnn.keras", batch_size=2, separate_params=False)
+    embedded = embedded.export(tmp_path / "e.so")
     library = model.export(tmp_path / "sep" / "model.so")
     assert params_path(library).is_file()
     _, params = bridge.to_relax(MODELS / "seq_cnn.keras")

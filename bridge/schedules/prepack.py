@@ -19,6 +19,8 @@ tiles to :mod:`bridge.schedules.winograd` (4x or 2.25x fewer multiplications).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tvm
 from tvm import relax, te, topi
@@ -29,15 +31,33 @@ from bridge.schedules.cpu import channel_block, simd_lanes
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 MATMUL = tvm.ir.Op.get("relax.matmul")
 PAD = tvm.ir.Op.get("relax.nn.pad")
+MakeConst = Callable[[np.ndarray, str], relax.Expr]  # (weights, how they were made) -> constant
 
 
-def prepack_weights(target: tvm.target.Target) -> tvm.transform.Pass:
-    """The module pass rewriting convolutions and dense products with constant weights."""
+OPTIMIZE_FOR = ("speed", "balanced", "size")
+# "balanced": Winograd's transformed weights may add at most this share of the weights' bytes
+WINOGRAD_BUDGET = 0.2
+
+
+def prepack_weights(
+    target: tvm.target.Target,
+    optimize_for: str = "speed",
+    derived: dict[int, tuple[int, str]] | None = None,
+) -> tvm.transform.Pass:
+    """The module pass rewriting convolutions and dense products with constant weights.
+
+    ``optimize_for`` decides which convolutions become Winograd's (whose weights grow: F(4, 3)
+    4x, F(2, 3) 1.8x): "speed" every one where it pays, "size" none (packing alone keeps the
+    size), "balanced" those saving the most work per added byte, within ``WINOGRAD_BUDGET``.
+    ``derived``, if given, receives ``{new weight's data address: (its source's, how)}`` so
+    that a transformed weight can be named after the one it came from."""
+    if optimize_for not in OPTIMIZE_FOR:
+        raise ValueError(f"optimize_for must be one of {OPTIMIZE_FOR}, got {optimize_for!r}")
     lanes = simd_lanes(target)
 
     @tvm.transform.module_pass(opt_level=0, name="bridge.PrepackWeights")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _Prepack(mod, lanes)
+        rewriter = _Prepack(mod, lanes, _winograd_layers(mod, optimize_for), derived)
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
@@ -46,20 +66,74 @@ def prepack_weights(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pass
 
 
+def _winograd_layers(mod: tvm.IRModule, optimize_for: str) -> list[relax.Expr] | None:
+    """The weight constants whose convolutions may use Winograd (None: every one)."""
+    if optimize_for == "speed":
+        return None
+    if optimize_for == "size":
+        return []
+    candidates, total = [], 0
+
+    def visit(expr: relax.Expr) -> None:
+        nonlocal total
+        if _tensor_constant(expr):
+            total += expr.value.numpy().nbytes
+        elif isinstance(expr, relax.Call) and expr.op.same_as(CONV2D):
+            weights = _conv_weights(expr)
+            if weights is None:
+                return
+            data_shape = _shape(expr.args[0])
+            variant = winograd.choose(weights, expr.attrs, data_shape)
+            if variant is not None:
+                padding = [int(p) for p in expr.attrs.padding]
+                saved, extra = winograd.payoff(weights.shape, data_shape, padding, variant)
+                candidates.append((saved / extra, extra, expr.args[1]))
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    chosen, spent = [], 0
+    for _, extra, const in sorted(candidates, key=lambda c: -c[0]):
+        if spent + extra <= WINOGRAD_BUDGET * total:
+            chosen.append(const)
+            spent += extra
+    return chosen
+
+
 @relax.expr_functor.mutator
 class _Prepack(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, lanes: int):
+    def __init__(self, mod: tvm.IRModule, lanes: int, winograd_layers: list | None, derived):
         super().__init__(mod)
         self.lanes = lanes
+        self.winograd_layers = winograd_layers
+        self.derived = derived
+
+    def _constants_from(self, source: relax.Expr) -> MakeConst:
+        """A ``relax.const`` for weights computed from ``source`` that records where from."""
+
+        def make(array: np.ndarray, how: str) -> relax.Expr:
+            const = relax.const(array)
+            if self.derived is not None and _tensor_constant(source):
+                self.derived[const.value.data_ptr()] = (source.value.data_ptr(), how)
+            return const
+
+        return make
+
+    def _winograd_allowed(self, weights: relax.Expr) -> bool:
+        if self.winograd_layers is None:
+            return True
+        return any(weights.same_as(const) for const in self.winograd_layers)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         packed = None
         if call.op.same_as(CONV2D):
             call = self._absorb_padding(call)
-            packed = _conv2d(self.builder_, call, self.lanes)
+            allowed = self._winograd_allowed(call.args[1])
+            make = self._constants_from(call.args[1])
+            packed = _conv2d(self.builder_, call, self.lanes, allowed, make)
         elif call.op.same_as(MATMUL):
-            packed = _matmul(self.builder_, call, self.lanes)
+            packed = _matmul(self.builder_, call, self.lanes, self._constants_from(call.args[1]))
         return call if packed is None else packed
 
     def _absorb_padding(self, call: relax.Call) -> relax.Call:
@@ -123,7 +197,13 @@ def _shape(expr: relax.Expr) -> tuple[int, ...]:
     return tuple(int(d) for d in expr.ty.shape.values)
 
 
-def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.Expr | None:
+def _tensor_constant(expr: relax.Expr) -> bool:
+    return isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor)
+
+
+def _conv_weights(call: relax.Call) -> np.ndarray | None:
+    """The HWIO float32 weights of an NHWC, ungrouped, float32 convolution of a statically
+    shaped input: what this pass packs; None for any other convolution."""
     attrs = call.attrs
     weights = _float32_constant(call.args[1], 4)
     if (
@@ -134,10 +214,28 @@ def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
         or not _float32_out(attrs)
     ):
         return None
+    return weights
+
+
+def _plain_const(array: np.ndarray, how: str) -> relax.Expr:
+    return relax.const(array)
+
+
+def _conv2d(
+    builder: relax.BlockBuilder,
+    call: relax.Call,
+    lanes: int,
+    winograd_allowed: bool = True,
+    const: MakeConst = _plain_const,
+) -> relax.Expr | None:
+    attrs = call.attrs
+    weights = _conv_weights(call)
+    if weights is None:
+        return None
     block = channel_block(weights.shape[3], lanes)
-    variant = winograd.choose(weights, attrs, _shape(call.args[0]))
+    variant = winograd.choose(weights, attrs, _shape(call.args[0])) if winograd_allowed else None
     if variant is not None:
-        return winograd.rewrite(builder, call.args[0], weights, attrs, block, variant)
+        return winograd.rewrite(builder, call.args[0], weights, attrs, block, variant, const)
     if weights.shape[3] == block:
         return None  # one tile spans every output channel: already contiguous
     kh, kw, ci, co = weights.shape
@@ -145,7 +243,7 @@ def _conv2d(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
     return builder.call_te(
         packed_conv2d,
         call.args[0],
-        relax.const(np.ascontiguousarray(packed)),
+        const(np.ascontiguousarray(packed), "packed"),
         strides=[int(s) for s in attrs.strides],
         padding=[int(p) for p in attrs.padding],
         dilation=[int(d) for d in attrs.dilation],
@@ -174,7 +272,9 @@ def packed_conv2d(x: te.Tensor, w: te.Tensor, strides, padding, dilation) -> te.
     )
 
 
-def _matmul(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.Expr | None:
+def _matmul(
+    builder: relax.BlockBuilder, call: relax.Call, lanes: int, const: MakeConst = _plain_const
+) -> relax.Expr | None:
     weights = _float32_constant(call.args[1], 2)
     if weights is None or not _static_float32(call.args[0]):
         return None
@@ -186,7 +286,7 @@ def _matmul(builder: relax.BlockBuilder, call: relax.Call, lanes: int) -> relax.
         return None
     packed = np.ascontiguousarray(weights.reshape(k, n // block, block).transpose(1, 0, 2))
     return builder.call_te(
-        _packed_matmul, call.args[0], relax.const(packed), primfunc_name_hint="matmul_packed"
+        _packed_matmul, call.args[0], const(packed, "packed"), primfunc_name_hint="matmul_packed"
     )
 
 

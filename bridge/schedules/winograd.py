@@ -120,6 +120,18 @@ def _tile_count(data_shape, padding, tile: int) -> int:
     return data_shape[0] * -(-out_h // tile) * -(-out_w // tile)
 
 
+def payoff(
+    weights_shape: tuple[int, ...], data_shape: tuple[int, ...], padding, variant: Variant
+) -> tuple[int, int]:
+    """``(multiply-adds saved per call, bytes added to the weights)`` by ``variant`` over the
+    direct convolution (the transforms' cost aside)."""
+    _, _, ci, co = weights_shape
+    out_h, out_w = _out_size(data_shape, padding)
+    direct = data_shape[0] * out_h * out_w * 9 * ci * co
+    product = _tile_count(data_shape, padding, variant.tile) * variant.taps**2 * ci * co
+    return direct - product, (variant.taps**2 - 9) * ci * co * 4
+
+
 def transform_weights(weights: np.ndarray, block: int, variant: Variant = F4) -> np.ndarray:
     """HWIO 3x3 weights -> ``U`` as ``[taps^2, out / block, in, block]`` (float32)."""
     _, _, ci, co = weights.shape
@@ -136,8 +148,10 @@ def rewrite(
     attrs,
     block: int,
     variant: Variant,
+    const=lambda array, how: relax.const(array),
 ):
-    """Emit the three Winograd kernels for ``conv2d(data, weights)``; the last one's call."""
+    """Emit the three Winograd kernels for ``conv2d(data, weights)``; the last one's call.
+    ``const(array, how)`` makes the transformed weights' constant."""
     shape = tuple(int(d) for d in data.ty.shape.values)
     padding = [int(p) for p in attrs.padding]
     out_h, out_w = _out_size(shape, padding)
@@ -158,7 +172,7 @@ def rewrite(
         builder.call_te(
             winograd_product,
             v,
-            relax.const(transform_weights(weights, block, variant)),
+            const(transform_weights(weights, block, variant), f"winograd F({m}x{m}, 3x3)"),
             primfunc_name_hint="winograd_product",
             primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
         )
