@@ -5,6 +5,10 @@ dispatch, legalization to TIR, fusion), *scheduling* (tuned kernels from a MetaS
 first, then bridge's default rules for every other kernel) and *lowering*. Tuning
 (:mod:`bridge.tuning`) runs the fusion stage alone to find the kernels, so its workloads are
 exactly the ones this pipeline schedules.
+
+With a :class:`~bridge.schedules.lift.BuildRecord`, the pipeline reports back: after fusion, the
+constants of ``main`` (the weights, transformed) become parameters when weights are kept out of
+the library (``lift``), and after lowering the activation arena's size is read.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from tvm.s_tir import dlight
 from bridge.kernels_map import with_observers
 from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels
+from bridge.schedules.lift import BuildRecord, lift_constants, measure_arena
 from bridge.schedules.prepack import prepack_weights
 
 SCHEDULED_KINDS = ("llvm", "cuda")
@@ -27,13 +32,16 @@ def _is_gpu(target: tvm.target.Target) -> bool:
     return target.kind.name == "cuda"
 
 
-def fusion_passes(target: tvm.target.Target) -> list:
-    """Dispatch, legalization and fusion: Relax operators -> fused TIR kernels (observed around
-    FuseOps by :mod:`bridge.kernels_map`, which records each kernel's layers)."""
-    return with_observers(_fusion_passes(target))
+def fusion_passes(
+    target: tvm.target.Target, optimize_for: str = "speed", derived: dict | None = None
+) -> list:
+    """Dispatch, legalization and fusion: Relax operators -> fused TIR kernels (observed after
+    FuseOps by :mod:`bridge.kernels_map`, which records each kernel's layers).
+    ``optimize_for``, ``derived``: see ``prepack_weights``."""
+    return with_observers(_fusion_passes(target, optimize_for, derived))
 
 
-def _fusion_passes(target: tvm.target.Target) -> list:
+def _fusion_passes(target: tvm.target.Target, optimize_for: str, derived: dict | None) -> list:
     if _is_gpu(target):
         return [
             *cuda.library_dispatch_passes(target),
@@ -45,7 +53,7 @@ def _fusion_passes(target: tvm.target.Target) -> list:
             relax.transform.FuseTIR(),
         ]
     return [
-        prepack_weights(target),
+        prepack_weights(target, optimize_for, derived),
         *cpu.library_dispatch_passes(target),
         *cpu.legalize_passes(target),
     ]
@@ -55,7 +63,9 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
     """bridge's schedule rules for every kernel not scheduled yet."""
     if _is_gpu(target):
         return gpu.default_schedule()
-    return dlight.ApplyDefaultSchedule(ChannelsLastKernels(), dlight.cpu.Reduction())
+    # guarded: dlight's reduction rule fails on symbolic extents such as T - 2 (input_shapes
+    # with a symbolic length); such a kernel keeps its plain loops
+    return dlight.ApplyDefaultSchedule(ChannelsLastKernels(), gpu.Guarded(dlight.cpu.Reduction()))
 
 
 def _lowering_passes(target: tvm.target.Target) -> list:
@@ -63,16 +73,28 @@ def _lowering_passes(target: tvm.target.Target) -> list:
     return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def fuse(
+    mod: tvm.IRModule, target: tvm.target.Target, optimize_for: str = "speed"
+) -> tvm.IRModule:
     """``mod`` after the fusion stage (what tuning extracts its kernels from)."""
     with target:
-        return tvm.transform.Sequential(fusion_passes(target))(mod)
+        return tvm.transform.Sequential(fusion_passes(target, optimize_for))(mod)
 
 
-def relax_pipeline(target: tvm.target.Target, tuned: bool = False):
+def relax_pipeline(
+    target: tvm.target.Target,
+    tuned: bool = False,
+    *,
+    optimize_for: str = "speed",
+    record: BuildRecord | None = None,
+    lift: bool = False,
+    names: dict[int, str] | None = None,
+):
     """The whole pipeline for ``target``; TVM's default pipeline for targets bridge does not
     schedule. With ``tuned``, kernels found in the MetaSchedule database in scope (``with
-    database:``) are applied before the default rules."""
+    database:``) are applied before the default rules. ``record`` receives the lifted weights
+    (with ``lift``; ``names`` as for ``lift_constants``), the bytes of constants left in the
+    library and the arena size."""
     if target.kind.name not in SCHEDULED_KINDS:
         return "default"
 
@@ -80,7 +102,11 @@ def relax_pipeline(target: tvm.target.Target, tuned: bool = False):
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         scheduling = [relax.transform.MetaScheduleApplyDatabase()] if tuned else []
         scheduling.append(default_schedule(target))
-        passes = fusion_passes(target) + scheduling + _lowering_passes(target)
+        reporting = [lift_constants(record, names, lift)] if record is not None else []
+        derived = record.derived if record is not None else None
+        passes = fusion_passes(target, optimize_for, derived) + reporting + scheduling
+        passes += _lowering_passes(target)
+        passes += [measure_arena(record)] if record is not None else []
         with target:
             return tvm.transform.Sequential(passes)(mod)
 
