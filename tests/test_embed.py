@@ -250,7 +250,9 @@ def test_runner_and_example_default_to_the_usable_cores(x86, tmp_path):
     result = run(["taskset", "-c", first, program, "model.so", *names], folder, env={})
     assert ", 1 thread(s)" in result.stdout, result.stdout
     result = run([program, "model.so", *names, "--threads", "1"], folder, env={})
-    assert ", 1 thread(s)" in result.stdout, result.stdout
+    assert ", 1 thread(s)" in result.stdout, result.stdout  # bridge_model_set_threads
+    result = run([program, "model.so", *names, "--threads", "0"], folder, env={})
+    assert result.returncode == 1 and "num_threads must be >= 1, got 0" in result.stderr
 
 
 def test_load_defaults_to_the_usable_cores(x86):

@@ -214,13 +214,13 @@ static bridge_model* load(const char* path, int from_memory, const bridge_model_
 
 int main(int argc, char** argv) {
   const char *model_path = NULL, *out_dir = NULL, *profile = NULL, *inputs[MAX_TENSORS];
-  int num_files = 0, from_memory = 0;
-  bridge_model_options options = {0, 0};
+  int num_files = 0, from_memory = 0, threads = -1;
+  bridge_model_options options = {0, 0}; /* defaults: every usable core, the bundle's device */
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--out") && i + 1 < argc) {
       out_dir = argv[++i];
     } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
-      options.num_threads = atoi(argv[++i]);
+      threads = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--profile") && i + 1 < argc) {
       profile = argv[++i];
     } else if (!strcmp(argv[i], "--from-memory")) {
@@ -238,6 +238,9 @@ int main(int argc, char** argv) {
 
   bridge_model* model = load(model_path, from_memory, &options);
   if (!model) return fail(bridge_model_last_error());
+  if (threads >= 0 && bridge_model_set_threads(model, threads) != 0) {
+    return fail(bridge_model_last_error());
+  }
   int n_in = bridge_model_num_inputs(model), n_out = bridge_model_num_outputs(model);
   printf("%s: %d input(s), %d output(s), %d thread(s)%s\n", model_path, n_in, n_out,
          bridge_model_threads(model), from_memory ? ", loaded from memory" : "");
