@@ -516,6 +516,9 @@ def parser() -> argparse.ArgumentParser:
     from bridge.commands import compare as compare_command
 
     compare_command.add_parser(sub)
+    from bridge.commands import report as report_command
+
+    report_command.add_parser(sub)
     from bridge.commands import profile as profile_command
 
     profile_command.add_parser(sub)

@@ -94,9 +94,10 @@ class Group:
 
 
 def key(name: str) -> str:
-    """The name a layer is matched by across inputs: TFLite's ``#3 `` operator index dropped,
-    and an output index (``name:1``) dropped."""
-    name = TFLITE_INDEX.sub("", str(name))
+    """The name a layer is matched by across inputs: TFLite's ``#3 `` operator index, the
+    tensor names fused into one after its first (``a/Relu;a/BiasAdd``) and an output index
+    (``name:1``) dropped."""
+    name = TFLITE_INDEX.sub("", str(name)).split(";")[0]
     base, sep, tail = name.rpartition(":")
     return base if sep and tail.isdigit() else name
 
@@ -478,6 +479,8 @@ def _cards(rows: list[Row], compare: dict | None, profile: dict | None, build: d
             cards.append(_card("Accuracy", value, detail, "alarm"))
     if build:
         size = fmt_bytes(_number(build.get("library_bytes")))
+        if build.get("params_bytes") is not None:
+            size += f" + weights {fmt_bytes(_number(build.get('params_bytes')))}"
         detail = f"{_e(build.get('target_name', ''))} · library {_e(size)}"
         seconds = _number(build.get("build_seconds"))
         value = f"{seconds:.1f} s" if seconds is not None else DASH
@@ -496,6 +499,7 @@ BUILD_FIELDS = (
     ("batch size", "batch_size"),
     ("build time", "build_seconds"),
     ("library size", "library_bytes"),
+    ("weights file (.params)", "params_bytes"),
     ("peak memory of the build", "peak_memory_bytes"),
     ("tuning database", "tuning_database"),
     ("source files", "source_files"),
@@ -510,7 +514,7 @@ def _build_value(label: str, field_name: str | None, build: dict) -> str | None:
     value = build.get(field_name)
     if value is None or value == "" or value == []:
         return None
-    if field_name in ("library_bytes", "peak_memory_bytes"):
+    if field_name in ("library_bytes", "params_bytes", "peak_memory_bytes"):
         return fmt_bytes(_number(value))
     if field_name == "build_seconds":
         return f"{float(value):.1f} s"
@@ -688,9 +692,13 @@ def build_facts(
 ) -> dict[str, Any]:
     """The report's build dict: the artifact metadata plus the library's size, the peak memory
     of the build and, for a CPU target, the instruction set extensions its code may use."""
+    from bridge.runtime import params_path
+
     facts = dict(metadata)
     if library is not None and Path(library).is_file():
         facts["library_bytes"] = Path(library).stat().st_size
+        if params_path(library).is_file():  # weights kept out of the library
+            facts["params_bytes"] = params_path(library).stat().st_size
     if peak_memory is not None:
         facts["peak_memory_bytes"] = peak_memory
     if spec is not None:

@@ -2,16 +2,18 @@
 Chromium at a laptop's 1440x900, plus the DOM after the page's script ran.
 
     python scripts/report_screenshots.py --out out/report_screens            # small and large
-    python scripts/report_screenshots.py --out out/s --models small --docs docs/report.png
+    python scripts/report_screenshots.py --models example --docs docs/report.png  # README's
 
 Models: ``small``, the bundled digits CNN (examples/digits, 10 layers); ``large``, DenseNet121
 from tests/fixtures/apps (429 layers, weights materialized from its manifest, no TensorFlow).
 Their compare and profile dicts are synthetic but deterministic (fixed seeds; the formats of
 ``bridge.compare`` and ``bridge.profile``), with a divergence planted at a known layer, so the
-DOM can be checked against them. For each model it writes ``NAME.html``, ``NAME.compare.json``,
-``NAME.profile.json``, ``NAME.build.json``, ``NAME.png`` (top of the page), ``NAME.dom.html``
-(``--dump-dom``) and ``NAME.search.dom.html`` (the page opened with ``?q=QUERY``: the search box
-filled in, as typed).
+DOM can be checked against them. ``example``: the real thing, ``bridge report`` of the bundled
+example with one weight of ``conv2`` perturbed, built and profiled here, compared with Keras's
+layer outputs (tests/fixtures/reference/digits_cnn.npz): README's screenshot. For each model it
+writes ``NAME.html``, ``NAME.png`` (top of the page), ``NAME.dom.html`` (``--dump-dom``) and
+``NAME.search.dom.html`` (the page opened with ``?q=QUERY``: the search box filled in, as
+typed); the synthetic ones also ``NAME.compare.json``, ``NAME.profile.json``, ``NAME.build.json``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ MODELS = {
     "small": (ROOT / "examples/digits/digits_cnn.keras", None, "conv2", "bn"),
     "large": (ROOT / "tests/fixtures/apps/DenseNet121.json", "DenseNet121", "conv3_block2_1_conv",
               "conv4_block7"),
+    "example": (ROOT / "examples/digits/digits_cnn.json", None, "conv2", "conv"),
 }  # fmt: skip
+REFERENCE = ROOT / "tests/fixtures/reference/digits_cnn.npz"
 FUSED_AFTER = {"BatchNormalization", "Activation", "ReLU", "Add"}
 
 
@@ -220,8 +224,33 @@ def synthetic_build(model: str, layers: int) -> dict:
     }
 
 
+def render_example(out: Path) -> Path:
+    """``bridge report`` of the digits example with one weight of conv2 changed (Keras 3 names
+    conv2's weights group ``conv2d_1``), against Keras's outputs of the unchanged model."""
+    import h5py
+
+    from bridge.cli import main
+
+    model = MODELS["example"][0]
+    with tempfile.TemporaryDirectory() as work:
+        weights = Path(shutil.copy(model.with_suffix(".weights.h5"), work))
+        with h5py.File(weights, "r+") as handle:
+            kernel = handle["layers/conv2d_1/vars/0"]
+            value = kernel[...]
+            value[1, 1, 3, 5] += 0.5
+            kernel[...] = value
+        page = out / "example.html"
+        code = main(["report", str(model), str(weights), "--compare", str(REFERENCE),
+                     "-o", str(page)])  # fmt: skip
+    if code != 0:
+        raise RuntimeError(f"bridge report exited with {code}")
+    return page
+
+
 def render_model(name: str, out: Path) -> Path:
     """Write NAME.html and the dicts it was rendered from; returns the page."""
+    if name == "example":
+        return render_example(out)
     model, _, perturbed, _ = MODELS[name]
     graph = graph_of(name)
     compare = synthetic_compare(graph, model.name, perturbed)
@@ -235,7 +264,9 @@ def render_model(name: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/report_screens", help="folder for the files")
-    parser.add_argument("--models", default="small,large", help="comma-separated: small,large")
+    parser.add_argument(
+        "--models", default="small,large", help="comma-separated: small, large, example"
+    )
     parser.add_argument("--docs", help="also copy the first model's screenshot here")
     parser.add_argument("--no-browser", action="store_true", help="write the pages only")
     args = parser.parse_args(argv)

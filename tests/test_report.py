@@ -7,16 +7,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import struct
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bridge import report
 from bridge.errors import InputError
-from tests.conftest import needs_tools
+from tests.conftest import needs_tools, run_bundle
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "report_screenshots.py"
 
@@ -216,7 +218,8 @@ def test_merge_matches_tflite_operators_outputs_and_extra_layers():
         {"layer": "#0 cnn/conv1/Relu", "class": "CONV_2D", "shapes": [[1, 4]], "params": 3},
         {"layer": "#1 cnn/logits", "class": "FULLY_CONNECTED", "shapes": [[1, 2]], "params": 2},
     ]
-    compare = compare_dict([{"layer": "cnn/conv1/Relu", "class": "", "shapes": [[1]]}], None)
+    compare = compare_dict([{"layer": "cnn/conv1/Relu;cnn/conv1/BiasAdd", "class": "",
+                             "shapes": [[1]]}], None)  # fmt: skip
     compare["rows"].append(dict(compare["rows"][0], layer="cnn/logits:1", max_abs=0.5, ok=False))
     compare["rows"].append(dict(compare["rows"][0], layer="only_in_compare"))
     rows = report.merge(graph, compare, None)
@@ -273,8 +276,12 @@ def test_build_facts_measure_library_and_memory(tmp_path):
     library.write_bytes(b"\0" * 5000)
     facts = report.build_facts({"target_name": "x"}, library=library,
                                peak_memory=report.peak_memory_bytes())  # fmt: skip
-    assert facts["library_bytes"] == 5000
+    assert facts["library_bytes"] == 5000 and "params_bytes" not in facts
     assert facts["peak_memory_bytes"] > 20 * 1024 * 1024  # this Python process, numpy loaded
+    (tmp_path / "m.params").write_bytes(b"\0" * 700)
+    facts = report.build_facts({"target_name": "x"}, library=library)
+    assert facts["params_bytes"] == 700
+    assert "library 4.9 KiB + weights 700 B" in report.render(layers(2), build=facts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,3 +357,121 @@ def test_large_model_report_in_chromium(tmp_path):
              if "hidden" not in g}  # fmt: skip
     assert shown == {"conv4", "conv4_block7"}
 
+
+# ---------------------------------------------------------------------------------------------
+# bridge report (the command)
+
+DIGITS = Path(__file__).resolve().parent.parent / "examples" / "digits" / "digits_cnn.keras"
+
+
+def digits_graph() -> list[dict]:
+    import bridge
+
+    return report.graph_layers(bridge.inspect(DIGITS))
+
+
+def test_cli_report_with_a_saved_compare_table_profiles_here(tmp_path, capsys):
+    from bridge.cli import main
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(compare_dict(digits_graph(), "conv2")))
+    page = tmp_path / "r.html"
+    assert main(["report", str(DIGITS), "--compare", str(table), "--runs", "2",
+                 "-o", str(page)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "first divergent layer: conv2" in out and f"report      {page}" in out
+    html = page.read_text()
+    parsed = Page(html)
+    assert [a["data-name"] for a in parsed.find("div", **{"class": "divergent"})] == ["conv2"]
+    facts = " ".join(parsed.text)
+    assert "library size" in facts and "peak memory of the build" in facts
+    assert re.search(r"peak memory of the build</dt><dd>\d+\.\d MiB", html)
+    # profiled here: every computing layer has a time and a kernel
+    assert "no profile" not in html and "median of 2 runs" in html
+    assert re.search(r'id="L1".*?class="chip".*?\d+\.\d (µs|ms)', html)
+
+
+def test_cli_report_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    from bridge.cli import main
+
+    assert main(["report", str(DIGITS), "--compare", str(tmp_path / "nope.npz")]) == 2
+    assert main(["report", str(DIGITS), "-o", str(tmp_path)]) == 2
+    assert main(["report", str(DIGITS), "--profile", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        f"error: {tmp_path / 'nope.npz'}: no such file (--compare)",
+        f"error: {tmp_path}: -o is a folder; name the page, e.g. {tmp_path / 'report.html'}",
+        f"error: {tmp_path}: is a folder (--profile)",
+    ]
+
+
+@pytest.mark.slow
+def test_cli_report_finds_a_perturbed_weight_against_a_keras_reference(tmp_path, capsys):
+    """The bundled example with one weight of conv2 changed, against Keras's layer outputs
+    (tests/fixtures/reference/digits_cnn.npz, which holds the inputs too)."""
+    import h5py
+
+    from bridge.cli import main
+
+    model = shutil.copy(DIGITS.with_suffix(".json"), tmp_path / "digits_cnn.json")
+    weights = shutil.copy(DIGITS.with_name("digits_cnn.weights.h5"), tmp_path / "w.weights.h5")
+    with h5py.File(weights, "r+") as handle:  # Keras 3 names conv2's group conv2d_1
+        kernel = handle["layers/conv2d_1/vars/0"]
+        value = kernel[...]
+        value[1, 1, 3, 5] += 0.5
+        kernel[...] = value
+    page = tmp_path / "r.html"
+    reference = Path(__file__).parent / "fixtures" / "reference" / "digits_cnn.npz"
+    assert main(["report", str(model), str(weights), "--compare", str(reference), "--runs", "2",
+                 "-o", str(page)]) == 0  # fmt: skip
+    assert "first divergent layer: conv2" in capsys.readouterr().out
+    parsed = Page(page.read_text())
+    assert [a["id"] for a in parsed.find("div", **{"class": "divergent"})] == ["L3"]
+    bad = [a["data-name"] for a in parsed.find("div", **{"class": "bad"}) if "id" in a]
+    assert bad[0] == "conv2" and "conv1" not in bad and "bn1" not in bad
+    assert "Keras 3.15" in page.read_text()  # the reference, named on the accuracy card
+
+
+@pytest.mark.slow
+def test_cli_report_renders_a_runner_profile(tmp_path, capsys):
+    import bridge
+    from bridge.cli import main
+
+    kernels = bridge.build(DIGITS).metadata["kernels"]
+    calls = [{"name": name, "us": 100.0 + i} for i, name in enumerate(sorted(kernels))]
+    raw = {"format": "bridge-profile-raw", "version": 1, "source": "runner", "device": "cpu",
+           "threads": 4, "runs": 7, "calls": calls}  # fmt: skip
+    (tmp_path / "out.json").write_text(json.dumps(raw))
+    page = tmp_path / "r.html"
+    assert main(["report", str(DIGITS), "--profile", str(tmp_path / "out.json"),
+                 "-o", str(page)]) == 0  # fmt: skip
+    html = page.read_text()
+    assert "4 threads · median of 7 runs" in html
+    total = sum(c["us"] for c in calls)
+    assert report.fmt_us(total) in html
+
+
+@pytest.mark.slow
+def test_cli_report_of_an_aarch64_bundle_profiled_under_qemu(tmp_path, capsys):
+    """The aarch64 bundle's ./run --profile out.json (under qemu, as on the device) rendered on
+    this machine: the page names the layers and the times the runner measured."""
+    import bridge
+    from bridge.cli import main
+    from bridge.targets import resolve
+
+    needs_tools(resolve("aarch64"), "qemu-aarch64")
+    bundle = tmp_path / "bundle"
+    bridge.build(DIGITS, target="aarch64").export(bundle, bundle=True)
+    x = np.random.default_rng(0).standard_normal((1, 8, 8, 1)).astype("float32")
+    run_bundle(bundle, [x], "qemu-aarch64", "-L", "/usr/aarch64-linux-gnu",
+               extra=["--profile", "out.json"])  # fmt: skip
+    raw = json.loads((bundle / "out.json").read_text())
+    assert raw["format"] == "bridge-profile-raw" and raw["source"] == "runner"
+    page = tmp_path / "r.html"
+    assert main(["report", str(DIGITS), "--target", "aarch64", "--profile",
+                 str(bundle / "out.json"), "-o", str(page)]) == 0  # fmt: skip
+    html = page.read_text()
+    conv = max((c for c in raw["calls"] if "conv2d" in c["name"]), key=lambda c: c["us"])
+    assert f">{conv['name']}</span>" in html  # the runner's kernel, on a layer's row
+    assert report.fmt_us(sum(c["us"] for c in raw["calls"])) in html  # the total per call
+    assert "no profile" not in capsys.readouterr().err
