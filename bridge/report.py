@@ -161,10 +161,10 @@ def merge(graph: Any, compare: dict | None, profile: dict | None) -> list[Row]:
     or the profile named (in their order), each with its profile entry and compare rows."""
     rows: list[Row] = []
     by_key: dict[str, Row] = {}
-
     graph_rows = graph_layers(graph)
+    beyond = bool(graph_rows)  # a row the graph lacks is an extra one (when there is a graph)
 
-    def row_for(name: str, class_name: str = "", extra: bool = bool(graph_rows)) -> Row:
+    def row_for(name: str, class_name: str, extra: bool) -> Row:
         found = by_key.get(key(name))
         if found is None:
             found = Row(len(rows), name, class_name, params=None, extra=extra)
@@ -178,9 +178,11 @@ def merge(graph: Any, compare: dict | None, profile: dict | None) -> list[Row]:
         row = row_for(layer["layer"], layer["class"], extra=False)
         row.shapes, row.params, row.status = layer["shapes"], layer["params"], layer["status"]
     for entry in (compare or {}).get("rows", []):
-        row_for(str(entry.get("layer", "")), str(entry.get("class", ""))).errors.append(entry)
+        row_for(str(entry.get("layer", "")), str(entry.get("class", "")), beyond).errors.append(
+            entry
+        )
     for entry in (profile or {}).get("layers", []):
-        row_for(str(entry.get("layer", "")), str(entry.get("class", ""))).profile = entry
+        row_for(str(entry.get("layer", "")), str(entry.get("class", "")), beyond).profile = entry
     first = (compare or {}).get("first_divergent")
     if first is not None and key(first) in by_key:
         by_key[key(first)].divergent = True
@@ -332,7 +334,8 @@ def _error_cell(row_or_group: Row | Group, scales: Scales) -> str:
     if isinstance(row_or_group, Row):
         details = [
             f"{e.get('layer')}: max abs {fmt_err(_number(e.get('max_abs')))}, max rel "
-            f"{fmt_err(_number(e.get('max_rel')))}, cosine {_cos(_number(e.get('cosine')))}"
+            f"{fmt_err(_number(e.get('max_rel')))}, {_cos(_number(e.get('cosine')))}"
+            + (f" ({e['note']})" if e.get("note") else "")
             for e in row_or_group.errors
         ]
         title = "; ".join(details)
@@ -565,7 +568,8 @@ def _kernels_section(profile: dict | None, rows: list[Row]) -> str:
             f"{_e(kernel.get('name', ''))}</span></td>"
             f'<td class="r">{_e(fmt_us(us))}</td><td class="r">{share}</td>'
             f'<td><span class="bar"><i style="width:{100 * (us or 0) / top:.1f}%"></i></span></td>'
-            f'<td class="r">{gflops}</td><td class="r">{len(layers)}</td>'
+            f'<td class="r">{gflops}</td><td class="r">{_e(kernel.get("calls", DASH))}</td>'
+            f'<td class="r">{len(layers)}</td>'
             f'<td class="kl">{links}</td></tr>'
         )
     return (
@@ -573,7 +577,8 @@ def _kernels_section(profile: dict | None, rows: list[Row]) -> str:
         f'<span class="n">{len(kernels)} compiled functions, slowest first; '
         "a kernel holding several layers is a fused group</span></h2></summary>"
         '<table class="ktable"><thead><tr><th>kernel</th><th class="r">time</th>'
-        '<th class="r">share</th><th></th><th class="r">GFLOP/s</th><th class="r">layers</th>'
+        '<th class="r">share</th><th></th><th class="r">GFLOP/s</th><th class="r">calls</th>'
+        '<th class="r">layers</th>'
         f"<th>fused layers</th></tr></thead><tbody>{''.join(lines)}</tbody></table></details>"
     )
 
