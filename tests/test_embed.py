@@ -297,3 +297,95 @@ def test_cuda_runner_builds_and_defaults_to_the_gpu(x86, tmp_path):
     assert result.returncode == 0, result.stderr
     for g, e in zip(outputs_in(bundle / "o"), expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+# --- Python on the device ------------------------------------------------------------------------
+
+# Debian 12's aarch64 CPython 3.11 and the shared libraries its standard library needs beyond the
+# cross C library (/usr/aarch64-linux-gnu), downloaded from the arm64 package lists (.ci/run
+# enables them) and extracted, not installed.
+DEBIAN_PYTHON = [
+    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libexpat1", "zlib1g",
+    "libffi8", "libbz2-1.0", "liblzma5", "libuuid1", "libcrypt1",
+]  # fmt: skip
+RUNTIME_WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy")
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("BRIDGE_REQUIRE_TOOLCHAINS") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def aarch64_python() -> tuple[Path, Path]:
+    """(root, site): an aarch64 CPython extracted into ``root`` and the aarch64 wheels of this
+    environment's TVM runtime and numpy in ``site``, prepared once in bridge's cache."""
+    import importlib.metadata
+
+    from bridge.cache import cache_dir
+
+    versions = [importlib.metadata.version(d) for d in RUNTIME_WHEELS]
+    folder = cache_dir() / "aarch64-python" / "-".join(versions)
+    root, site = folder / "root", folder / "site"
+    if not (root / "usr" / "bin" / "python3.11").exists():
+        debs = folder / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        got = run(["apt-get", "download", *(f"{p}:arm64" for p in DEBIAN_PYTHON)], debs)
+        if got.returncode != 0:
+            unavailable(f"no aarch64 CPython from apt (arm64 lists enabled?): {got.stderr[-300:]}")
+        staging = folder / "root.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        for deb in sorted(debs.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True)
+        staging.rename(root)
+    if not (site / "numpy").is_dir():
+        wanted = [f"{d}=={v}" for d, v in zip(RUNTIME_WHEELS, versions)]
+        staging = folder / "site.partial"
+        got = run(
+            [sys.executable, "-m", "pip", "install", "-q", "--target", staging,
+             "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64",
+             "--python-version", "3.11", "--implementation", "cp", "--only-binary=:all:",
+             *wanted],
+            folder,
+        )  # fmt: skip
+        if got.returncode != 0:
+            unavailable(f"cannot download the aarch64 runtime wheels: {got.stderr[-300:]}")
+        staging.rename(site)
+    return root, site
+
+
+def test_load_under_aarch64_python(tmp_path):
+    """bridge.load and a call under an aarch64 CPython with the aarch64 TVM wheel (qemu): the
+    runtime only (TVM_USE_RUNTIME_LIB=1; neither tvm.relax nor bridge's compiler side loads),
+    threads defaulting to the usable cores, outputs as Keras'."""
+    needs_tools(resolve("aarch64"), "qemu-aarch64", "apt-get", "dpkg-deb")
+    root, site = aarch64_python()
+    inputs, outputs = reference(MODELS / "seq_cnn.npz")
+    library = tmp_path / "model" / "model.so"
+    bridge.build(MODELS / "seq_cnn.keras", target="aarch64", batch_size=len(inputs[0])).export(
+        library
+    )
+    np.save(tmp_path / "x.npy", inputs[0])
+    code = (
+        "import sys, numpy as np, bridge, tvm_ffi\n"
+        "y = bridge.load(sys.argv[1])(np.load(sys.argv[2]))\n"
+        "np.save(sys.argv[3], y)\n"
+        "print(tvm_ffi.get_global_func('runtime.NumThreads')(), 'tvm.relax' in sys.modules,\n"
+        "      'bridge.api' in sys.modules)\n"
+    )
+    libs = f"{root}/lib/aarch64-linux-gnu:{root}/usr/lib/aarch64-linux-gnu"
+    guest = {
+        "LD_LIBRARY_PATH": libs,
+        "PYTHONHOME": f"{root}/usr",
+        "PYTHONPATH": f"{site}:{Path(bridge.__file__).parents[1]}",
+        "TVM_USE_RUNTIME_LIB": "1",
+    }
+    env_flags = [flag for k, v in guest.items() for flag in ("-E", f"{k}={v}")]
+    program = [root / "usr" / "bin" / "python3.11", "-c", code]
+    first = str(min(os.sched_getaffinity(0)))
+    for pin, threads in ([], len(os.sched_getaffinity(0))), (["taskset", "-c", first], 1):
+        command = [*pin, *QEMU, *env_flags, *program, library, tmp_path / "x.npy", tmp_path / "y"]
+        result = run(command, tmp_path, env={})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.split() == [str(threads), "False", "False"], result.stdout
+        assert_matches([np.load(tmp_path / "y.npy")], outputs)
