@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
     command.add_argument(
         "--profile",
         metavar="JSON",
-        help="a profile from the bundle's './run --profile out.json' or 'bridge profile' "
+        help="a profile from the bundle's './run --profile out.json' or 'bridge profile --json' "
         "(default: profile here when the target runs on this machine)",
     )
     command.add_argument("--runs", type=int, default=10, help="profile runs (median; default 10)")
