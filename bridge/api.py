@@ -71,6 +71,10 @@ def build(
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
     num_threads: int | None = None,
+    quantize: str | None = None,
+    calibration: Any = None,
+    calibration_method: str = "minmax",
+    percentile: float = 99.99,
     progress: Callable[[str, float | None], None] | None = None,
     custom_layers: CustomLayersArg = None,
 ) -> BuiltModel:
@@ -99,6 +103,14 @@ def build(
     registered custom layer's ``"package>Name"`` (or its class name), or a Lambda layer's name;
     values are functions ``fn(ctx, inputs)`` or :func:`bridge.converter` objects (which also
     name the layer's weights), the interface of the built-in converters.
+
+    ``quantize="int8"`` (Keras models) runs the model on int8 kernels: per-channel symmetric
+    int8 weights, activation ranges observed by running the float model over ``calibration``
+    (an array whose first axis counts samples, a list of arrays for several inputs, a dict by
+    input name, or an iterable of batches; any number of samples) with ``calibration_method``
+    ``"minmax"`` or ``"percentile"`` (the ``percentile``-th, e.g. 99.99). Inputs and outputs
+    stay float; layers without an integer kernel run in float. ``metadata["quantization"]``
+    lists those layers and the agreement with the float model on the calibration samples.
     """
     import tvm
 
@@ -116,10 +128,25 @@ def build(
 
         enable_offline_codegen()
     started = time.perf_counter()
+    quantizer = None
+    if quantize is not None:  # checks the calibration samples before any work
+        from bridge.quant.build import prepare
+
+        quantizer = prepare(
+            model,
+            weights,
+            mode=quantize,
+            calibration=calibration,
+            method=calibration_method,
+            percentile=percentile,
+            custom_layers=custom_layers,
+        )
     report(f"reading {Path(model).name}")
     translation, source = _load_and_translate(
         model, weights, batch_size, outputs, report, device=spec.device, custom_layers=custom_layers
     )
+    if quantizer is not None:
+        translation = quantizer.translate(batch_size, outputs, spec.device, report, progress)
     folder = database_dir(tvm_target, tuning_db)
     tuning = None
     if tune is not None:
@@ -166,7 +193,7 @@ def build(
     metadata.update(kernel_metadata(kernels))
     if spec.device == "cuda":
         metadata["cuda_arch"] = str(tvm_target.attrs["arch"])
-    return BuiltModel(
+    built = BuiltModel(
         compiled.executable,
         translation.inputs,
         translation.outputs,
@@ -175,6 +202,7 @@ def build(
         params=compiled.params,
         num_threads=num_threads,
     )
+    return built if quantizer is None else quantizer.finish(built)
 
 
 def _stages(progress: Callable[[str, float | None], None] | None) -> Callable[[str], None]:

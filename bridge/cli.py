@@ -73,8 +73,9 @@ def cmd_build(args: argparse.Namespace) -> int:
             separate_params=args.separate_params,
             optimize_for=args.optimize_for,
             tuning_db=args.tuning_db,
-            progress=lambda stage, done: bar.update(task, description=escape(stage)),
+            progress=lambda stage, done: bar.update(task, description=_stage(stage, done)),
             custom_layers=args.custom_layers,
+            **_quantize_options(args),
         )
         bar.update(task, description="bundling" if args.bundle else "exporting")
         stem = args.name or Path(args.model).name.split(".")[0]
@@ -94,6 +95,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.target and _spec(args.target).is_native:
         console.print(f"portable    {escape(_native_note(_spec(args.target)))}")
     console.print(f"build time  {build_seconds:.1f} s")
+    if "quantization" in meta:
+        _print_quantization(meta["quantization"])
     console.print(f"artifact    {escape(str(library))} ({_size(library.stat().st_size)})")
     console.print(f"size        {_sizes(meta, library)}")
     if args.bundle:
@@ -117,6 +120,53 @@ def _sizes(meta: dict, library: Path) -> str:
     if meta.get("arena_bytes") is not None:
         line += f"; activations {_size(meta['arena_bytes'])} per call"
     return f"{line}; optimize_for={meta.get('optimize_for')}"
+
+
+def _stage(stage: str, done: float | None) -> str:
+    """A build stage for the spinner, with its progress when it reports one."""
+    return escape(stage if done is None else f"{stage} ({done:.0%})")
+
+
+def _quantize_options(args: argparse.Namespace) -> dict:
+    """bridge.build's quantize= arguments from --quantize/--calibration (none without)."""
+    if not args.quantize:
+        if args.calibration:
+            raise InputError("--calibration is used with --quantize int8")
+        return {}
+    if not args.calibration:
+        raise InputError("--quantize int8 needs --calibration data.npz (arrays by input name)")
+    return {
+        "quantize": args.quantize,
+        "calibration": args.calibration,
+        "calibration_method": args.calibration_method,
+        "percentile": args.percentile,
+    }
+
+
+def _print_quantization(info: dict) -> None:
+    """The build summary's int8 lines: float layers, agreement with the float model."""
+    floats = info["float_layers"]
+    method = info["calibration_method"]
+    if info.get("percentile") is not None:
+        method = f"{method} {info['percentile']}"
+    console.print(
+        f"quantized   int8 ({method}, {info['calibration_samples']} samples): "
+        f"{info['integer_layers']} layers on integer kernels, {len(floats)} in float"
+    )
+    for row in floats:
+        console.print(
+            f"  float     {escape(row['layer'])} ({row['class']}): {escape(row['reason'])}"
+        )
+    for row in info["agreement"]:
+        line = (
+            f"agreement   {escape(row['output'])}: max |error| {row['max_abs_error']:.4g}, "
+            f"mean {row['mean_abs_error']:.4g}"
+        )
+        if "top1_agreement" in row:
+            line += f", top-1 {row['top1_agreement']:.1%}"
+        console.print(line + " (int8 vs float on the calibration samples)")
+    if info.get("agreement_note"):
+        console.print(f"agreement   {escape(info['agreement_note'])}")
 
 
 def _spec(target: str):
@@ -471,6 +521,25 @@ def parser() -> argparse.ArgumentParser:
     )
     _tuning_arguments(build)
     build.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
+    build.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="run on int8 kernels (Keras models; needs --calibration)",
+    )
+    build.add_argument(
+        "--calibration",
+        metavar="DATA.npz",
+        help="calibration samples: .npz with an array per input name (or one array), or .npy",
+    )
+    build.add_argument(
+        "--calibration-method",
+        choices=["minmax", "percentile"],
+        default="minmax",
+        help="activation ranges: min/max (default) or a percentile of the values",
+    )
+    build.add_argument(
+        "--percentile", type=float, default=99.99, help="with --calibration-method percentile"
+    )
     build.set_defaults(func=cmd_build)
 
     tune = sub.add_parser(

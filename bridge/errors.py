@@ -68,3 +68,7 @@ class TargetError(BridgeError, ValueError):
 
 class TuningError(BridgeError):
     """Tuning cannot run as asked: a bad budget or tracker address, missing extras, no database."""
+
+
+class CalibrationError(InputError):
+    """Calibration samples for ``quantize=`` do not fit the model (names, shapes, dtypes, values)."""

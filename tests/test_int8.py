@@ -239,7 +239,7 @@ def test_conv2d_bit_exact(case) -> None:
     mul = fixed_point.quantize_multiplier(np.broadcast_to(real, (12,)))
 
     def build(data):
-        acc = kernels.conv2d(data, w, bias, zx, strides, padding, dilation)
+        acc = kernels.conv2d(data, w, bias, zx, kernels.Window(strides, padding, dilation))
         return fixed_point.requantize(acc, mul, 4, clamp, "int8", rounding)
 
     np.testing.assert_array_equal(run_relax(build, [x]), expected)
@@ -260,7 +260,8 @@ def test_depthwise_bit_exact(multiplier: int, dtype: str) -> None:
     mul = fixed_point.quantize_multiplier(real)
 
     def build(data):
-        acc = kernels.depthwise_conv2d(data, w, bias, zx, strides, padding, dilation, channels=6)
+        window = kernels.Window(strides, padding, dilation)
+        acc = kernels.depthwise_conv2d(data, w, bias, zx, window, channels=6)
         return fixed_point.requantize(acc, mul, -1, clamp, "int8", "double_up")
 
     np.testing.assert_array_equal(run_relax(build, [x]), expected)
@@ -363,7 +364,7 @@ def test_add_bit_exact(dtype: str) -> None:
     qa, qb, out = (0.031, zp - 9), (0.0077, zp + 21), (0.04, zp + 3)
     clamp = fixed_point.activation_range("RELU", out[0], out[1], dtype)
     expected = ref_add(a, qa, b, qb, out, clamp).astype(dtype)
-    got = run_relax(lambda x, y: elementwise.add(x, qa, y, qb, out, clamp, dtype), [a, b])
+    got = run_relax(lambda x, y: elementwise.add((x, qa), (y, qb), out, clamp, dtype), [a, b])
     np.testing.assert_array_equal(got, expected)
 
 
@@ -374,7 +375,7 @@ def test_multiply_bit_exact() -> None:
     acc = (a.astype(np.int64) + 4) * (b.astype(np.int64) - 7)
     expected = ref_requantize(acc, real, -1, (-128, 127), "double", "int8")
     got = run_relax(
-        lambda x, y: elementwise.multiply(x, qa, y, qb, out, (-128, 127), "int8"), [a, b]
+        lambda x, y: elementwise.multiply((x, qa), (y, qb), out, (-128, 127), "int8"), [a, b]
     )
     np.testing.assert_array_equal(got, expected)
 

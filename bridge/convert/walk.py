@@ -239,6 +239,7 @@ def translate(
     device: str = "cpu",
     custom: CustomLayers | None = None,
     require_weights: bool = True,
+    walker_class: type[_Walker] | None = None,
 ) -> Translation:
     """Translate ``graph`` with ``weights``; raises with every problem found (preflight first;
     ``require_weights=False`` leaves out the per-layer "no weights" problems, for a caller that
@@ -254,7 +255,9 @@ def translate(
     if problems:
         raise UnsupportedModelError(label, problems)
     try:
-        return _translate(graph, weights, label, batch_size, outputs, device, custom)
+        return _translate(
+            graph, weights, label, batch_size, outputs, device, custom, walker_class
+        )
     except BridgeError:
         raise
     except Exception as exc:  # not a layer's own failure (those name the layer): the graph's
@@ -270,8 +273,10 @@ def _translate(
     outputs: list[str] | None,
     device: str,
     custom: CustomLayers | None,
+    walker_class: type[_Walker] | None = None,
 ) -> Translation:
-    walker = _Walker(graph, weights, label, batch_size, device, custom)
+    # walker_class: a subclass of _Walker (bridge.quant.keras's calibration and integer walks)
+    walker = (walker_class or _Walker)(graph, weights, label, batch_size, device, custom)
     inputs = walker.input_vars()
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]
     bb = walker.bb

@@ -13,48 +13,33 @@ from bridge.quant import fixed_point
 
 ADD_HEADROOM = 20  # TFLite's left shift for 8-bit ADD operands
 Quant = tuple[float, int]
+Operand = tuple[relax.Expr, Quant]  # an 8-bit tensor and its (scale, zero_point)
 
 
-def add(
-    a: relax.Expr,
-    qa: Quant,
-    b: relax.Expr,
-    qb: Quant,
-    out: Quant,
-    clamp: tuple[int, int],
-    dtype: str,
-) -> relax.Expr:
+def add(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
     """TFLite's integer ADD: each input less its zero point, shifted left by 20 bits and
     scaled to twice the larger input scale (reference rounding), summed, then scaled to the
     output; broadcasting as Relax's ``add``."""
-    twice = 2 * np.float64(max(np.float32(qa[0]), np.float32(qb[0])))
+    twice = 2 * np.float64(max(np.float32(a[1][0]), np.float32(b[1][0])))
     scaled = [
         fixed_point.scale_input(
             x, zp, ADD_HEADROOM, fixed_point.quantize_multiplier(np.float64(scale) / twice)
         )
-        for x, (scale, zp) in ((a, qa), (b, qb))
+        for x, (scale, zp) in (a, b)
     ]
     real = twice / ((1 << ADD_HEADROOM) * np.float64(out[0]))
     y = fixed_point.multiply_high(relax.op.add(*scaled), fixed_point.quantize_multiplier(real))
     return _finish(y, out[1], clamp, dtype)
 
 
-def multiply(
-    a: relax.Expr,
-    qa: Quant,
-    b: relax.Expr,
-    qb: Quant,
-    out: Quant,
-    clamp: tuple[int, int],
-    dtype: str,
-) -> relax.Expr:
+def multiply(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
     """TFLite's integer MUL: the product of the inputs less their zero points, requantized
     by ``scale_a * scale_b / output_scale`` (reference rounding)."""
     centred = [
         relax.op.subtract(relax.op.astype(x, "int32"), relax.const(int(zp), "int32"))
-        for x, (_, zp) in ((a, qa), (b, qb))
+        for x, (_, zp) in (a, b)
     ]
-    real = np.float64(qa[0]) * np.float64(qb[0]) / np.float64(out[0])
+    real = np.float64(a[1][0]) * np.float64(b[1][0]) / np.float64(out[0])
     multiplier = fixed_point.quantize_multiplier(real)
     return fixed_point.requantize(
         relax.op.multiply(*centred), multiplier, int(out[1]), clamp, dtype, "double"
@@ -67,9 +52,11 @@ def _finish(y: relax.Expr, zero_point: int, clamp: tuple[int, int], dtype: str) 
     return relax.op.astype(relax.op.clip(y, int(clamp[0]), int(clamp[1])), dtype)
 
 
-def lookup(x: relax.Expr, table: np.ndarray, low: int) -> relax.Expr:
-    """``table[x - low]``: any unary function of an 8-bit tensor as a 256-entry table."""
+def lookup(x: relax.Expr, table: np.ndarray | relax.Expr, low: int) -> relax.Expr:
+    """``table[x - low]``: any unary function of an 8-bit tensor as a 256-entry table (a
+    numpy array, or a Relax tensor computed in the graph)."""
     index = relax.op.astype(x, "int32")
     if low:
         index = relax.op.subtract(index, relax.const(int(low), "int32"))
-    return relax.op.take(relax.const(table), index, axis=0, mode="clip")  # in range anyway
+    values = table if isinstance(table, relax.Expr) else relax.const(table)
+    return relax.op.take(values, index, axis=0, mode="clip")  # in range anyway

@@ -13,10 +13,21 @@ Weights are constant numpy arrays (TFLite's symmetric int8: weight zero point 0)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from tvm import relax
 
 ACC = "int32"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A 2-D convolution's strides, padding (top, left, bottom, right) and dilation."""
+
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
 
 
 def fold_bias(
@@ -43,18 +54,16 @@ def conv2d(
     weight_ohwi: np.ndarray,
     bias: np.ndarray | None,
     input_zero_point: int,
-    strides: tuple[int, int],
-    padding: tuple[int, int, int, int],
-    dilation: tuple[int, int],
+    window: Window,
 ) -> relax.Expr:
     """NHWC convolution, weights as TFLite stores them (OHWI): int32 accumulators + bias."""
     weight = np.ascontiguousarray(weight_ohwi.transpose(1, 2, 3, 0))  # HWIO
     folded = fold_bias(bias, weight_ohwi.astype(np.int64).sum(axis=(1, 2, 3)), input_zero_point)
     acc = relax.op.nn.conv2d(
-        _pad(x, padding, input_zero_point),
+        _pad(x, window.padding, input_zero_point),
         relax.const(weight),
-        strides=strides,
-        dilation=dilation,
+        strides=window.strides,
+        dilation=window.dilation,
         data_layout="NHWC",
         kernel_layout="HWIO",
         out_dtype=ACC,
@@ -67,9 +76,7 @@ def depthwise_conv2d(
     weight_1hwc: np.ndarray,
     bias: np.ndarray | None,
     input_zero_point: int,
-    strides: tuple[int, int],
-    padding: tuple[int, int, int, int],
-    dilation: tuple[int, int],
+    window: Window,
     channels: int,
 ) -> relax.Expr:
     """NHWC depthwise convolution, weights [1, KH, KW, C * M] (output ``c * M + m`` reads
@@ -82,10 +89,10 @@ def depthwise_conv2d(
     else:
         weight, layout, groups = weight_1hwc.reshape(kh, kw, out_channels, 1), "HWOI", channels
     acc = relax.op.nn.conv2d(
-        _pad(x, padding, input_zero_point),
+        _pad(x, window.padding, input_zero_point),
         relax.const(np.ascontiguousarray(weight)),
-        strides=strides,
-        dilation=dilation,
+        strides=window.strides,
+        dilation=window.dilation,
         groups=groups,
         data_layout="NHWC",
         kernel_layout=layout,
@@ -105,7 +112,7 @@ def dense(
 
 def spatial_sum(x: relax.Expr, input_zero_point: int) -> relax.Expr:
     """``sum_hw (x - zx)`` over the spatial axes of NHWC ``x``, keeping them as 1 x 1: int32."""
-    _, h, w, _ = (int(d) for d in x.ty.shape.values)
+    h, w = (int(d) for d in x.ty.shape.values[1:3])  # the batch may be symbolic
     total = relax.op.sum(relax.op.astype(x, ACC), axis=[1, 2], keepdims=True)
     if not input_zero_point:
         return total
@@ -122,7 +129,7 @@ def window_sum(
     product with unit weights, so it takes the depthwise schedule."""
     channels = int(x.ty.shape.values[3])
     ones = np.ones((1, *window, channels), np.int8)
-    return depthwise_conv2d(x, ones, None, 0, strides, padding, (1, 1), channels)
+    return depthwise_conv2d(x, ones, None, 0, Window(strides, padding), channels)
 
 
 def window_counts(

@@ -170,57 +170,65 @@ def _padding(code: int, size: tuple[int, int], kernel: tuple[int, int], options)
     return (top, left, bottom, right)
 
 
-def _spatial(converter, op, options, kernel: tuple[int, int]) -> dict:
+def _spatial(converter, op, options, kernel: tuple[int, int]) -> kernels.Window | None:
     _, h, w, _ = (int(d) for d in converter.get_tensor_shape(converter.get_input_tensors(op)[0]))
     if options.Padding() not in (0, 1):
-        return {}
-    return {
-        "strides": (options.StrideH(), options.StrideW()),
-        "padding": _padding(options.Padding(), (h, w), kernel, options),
-        "dilation": (options.DilationHFactor(), options.DilationWFactor()),
-    }
+        return None
+    return kernels.Window(
+        (options.StrideH(), options.StrideW()),
+        _padding(options.Padding(), (h, w), kernel, options),
+        (options.DilationHFactor(), options.DilationWFactor()),
+    )
+
+
+def _product_operator(converter, op, options_class, ndim: int):
+    """(operands, options, fused activation) of a CONV_2D, DEPTHWISE_CONV_2D or
+    FULLY_CONNECTED whose weights have ``ndim`` dimensions, or None."""
+    operands = _operands(converter, op)
+    if operands is None or operands.weight.ndim != ndim:
+        return None
+    options = _options(op, options_class)
+    return operands, options, _activation(converter, options.FusedActivationFunction())
 
 
 def convert_conv2d(converter, op) -> relax.Expr | None:
     from tflite.Conv2DOptions import Conv2DOptions
 
-    operands = _operands(converter, op)
-    if operands is None or operands.weight.ndim != 4:
+    parts = _product_operator(converter, op, Conv2DOptions, 4)
+    if parts is None:
         return None
-    options = _options(op, Conv2DOptions)
-    activation = _activation(converter, options.FusedActivationFunction())
+    operands, options, activation = parts
     out_channels, kh, kw, in_channels = operands.weight.shape
     data_channels = int(converter.get_tensor_shape(converter.get_input_tensors(op)[0])[3])
     if activation is None or in_channels != data_channels:  # grouped: TVM's path
         return None
     if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
         return None
-    spatial = _spatial(converter, op, options, (kh, kw))
-    if not spatial:
+    window = _spatial(converter, op, options, (kh, kw))
+    if window is None:
         return None
-    acc = kernels.conv2d(operands.x, operands.weight, operands.bias, operands.input.zp, **spatial)
+    acc = kernels.conv2d(operands.x, operands.weight, operands.bias, operands.input.zp, window)
     return _epilogue(acc, operands, out_channels, activation, "CONV_2D")
 
 
 def convert_depthwise_conv2d(converter, op) -> relax.Expr | None:
     from tflite.DepthwiseConv2DOptions import DepthwiseConv2DOptions
 
-    operands = _operands(converter, op)
-    if operands is None or operands.weight.ndim != 4 or operands.weight.shape[0] != 1:
+    parts = _product_operator(converter, op, DepthwiseConv2DOptions, 4)
+    if parts is None or parts[0].weight.shape[0] != 1:
         return None
-    options = _options(op, DepthwiseConv2DOptions)
-    activation = _activation(converter, options.FusedActivationFunction())
+    operands, options, activation = parts
     _, kh, kw, out_channels = operands.weight.shape
     channels = int(converter.get_tensor_shape(converter.get_input_tensors(op)[0])[3])
     if activation is None or out_channels % channels:
         return None
     if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 3:
         return None
-    spatial = _spatial(converter, op, options, (kh, kw))
-    if not spatial:
+    window = _spatial(converter, op, options, (kh, kw))
+    if window is None:
         return None
     acc = kernels.depthwise_conv2d(
-        operands.x, operands.weight, operands.bias, operands.input.zp, channels=channels, **spatial
+        operands.x, operands.weight, operands.bias, operands.input.zp, window, channels
     )
     return _epilogue(acc, operands, out_channels, activation, "DEPTHWISE_CONV_2D")
 
@@ -228,11 +236,10 @@ def convert_depthwise_conv2d(converter, op) -> relax.Expr | None:
 def convert_fully_connected(converter, op) -> relax.Expr | None:
     from tflite.FullyConnectedOptions import FullyConnectedOptions
 
-    operands = _operands(converter, op)
-    if operands is None or operands.weight.ndim != 2:
+    parts = _product_operator(converter, op, FullyConnectedOptions, 2)
+    if parts is None:
         return None
-    options = _options(op, FullyConnectedOptions)
-    activation = _activation(converter, options.FusedActivationFunction())
+    operands, options, activation = parts
     if activation is None or options.WeightsFormat() != 0:  # 0: DEFAULT (not shuffled)
         return None
     if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
@@ -359,7 +366,7 @@ def _convert_binary(converter, op, options_class, compute) -> relax.Expr | None:
         return None
     (a, b), (qa, qb), out, activation = parts
     clamp = fixed_point.activation_range(activation, float(out.scale[0]), out.zp, out.dtype)
-    return compute(a, _pair(qa), b, _pair(qb), _pair(out), clamp, out.dtype)
+    return compute((a, _pair(qa)), (b, _pair(qb)), _pair(out), clamp, out.dtype)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
