@@ -352,17 +352,34 @@ def _cos(value: float | None) -> str:
     return DASH if value is None else f"cos {value:.6f}"
 
 
+def fused_with(layer: str, kernel: dict[str, Any]) -> list[str]:
+    """The layers one call of ``kernel`` computes together with ``layer`` (its fused group).
+    A kernel called at several places lists every place's layers in call order; split into
+    ``calls`` equal runs, the run holding ``layer`` is its group."""
+    members = [str(x) for x in kernel.get("layers", [])]
+    calls = int(_number(kernel.get("calls")) or 1)
+    if calls > 1 and len(members) % calls == 0:
+        size = len(members) // calls
+        runs = [members[i : i + size] for i in range(0, len(members), size)]
+        return next((run for run in runs if key(layer) in map(key, run)), members)
+    return members
+
+
+def _kernel_title(name: str, group: list[str], kernel: dict[str, Any]) -> str:
+    calls = int(_number(kernel.get("calls")) or 1)
+    fused = f" (fused: {', '.join(group)})" if len(group) > 1 else ""
+    return name + fused + (f", called {calls} times" if calls > 1 else "")
+
+
 def _kernel_cell(row: Row, kernels: dict[str, dict[str, Any]]) -> str:
     names = [str(k) for k in (row.profile or {}).get("kernels", [])]
     if not names:
         return f'<div class="c kern"><span class="na">{DASH}</span></div>'
-    members = [str(x) for x in kernels.get(names[0], {}).get("layers", [])]
+    groups = [fused_with(row.name, kernels.get(k, {})) for k in names]
     title = "; ".join(
-        k + (f" (fused: {', '.join(map(str, m))})" if len(m) > 1 else "")
-        for k in names
-        for m in [kernels.get(k, {}).get("layers", [])]
+        _kernel_title(k, group, kernels.get(k, {})) for k, group in zip(names, groups)
     )
-    fused = f'<em class="fx">\u00d7{len(members)}</em>' if len(members) > 1 else ""
+    fused = f'<em class="fx">\u00d7{len(groups[0])}</em>' if len(groups[0]) > 1 else ""
     more = f'<span class="more">+{len(names) - 1}</span>' if len(names) > 1 else ""
     return (
         f'<div class="c kern" title="{_e(title)}">'

@@ -475,3 +475,20 @@ def test_cli_report_of_an_aarch64_bundle_profiled_under_qemu(tmp_path, capsys):
     assert f">{conv['name']}</span>" in html  # the runner's kernel, on a layer's row
     assert report.fmt_us(sum(c["us"] for c in raw["calls"])) in html  # the total per call
     assert "no profile" not in capsys.readouterr().err
+
+
+def test_a_kernel_called_at_several_places_fuses_each_places_layers_only():
+    kernel = {"name": "k", "calls": 3, "layers": ["b1_conv", "b1_bn", "b2_conv", "b2_bn",
+                                                  "b3_conv", "b3_bn"]}  # fmt: skip
+    assert report.fused_with("b2_bn", kernel) == ["b2_conv", "b2_bn"]
+    assert report.fused_with("x", {"name": "vm.builtin.alloc", "calls": 9, "layers": ["x"]}) == [
+        "x"
+    ]
+    graph = [{"layer": n, "class": "C", "shapes": [], "params": 0} for n in kernel["layers"]]
+    profile = profile_dict(graph)
+    profile["kernels"] = [dict(kernel, us=6.0, flops=0, bytes=0)]
+    for entry in profile["layers"]:
+        entry["kernels"] = ["k"]
+    page = report.render(graph, profile=profile)
+    assert "\u00d72" in row_text(page, 2) and "\u00d76" not in page
+    assert "fused: b2_conv, b2_bn), called 3 times" in page
