@@ -300,7 +300,9 @@ void bridge_model::Start(const std::string& path, const std::string& signature,
                          const std::string& params_at,
                          const ffi::Optional<ffi::Bytes>& params_bytes,
                          const bridge_model_options& opts) {
-  if (opts.num_threads < 0) Fail("num_threads must be >= 0, got " + std::to_string(opts.num_threads));
+  if (opts.num_threads < 0) {
+    Fail("num_threads must be >= 0, got " + std::to_string(opts.num_threads));
+  }
   int device_type = opts.device_type ? opts.device_type : kDefaultDevice;
   if (device_type != kDLCPU && device_type != kDLCUDA) {
     Fail("device_type must be kDLCPU (1) or kDLCUDA (2), got " + std::to_string(device_type));
@@ -309,7 +311,9 @@ void bridge_model::Start(const std::string& path, const std::string& signature,
   ParseSignature(signature, &inputs, &outputs);
   if (device_type == kDLCUDA) {
     std::string cuda = LibraryDir() + "libtvm_runtime_cuda.so";
-    if (!dlopen(cuda.c_str(), RTLD_NOW | RTLD_GLOBAL)) Fail(std::string("cannot load ") + dlerror());
+    if (!dlopen(cuda.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+      Fail(std::string("cannot load ") + dlerror());
+    }
     device = DLDevice{kDLCUDA, 0};
   }
   library = QuietStderr([&] {
@@ -458,7 +462,8 @@ void bridge_model::CopyResult(int index, DLTensor* out) const {
     Fail(what + ": no result " + std::to_string(index) + " (the last run returned " +
          std::to_string(results.size()) + ")");
   }
-  if (out == nullptr || out->data == nullptr) Fail(what + ": output " + std::to_string(index) + " has no data");
+  std::string name = std::to_string(index);
+  if (out == nullptr || out->data == nullptr) Fail(what + ": output " + name + " has no data");
   const ffi::Tensor& r = results[index];
   ffi::ShapeView shape = r.shape();
   bool same = out->ndim == static_cast<int>(shape.size()) && SameDtype(out->dtype, r.dtype()) &&
@@ -469,7 +474,7 @@ void bridge_model::CopyResult(int index, DLTensor* out) const {
          ShapeText(shape.data(), static_cast<int>(shape.size())) + ", the buffer given is " +
          NameOf(out->dtype) + " " + ShapeText(out->shape, std::max(out->ndim, 0)));
   }
-  if (!Compact(*out)) Fail(what + ": output buffer " + std::to_string(index) + " is not C-contiguous");
+  if (!Compact(*out)) Fail(what + ": output buffer " + name + " is not C-contiguous");
   if (out->device.device_type != kDLCPU && out->device.device_type != device.device_type) {
     Fail(what + ": output buffer " + std::to_string(index) + " is on an unsupported device");
   }
@@ -542,7 +547,8 @@ void bridge_model::Profile(const DLTensor* in, int n, int runs, const std::strin
   }
   set_instrument(ffi::Function(nullptr));
 
-  std::string json = "{\"format\": \"bridge-profile-raw\", \"version\": 1, \"source\": \"runner\", ";
+  std::string json = "{\"format\": \"bridge-profile-raw\", \"version\": 1, ";
+  json += "\"source\": \"runner\", ";
   json += std::string("\"device\": \"") + (device.device_type == kDLCPU ? "cpu" : "cuda") + "\", ";
   json += "\"threads\": " + std::to_string(device.device_type == kDLCPU ? threads : 1) + ", ";
   json += "\"runs\": " + std::to_string(runs) + ", \"calls\": [";
@@ -701,7 +707,8 @@ int bridge_model_run(bridge_model* model, const DLTensor* inputs, int num_inputs
     model->Run(inputs, num_inputs);
     if (outputs == nullptr) return;
     if (num_outputs != static_cast<int>(model->results.size())) {
-      Fail(model->what + ": " + std::to_string(num_outputs) + " output buffer(s) given, the model returned " +
+      Fail(model->what + ": " + std::to_string(num_outputs) +
+           " output buffer(s) given, the model returned " +
            std::to_string(model->results.size()));
     }
     for (int i = 0; i < num_outputs; ++i) model->CopyResult(i, &outputs[i]);

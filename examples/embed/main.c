@@ -135,8 +135,8 @@ static int write_npy(const char* path, const DLTensor* t) {
     count *= (size_t)t->shape[i];
   }
   if (t->ndim == 1) strcat(shape, ",");
-  int n = snprintf(header, sizeof(header), "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
-                   descr, shape);
+  int n = snprintf(header, sizeof(header),
+                   "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, shape);
   while ((10 + n + 1) % 64) header[n++] = ' ';
   header[n++] = '\n';
   FILE* f = fopen(path, "wb");
