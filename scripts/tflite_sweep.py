@@ -64,18 +64,25 @@ APP_INPUT = {  # the smallest input keras.applications accepts (default: 32)
 }
 
 
+# keras.applications by parameter count (millions, at 224 x 224): the sweep runs small first.
+APP_ORDER = [
+    "MobileNetV3Small", "MobileNet", "MobileNetV2", "MobileNetV3Large", "EfficientNetB0",
+    "NASNetMobile", "EfficientNetV2B0", "EfficientNetB1", "DenseNet121", "EfficientNetV2B1",
+    "EfficientNetB2", "EfficientNetV2B2", "EfficientNetB3", "DenseNet169", "EfficientNetV2B3",
+    "EfficientNetB4", "DenseNet201", "EfficientNetV2S", "Xception", "InceptionV3", "ResNet50",
+    "ResNet50V2", "ConvNeXtTiny", "EfficientNetB5", "EfficientNetB6", "ResNet101", "ResNet101V2",
+    "ConvNeXtSmall", "EfficientNetV2M", "InceptionResNetV2", "ResNet152", "ResNet152V2",
+    "EfficientNetB7", "ConvNeXtBase", "NASNetLarge", "EfficientNetV2L", "VGG16", "VGG19",
+    "ConvNeXtLarge", "ConvNeXtXLarge",
+]  # fmt: skip
+
+
 def app_models() -> list[str]:
     import keras
 
     names = [n for n in dir(keras.applications) if n[0].isupper()]
-    order = ["MobileNetV3Small", "MobileNet", "MobileNetV2", "MobileNetV3Large", "EfficientNetB0"]
-    size = lambda n: (  # noqa: E731  cheap proxy: the family's depth and width
-        0 if n in order else 1,
-        order.index(n) if n in order else 0,
-        any(k in n for k in ("Large", "XLarge", "B5", "B6", "B7", "V2L", "V2M", "152", "201")),
-        n,
-    )
-    return [f"apps/{n}" for n in sorted(names, key=size)]
+    rank = {n: i for i, n in enumerate(APP_ORDER)}
+    return [f"apps/{n}" for n in sorted(names, key=lambda n: (rank.get(n, len(rank)), n))]
 
 
 def load(name: str):
@@ -104,8 +111,8 @@ def seed(text: str) -> int:
 
 def sample(model, rng):
 
-    return [
-        rng.standard_normal((1, *[d or 8 for d in i.shape[1:]])).astype("float32")
+    return [  # the declared batch (1 if None); unknown other dimensions: 8
+        rng.standard_normal((i.shape[0] or 1, *[d or 8 for d in i.shape[1:]])).astype("float32")
         for i in model.inputs
     ]
 
@@ -126,15 +133,31 @@ def convert(model, variant: str, work: Path) -> bytes:
     elif variant == "int8":
         rng = np.random.default_rng(seed(model.name) + 2)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: (sample(model, rng) for _ in range(4))
+        names = [i.name for i in model.inputs]
+        converter.representative_dataset = lambda: (
+            dict(zip(names, sample(model, rng))) if len(names) > 1 else sample(model, rng)
+            for _ in range(4)
+        )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     return converter.convert()
 
 
-def litert(data: bytes, values: list) -> tuple[list[dict], list]:
-    """LiteRT's outputs for ``values`` (float samples, quantized for integer inputs)."""
+def by_detail(details: list[dict], names: list[str], values: list) -> list:
+    """``values`` (in ``names`` order) in the order of LiteRT's ``details``: by name (the
+    converter prefixes the signature's), else by index."""
+    ordered = []
+    for i, detail in enumerate(details):
+        hits = [k for k, n in enumerate(names) if n and f"_{n}:" in detail["name"] + ":"]
+        hits = hits or [k for k, n in enumerate(names) if n and n in detail["name"]]
+        ordered.append(values[hits[0] if len(hits) == 1 else i])
+    return ordered
+
+
+def litert(data: bytes, values: list, names: list[str]) -> tuple[list[dict], list]:
+    """LiteRT's outputs for ``values`` (float samples in ``names`` order, quantized for integer
+    inputs)."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -146,7 +169,7 @@ def litert(data: bytes, values: list) -> tuple[list[dict], list]:
     interpreter.allocate_tensors()
     details = interpreter.get_input_details()
     fed = []
-    for detail, value in zip(details, values):
+    for detail, value in zip(details, by_detail(details, names, values)):
         value = value.reshape(detail["shape"])
         if detail["dtype"] != np.float32:
             scale, zero_point = detail["quantization"]
@@ -172,6 +195,14 @@ def failure_class(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, CompileError):
         return "build", short(str(exc))
     return "build", f"{type(exc).__name__}: {short(str(exc))}"
+
+
+def converter_reason(exc: Exception) -> str:
+    """The first MLIR error of a ConverterError (what it refused), else its last line."""
+    for line in str(exc).splitlines():
+        if "error:" in line:
+            return f"{type(exc).__name__}: {short(line.rsplit('): ', 1)[-1])}"
+    return f"{type(exc).__name__}: {short(str(exc))}"
 
 
 def short(text: str) -> str:
@@ -208,12 +239,12 @@ def run_variant(model, name: str, variant: str, work: Path) -> dict:
     try:
         data = convert(model, variant, work)
     except Exception as exc:
-        return {**row, "status": "convert", "detail": f"{type(exc).__name__}: {short(str(exc))}"}
+        return {**row, "status": "convert", "detail": converter_reason(exc)}
     path = work / f"{variant}.tflite"
     path.write_bytes(data)
     values = sample(model, np.random.default_rng(seed(name)))
     try:
-        fed, expected = litert(data, values)
+        fed, expected = litert(data, values, [i.name for i in model.inputs])
     except Exception as exc:
         return {**row, "status": "litert", "detail": f"{type(exc).__name__}: {short(str(exc))}"}
     try:

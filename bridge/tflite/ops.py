@@ -85,8 +85,8 @@ class BridgeConverter(OperatorConverter):
         self.convert_map.update({"Convolution2DTransposeBias": self.convert_transpose_conv_bias})
         self.convert_map.update(integer_converters(self))  # int8 products: bridge.quant
         self.op_labels: list[str] = []  # set by translate(): "#index NAME" per operator shown
-        self.results: list[tuple[int, object]] = []  # (position, result) per operator (profile)
         self.shape_values: dict[int, np.ndarray] = {}  # tensor -> evaluated shape arithmetic
+        self.results: list[tuple[int, object]] = []  # (position, result) per operator (profile)
 
     def get_op_code_str(self, op):
         code = self.model.OperatorCodes(op.OpcodeIndex())
@@ -135,7 +135,7 @@ class BridgeConverter(OperatorConverter):
         output_tensors = self.get_output_tensors(op)
         name = self.get_op_code_str(op)
         if len(output_tensors) == 1 and self._evaluate_shape(op, name, output_tensors[0]):
-            return
+            return None
         result = self.convert_map[name](op=op)
         if result is None:  # prefetched (constant) result
             return None
@@ -222,6 +222,18 @@ class BridgeConverter(OperatorConverter):
         if value is None or value.dtype != object:
             return super().convert_reshape(op)
         return relax.op.reshape(self.get_tensor_expr(tensors[0]), list(value.reshape(-1)))
+
+    def convert_squeeze(self, op):
+        """``SQUEEZE`` with its axes made non-negative (TVM's keeps TFLite's negative axes, and
+        ConvertLayout dies with std::bad_alloc on a negative squeeze axis of a symbolic shape).
+        No axes: every dimension of size 1."""
+        data = self.get_input_tensors(op)[0]
+        x = self.get_tensor_expr(data)
+        rank = len(self.get_tensor_shape(data))
+        opts = fold.parse_options(op, "SqueezeOptions")
+        stored = opts.SqueezeDimsAsNumpy() if opts is not None and opts.SqueezeDimsLength() else []
+        axes = [int(a) % rank for a in stored]
+        return relax.op.squeeze(x, axis=axes or None)
 
     def convert_prelu(self, op):
         """``x if x > 0 else alpha * x`` with alpha broadcast as stored (TVM's converter
