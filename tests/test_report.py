@@ -397,12 +397,15 @@ def test_cli_report_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["report", str(DIGITS), "--compare", str(tmp_path / "nope.npz")]) == 2
     assert main(["report", str(DIGITS), "-o", str(tmp_path)]) == 2
     assert main(["report", str(DIGITS), "--profile", str(tmp_path)]) == 2
-    errors = capsys.readouterr().err.strip().splitlines()
+    assert main(["report", str(tmp_path / "missing.keras"), "-o", str(tmp_path / "r.html")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert errors == [
         f"error: {tmp_path / 'nope.npz'}: no such file (--compare)",
         f"error: {tmp_path}: -o is a folder; name the page, e.g. {tmp_path / 'report.html'}",
         f"error: {tmp_path}: is a folder (--profile)",
+        f"error: {tmp_path / 'missing.keras'}: file not found",
     ]
+    assert not (tmp_path / "r.html").exists()
 
 
 @pytest.mark.slow
