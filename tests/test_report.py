@@ -495,3 +495,22 @@ def test_a_kernel_called_at_several_places_fuses_each_places_layers_only():
     page = report.render(graph, profile=profile)
     assert "\u00d72" in row_text(page, 2) and "\u00d76" not in page
     assert "fused: b2_conv, b2_bn), called 3 times" in page
+
+
+@pytest.mark.slow
+def test_cli_report_of_a_tflite_model_against_litert(tmp_path, capsys):
+    """TFLite: operators (``#0 name``) and LiteRT's tensors (``name;fused;names``) are one row."""
+    from bridge.cli import main
+
+    fixtures = Path(__file__).parent / "fixtures"
+    page = tmp_path / "r.html"
+    assert main(["report", str(fixtures / "tflite" / "cnn_float32.tflite"), "--compare",
+                 str(fixtures / "reference" / "cnn_float32.litert.npz"), "--runs", "2",
+                 "-o", str(page)]) == 0  # fmt: skip
+    assert "every layer agrees" in capsys.readouterr().out
+    parsed = Page(page.read_text())
+    rows = [a for a in parsed.find("div", **{"class": "row"}) if "id" in a]
+    assert [a["data-name"] for a in rows if "extra" in a["class"].split()] == ["(runtime)"]
+    assert rows[0]["data-name"].startswith("#0 ") and "TFLite" in page.read_text()
+    errors = re.findall(r'class="c err ok"', page.read_text())
+    assert len(errors) >= 5  # LiteRT's tensors, each on its operator's row
