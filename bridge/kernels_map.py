@@ -1,23 +1,28 @@
 """Which model layers each compiled kernel holds, recorded while compiling (for ``bridge profile``).
 
 Translation names every Relax binding of ``main`` after the layer (Keras) or operator (TFLite)
-that emitted it (:func:`label_layers`: name hint ``bridge_layer_<i>``, the layers listed in
-``main``'s attribute ``bridge_layers``). The names survive legalization and fusion; right after
-``FuseOps`` an observer pass (:func:`with_observers`) reads, for every kernel call of ``main`` in
-call order, the layers of the bindings fused into it and the FLOPs (TVM's estimate over each
-operator's TIR) and bytes (arguments plus result) of the call. Observing changes nothing in the
-module, and records only inside :func:`recording`, so kernels and their speed are unchanged.
+that emitted it (:func:`label_layers`: name hint ``bridge_layer_<i>_<n>``, the layers listed in
+``main``'s attribute ``bridge_layers``). The names survive binding the weights and legalization.
+Two observer passes (:func:`with_observers`) bracket ``FuseOps``: before it, every operator call
+is recorded with its layer, keyed by the operator and the values it reads; after it, each call
+of ``main`` is replayed operator by operator on those values, which finds the layers of every
+operator fused into it even when FuseOps named the result anew or shares one kernel among
+identical groups (MobileNet's repeated blocks). FLOPs are TVM's estimate over each operator's
+TIR; bytes, the call's arguments plus its result. Observing changes nothing in the module and
+records only inside :func:`recording`, so kernels and their speed are unchanged.
 
-The result (:func:`kernel_table`) is the artifact metadata's ``"kernels"``: ``{kernel: {"layers":
-[...], "flops": int, "bytes": int, "calls": [{"layers", "flops", "bytes"}, ...]}}`` (totals over
-one call of the model; ``calls`` in the order the VM makes them) plus ``"layer_order"``: the
-layers in model order with their classes, so a profile renders without the compiler.
+The result (:func:`kernel_metadata`) is the artifact metadata's ``"kernels"``: ``{kernel:
+{"layers": [...], "flops": int, "bytes": int, "calls": [{"layers", "flops", "bytes"}, ...]}}``
+(totals over one call of the model; ``calls`` in the order the VM makes them, ``flops`` per
+layer) plus ``"layer_order"``: the layers in model order with their classes, so a profile
+renders without the compiler.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +54,9 @@ class KernelRecord:
 
     layers: list[tuple[str, str]] = field(default_factory=list)  # (name, class) by index
     sites: list[Site] = field(default_factory=list)
-    ops: dict[tuple, int] = field(default_factory=dict)  # operator call -> layer (observe_ops)
+    # operator calls before fusion (observe_ops): key -> (variable, layer), and by loose key
+    ops: dict[tuple, tuple] = field(default_factory=dict)
+    loose: dict[tuple, list] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -181,6 +188,8 @@ def _observer(observe):
             try:
                 observe(mod, record)
             except Exception:  # never fail a build for its profile's metadata
+                if os.environ.get("BRIDGE_TRACEBACK") == "1":
+                    raise
                 record.sites.clear()
         return mod
 
@@ -188,93 +197,162 @@ def _observer(observe):
 
 
 def observe_ops(mod: Any, record: KernelRecord) -> None:
-    """Before fusion: which layer each operator call of ``main`` belongs to, keyed by the
-    operator and the named variables it reads (what identifies the call inside a fused
-    kernel, where its own variable is renamed when it is the kernel's result)."""
+    """Before fusion: every operator call of ``main`` with its variable and layer, keyed by the
+    operator and what it reads (variables and constants, which FuseOps passes on unchanged).
+    FuseOps names a fused kernel's result anew and shares one kernel among identical groups,
+    so after it the calls are found again by these keys, not by names."""
+    record.ops, record.loose = {}, {}
+    for binding in _bindings(mod["main"]):
+        key = _call_key(binding.value, {})
+        if key is not None:
+            entry = (binding.var, _layer_of(binding.var))
+            record.ops[key] = entry
+            record.loose.setdefault(_loose(key), []).append(entry)
+
+
+def _bindings(func: Any) -> list:
     from tvm import relax
 
-    main = mod["main"]
-    if not isinstance(main.body, relax.SeqExpr):
-        return
-    for block in main.body.blocks:
-        for binding in block.bindings:
-            layer, key = _layer_of(binding.var), _op_key(binding.value)
-            if layer is not None and key is not None:
-                record.ops[key] = layer
+    if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+        return []
+    return [b for block in func.body.blocks for b in block.bindings]
 
 
-def _op_key(value: Any) -> tuple | None:
-    """(operator PrimFunc, the names of the labelled variables it reads) of a call_tir."""
+def _is_call_tir(value: Any) -> bool:
     import tvm
     from tvm import relax
 
-    if not (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")):
+    return isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")
+
+
+def _call_key(value: Any, env: dict) -> tuple | None:
+    """(operator, its arguments as the values before fusion) of a call_tir, else None."""
+    from tvm import relax
+
+    if not _is_call_tir(value):
         return None
     args = value.args[1].fields if isinstance(value.args[1], relax.Tuple) else [value.args[1]]
-    named = frozenset(
-        str(a.name) for a in args if isinstance(a, relax.Var) and _layer_of(a) is not None
-    )
-    return (value.args[0].name_hint, named)
+    return (value.args[0].name_hint, tuple(_arg_key(env.get(a, a)) for a in args))
+
+
+def _arg_key(value: Any) -> Any:
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    if isinstance(value, (relax.Var, Constant)):
+        return value
+    return ("expr", str(value))
+
+
+def _loose(key: tuple) -> tuple:
+    """``key`` with constants by type only (a kernel shared by identical groups holds the
+    first group's inline constants)."""
+    from tvm.ir.expr import Constant
+
+    op, args = key
+    return (op, tuple(("const", str(a.ty)) if isinstance(a, Constant) else a for a in args))
 
 
 def observe_module(mod: Any, record: KernelRecord) -> None:
-    """Append to ``record`` every kernel call of ``mod``'s ``main`` (after FuseOps)."""
-    from tvm import relax
-
+    """After fusion: append to ``record`` every kernel call of ``main``, in order, with the
+    layers of the operators it computes (found by replaying each call's operators on the
+    values before fusion)."""
     main = mod["main"]
     names = [str(n) for n in (main.attrs or {}).get(ATTR, [])] if main.attrs else []
     record.layers = [tuple(n.split("\t", 1)) for n in names]  # type: ignore[misc]
-    if not isinstance(main.body, relax.SeqExpr):
-        return
-    bindings = [b for block in main.body.blocks for b in block.bindings]
-    sites = [site for site in (_site(mod, b, record.ops) for b in bindings) if site is not None]
-    known = [next(iter(s.flops)) for s in sites if UNKNOWN not in s.flops]
+    env: dict = {}  # variable after fusion -> what it was before (a variable, or a tuple)
+    used: set = set()
+    flops_of: dict[str, int] = {}
+    sites = []
+    for binding in _bindings(main):
+        site = _site(mod, binding, env, record, used, flops_of)
+        if site is not None:
+            sites.append(site)
     # a call of no layer (a winograd transform a pass added) belongs to the next call's first
     # layer, or the last one's at the end
+    known = [next(iter(s.flops)) for s in sites if UNKNOWN not in s.flops]
     following = known[-1] if known else None
     for site in reversed(sites):
         if UNKNOWN in site.flops:
             if following is not None:
-                site.flops = {following: site.flops[UNKNOWN]}
+                site.flops = {following: sum(site.flops.values())}
         else:
             following = next(iter(site.flops))
     record.sites.extend(sites)
 
 
-def _site(mod: Any, binding: Any, ops: dict[tuple, int]) -> Site | None:
-    """The kernel a binding of ``main`` calls, or None when it calls none."""
-    import tvm
+def _site(
+    mod: Any, binding: Any, env: dict, record: KernelRecord, used: set, flops_of: dict
+) -> Site | None:
+    """The kernel call a binding of ``main`` makes (None when it calls none); ``env`` learns
+    what the binding's variable was before fusion."""
     from tvm import relax
 
     value = binding.value
+    if isinstance(value, relax.Var):
+        env[binding.var] = env.get(value, value)
+        return None
+    if isinstance(value, relax.TupleGetItem):
+        held = env.get(value.tuple_value)
+        if isinstance(held, tuple) and value.index < len(held):
+            env[binding.var] = held[value.index]
+        return None
     if not isinstance(value, relax.Call):
         return None
-    layer = _layer_of(binding.var)
-    if value.op == tvm.ir.Op.get("relax.call_tir"):
-        callee, args = value.args[0], list(value.args[1].fields)
-        func = mod[callee]
-        flops = {UNKNOWN if layer is None else layer: _flops(func)}
-        return Site(callee.name_hint, flops, _bytes(args, binding.var))
-    if isinstance(value.op, relax.GlobalVar):
-        func = mod[value.op]
-        if not isinstance(func, relax.Function):
-            return None
+    if _is_call_tir(value):
         flops: dict[int, int] = {}
-        for inner in (b for block in func.body.blocks for b in block.bindings):
-            inner_layer = _layer_of(inner.var)
-            call = inner.value
-            if not (isinstance(call, relax.Call) and call.op == tvm.ir.Op.get("relax.call_tir")):
-                continue
-            if inner_layer is None:  # the kernel's result: known by what it reads
-                inner_layer = ops.get(_op_key(call), UNKNOWN if layer is None else layer)
-            flops[inner_layer] = flops.get(inner_layer, 0) + _flops(mod[call.args[0]])
-        if UNKNOWN in flops and len(flops) > 1:  # unnamed pieces: the first named layer's
-            first = next(k for k in flops if k != UNKNOWN)
-            flops[first] += flops.pop(UNKNOWN)
-        return Site(
-            value.op.name_hint, flops or {UNKNOWN: 0}, _bytes(list(value.args), binding.var)
-        )
-    return None
+        _replay(mod, value, binding.var, env, record, used, flops, flops_of)
+        args = value.args[1].fields if isinstance(value.args[1], relax.Tuple) else [value.args[1]]
+        return Site(value.args[0].name_hint, flops, _bytes(list(args), binding.var))
+    func = mod[value.op] if isinstance(value.op, relax.GlobalVar) else None
+    if not isinstance(func, relax.Function):
+        return None
+    local = {p: env.get(a, a) for p, a in zip(func.params, value.args)}
+    flops = {}
+    for inner in _bindings(func):
+        if _is_call_tir(inner.value):
+            _replay(mod, inner.value, inner.var, local, record, used, flops, flops_of)
+        elif isinstance(inner.value, relax.Tuple):
+            local[inner.var] = tuple(local.get(f, f) for f in inner.value.fields)
+        elif isinstance(inner.value, relax.Var):
+            local[inner.var] = local.get(inner.value, inner.value)
+    out = func.body.body
+    if isinstance(out, relax.Tuple):
+        env[binding.var] = tuple(local.get(f, f) for f in out.fields)
+    else:
+        env[binding.var] = local.get(out, out)
+    if UNKNOWN in flops and len(flops) > 1:  # unnamed pieces: the first named layer's
+        first = next(k for k in flops if k != UNKNOWN)
+        flops[first] += flops.pop(UNKNOWN)
+    return Site(value.op.name_hint, flops or {UNKNOWN: 0}, _bytes(list(value.args), binding.var))
+
+
+def _replay(
+    mod: Any,
+    call: Any,
+    var: Any,
+    env: dict,
+    record: KernelRecord,
+    used: set,
+    flops: dict,
+    flops_of: dict,
+) -> None:
+    """One operator call: find it before fusion, note its variable and add its FLOPs to its
+    layer's (UNKNOWN when it is not found or was not named after a layer)."""
+    key = _call_key(call, env)
+    found = record.ops.get(key)
+    if found is None or id(found) in used:
+        candidates = [e for e in record.loose.get(_loose(key), []) if id(e) not in used]
+        found = candidates[0] if candidates else None
+    layer = UNKNOWN
+    if found is not None:
+        used.add(id(found))
+        env[var] = found[0]
+        layer = UNKNOWN if found[1] is None else found[1]
+    name = call.args[0].name_hint
+    if name not in flops_of:
+        flops_of[name] = _flops(mod[call.args[0]])
+    flops[layer] = flops.get(layer, 0) + flops_of[name]
 
 
 def _layer_of(var: Any) -> int | None:

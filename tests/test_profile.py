@@ -288,3 +288,15 @@ def test_runner_profile_renders_per_layer(preset, tmp_path, capsys):
     assert [r["layer"] for r in rendered["layers"]] == ["conv", "bn", "relu", "fc", RUNTIME_ROW]
     assert rendered["total_us"] == pytest.approx(sum(c["us"] for c in raw["calls"]))
     assert rendered["layers"][0]["flops"] == CONV_FLOPS
+
+
+def test_identical_blocks_sharing_a_kernel_keep_their_own_layers():
+    built = bridge.build(FIXTURES / "profile" / "twin_convs.keras")
+    shared = [v for v in built.metadata["kernels"].values() if len(v["calls"]) > 1]
+    assert len(shared) == 1  # FuseOps keeps one function for the two identical groups
+    assert [c["layers"] for c in shared[0]["calls"]] == [["first"], ["second"]]
+    conv = 2 * (6 * 6 * 4) * (3 * 3 * 4)
+    assert [c["flops"] for c in shared[0]["calls"]] == [[conv + 2 * 144]] * 2  # + bias, ReLU
+    fused = next(k for k, v in built.metadata["kernels"].items() if v is shared[0])
+    profile = render(_raw([(fused, 10.0), (fused, 30.0)]), built.metadata)
+    assert [(r.layer, r.us) for r in profile.layers] == [("first", 10.0), ("second", 30.0)]
