@@ -573,31 +573,42 @@ bridge_model_options Options(const bridge_model_options* options) {
   return options ? *options : bridge_model_options{0, 0};
 }
 
-// A file descriptor holding `bytes` with no name on disk: a memfd, or else an unlinked
-// temporary file.
-int AnonymousFile(const void* bytes, size_t size) {
-  int fd = -1;
+// A file holding a library's bytes for dlopen: an anonymous in-memory file (memfd, opened as
+// /proc/self/fd/N), or where that is missing (no memfd_create, no /proc) a temporary file,
+// unlinked when this is destroyed (a loaded library stays mapped).
+class LibraryFile {
+ public:
+  LibraryFile(const void* bytes, size_t size) {
 #ifdef MFD_CLOEXEC
-  fd = memfd_create("bridge_model", MFD_CLOEXEC);
+    fd_ = memfd_create("bridge_model", MFD_CLOEXEC);
+    path_ = "/proc/self/fd/" + std::to_string(fd_);
+    if (fd_ >= 0 && access(path_.c_str(), R_OK) != 0) close(fd_), fd_ = -1;
 #endif
-  if (fd < 0) {
-    const char* dir = std::getenv("TMPDIR");
-    std::string path = std::string(dir && *dir ? dir : "/tmp") + "/bridge_model_XXXXXX";
-    fd = mkstemp(&path[0]);
-    if (fd < 0) Fail("cannot create a temporary file for the library (" + path + ")");
-    unlink(path.c_str());
-  }
-  const char* p = static_cast<const char*>(bytes);
-  for (size_t done = 0; done < size;) {
-    ssize_t n = write(fd, p + done, size - done);
-    if (n <= 0) {
-      close(fd);
-      Fail("cannot write the library to an in-memory file");
+    if (fd_ < 0) {
+      const char* dir = std::getenv("TMPDIR");
+      path_ = std::string(dir && *dir ? dir : "/tmp") + "/bridge_model_XXXXXX.so";
+      fd_ = mkstemps(&path_[0], 3);
+      if (fd_ < 0) Fail("cannot create a temporary file for the library (" + path_ + ")");
+      temporary_ = true;
     }
-    done += static_cast<size_t>(n);
+    const char* p = static_cast<const char*>(bytes);
+    for (size_t done = 0; done < size;) {
+      ssize_t n = write(fd_, p + done, size - done);
+      if (n <= 0) Fail("cannot write the library to " + path_);
+      done += static_cast<size_t>(n);
+    }
   }
-  return fd;
-}
+  ~LibraryFile() {
+    if (fd_ >= 0) close(fd_);
+    if (temporary_) unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  int fd_ = -1;
+  bool temporary_ = false;
+  std::string path_;
+};
 
 int Info(const std::vector<Spec>& specs, const char* kind, int index, bridge_tensor_info* info) {
   return Guard([&] {
@@ -650,17 +661,12 @@ bridge_model* bridge_model_load_from_memory(const void* library, size_t library_
     model->what = "model in memory";
     if (library == nullptr || library_size == 0) Fail("model in memory: library is empty");
     CheckArch("model in memory", static_cast<const unsigned char*>(library), library_size);
-    int fd = AnonymousFile(library, library_size);
-    struct Close {
-      int fd;
-      ~Close() { close(fd); }
-    } closer{fd};
+    LibraryFile file(library, library_size);
     ffi::Optional<ffi::Bytes> weights;
     if (params != nullptr && params_size > 0) {
       weights = ffi::Bytes(static_cast<const char*>(params), params_size);
     }
-    model->Start("/proc/self/fd/" + std::to_string(fd), signature ? signature : "", "", weights,
-                 Options(options));
+    model->Start(file.path(), signature ? signature : "", "", weights, Options(options));
   });
   return rc == 0 ? model.release() : nullptr;
 }

@@ -76,13 +76,14 @@ BRIDGE_MODEL_API const char* bridge_model_last_error(void);
 
 /* Load the model library at `path` (e.g. "bundle/model.so"), with its weights from the .params
  * file beside it when there is one ("model.params") and its inputs/outputs from the .signature
- * file beside it ("model.signature"). */
+ * file beside it ("model.signature"). While loading, the process's stderr (fd 2) is pointed at
+ * /dev/null: TVM logs a line per function as it loads an executable. */
 BRIDGE_MODEL_API bridge_model* bridge_model_load(const char* path,
                                                  const bridge_model_options* options);
 
 /* Load a model from memory: `library` holds the bytes of model.so (it is written to an
- * anonymous in-memory file, memfd_create, or to an unlinked temporary file where that is not
- * available, and dlopen'ed from there: nothing stays on disk); `params` the bytes of
+ * anonymous in-memory file, memfd_create, or where that or /proc is missing to a temporary file
+ * in $TMPDIR or /tmp that is removed once loaded, and dlopen'ed from there); `params` the bytes of
  * model.params or NULL; `signature` the text of model.signature or NULL (then the model
  * reports no inputs/outputs and its inputs are not checked). The caller keeps ownership of all
  * three and may free them when this returns. */
