@@ -111,12 +111,7 @@ def collect(args, spec, compare_file: Path | None, profile_file: Path | None, sh
     from bridge import report
 
     started = time.perf_counter()
-    model = bridge.build(
-        args.model,
-        args.weights,
-        target=spec,
-        progress=show,
-    )
+    model = bridge.build(args.model, args.weights, target=spec, progress=show)
     seconds = time.perf_counter() - started
     peak = report.peak_memory_bytes()  # this process's high-water mark: the build's
     show("exporting", None)
@@ -128,12 +123,12 @@ def collect(args, spec, compare_file: Path | None, profile_file: Path | None, sh
     graph = bridge.inspect(args.model, args.weights)
     compare, inputs = None, None
     if compare_file is not None:
-        compare, inputs = _compare(args, spec, compare_file, show)
+        compare, inputs = _compare(args, compare_file, show)
     profile = _profile(model, profile_file, inputs, args.runs, show)
     return {"graph": graph, "build": build, "compare": compare, "profile": profile}
 
 
-def _compare(args, spec, path: Path, show) -> tuple[dict, Any]:
+def _compare(args, path: Path, show) -> tuple[dict, Any]:
     """The compare dict (a saved table, or a run against a reference .npz) and the inputs it
     ran on (None for a saved table)."""
     comparing = importlib.import_module("bridge.compare")  # the module, not bridge.compare()
@@ -154,9 +149,10 @@ def _reference_inputs(path: Path) -> dict | None:
     """The inputs a reference .npz holds (``__input__:<name>`` keys), by input name."""
     import numpy as np
 
-    prefix = "__input__:"
+    from bridge.reference import INPUT_PREFIX
+
     with np.load(path, allow_pickle=False) as data:
-        found = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
+        found = {k[len(INPUT_PREFIX) :]: data[k] for k in data.files if k.startswith(INPUT_PREFIX)}
     return found or None
 
 
