@@ -53,19 +53,6 @@ def chromium() -> str | None:
     return None
 
 
-def _chromium_args(binary: str, profile_dir: str) -> list[str]:
-    return [
-        binary,
-        "--headless",
-        "--no-sandbox",  # CI runs as root
-        "--disable-gpu",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile_dir}",
-        f"--window-size={WINDOW}",
-    ]
-
-
 def capture(page: Path, dom: Path, binary: str, png: Path | None = None, query: str = "") -> None:
     """One headless Chromium run: ``--dump-dom`` (the DOM after the page's script ran) into
     ``dom`` and, given ``png``, ``--screenshot`` (the top 1440x900 of the page); ``query`` opens
@@ -79,7 +66,7 @@ def capture(page: Path, dom: Path, binary: str, png: Path | None = None, query: 
             "--disable-gpu",
             "--no-first-run",
             "--hide-scrollbars",
-            f"--user-data-dir={profile_dir}",
+            f"--user-data-dir={profile_dir}",  # a fresh profile: no state between runs
             f"--window-size={WINDOW}",
             *([f"--screenshot={png}"] if png else []),
             "--dump-dom",
