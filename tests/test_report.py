@@ -514,3 +514,12 @@ def test_cli_report_of_a_tflite_model_against_litert(tmp_path, capsys):
     assert rows[0]["data-name"].startswith("#0 ") and "TFLite" in page.read_text()
     errors = re.findall(r'class="c err ok"', page.read_text())
     assert len(errors) >= 5  # LiteRT's tensors, each on its operator's row
+
+
+def test_unsupported_layers_are_marked_with_their_reason():
+    graph = layers(3)
+    graph[2]["status"] = "Lambda layer: its Python code is never executed"
+    page = report.render(graph)
+    marked = Page(page).find("div", **{"class": "unsupported"})
+    assert [a["id"] for a in marked] == ["L2"]
+    assert 'title="Lambda layer: its Python code is never executed">unsupported<' in page
