@@ -125,6 +125,27 @@ def test_load_from_memory_with_separate_params(tmp_path):
         assert_matches(outputs_in(out), outputs)
 
 
+def test_library_without_a_signature_reads_its_metadata(x86, tmp_path):
+    """A library exported without a bundle has no model.signature: the C API takes its inputs
+    and outputs (names, shapes with a symbolic batch, dtypes) from model.meta.json."""
+    folder, program, _, _ = x86
+    inputs, outputs = reference(MODELS / "seq_cnn.npz")
+    library = bridge.build(MODELS / "seq_cnn.keras", batch_size=None).export(tmp_path / "m.so")
+    assert not library.with_suffix(".signature").exists()
+    np.save(tmp_path / "x.npy", inputs[0])
+    result = run([program, library, tmp_path / "x.npy", "--out", tmp_path / "o"], folder)
+    assert result.returncode == 0, result.stderr
+    assert "input input_layer float32 (?, 16, 16, 3)" in result.stdout, result.stdout
+    assert "output out float32 (?, 10)" in result.stdout, result.stdout
+    assert_matches(outputs_in(tmp_path / "o"), outputs)
+    np.save(tmp_path / "bad.npy", np.zeros((2, 16, 16), np.float32))
+    result = run([program, library, tmp_path / "bad.npy"], folder)
+    assert result.returncode == 1
+    assert "input input_layer expects float32 (?, 16, 16, 3), got float32 (2, 16, 16)" in (
+        result.stderr
+    )
+
+
 def test_c_api_errors_are_strings_not_crashes(x86, tmp_path):
     folder, program, names, _ = x86
     result = run([program, tmp_path / "missing.so"], folder)

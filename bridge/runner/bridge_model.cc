@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -146,6 +147,148 @@ std::string ReadText(const std::string& path) {
   if (in) text << in.rdbuf();
   return text.str();
 }
+
+// ---- the same, from the .meta.json sidecar of a library exported without a bundle ----
+
+// A JSON value: just enough of JSON to read the sidecar's "inputs" and "outputs".
+struct Json {
+  enum Kind { kNull, kBool, kNumber, kString, kArray, kObject } kind = kNull;
+  double number = 0;
+  std::string text;
+  std::vector<Json> items;                          // array items, or object values
+  std::vector<std::string> keys;                    // object keys
+  const Json* Get(const std::string& key) const {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == key) return &items[i];
+    }
+    return nullptr;
+  }
+};
+
+class JsonReader {
+ public:
+  explicit JsonReader(const std::string& text) : s_(text) {}
+  Json Document() {
+    Json value = Value();
+    Space();
+    if (pos_ != s_.size()) Bad("trailing text");
+    return value;
+  }
+
+ private:
+  [[noreturn]] void Bad(const std::string& what) {
+    Fail("malformed metadata json (" + what + " at byte " + std::to_string(pos_) + ")");
+  }
+  void Space() {
+    while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+  }
+  bool Eat(char c) {
+    Space();
+    if (pos_ < s_.size() && s_[pos_] == c) return ++pos_, true;
+    return false;
+  }
+  std::string String() {
+    if (!Eat('"')) Bad("expected a string");
+    std::string out;
+    while (pos_ < s_.size() && s_[pos_] != '"') {
+      char c = s_[pos_++];
+      if (c == '\\' && pos_ < s_.size()) {
+        char e = s_[pos_++];
+        if (e == 'u') {  // names are ASCII in practice: keep a \uXXXX escape's low byte
+          if (pos_ + 4 > s_.size()) Bad("short \\u escape");
+          out += static_cast<char>(std::stoi(s_.substr(pos_, 4), nullptr, 16) & 0x7f);
+          pos_ += 4;
+          continue;
+        }
+        const char* from = "bfnrt";
+        const char* to = "\b\f\n\r\t";
+        const char* hit = std::strchr(from, e);
+        c = hit ? to[hit - from] : e;
+      }
+      out += c;
+    }
+    if (!Eat('"')) Bad("unterminated string");
+    return out;
+  }
+  Json Value() {
+    Space();
+    if (pos_ >= s_.size()) Bad("unexpected end");
+    Json v;
+    char c = s_[pos_];
+    if (c == '{') {
+      ++pos_;
+      v.kind = Json::kObject;
+      if (Eat('}')) return v;
+      do {
+        v.keys.push_back(String());
+        if (!Eat(':')) Bad("expected ':'");
+        v.items.push_back(Value());
+      } while (Eat(','));
+      if (!Eat('}')) Bad("expected '}'");
+    } else if (c == '[') {
+      ++pos_;
+      v.kind = Json::kArray;
+      if (Eat(']')) return v;
+      do v.items.push_back(Value());
+      while (Eat(','));
+      if (!Eat(']')) Bad("expected ']'");
+    } else if (c == '"') {
+      v.kind = Json::kString;
+      v.text = String();
+    } else if (s_.compare(pos_, 4, "null") == 0) {
+      pos_ += 4;
+    } else if (s_.compare(pos_, 4, "true") == 0 || s_.compare(pos_, 5, "false") == 0) {
+      v.kind = Json::kBool;
+      v.number = s_[pos_] == 't';
+      pos_ += s_[pos_] == 't' ? 4 : 5;
+    } else {
+      char* end = nullptr;
+      v.kind = Json::kNumber;
+      v.number = std::strtod(s_.c_str() + pos_, &end);
+      if (end == s_.c_str() + pos_) Bad("unexpected character");
+      pos_ = static_cast<size_t>(end - s_.c_str());
+    }
+    return v;
+  }
+
+  const std::string& s_;
+  size_t pos_ = 0;
+};
+
+// The sidecar's inputs and outputs as signature lines ("" when it has none).
+std::string SignatureFromMetadata(const std::string& json, const std::string& where) {
+  if (json.empty()) return "";
+  Json meta;
+  try {
+    meta = JsonReader(json).Document();
+  } catch (const std::exception& e) {
+    Fail(where + ": " + e.what());
+  }
+  std::string lines;
+  for (const char* kind : {"input", "output"}) {
+    const Json* list = meta.Get(std::string(kind) + "s");
+    if (list == nullptr || list->kind != Json::kArray) continue;
+    for (const Json& t : list->items) {
+      const Json *name = t.Get("name"), *dtype = t.Get("dtype"), *shape = t.Get("shape");
+      if (!name || !dtype || !shape || shape->kind != Json::kArray) {
+        Fail(where + ": an " + kind + " lacks its name, dtype or shape");
+      }
+      std::string dims;
+      for (const Json& d : shape->items) {
+        dims += (dims.empty() ? "" : "x") +
+                (d.kind == Json::kNumber ? std::to_string(static_cast<int64_t>(d.number)) : "?");
+      }
+      std::string compact;  // names without whitespace, as bundles' signatures write them
+      for (char c : name->text) {
+        if (!std::isspace(static_cast<unsigned char>(c))) compact += c;
+      }
+      lines += std::string(kind) + " " + compact + " " + dtype->text + " " +
+               (dims.empty() ? "scalar" : dims) + "\n";
+    }
+  }
+  return lines;
+}
+
 
 // ---- loading ----
 
@@ -647,7 +790,12 @@ bridge_model* bridge_model_load(const char* path, const bridge_model_options* op
     std::string stem = file.substr(0, file.rfind('.'));
     std::string params = stem + ".params";
     if (!std::ifstream(params).good()) params.clear();
-    model->Start(file, ReadText(stem + ".signature"), params, std::nullopt, Options(options));
+    // model.signature (bundles write it), else the inputs and outputs of model.meta.json.
+    std::string signature = ReadText(stem + ".signature");
+    if (signature.empty()) {
+      signature = SignatureFromMetadata(ReadText(stem + ".meta.json"), stem + ".meta.json");
+    }
+    model->Start(file, signature, params, std::nullopt, Options(options));
   });
   return rc == 0 ? model.release() : nullptr;
 }

@@ -76,7 +76,8 @@ BRIDGE_MODEL_API const char* bridge_model_last_error(void);
 
 /* Load the model library at `path` (e.g. "bundle/model.so"), with its weights from the .params
  * file beside it when there is one ("model.params") and its inputs/outputs from the .signature
- * file beside it ("model.signature"). While loading, the process's stderr (fd 2) is pointed at
+ * file beside it ("model.signature"; bundles write one), else from its metadata sidecar
+ * ("model.meta.json", written beside every exported library). While loading, the process's stderr (fd 2) is pointed at
  * /dev/null: TVM logs a line per function as it loads an executable. */
 BRIDGE_MODEL_API bridge_model* bridge_model_load(const char* path,
                                                  const bridge_model_options* options);
