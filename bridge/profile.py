@@ -205,10 +205,7 @@ def measure(
     report = progress or (lambda description, done: None)
     for _ in range(max(1, warmup)):  # at least one: it applies the thread count
         model(*arrays)
-    timings: list[list[tuple[str, float]]] = []
-    for run in range(runs):
-        report(f"profiling run {run + 1}/{runs}", run / runs)
-        timings.append(_timed_run(model, arrays))
+    timings = _timed_runs(model, arrays, runs, report)
     report(f"profiled {runs} runs", 1.0)
     names = [name for name, _ in timings[0]]
     if any([name for name, _ in t] != names for t in timings[1:]):
@@ -237,32 +234,46 @@ def _as_call(inputs: Any) -> tuple[tuple, dict]:
     return (inputs,), {}
 
 
-def _timed_run(model: Model, arrays: list[np.ndarray]) -> list[tuple[str, float]]:
-    """(function symbol, microseconds) of every VM call of one run, in order."""
+def _timed_runs(
+    model: Model, arrays: list[np.ndarray], runs: int, report: Progress
+) -> list[list[tuple[str, float]]]:
+    """(function symbol, microseconds) of every VM call, in the order the calls start, for
+    each of ``runs`` runs made back to back (no pause for the thread pool to fall asleep in)."""
     import tvm_ffi
     from tvm.runtime import tensor
 
-    started: list[int] = []
-    calls: list[tuple[str, float]] = []
     clock = time.perf_counter_ns
+    cuda = model.metadata.get("device") == "cuda"
+    names: list[str] = []
+    times: list[float] = []
+    open_calls: list[tuple[int, int]] = []  # (index, start) of the calls under way
 
     def instrument(func, symbol, before_run, ret_value, *args):
         if before_run:
-            started.append(clock())
-        else:
-            calls.append((str(symbol), (clock() - started.pop()) / 1e3))
+            names.append(str(symbol))
+            times.append(0.0)
+            open_calls.append((len(names) - 1, clock()))
+        elif open_calls:
+            if cuda:  # kernels launch asynchronously: time them to completion
+                model._device.sync()
+            index, start = open_calls.pop()
+            times[index] = (clock() - start) / 1e3
         return 0
 
     # the thread count is the model's: calling it (the warm-up) applied it
     values = [tensor(a, model._device) for a in arrays] + model._param_tensors
+    main = model._vm["main"]
+    timings = []
     model._vm.set_instrument(tvm_ffi.convert(instrument))
     try:
-        model._vm["main"](*values)
+        for run in range(runs):
+            report(f"profiling run {run + 1}/{runs}", run / runs)
+            names.clear(), times.clear(), open_calls.clear()
+            main(*values)
+            timings.append(list(zip(names, times)))
     finally:
         model._vm.set_instrument(None)
-    if model._device is not None and model.metadata.get("device") == "cuda":
-        model._device.sync()
-    return calls
+    return timings
 
 
 def _threads(model: Model) -> int:
