@@ -21,7 +21,8 @@ from tvm import relax
 from tvm.relax import op as R
 
 from bridge.convert.activations import ACTIVATIONS
-from bridge.convert.context import dtype_of
+from bridge.convert.context import dtype_of, static_shape
+from bridge.convert.spatial import channels_first, ntuple, paddings
 from bridge.convert.walk import _Walker
 from bridge.errors import BridgeError
 from bridge.keras.graph import Layer, ModelGraph
@@ -29,6 +30,7 @@ from bridge.quant import elementwise
 from bridge.quant.calibrate import Ranges, quantization
 from bridge.quant.keras_layers import EMITTERS, SHAPE_ONLY, QValue, Site
 from bridge.quant.plan import (
+    DEPTHWISE_PART,
     MARK,
     NOT_ELEMENTWISE,
     Plan,
@@ -116,9 +118,33 @@ class CalibrationWalker(_Counting):
             self.record(call_key(path, index, occurrence, 0, "/pre"), pre)
         else:
             outs, out_masks = super().emit_call(layer, prefix, index, values, masks)
+        if layer.class_name == "SeparableConv2D":
+            inner = self.depthwise_step(layer, path, values[layer.calls[index].inputs[0]])
+            if inner is not None:
+                self.record(call_key(path, index, occurrence, 0, DEPTHWISE_PART), inner)
         for tensor, value in enumerate(outs):
             self.record(call_key(path, index, occurrence, tensor), value)
         return outs, out_masks
+
+    def depthwise_step(self, layer: Layer, path: str, x: relax.Expr) -> relax.Expr | None:
+        """A 2-D channels_last SeparableConv2D's depthwise result (observed, not an output)."""
+        shape = static_shape(x)
+        if len(shape) != 4 or channels_first(layer.config) or path not in self.weight_vars:
+            return None
+        kernel = self.weight_vars[path][self.weight_names[path].index("depthwise_kernel")]
+        kh, kw, channels, multiplier = static_shape(kernel)
+        strides = ntuple(layer.config.get("strides", 1), 2)
+        dilation = ntuple(layer.config.get("dilation_rate", 1), 2)
+        befores, afters = paddings(
+            layer.config.get("padding", "valid"), shape[1:3], (kh, kw), strides, dilation
+        )
+        grouped = self.bb.emit(R.reshape(kernel, (kh, kw, 1, channels * multiplier)))
+        return self.bb.emit(
+            R.nn.conv2d(
+                x, grouped, strides, befores + afters, dilation, groups=channels,
+                data_layout="NHWC", kernel_layout="HWIO",
+            )
+        )  # fmt: skip
 
 
 class _Dequantized(dict):

@@ -23,7 +23,14 @@ from bridge.convert.spatial import channels_first, ntuple, paddings
 from bridge.keras.graph import Layer
 from bridge.quant import elementwise, fixed_point, kernels
 from bridge.quant.calibrate import quantization
-from bridge.quant.plan import CLAMPS, activation_name, call_key, clamp_of, split_activation
+from bridge.quant.plan import (
+    CLAMPS,
+    DEPTHWISE_PART,
+    activation_name,
+    call_key,
+    clamp_of,
+    split_activation,
+)
 
 if TYPE_CHECKING:
     from bridge.quant.keras import QuantWalker
@@ -157,12 +164,14 @@ def _product(
     weight: np.ndarray,
     bias: np.ndarray | None,
     accumulate: Callable[[np.ndarray, np.ndarray], relax.Expr],
+    part: str = "",
 ) -> list[QValue] | str:
     """A product layer: fold BN, quantize weights (channels last) and bias, accumulate with
     ``accumulate(int8 weights, int32 bias)``, requantize with the fused clamp, then any split-off
-    activation."""
+    activation. ``part``: an inner product of the layer (a SeparableConv2D's depthwise step),
+    requantized to that tensor's range with nothing folded or fused."""
     channels = weight.shape[-1]
-    folded = site.batch_norm()
+    folded = None if part else site.batch_norm()
     if folded is not None:
         scale, shift = folded
         weight = weight * scale
@@ -172,8 +181,8 @@ def _product(
     q_bias = _bias(bias, acc_scale, channels)
     if isinstance(q_bias, str):
         return q_bias
-    split = split_activation(site.layer)
-    part = "/pre" if split else ""
+    split = None if part else split_activation(site.layer)
+    part = part or ("/pre" if split else "")
     out = site.out_quant(part)
     if out is None:
         return "its output has no observed range"
@@ -181,7 +190,8 @@ def _product(
         acc = accumulate(q_weight, q_bias)
     except ValueError as exc:  # kernels.fold_bias: the folded bias overflows
         return str(exc)
-    clamp = fixed_point.activation_range(site.clamp(), out[0], out[1], INT8)
+    clamp_name = "NONE" if part == DEPTHWISE_PART else site.clamp()
+    clamp = fixed_point.activation_range(clamp_name, out[0], out[1], INT8)
     multiplier = fixed_point.quantize_multiplier(acc_scale / np.float64(out[0]))
     y = fixed_point.requantize(acc, multiplier, out[1], clamp, INT8, ROUNDING)
     value = site.result(y, *out, part)
@@ -243,6 +253,31 @@ def depthwise_conv2d(site: Site) -> list[QValue] | str:
         return kernels.depthwise_conv2d(x.q, q[None], bias, x.zero_point, window, int(shape[3]))
 
     return _product(site, x, kernel, site.weight("bias"), accumulate)
+
+
+def separable_conv2d(site: Site) -> list[QValue] | str:
+    """The depthwise step (requantized to its observed range), then the pointwise one."""
+    common = _conv_common(site)
+    if isinstance(common, str):
+        return common
+    x, shape, window = common
+    kh, kw, channels, multiplier = site.weight("depthwise_kernel").shape
+    kernel = site.weight("depthwise_kernel").reshape(kh, kw, channels * multiplier)
+
+    def depthwise(q: np.ndarray, bias: np.ndarray) -> relax.Expr:
+        return kernels.depthwise_conv2d(x.q, q[None], bias, x.zero_point, window, int(shape[3]))
+
+    inner = _product(site, x, kernel, None, depthwise, DEPTHWISE_PART)
+    if isinstance(inner, str):
+        return inner
+    (y,) = inner
+    pointwise = site.weight("pointwise_kernel")  # (1, 1, C * M, filters)
+
+    def accumulate(q: np.ndarray, bias: np.ndarray) -> relax.Expr:
+        ohwi = np.ascontiguousarray(q.transpose(3, 0, 1, 2))
+        return kernels.conv2d(y.q, ohwi, bias, y.zero_point, kernels.Window())
+
+    return _product(site, y, pointwise, site.weight("bias"), accumulate)
 
 
 def dense(site: Site) -> list[QValue] | str:
@@ -464,6 +499,7 @@ SHAPE_ONLY = frozenset(
 EMITTERS: dict[str, Callable[[Site], list[QValue] | str]] = {
     "Conv2D": conv2d,
     "DepthwiseConv2D": depthwise_conv2d,
+    "SeparableConv2D": separable_conv2d,
     "Dense": dense,
     "BatchNormalization": batch_normalization,
     "MaxPooling2D": max_pooling2d,

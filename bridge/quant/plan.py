@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from bridge.keras.graph import Call, Layer, ModelGraph, TensorRef
 
 MARK = "\u00a7"  # observed tensors' names in the calibration walk's layer_values
-PRODUCTS = frozenset({"Conv2D", "DepthwiseConv2D", "Dense"})
+PRODUCTS = frozenset({"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"})
+DEPTHWISE_PART = "/depthwise"  # a SeparableConv2D's depthwise result
 CLAMPS = {"relu": "RELU", "relu6": "RELU6", "linear": "NONE", None: "NONE"}
 # Activations that are not elementwise: never a table.
 NOT_ELEMENTWISE = frozenset({"softmax", "log_softmax", "glu", "sparsemax"})
