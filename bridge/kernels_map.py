@@ -385,16 +385,23 @@ def _bytes(args: Sequence[Any], result: Any) -> int:
 
 
 def _tensor_bytes(ty: Any) -> int:
+    """A tensor's size; a symbolic dimension (a dynamic batch) counts 1, as TVM's FLOP estimate
+    counts a loop of symbolic extent once: both are per sample then."""
+    import tvm
     from tvm import relax
 
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+    if not isinstance(ty, relax.TensorType) or getattr(ty, "shape", None) is None:
         return 0
     try:
-        dims = [int(d) for d in ty.shape.values]
-    except (TypeError, AttributeError):  # a symbolic dimension
+        values = ty.shape.values
+    except AttributeError:  # a shape known only at run time
         return 0
-    bits = np.dtype(str(ty.dtype)).itemsize * 8 if str(ty.dtype) != "bool" else 8
-    return int(np.prod(dims, dtype=np.int64)) * bits // 8
+    dims = [int(d) if isinstance(d, tvm.tirx.IntImm) else 1 for d in values]
+    try:
+        itemsize = np.dtype(str(ty.dtype)).itemsize
+    except TypeError:  # a dtype numpy does not know (bfloat16, int4)
+        itemsize = max(1, tvm.runtime.DataType(str(ty.dtype)).bits // 8)
+    return int(np.prod(dims, dtype=np.int64)) * itemsize
 
 
 # --- the metadata -------------------------------------------------------------------------

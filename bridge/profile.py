@@ -7,8 +7,8 @@ the same on a device) and keeps the median of ``runs`` runs: the *raw* profile,
 (:func:`render`) needs only the artifact's metadata (``"kernels"``, recorded at build time by
 ``bridge.kernels_map``): each kernel call's time is split among the layers fused into it in
 proportion to their FLOPs (equally where none has any), so a layer's GFLOP/s is its kernel's.
-Calls of the VM's own builtins (``vm.builtin.*``: allocation, shape checks, reshapes) form the
-row ``(runtime)``; kernels the metadata does not know, ``(unattributed)``.
+Calls of the VM's own builtins (``vm.builtin.*``: allocation, shape checks, reshapes) and its
+shape functions form the row ``(runtime)``; kernels the metadata does not know, ``(unattributed)``.
 
 No TVM compiler here: this runs where ``bridge.runtime`` runs.
 """
@@ -36,6 +36,7 @@ VERSION = 1
 RUNTIME_ROW = "(runtime)"
 UNATTRIBUTED_ROW = "(unattributed)"
 BUILTIN_PREFIX = "vm.builtin."
+SHAPE_FUNC = "shape_func"  # TIR the VM runs to compute symbolic shapes (a dynamic batch)
 Progress = Callable[[str, "float | None"], None]
 
 
@@ -266,11 +267,12 @@ def _timed_runs(
     timings = []
     model._vm.set_instrument(tvm_ffi.convert(instrument))
     try:
-        for run in range(runs):
-            report(f"profiling run {run + 1}/{runs}", run / runs)
+        for run in range(-1, runs):  # run -1 wakes the thread pool and is not kept
+            report(f"profiling run {max(run, 0) + 1}/{runs}", max(run, 0) / runs)
             names.clear(), times.clear(), open_calls.clear()
             main(*values)
-            timings.append(list(zip(names, times)))
+            if run >= 0:
+                timings.append(list(zip(names, times)))
     finally:
         model._vm.set_instrument(None)
     return timings
@@ -305,7 +307,7 @@ def render(raw: Mapping[str, Any], metadata: Mapping[str, Any], label: str = "pr
     kernels: dict[str, KernelRow] = {}
     seen: dict[str, int] = {}
     for name, us in calls:
-        builtin = name.startswith(BUILTIN_PREFIX)
+        builtin = name.startswith(BUILTIN_PREFIX) or name.startswith(SHAPE_FUNC)
         kernel = kernels.setdefault(name, KernelRow(name))
         kernel.us += us
         kernel.calls += 1

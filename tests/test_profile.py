@@ -300,3 +300,13 @@ def test_identical_blocks_sharing_a_kernel_keep_their_own_layers():
     fused = next(k for k, v in built.metadata["kernels"].items() if v is shared[0])
     profile = render(_raw([(fused, 10.0), (fused, 30.0)]), built.metadata)
     assert [(r.layer, r.us) for r in profile.layers] == [("first", 10.0), ("second", 30.0)]
+
+
+def test_dynamic_batch_profiles_per_sample_counts():
+    built = bridge.build(CONV_BN_RELU, batch_size=None)
+    profile = built.profile(np.ones((3, 6, 6, 3), "float32"), runs=2)
+    rows = {row.layer: row for row in profile.layers}
+    assert UNATTRIBUTED_ROW not in rows  # the VM's shape functions are runtime, not a layer
+    assert "shape_func" in rows[RUNTIME_ROW].kernels
+    assert rows["conv"].flops == CONV_FLOPS  # a symbolic batch counts once: per sample
+    assert rows["fc"].bytes == 4 * (144 + 144 * 5 + 5)
