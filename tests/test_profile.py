@@ -234,12 +234,16 @@ def test_cli_renders_a_runner_json(model, exported, tmp_path, capsys):
         (["--inputs", "{tmp}/text.npy"], "text.npy: not a .npy or .npz file"),
         (["--runs", "0"], "--runs takes a positive integer"),
         (["--from", "{tmp}/missing.json"], "missing.json: no such file"),
+        (["--target", "{other}"], "machine: build a bundle (bridge build MODEL --target"),
     ],
 )
 def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", x=np.zeros((1, 6, 6, 3), "float32"))
     (tmp_path / "text.npy").write_text("hello")
-    argv = [a.format(tmp=tmp_path) for a in argv]
+    from bridge.targets import host_arch
+
+    other = "aarch64" if host_arch() == "x86_64" else "x86-64"  # code that cannot run here
+    argv = [a.format(tmp=tmp_path, other=other) for a in argv]
     code = cli.main(["profile", str(CONV_BN_RELU), *argv])
     err = capsys.readouterr().err
     assert code == 2

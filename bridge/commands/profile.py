@@ -128,7 +128,22 @@ def _model(args: argparse.Namespace, show):
             )
         show(f"loading {path.name}", None)
         return bridge.load(path)
+    _check_runs_here(args.target)
     return bridge.build(args.model, args.weights, target=args.target, progress=show)
+
+
+def _check_runs_here(target: str) -> None:
+    """Refuse, before compiling, a target whose code cannot run on this machine's CPU."""
+    from bridge.errors import DeviceError
+    from bridge.targets import host_arch, resolve
+
+    spec = resolve(target)
+    if spec.arch != host_arch():
+        raise DeviceError(
+            f"{spec.name} ({spec.arch}) code does not run on this {host_arch()} machine: build a "
+            f"bundle (bridge build MODEL --target {spec.name} --bundle), run './run in0.npy "
+            f"--profile out.json' on the device, then 'bridge profile --from out.json BUNDLE'"
+        )
 
 
 def _metadata(args: argparse.Namespace, show) -> dict[str, Any]:
