@@ -223,7 +223,14 @@ def test_cli_renders_a_runner_json(model, exported, tmp_path, capsys):
     assert {r["layer"] for r in rendered["layers"]} >= {"conv", "bn", "relu", "fc"}
     # the bundle folder (library and .meta.json) works as MODEL too
     code = cli.main(["profile", "--from", str(file), str(exported.parent)])
-    assert code == 0 and "conv + bn + relu" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert code == 0 and "conv + bn + relu" in captured.out
+    assert "not in the model's metadata" not in captured.err
+    # a kernel another build made is flagged
+    raw["calls"].append({"name": "fused_from_elsewhere", "us": 1.0})
+    file.write_text(json.dumps(raw))
+    assert cli.main(["profile", "--from", str(file), str(exported.parent)]) == 0
+    assert "1 kernel(s) are not in the model's metadata" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bridge.profile import BUILTIN_PREFIX, UNATTRIBUTED_ROW
+
 console = Console()
 err_console = Console(stderr=True)
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK"
 EXPORTED = (".so", ".dylib", ".dll")
 KERNELS_SHOWN = 20
-BUILTIN_PREFIX = "vm.builtin."
 
 
 def add_parser(sub) -> None:
@@ -274,6 +275,13 @@ def print_profile(result) -> None:
     hidden = len(result.kernels) - KERNELS_SHOWN
     if hidden > 0:
         console.print(f"[dim]{hidden} faster kernels not shown (--json lists them all)[/]")
+    unknown = [row for row in result.layers if row.layer == UNATTRIBUTED_ROW]
+    if unknown:
+        err_console.print(
+            f"[yellow]note:[/] {len(unknown[0].kernels)} kernel(s) are not in the model's "
+            "metadata (was the profile measured with this build, for this target?)",
+            soft_wrap=True,
+        )
     where = "measured on the device" if result.source == "runner" else "measured here"
     console.print(
         f"total       {_micros(result.total_us)} µs per call ({where}, median of "
