@@ -321,3 +321,38 @@ def test_dynamic_batch_profiles_per_sample_counts():
     assert "shape_func" in rows[RUNTIME_ROW].kernels
     assert rows["conv"].flops == CONV_FLOPS  # a symbolic batch counts once: per sample
     assert rows["fc"].bytes == 4 * (144 + 144 * 5 + 5)
+
+
+def test_labelling_layers_changes_no_kernel(monkeypatch):
+    """The kernels compiled with bindings named after layers and observed are the kernels
+    compiled without (structurally: only buffer names differ)."""
+    import tvm
+    import tvm_ffi
+
+    import bridge.convert.walk as walk
+    from bridge.api import _load_and_translate
+    from bridge.compile import bind_weights
+    from bridge.kernels_map import recording
+    from bridge.schedules.pipeline import relax_pipeline
+    from bridge.targets import resolve
+
+    target = resolve("llvm").tvm_target()
+
+    def kernels() -> dict:
+        translation, _ = _load_and_translate(CONV_BN_RELU, None, 1, None)
+        mod = bind_weights(translation.mod, translation.params)
+        with target, recording():
+            lowered = relax_pipeline(target)(mod)
+        return {
+            gv.name_hint: f
+            for gv, f in lowered.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc)
+        }
+
+    labelled = kernels()
+    monkeypatch.setattr(walk, "label_layers", lambda mod, calls: mod)
+    plain = kernels()
+    assert sorted(labelled) == sorted(plain)
+    assert any("bridge_layer_" in f.script() for f in labelled.values())  # names did change
+    for name, func in labelled.items():
+        assert tvm_ffi.structural_equal(func, plain[name]), name
