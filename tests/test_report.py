@@ -452,6 +452,13 @@ def test_cli_report_renders_a_runner_profile(tmp_path, capsys):
     assert "4 threads · median of 7 runs" in html
     total = sum(c["us"] for c in calls)
     assert report.fmt_us(total) in html
+    # a rendered profile (bridge profile --json) is shown as it is
+    rendered = profile_dict(digits_graph())
+    (tmp_path / "rendered.json").write_text(json.dumps(rendered))
+    assert main(["report", str(DIGITS), "--profile", str(tmp_path / "rendered.json"),
+                 "-o", str(page)]) == 0  # fmt: skip
+    assert "2 threads · median of 20 runs" in page.read_text()
+    assert report.fmt_us(rendered["total_us"]) in page.read_text()
 
 
 @pytest.mark.slow
