@@ -46,7 +46,10 @@ def add_parser(sub) -> None:
     command.add_argument(
         "--inputs", help="x.npy (one input) or x.npz keyed by input name (default: random)"
     )
-    command.add_argument("--runs", type=_runs, default=10, help="median of N runs (default 10)")
+    command.add_argument(
+        "--batch-size", type=_positive, default=1, help="build for batch N (default 1)"
+    )
+    command.add_argument("--runs", type=_positive, default=10, help="median of N runs (default 10)")
     command.add_argument(
         "--from",
         dest="from_json",
@@ -57,13 +60,14 @@ def add_parser(sub) -> None:
     command.set_defaults(func=run)
 
 
-def _runs(text: str) -> int:
+def _positive(text: str) -> int:
+    """--runs, --batch-size: a positive integer."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--runs takes a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--runs takes a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
 
 
@@ -130,7 +134,9 @@ def _model(args: argparse.Namespace, show):
         show(f"loading {path.name}", None)
         return bridge.load(path)
     _check_runs_here(args.target)
-    return bridge.build(args.model, args.weights, target=args.target, progress=show)
+    return bridge.build(
+        args.model, args.weights, target=args.target, batch_size=args.batch_size, progress=show
+    )
 
 
 def _check_runs_here(target: str) -> None:
@@ -156,7 +162,9 @@ def _metadata(args: argparse.Namespace, show) -> dict[str, Any]:
         return read_metadata(path)
     import bridge
 
-    model = bridge.build(args.model, args.weights, target=args.target, progress=show)
+    model = bridge.build(
+        args.model, args.weights, target=args.target, batch_size=args.batch_size, progress=show
+    )
     return model.metadata
 
 
