@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -131,8 +132,15 @@ def operator_calls(
 
 
 def _positions(expr: Any, by_var: dict, by_value: dict) -> list[int]:
+    """Where in ``main``'s bindings an output is bound; a dataclass holding expressions (the
+    int8 walk's QValue: float and integer forms) at its fields' positions."""
     from tvm import relax
 
+    if dataclasses.is_dataclass(expr) and not isinstance(expr, type):
+        fields = [getattr(expr, f.name) for f in dataclasses.fields(expr)]
+        return [p for value in fields for p in _positions(value, by_var, by_value)]
+    if not isinstance(expr, relax.Expr):
+        return []
     if isinstance(expr, relax.Var):
         return [by_var[expr]] if expr in by_var else []
     if isinstance(expr, relax.Tuple):

@@ -312,7 +312,9 @@ def render(raw: Mapping[str, Any], metadata: Mapping[str, Any], label: str = "pr
         kernel.us += us
         kernel.calls += 1
         sites = [] if builtin else kernels_meta.get(name, {}).get("calls") or []
-        if not sites:
+        site = sites[seen.get(name, 0) % len(sites)] if sites else None
+        seen[name] = seen.get(name, 0) + 1
+        if not site or not site.get("layers"):
             row_name = RUNTIME_ROW if builtin else UNATTRIBUTED_ROW
             row = rows.setdefault(row_name, LayerRow(row_name, "-"))
             row.us += us
@@ -320,8 +322,6 @@ def render(raw: Mapping[str, Any], metadata: Mapping[str, Any], label: str = "pr
                 row.kernels.append(name)
             kernel.layers = [row_name]
             continue
-        site = sites[seen.get(name, 0) % len(sites)]
-        seen[name] = seen.get(name, 0) + 1
         _attribute(site, name, us, rows, kernel)
     total = sum(row.us for row in rows.values())
     layers = [row for row in rows.values() if row.kernels]

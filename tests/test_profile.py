@@ -357,3 +357,22 @@ def test_labelling_layers_changes_no_kernel(monkeypatch):
     assert any("bridge_layer_" in f.script() for f in labelled.values())  # names did change
     for name, func in labelled.items():
         assert tvm_ffi.structural_equal(func, plain[name]), name
+
+
+def test_int8_keras_build_names_its_layers():
+    """The int8 walk's layers return QValues (float and integer forms), found all the same;
+    BN and ReLU folded into the integer convolution emit no kernel of their own."""
+    samples = np.random.default_rng(1).standard_normal((4, 6, 6, 3)).astype("float32")
+    built = bridge.build(CONV_BN_RELU, quantize="int8", calibration=samples)
+    profile = render(_raw([(k, 1.0) for k in built.metadata["kernels"]]), built.metadata)
+    names = [row.layer for row in profile.layers]
+    assert names[0] == "conv" and "fc" in names and UNATTRIBUTED_ROW not in names
+
+
+def test_a_kernel_call_of_no_layer_is_unattributed():
+    metadata = {
+        "layer_order": [],
+        "kernels": {"k": {"layers": [], "flops": 0, "bytes": 0, "calls": [{"layers": []}]}},
+    }
+    profile = render(_raw([("k", 2.0)]), metadata)
+    assert [(r.layer, r.us) for r in profile.layers] == [(UNATTRIBUTED_ROW, 2.0)]

@@ -138,6 +138,7 @@ class _Walker:
                 call = layer.calls[index]
                 if all(ref in values for ref in call.all_inputs()):
                     outs, out_masks = self.emit_call(layer, prefix, index, values, masks)
+                    self.calls.append((f"{prefix}{layer.name}", layer.class_name, outs))
                     for tensor, value in enumerate(outs):
                         ref = TensorRef(layer.name, index, tensor)
                         values[ref] = value
@@ -205,7 +206,6 @@ class _Walker:
                     raise UnsupportedModelError(self.label, [problem])
                 outs = list(result) if isinstance(result, (list, tuple)) else [result]
                 out_masks = _output_masks(converter.masks, ctx, in_masks, len(outs))
-                self.calls.append((path, layer.class_name, outs))
             except BridgeError:
                 raise
             except Exception as exc:  # a TVM shape/type check, or a config value we misread
