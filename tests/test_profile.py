@@ -15,7 +15,15 @@ from conftest import FIXTURES, needs_tools
 import bridge
 from bridge import cli
 from bridge.errors import ArtifactError, InputError
-from bridge.profile import RAW_FORMAT, RUNTIME_ROW, UNATTRIBUTED_ROW, load, measure, render
+from bridge.profile import (
+    RAW_FORMAT,
+    RUNTIME_ROW,
+    UNATTRIBUTED_ROW,
+    load,
+    measure,
+    random_inputs,
+    render,
+)
 
 CONV_BN_RELU = FIXTURES / "profile" / "conv_bn_relu.keras"
 TFLITE_CNN = FIXTURES / "tflite" / "cnn_float32.tflite"
@@ -260,9 +268,9 @@ def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
 
 
 # --- a bundle's runner (run --profile), rendered here ---------------------------------------
-def _runner_profile(folder, *prefix: str) -> dict:
+def _runner_profile(folder, model, *prefix: str) -> dict:
     """Run the bundle's ./run --profile on a random input; its raw JSON."""
-    np.save(folder / "in0.npy", np.random.default_rng(0).standard_normal((1, 6, 6, 3), "float32"))
+    np.save(folder / "in0.npy", random_inputs(model)[0])
     result = subprocess.run(
         [*prefix, "./run", "in0.npy", "--profile", "raw.json", "--bench", "3"],
         cwd=folder,
@@ -284,8 +292,9 @@ def test_runner_profile_renders_per_layer(preset, tmp_path, capsys):
         needs_tools(resolve(preset), "qemu-aarch64")
         prefix = (shutil.which("qemu-aarch64"), "-L", "/usr/aarch64-linux-gnu")
     folder = tmp_path / "bundle"
-    bridge.build(CONV_BN_RELU, target=preset).export(folder, bundle=True)
-    raw = _runner_profile(folder, *prefix)
+    built = bridge.build(CONV_BN_RELU, target=preset)
+    built.export(folder, bundle=True)
+    raw = _runner_profile(folder, built, *prefix)
     assert raw["format"] == RAW_FORMAT and raw["source"] == "runner" and raw["runs"] == 3
     kernels = json.loads((folder / "model.meta.json").read_text())["kernels"]
     called = {c["name"] for c in raw["calls"] if not c["name"].startswith("vm.builtin.")}
@@ -300,6 +309,22 @@ def test_runner_profile_renders_per_layer(preset, tmp_path, capsys):
     assert [r["layer"] for r in rendered["layers"]] == ["conv", "bn", "relu", "fc", RUNTIME_ROW]
     assert rendered["total_us"] == pytest.approx(sum(c["us"] for c in raw["calls"]))
     assert rendered["layers"][0]["flops"] == CONV_FLOPS
+
+
+def test_runner_profile_of_a_tflite_model_under_qemu(tmp_path):
+    from bridge.targets import resolve
+
+    needs_tools(resolve("aarch64"), "qemu-aarch64")
+    folder = tmp_path / "bundle"
+    built = bridge.build(TFLITE_CNN, target="aarch64")
+    built.export(folder, bundle=True)
+    qemu = (shutil.which("qemu-aarch64"), "-L", "/usr/aarch64-linux-gnu")
+    raw = _runner_profile(folder, built, *qemu)
+    profile = load(folder / "raw.json", folder)
+    order = [e["layer"] for e in built.metadata["layer_order"]]
+    assert [row.layer for row in profile.layers] == [*order, RUNTIME_ROW]  # every operator
+    assert profile.layers[0].class_name == "CONV_2D" and profile.source == "runner"
+    assert profile.total_us == pytest.approx(sum(c["us"] for c in raw["calls"]))
 
 
 def test_identical_blocks_sharing_a_kernel_keep_their_own_layers():
