@@ -231,10 +231,12 @@ def layer_table(result) -> Table:
     """One row per layer in model order: time, share, FLOPs, bytes, GFLOP/s, kernels."""
     title = f"{escape(result.model)} on {escape(result.target)}: time per layer"
     table = Table(title=title, show_edge=False)
-    for column in ("layer", "class", "µs", "share", "FLOPs", "bytes", "GFLOP/s", "kernels"):
-        table.add_column(
-            column, justify="left" if column in ("layer", "class", "kernels") else "right"
-        )
+    table.add_column("layer", overflow="fold", min_width=10)  # names in full, folded if long
+    table.add_column("class", overflow="ellipsis", no_wrap=True, max_width=12)
+    for column in ("µs", "share", "FLOPs", "bytes", "GFLOP/s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    # on a narrow terminal cut short: the kernels table below names each in full
+    table.add_column("kernels", overflow="ellipsis", max_width=40)
     for row in result.layers:
         kernels = _kernels_cell(row.kernels)
         table.add_row(
@@ -263,7 +265,10 @@ def fusion_table(result) -> Table:
     """The slowest kernels with the layers fused into each (the fusion groups)."""
     table = Table(title="Kernels (fusion groups)", show_edge=False)
     for column in ("kernel", "calls", "µs", "share", "layers"):
-        table.add_column(column, justify="left" if column in ("kernel", "layers") else "right")
+        left = column in ("kernel", "layers")
+        table.add_column(
+            column, justify="left" if left else "right", overflow="fold", no_wrap=not left
+        )
     total = result.total_us or 1.0
     for kernel in result.kernels[:KERNELS_SHOWN]:
         table.add_row(
