@@ -15,7 +15,7 @@ from bridge.sources import open_source
 from bridge.targets import host_arch
 
 if TYPE_CHECKING:
-    from bridge.translation import Translation
+    from bridge.translation import InputShapes, Translation
 
 PathLike = str | Path
 # custom_layers=: "package>Name", class name or Lambda layer name -> converter
@@ -30,11 +30,13 @@ def _load_and_translate(
     report: Callable[[str], None] = lambda stage: None,
     device: str = "cpu",
     custom_layers: CustomLayersArg = None,
+    input_shapes: InputShapes = None,
 ) -> tuple[Translation, dict[str, Any]]:
     """Translate any supported model file: (translation, metadata describing its source).
     ``device`` ("cpu" or "cuda") is what the module will be compiled for."""
     source = open_source(model, weights, custom_layers)
-    return source.translate(batch_size, outputs, device, report), source.describe()
+    translation = source.translate(batch_size, outputs, device, report, input_shapes)
+    return translation, source.describe()
 
 
 def to_relax(
@@ -44,15 +46,16 @@ def to_relax(
     batch_size: int | None = 1,
     outputs: list[str] | None = None,
     custom_layers: CustomLayersArg = None,
+    input_shapes: InputShapes = None,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """The model as a Relax IRModule plus its weights.
 
     ``main`` takes the model inputs then every weight (attribute ``num_input`` counts the
-    inputs); ``params`` maps each weight parameter's name to its array. ``custom_layers`` as
-    for :func:`build`.
+    inputs); ``params`` maps each weight parameter's name to its array. ``custom_layers`` and
+    ``input_shapes`` as for :func:`build`.
     """
     translation, _ = _load_and_translate(
-        model, weights, batch_size, outputs, custom_layers=custom_layers
+        model, weights, batch_size, outputs, custom_layers=custom_layers, input_shapes=input_shapes
     )
     return translation.mod, translation.params
 
@@ -77,6 +80,7 @@ def build(
     percentile: float = 99.99,
     progress: Callable[[str, float | None], None] | None = None,
     custom_layers: CustomLayersArg = None,
+    input_shapes: InputShapes = None,
 ) -> BuiltModel:
     """Read a Keras or TFLite model, translate to Relax, compile for ``target``; returns a
     callable, exportable model (a ``bridge.Model``; see ``bridge.export.BuiltModel``).
@@ -111,6 +115,14 @@ def build(
     ``"minmax"`` or ``"percentile"`` (the ``percentile``-th, e.g. 99.99). Inputs and outputs
     stay float; layers without an integer kernel run in float. ``metadata["quantization"]``
     lists those layers and the agreement with the float model on the calibration samples.
+
+    ``input_shapes`` sets dimensions the model leaves unknown (a variable time axis):
+    ``{"tokens": (1, 50)}`` by input name (or one shape for a single-input model, or a list by
+    position) fixes them; a name instead of a size, ``{"tokens": (1, "T")}``, keeps that
+    dimension symbolic, so one build runs every length (inputs naming the same symbol must
+    agree in that size). Known dimensions must match the model's. The batch is
+    ``batch_size``'s: in ``input_shapes`` it may be None or repeat ``batch_size`` (with
+    ``batch_size=None``, a name for the symbolic batch), never differ.
     """
     import tvm
 
@@ -143,7 +155,14 @@ def build(
         )
     report(f"reading {Path(model).name}")
     translation, source = _load_and_translate(
-        model, weights, batch_size, outputs, report, device=spec.device, custom_layers=custom_layers
+        model,
+        weights,
+        batch_size,
+        outputs,
+        report,
+        device=spec.device,
+        custom_layers=custom_layers,
+        input_shapes=input_shapes,
     )
     if quantizer is not None:
         translation = quantizer.translate(batch_size, outputs, spec.device, report, progress)
@@ -180,6 +199,7 @@ def build(
         "source_files": [p.name for p in source["files"]],
         "source_sha256": file_digest(source["files"]),
         "batch_size": batch_size,
+        "input_shapes": _shapes_json(input_shapes),
         "params": compiled.param_names,
         "optimize_for": optimize_for,
         "weights_bytes": sum(int(p.nbytes) for p in translation.params.values()),
@@ -203,6 +223,15 @@ def build(
         num_threads=num_threads,
     )
     return built if quantizer is None else quantizer.finish(built)
+
+
+def _shapes_json(input_shapes: InputShapes) -> Any:
+    """``input_shapes=`` as the sidecar records it (lists; None when not given)."""
+    if input_shapes is None:
+        return None
+    if isinstance(input_shapes, Mapping):
+        return {str(k): list(v) for k, v in input_shapes.items()}
+    return [list(v) if isinstance(v, (list, tuple)) else v for v in input_shapes]
 
 
 def _stages(progress: Callable[[str, float | None], None] | None) -> Callable[[str], None]:
@@ -258,6 +287,7 @@ def tune(
     rpc_key: str | None = None,
     custom_layers: CustomLayersArg = None,
     progress: Callable[[str, float | None], None] | None = None,
+    input_shapes: InputShapes = None,
 ):
     """Search faster kernels for a model's target within ``budget`` (``"20m"``, ``"90s"``, or a
     number of trials) and store them in the target's tuning database; returns a TuningReport.
@@ -267,6 +297,7 @@ def tune(
     tunes what is new. Later builds for the same target use the stored kernels.
     ``progress`` is :func:`build`'s: ``progress(description, done)``, ``done`` the fraction of
     the budget spent (None while reading the model and measuring the default kernels).
+    ``input_shapes`` as for :func:`build` (as you will build it).
     ``optimize_for`` must be the build's (it decides the kernels); ``separate_params`` does
     not change them (weights are transformed at build time either way).
     """
@@ -278,7 +309,14 @@ def tune(
     report = _stages(progress)
     report(f"reading {Path(model).name}")
     translation, _ = _load_and_translate(
-        model, weights, batch_size, None, report, device=spec.device, custom_layers=custom_layers
+        model,
+        weights,
+        batch_size,
+        None,
+        report,
+        device=spec.device,
+        custom_layers=custom_layers,
+        input_shapes=input_shapes,
     )
     mod = bind_weights(translation.mod, translation.params)
     folder = database_dir(spec.tvm_target(), tuning_db)
@@ -320,10 +358,12 @@ def inspect(
     *,
     batch_size: int = 1,
     custom_layers: CustomLayersArg = None,
+    input_shapes: InputShapes = None,
 ) -> ModelReport:
     """Per-layer class, output shape, parameter count and support status (never raises for
-    unsupported layers; they are reported in the rows)."""
+    unsupported layers; they are reported in the rows). ``input_shapes`` as for :func:`build`
+    (a symbolic dimension shows as an expression in the shapes)."""
     source = open_source(model, weights, custom_layers)
-    kind, version, rows = source.inspect_rows(batch_size)
+    kind, version, rows = source.inspect_rows(batch_size, input_shapes)
     rows = [LayerRow(*row) for row in rows]
     return ModelReport(kind, source.name, version, rows, source.notes())

@@ -180,7 +180,9 @@ class Model:
                 f"the model takes {len(self.inputs)} input(s) "
                 f"{[i.name for i in self.inputs]}, got {len(args)}"
             )
-        return [self._check(info, value) for info, value in zip(self.inputs, args)]
+        arrays = [self._check(info, value) for info, value in zip(self.inputs, args)]
+        _check_symbols(self.inputs, arrays)
+        return arrays
 
     @staticmethod
     def _check(info: TensorInfo, value: Any) -> np.ndarray:
@@ -257,6 +259,23 @@ def _on_device(value: Any, device: Any) -> Any:
     if isinstance(value, Tensor) and value.device == device:
         return value
     return tensor(value, device)
+
+
+def _check_symbols(inputs: list[TensorInfo], arrays: list[np.ndarray]) -> None:
+    """Inputs that share a symbolic dimension (``input_shapes={"a": (1, "T"), "b": (1, "T")}``)
+    must agree in its size."""
+    seen: dict[str, tuple[str, int]] = {}
+    for info, array in zip(inputs, arrays):
+        for axis, size in enumerate(array.shape):
+            symbol = info.symbol(axis)
+            if symbol is None:
+                continue
+            first = seen.setdefault(symbol, (info.name, size))
+            if first[1] != size:
+                raise InputError(
+                    f"input {info.name!r} has {symbol} = {size} (dimension {axis}), input "
+                    f"{first[0]!r} has {symbol} = {first[1]}: they share the symbol {symbol}"
+                )
 
 
 def _as_numeric(info: TensorInfo, value: Any) -> np.ndarray:

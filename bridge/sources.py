@@ -21,7 +21,7 @@ from bridge.formats import file_kind
 if TYPE_CHECKING:
     from bridge.keras.files import KerasSource
     from bridge.tflite.reader import TFLiteFile
-    from bridge.translation import Translation
+    from bridge.translation import InputShapes, Translation
 
 PathLike = str | Path
 Report = Callable[[str], None]
@@ -48,9 +48,12 @@ class ModelSource(Protocol):
         outputs: list[str] | None = None,
         device: str = "cpu",
         report: Report = _quiet,
+        input_shapes: InputShapes = None,
     ) -> Translation: ...
 
-    def inspect_rows(self, batch_size: int | None = 1) -> tuple[str, str, list[Row]]: ...
+    def inspect_rows(
+        self, batch_size: int | None = 1, input_shapes: InputShapes = None
+    ) -> tuple[str, str, list[Row]]: ...
 
     def notes(self) -> list[str]: ...
 
@@ -103,6 +106,7 @@ class KerasModel:
         outputs: list[str] | None = None,
         device: str = "cpu",
         report: Report = _quiet,
+        input_shapes: InputShapes = None,
     ) -> Translation:
         from bridge.convert.walk import translate
 
@@ -120,6 +124,7 @@ class KerasModel:
             device=device,
             custom=self.custom,
             require_weights=missing is None,
+            input_shapes=input_shapes,
         )
 
     def notes(self) -> list[str]:
@@ -127,7 +132,9 @@ class KerasModel:
         missing = self.missing_weights()
         return [f"no shapes or parameters: {missing.reason}"] if missing else []
 
-    def inspect_rows(self, batch_size: int | None = 1) -> tuple[str, str, list[Row]]:
+    def inspect_rows(
+        self, batch_size: int | None = 1, input_shapes: InputShapes = None
+    ) -> tuple[str, str, list[Row]]:
         """(model kind, Keras version, rows). Without a weights file, layers are checked for
         everything else and translation is skipped (shapes unknown)."""
         from bridge.convert.preflight import check_layer
@@ -147,7 +154,7 @@ class KerasModel:
         shapes: dict[str, list[tuple[int, ...]]] = {}
         if not problems and not unweighted:
             try:
-                shapes = self.translate(batch_size).layer_shapes
+                shapes = self.translate(batch_size, input_shapes=input_shapes).layer_shapes
             except UnsupportedModelError as exc:
                 for p in exc.problems:
                     problems.setdefault(p.layer, []).append(p.reason)
@@ -189,19 +196,24 @@ class TFLiteModel:
         outputs: list[str] | None = None,
         device: str = "cpu",
         report: Report = _quiet,
+        input_shapes: InputShapes = None,
     ) -> Translation:
         from bridge.tflite.translate import translate
 
         report(f"translating {len(self.file.ops)} TFLite operators to Relax")
-        return translate(self.file, batch_size=batch_size, outputs=outputs)
+        return translate(
+            self.file, batch_size=batch_size, outputs=outputs, input_shapes=input_shapes
+        )
 
     def notes(self) -> list[str]:
         return []
 
-    def inspect_rows(self, batch_size: int | None = 1) -> tuple[str, str, list[Row]]:
+    def inspect_rows(
+        self, batch_size: int | None = 1, input_shapes: InputShapes = None
+    ) -> tuple[str, str, list[Row]]:
         from bridge.tflite.translate import report_rows
 
-        return "tflite", "", report_rows(self.file)
+        return "tflite", "", report_rows(self.file, input_shapes)
 
 
 def open_keras(

@@ -17,6 +17,22 @@ def static_shape(expr: relax.Expr) -> tuple:
     return tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in expr.ty.shape.values)
 
 
+def _symbolic(dim: object) -> bool:
+    return isinstance(dim, tvm.tirx.Expr) and not isinstance(dim, tvm.tirx.IntImm)
+
+
+def symbolic_weight_reason(name: str, shape: tuple) -> str:
+    """Why a layer whose weight's shape would depend on a symbolic input dimension (a Dense
+    after a Flatten of a symbolic length) cannot be translated."""
+    from bridge.translation import dim_text
+
+    text = ", ".join(dim_text(d) for d in shape)
+    return (
+        f"needs a static size: weight '{name}' would have the shape ({text}), which depends on "
+        f"a symbolic input dimension; give that dimension a size in input_shapes"
+    )
+
+
 def dtype_of(expr: relax.Expr) -> str:
     return str(expr.ty.dtype)
 
@@ -139,6 +155,8 @@ class LayerContext:
         (raised after translation, with every other one) and zeros stand in."""
         var = self._weights[name]
         if shape is not None:
+            if any(_symbolic(d) for d in shape):
+                raise ValueError(symbolic_weight_reason(name, shape))
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
                 raise ValueError(f"the config gives weight '{name}' the shape {list(shape)}")
             got = self.shape(var)

@@ -42,12 +42,37 @@ def channels_last_op(ctx: Any, x: relax.Expr, body) -> relax.Expr:
     return to_channels_first(ctx, body(to_channels_last(ctx, x)))
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow/Keras 'same' padding (the extra pixel goes after)."""
+def same_padding(size: Any, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow/Keras 'same' padding (the extra pixel goes after); ``size`` may be symbolic
+    (see :func:`symbolic_same_padding`)."""
+    if not isinstance(size, int):
+        return symbolic_same_padding(kernel, stride, dilation)
     effective = (kernel - 1) * dilation + 1
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + effective - size, 0)
     return total // 2, total - total // 2
+
+
+def symbolic_same_padding(kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """'same' padding for a size known only at run time: one (before, after) that gives every
+    size TensorFlow's windows and its ``ceil(size / stride)`` outputs. TensorFlow's padding
+    depends on ``size % stride`` only; where its ``before`` does too (a window wider than the
+    stride plus one), no static padding fits: ValueError, the length must be a size."""
+    effective = (kernel - 1) * dilation + 1
+    sizes = [stride * 4 + r for r in range(stride)]  # one size per residue
+    pads = [same_padding(n, kernel, stride, dilation) for n in sizes]
+    before = pads[0][0]
+    after = max(a for _, a in pads)
+    fits = all(
+        b == before and (n + before + after - effective) // stride + 1 == math.ceil(n / stride)
+        for n, (b, _) in zip(sizes, pads)
+    )
+    if not fits:
+        raise ValueError(
+            f"'same' padding with window {effective} and stride {stride} pads differently by "
+            f"length: this layer needs a static length (a size in input_shapes)"
+        )
+    return before, after
 
 
 def paddings(padding: str, sizes, kernels, strides, dilations) -> tuple[list[int], list[int]]:

@@ -77,12 +77,12 @@ KERNEL_ACTIVATIONS: dict[str, Callable[[int], Act]] = {
 
 @dataclass(frozen=True)
 class LoopSpec:
-    """What one kernel computes (everything static but the batch)."""
+    """What one kernel computes (everything static but the batch and the number of steps: one
+    kernel runs any sequence length, a symbolic one included)."""
 
     kind: str  # "SimpleRNN", "LSTM", "GRU"
     reset_after: bool  # GRU
     units: int
-    steps: int
     backwards: bool
     masked: bool
     zero_output: bool  # masked steps output zeros instead of the previous output
@@ -110,11 +110,11 @@ def _lanes(n: int, limit: int = 16) -> int:
 
 def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
     """The PrimFunc ``(xw, recurrent_kernel, recurrent_bias, mask, *initial) -> (sequence,
-    *final)``: ``xw`` (B, T, width) the projected inputs in time order, ``recurrent_bias``
-    (width,) (zeros unless a GRU with reset_after has one), ``mask`` (B, T) float32 (1 keeps a
-    step; ones when unmasked), states (B, units); ``sequence`` (B, T, units) is every step's
-    output in processing order."""
-    units, steps, width = spec.units, spec.steps, spec.width
+    *final)``: ``xw`` (B, T, width) the projected inputs in time order (B and T any sizes),
+    ``recurrent_bias`` (width,) (zeros unless a GRU with reset_after has one), ``mask`` (B, T)
+    float32 (1 keeps a step; ones when unmasked), states (B, units); ``sequence`` (B, T, units)
+    is every step's output in processing order."""
+    units, width = spec.units, spec.width
     act = KERNEL_ACTIVATIONS[spec.activation](spec.keras_major)
     rec_act = KERNEL_ACTIVATIONS[spec.recurrent_activation](spec.keras_major)
     # Recurrent columns multiplied by h directly (a reset_before GRU's candidate uses r * h).
@@ -127,7 +127,7 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
     masked, zero_output, backwards = spec.masked, spec.zero_output, spec.backwards
     fzero, fone = _f(0.0), _f(1.0)
 
-    def source(t):
+    def source(t, steps):
         return steps - 1 - t if backwards else t
 
     def ix(outer, inner):
@@ -136,7 +136,7 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
     def pre(xw, acc, b, t, gate, outer, inner):
         """Gate ``gate``'s pre-activation at unit ``ix(outer, inner)``: input + recurrent."""
         column = gate * units + ix(outer, inner)
-        return xw[b, source(t), column] + acc[b, column]
+        return xw[b, source(t, xw.shape[1]), column] + acc[b, column]
 
     # The new states as expressions (no let bindings: TIR's vectorizer mishandles them here).
     def new_c(xw, acc, c, b, t, outer, inner):
@@ -156,13 +156,13 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
         if reset_after:
             r = rec_act(pre(xw, acc, b, t, 1, outer, inner))
             column = 2 * units + ix(outer, inner)
-            candidate = act(xw[b, source(t), column] + r * acc[b, column])
+            candidate = act(xw[b, source(t, xw.shape[1]), column] + r * acc[b, column])
         else:
             candidate = act(pre(xw, acc, b, t, 2, outer, inner))
         return z * h[b, ix(outer, inner)] + (fone - z) * candidate
 
     def keep(mask, b, t):
-        return mask[b, source(t)] > _f(0.5)
+        return mask[b, source(t, mask.shape[1])] > _f(0.5)
 
     @T.prim_func(private=True)
     def rnn_scan(
@@ -178,6 +178,7 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
     ):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         batch = T.int64()
+        steps = T.int64()
         xw = T.match_buffer(var_xw, (batch, steps, width), "float32")
         mask = T.match_buffer(var_mask, (batch, steps), "float32")
         h0 = T.match_buffer(var_h0, (batch, units), "float32")
@@ -239,7 +240,7 @@ def scan_kernel(spec: LoopSpec) -> tirx.PrimFunc:
                     for ui in T.vectorized(u_lanes):
                         gate[b, uo * u_lanes + ui] = (
                             rec_act(
-                                xw[b, source(t), units + uo * u_lanes + ui]
+                                xw[b, source(t, steps), units + uo * u_lanes + ui]
                                 + acc[b, units + uo * u_lanes + ui]
                             )
                             * h[b, uo * u_lanes + ui]

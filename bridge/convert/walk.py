@@ -22,10 +22,19 @@ from bridge.errors import BridgeError, Problem, UnsupportedModelError, WeightsEr
 from bridge.keras.graph import Layer, ModelGraph, TensorRef
 from bridge.keras.weights import LayerWeights
 from bridge.kernels_map import label_layers
-from bridge.translation import Translation, error_reason, pick_outputs, tensor_info
+from bridge.translation import (
+    MAX_DIM,
+    InputShapes,
+    Translation,
+    error_reason,
+    pick_outputs,
+    relax_dims,
+    requested_shapes,
+    resolve_shape,
+    tensor_info,
+    unknown_dims_reason,
+)
 
-# Largest size of one dimension of a declared input shape.
-MAX_DIM = 2**31
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
 
 
@@ -51,11 +60,6 @@ def _shape_problem(shape: list) -> str | None:
             return f"input shape {shape} holds {dim!r}, not a size"
         if dim is not None and not 0 <= dim < MAX_DIM:
             return f"input shape {shape} holds {dim}, outside 0..{MAX_DIM - 1}"
-    if any(d is None for d in shape[1:]):
-        return (
-            f"input shape {shape} has unknown dimensions besides the batch; "
-            f"only the batch dimension may be unknown"
-        )
     return None
 
 
@@ -68,13 +72,18 @@ class _Walker:
         batch_size: int | None,
         device: str = "cpu",
         custom: CustomLayers | None = None,
+        input_shapes: InputShapes = None,
     ):
         self.graph = graph
         self.device = device
         self.custom = custom
         self.label = label
-        # A fixed batch, or one symbolic dimension shared by every input.
-        self.batch_dim = batch_size if batch_size is not None else tvm.tirx.Var("batch", "int64")
+        self.batch_size = batch_size
+        names = [ref.layer for ref in graph.inputs]
+        self.requested = requested_shapes(input_shapes, names, label)
+        # Symbolic dimensions by name (the batch of batch_size=None is "batch"), shared by
+        # every input that names them.
+        self.symbols: dict[str, tvm.tirx.Var] = {}
         self.problems: list[Problem] = []
         self.bb = relax.BlockBuilder()
         self.layer_values: dict[str, list[relax.Expr]] = {}
@@ -103,14 +112,16 @@ class _Walker:
             layer = self.graph.layer(ref.layer)
             shape = input_shape(layer)
             reason = "input has no shape in the config" if shape is None else _shape_problem(shape)
+            if reason is None:
+                requested = self.requested.get(layer.name)
+                dims = resolve_shape(layer.name, shape, requested, self.batch_size, self.label)
+                reason = unknown_dims_reason(layer.name, dims)
             if reason is not None:
                 raise UnsupportedModelError(
                     self.label, [Problem(layer.name, layer.class_name, reason)]
                 )
-            if shape[0] is None:
-                shape[0] = self.batch_dim
             try:
-                tensor_type = relax.TensorType(shape, input_dtype(layer))
+                tensor_type = relax.TensorType(relax_dims(dims, self.symbols), input_dtype(layer))
             except Exception as exc:  # e.g. a dtype TVM does not know
                 problem = Problem(layer.name, layer.class_name, f"bad input: {error_reason(exc)}")
                 raise UnsupportedModelError(self.label, [problem]) from exc
@@ -239,6 +250,7 @@ def translate(
     device: str = "cpu",
     custom: CustomLayers | None = None,
     require_weights: bool = True,
+    input_shapes: InputShapes = None,
     walker_class: type[_Walker] | None = None,
 ) -> Translation:
     """Translate ``graph`` with ``weights``; raises with every problem found (preflight first;
@@ -246,7 +258,9 @@ def translate(
     reports a missing weights file once).
     ``device`` ("cpu" or "cuda") is what the module will be compiled for: recurrent time loops
     become one loop kernel on CPUs and stay unrolled in the graph for CUDA. ``custom`` maps
-    :func:`~bridge.convert.registry.custom_keys` to user converters."""
+    :func:`~bridge.convert.registry.custom_keys` to user converters. ``input_shapes`` fixes
+    (sizes) or names (symbols) the inputs' unknown dimensions (see
+    :func:`bridge.translation.resolve_shape`)."""
     problems = list(extra_problems or []) + preflight(
         graph, weights, weights_label, custom, require_weights
     )
@@ -256,7 +270,7 @@ def translate(
         raise UnsupportedModelError(label, problems)
     try:
         return _translate(
-            graph, weights, label, batch_size, outputs, device, custom, walker_class
+            graph, weights, label, batch_size, outputs, device, custom, input_shapes, walker_class
         )
     except BridgeError:
         raise
@@ -273,10 +287,13 @@ def _translate(
     outputs: list[str] | None,
     device: str,
     custom: CustomLayers | None,
+    input_shapes: InputShapes = None,
     walker_class: type[_Walker] | None = None,
 ) -> Translation:
     # walker_class: a subclass of _Walker (bridge.quant.keras's calibration and integer walks)
-    walker = (walker_class or _Walker)(graph, weights, label, batch_size, device, custom)
+    walker = (walker_class or _Walker)(
+        graph, weights, label, batch_size, device, custom, input_shapes
+    )
     inputs = walker.input_vars()
     params = [v for vars_ in walker.weight_vars.values() for v in vars_]
     bb = walker.bb

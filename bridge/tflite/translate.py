@@ -20,7 +20,17 @@ from bridge.tflite.ops import BridgeConverter, OperatorFailed, op_label, preflig
 from bridge.tflite.reader import DTYPES, READ_ERRORS, TFLiteFile
 from bridge.tflite.view import ModelView
 from bridge.tflite.weights import Rewrites, plan
-from bridge.translation import Translation, error_reason, pick_outputs, tensor_info
+from bridge.translation import (
+    InputShapes,
+    Translation,
+    error_reason,
+    pick_outputs,
+    relax_dims,
+    requested_shapes,
+    resolve_shape,
+    tensor_info,
+    unknown_dims_reason,
+)
 
 LIFT_MIN_BYTES = 256  # smaller constants (scalars, scales, shapes) stay inline in the module
 KEEP_INLINE = {"relax.quantize", "relax.dequantize"}  # their scale/zero point must be constants
@@ -33,9 +43,44 @@ def plan_rewrites(source: TFLiteFile) -> Rewrites:
         raise ModelFileError(source.path, f"malformed weights: {error_reason(exc)}") from exc
 
 
-def check(source: TFLiteFile, rewrites: Rewrites, batch_size: int | None) -> None:
+def declared_shape(source: TFLiteFile, tensor: int) -> list[int | None]:
+    """An input's shape as its ``shape_signature`` declares it (None where -1; the stored batch,
+    at which the model runs), or the stored shape when it has no signature."""
+    stored = list(source.tensors[tensor].shape)
+    flat = source.model.Subgraphs(0).Tensors(tensor)
+    if not flat.ShapeSignatureLength():
+        return stored
+    signature = [int(d) for d in flat.ShapeSignatureAsNumpy()]
+    if len(signature) != len(stored):
+        return stored
+    return stored[:1] + [None if d < 0 else d for d in signature[1:]]
+
+
+def input_dims(source: TFLiteFile, input_shapes: InputShapes) -> dict[str, list]:
+    """Each input's dimensions: sizes, symbols' names (``input_shapes``), None where the
+    signature's -1 is still unknown (LiteRT's ``resize_tensor_input`` is ``input_shapes``)."""
+    names = [source.tensors[t].name for t in source.inputs]
+    requested = requested_shapes(input_shapes, names, source.label)
+    return {
+        name: resolve_shape(
+            name, declared_shape(source, t), requested.get(name), 1, source.label, batched=False
+        )
+        for name, t in zip(names, source.inputs)
+    }
+
+
+def check(
+    source: TFLiteFile,
+    rewrites: Rewrites,
+    batch_size: int | None,
+    dims: dict[str, list] | None = None,
+) -> None:
     """Raise UnsupportedModelError with every problem found before translation."""
     problems = preflight(source, rewrites)
+    for name, shape in (dims or {}).items():
+        reason = unknown_dims_reason(name, shape)
+        if reason is not None:
+            problems.append(Problem(name, "input", reason))
     for t in source.inputs:
         desc = source.tensors[t]
         if desc.type_code not in DTYPES:
@@ -55,13 +100,21 @@ def check(source: TFLiteFile, rewrites: Rewrites, batch_size: int | None) -> Non
 
 
 def translate(
-    source: TFLiteFile, *, batch_size: int | None = 1, outputs: list[str] | None = None
+    source: TFLiteFile,
+    *,
+    batch_size: int | None = 1,
+    outputs: list[str] | None = None,
+    input_shapes: InputShapes = None,
 ) -> Translation:
-    """Translate subgraph 0; ``outputs`` picks tensors by name instead of the model outputs."""
+    """Translate subgraph 0; ``outputs`` picks tensors by name instead of the model outputs;
+    ``input_shapes`` sets (or names, symbolic) the sizes the inputs' signatures leave -1."""
     from tvm.relax.frontend.tflite import from_tflite
 
     rewrites = plan_rewrites(source)
-    check(source, rewrites, batch_size)
+    dims = input_dims(source, input_shapes)
+    check(source, rewrites, batch_size, dims)
+    symbols: dict = {}
+    shape_dict = {name: relax_dims(shape, symbols) for name, shape in dims.items()}
     if outputs:
         by_name = {t.name: [t.index] for t in source.tensors}
         out_tensors = [index for _, index in pick_outputs(by_name, outputs, source.label, "tensor")]
@@ -79,7 +132,7 @@ def translate(
         return instance
 
     try:
-        mod = from_tflite(view, op_converter=converter)
+        mod = from_tflite(view, shape_dict=shape_dict, op_converter=converter)
     except OperatorFailed as exc:
         if isinstance(exc.cause, struct.error):  # options read past the end of the file
             reason = f"operator {exc.label}: corrupt options ({exc.cause})"
@@ -161,7 +214,9 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]
     return lifted, lifter.values
 
 
-def report_rows(source: TFLiteFile) -> list[tuple[str, str, list | None, int, str]]:
+def report_rows(
+    source: TFLiteFile, input_shapes: InputShapes = None
+) -> list[tuple[str, str, list | None, int, str]]:
     """``bridge inspect`` rows, one per operator: (label, operator, output shapes, weight
     elements, "ok" or why not). Never raises for unsupported operators."""
     rewrites = plan_rewrites(source)
@@ -170,7 +225,7 @@ def report_rows(source: TFLiteFile) -> list[tuple[str, str, list | None, int, st
         problems.setdefault(p.layer, []).append(p.reason)
     if not problems:
         try:
-            translate(source)
+            translate(source, input_shapes=input_shapes)
         except UnsupportedModelError as exc:
             for p in exc.problems:
                 problems.setdefault(p.layer, []).append(p.reason)

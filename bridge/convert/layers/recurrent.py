@@ -342,7 +342,6 @@ def _loop_spec(ctx, spec: RNNSpec, x: Expr, mask: Expr | None) -> LoopSpec | Non
         kind=cell.kind,
         reset_after=bool(cell.config.get("reset_after", True)),
         units=int(cell.config["units"]),
-        steps=int(ctx.shape(x)[1]),
         backwards=spec.option("go_backwards"),
         masked=mask is not None,
         zero_output=spec.option("zero_output_for_mask"),
