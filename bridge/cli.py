@@ -46,7 +46,8 @@ def _io_table(model) -> Table:
         table.add_column(column)
     for kind, infos in (("input", model.inputs), ("output", model.outputs)):
         for info in infos:
-            table.add_row(kind, escape(info.name), _shape(info.shape), info.dtype)
+            shape = [info.symbol(axis) or d for axis, d in enumerate(info.shape)]
+            table.add_row(kind, escape(info.name), _shape(shape), info.dtype)
     return table
 
 
@@ -76,6 +77,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress=lambda stage, done: bar.update(task, description=_stage(stage, done)),
             custom_layers=args.custom_layers,
             **_quantize_options(args),
+            input_shapes=_input_shapes(args.input_shape),
         )
         bar.update(task, description="bundling" if args.bundle else "exporting")
         stem = args.name or Path(args.model).name.split(".")[0]
@@ -216,6 +218,7 @@ def _tune(args: argparse.Namespace, budget: str):
             rpc_key=args.rpc_key,
             custom_layers=args.custom_layers,
             progress=show,
+            input_shapes=_input_shapes(args.input_shape),
         )
 
 
@@ -305,6 +308,36 @@ def _batch(text: str) -> int | None:
     return value
 
 
+def _input_shape(text: str) -> tuple[str | None, tuple]:
+    """--input-shape [NAME=]D,D,...: each D a size, a symbol's name (kept symbolic) or '?'
+    (as the model declares it)."""
+    name, _, dims = text.rpartition("=")
+    parts = [p.strip() for p in dims.split(",")]
+    if not dims or any(not p for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=1,50,300 (sizes, names or ?), got {text!r}"
+        )
+    shape = tuple(
+        None if p in ("?", "None", "none") else int(p) if p.isdigit() else p for p in parts
+    )
+    return name or None, shape
+
+
+def _input_shapes(given: list[tuple[str | None, tuple]] | None):
+    """The --input-shape options as build's input_shapes: a dict by name, or the one shape of
+    a single-input model."""
+    if not given:
+        return None
+    if len(given) == 1 and given[0][0] is None:
+        return given[0][1]
+    if any(name is None for name, _ in given):
+        raise InputError("--input-shape: name every input (NAME=1,50,300) when giving several")
+    shapes = dict(given)
+    if len(shapes) != len(given):
+        raise InputError("--input-shape: an input is given twice")
+    return shapes
+
+
 def _custom_layers(spec: str) -> dict:
     """--custom-layers MODULE:NAME or FILE.py:NAME: the dict of converters named by the user
     (their own code, imported like any Python module; nothing from the model file runs)."""
@@ -338,7 +371,12 @@ def _custom_layers(spec: str) -> dict:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from bridge.api import inspect
 
-    report = inspect(args.model, args.weights, custom_layers=args.custom_layers)
+    report = inspect(
+        args.model,
+        args.weights,
+        custom_layers=args.custom_layers,
+        input_shapes=_input_shapes(args.input_shape),
+    )
     if report.kind == "tflite":
         console.print(f"{escape(report.name)}: TFLite model")
     else:
@@ -454,6 +492,16 @@ CUSTOM_LAYERS_OPTION = {
 }
 
 
+INPUT_SHAPE_OPTION = {
+    "type": _input_shape,
+    "action": "append",
+    "metavar": "NAME=D,D,..",
+    "help": "an input's shape where the model leaves sizes unknown: sizes, a name to keep a "
+    "dimension symbolic (NAME=1,T,300: one build runs every T) or ? as declared; repeat per "
+    "input (NAME= may be left out for a single-input model)",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage block): ``bridge run: error: ...``, exit 2."""
 
@@ -521,6 +569,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _tuning_arguments(build)
     build.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
+    build.add_argument("--input-shape", **INPUT_SHAPE_OPTION)
     build.add_argument(
         "--quantize",
         choices=["int8"],
@@ -551,6 +600,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--budget", default="20m", help="a time ('20m', '90s') or a trial count")
     tune.add_argument("--batch-size", type=_batch, default=1, help="N (as you will build it)")
     tune.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
+    tune.add_argument("--input-shape", **INPUT_SHAPE_OPTION)
     _tuning_arguments(tune)
     tune.set_defaults(func=cmd_tune)
 
@@ -561,6 +611,7 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("model")
     inspect.add_argument("weights", nargs="?")
     inspect.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
+    inspect.add_argument("--input-shape", **INPUT_SHAPE_OPTION)
     inspect.set_defaults(func=cmd_inspect)
 
     layers = sub.add_parser("layers", help="list the supported Keras layers (and unsupported)")
