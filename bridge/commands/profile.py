@@ -232,7 +232,7 @@ def layer_table(result) -> Table:
     title = f"{escape(result.model)} on {escape(result.target)}: time per layer"
     table = Table(title=title, show_edge=False)
     table.add_column("layer", overflow="fold", min_width=10)  # names in full, folded if long
-    table.add_column("class", overflow="ellipsis", no_wrap=True, max_width=12)
+    table.add_column("class", overflow="ellipsis", max_width=24)
     for column in ("µs", "share", "FLOPs", "bytes", "GFLOP/s"):
         table.add_column(column, justify="right", no_wrap=True)
     # on a narrow terminal cut short: the kernels table below names each in full
