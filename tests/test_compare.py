@@ -150,6 +150,31 @@ def test_shape_and_nonfinite_mismatches_diverge():
     assert measure("a", "X", np.array([np.inf, 1.0]), np.array([np.inf, 1.0]), Tolerance()).ok
 
 
+# --- float build against its int8 build ----------------------------------------------------
+
+
+def _needs_quantize() -> None:
+    import inspect
+
+    if "quantize" not in inspect.signature(bridge.build).parameters:
+        pytest.skip("bridge.build has no quantize= yet")
+
+
+def test_int8_build_against_float_build():
+    """Well calibrated, every layer stays within the int8 tolerance; calibrated on inputs 20
+    times too small, the first layer's input is clipped and it diverges first."""
+    _needs_quantize()
+    x = read_reference(REF / "seq_cnn.npz")[0][f"{INPUT_PREFIX}input_layer"]
+    table = bridge.compare(MODELS / "seq_cnn.keras", inputs=x, reference="int8")
+    assert table.ok and [row.layer for row in table.rows] == SEQ_LAYERS
+    assert table.tolerance == Tolerance(rtol=0.05, cosine=0.99)
+    assert all(0 < row.max_rel < 0.05 for row in table.rows)  # quantized: not bit-equal
+    clipped = bridge.compare(
+        MODELS / "seq_cnn.keras", inputs=x, reference="int8", calibration=x * 0.05
+    )
+    assert clipped.first_divergent == "conv1" and clipped.rows[0].max_rel > 0.2
+
+
 # --- TFLite ------------------------------------------------------------------------------------
 
 
