@@ -451,12 +451,9 @@ def compare(
     layers = model_layers(model, weights, custom_layers)
     named = reference if isinstance(reference, str) and reference in NAMED_REFERENCES else None
     if reference is None:
-        named = "litert" if layers.kind == "tflite" and runner_outputs is None else "native"
-        if named == "native" and _runs_natively(target) and runner_outputs is None:
-            raise InputError(
-                f"{layers.name}: nothing to compare with: pass a reference .npz (python -m "
-                "bridge.reference), 'int8', or another --target than this machine"
-            )
+        named = _default_reference(layers, target, runner_outputs)
+    if named == "litert":
+        _litert_available(model)  # before building anything
     ref_arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
     if named is None:
@@ -512,6 +509,27 @@ def _cast(array: np.ndarray, info) -> np.ndarray:
     """A numeric input in the model input's dtype (anything else: the model refuses it)."""
     array = np.asarray(array)
     return array.astype(info.dtype) if array.dtype.kind in "biuf" else array
+
+
+def _default_reference(layers: Layers, target: Any, runner_outputs: Any) -> str:
+    """Without a reference: this machine's build against another target's, else LiteRT for a
+    ``.tflite``; a Keras model built for this machine has nothing to be compared with."""
+    if not _runs_natively(target) or runner_outputs is not None:
+        return "native"
+    if layers.kind == "tflite":
+        return "litert"
+    raise InputError(
+        f"{layers.name}: nothing to compare with: pass a reference .npz (python -m "
+        "bridge.reference), 'int8', or another --target than this machine"
+    )
+
+
+def _litert_available(model: PathLike) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        reason = "a LiteRT reference needs ai-edge-litert (pip install ai-edge-litert)"
+        raise ModelFileError(model, reason)
 
 
 def _runs_natively(target: Any) -> bool:

@@ -294,6 +294,36 @@ def test_aarch64_bundle_under_qemu_against_native(tmp_path):
     assert table.first_divergent == "pool"
 
 
+def test_tflite_int8_aarch64_bundle_bit_exact_with_native():
+    needs_tools(resolve("aarch64"), "qemu-aarch64")
+    x = np.load(FIXTURES / "tflite" / "cnn_int8.npz")["input_0"]
+    table = bridge.compare(FIXTURES / "tflite" / "cnn_int8.tflite", inputs=x, target="aarch64")
+    assert len(table.rows) >= 5 and all(row.max_abs == 0 for row in table.rows)
+
+
+def test_tflite_without_litert_says_so_before_building(monkeypatch):
+    import importlib.util
+
+    from bridge.errors import ModelFileError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ai_edge_litert" else real(name, *a),
+    )
+    monkeypatch.setattr("bridge.api.build", lambda *a, **k: pytest.fail("built in vain"))
+    x = np.load(FIXTURES / "tflite" / "cnn_float32.npz")["input_0"]
+    with pytest.raises(ModelFileError, match="needs ai-edge-litert"):
+        bridge.compare(FIXTURES / "tflite" / "cnn_float32.tflite", inputs=x)
+
+
+def test_compare_is_callable_and_loads_either_way():
+    import bridge.compare as module
+
+    assert callable(module) and module.load is load and bridge.compare.load is load
+
+
 # --- python -m bridge.reference ----------------------------------------------------------------
 
 NO_TVM = (
