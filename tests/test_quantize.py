@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, run_bundle
 
 import bridge
 from bridge.cli import main
@@ -192,6 +192,22 @@ def test_export_load_and_batch_of_four(digits_int8, tmp_path):
     assert loaded.metadata["quantization"]["calibration_samples"] == 50
     # the same model with another calibration set agrees closely
     assert np.abs(got - digits_int8(images)).max() < 0.1
+
+
+def test_bundle_runs_int8_without_python(tmp_path):
+    """A portable int8 bundle (float32 .npy in and out, as a float build's) runs in ./run."""
+    images = digits_images("test")[:2]
+    model = bridge.build(
+        DIGITS,
+        target="x86-64",
+        batch_size=2,
+        quantize="int8",
+        calibration=digits_images("calibration")[:32],
+    )
+    model.export(tmp_path / "bundle", bundle=True)
+    (got,) = run_bundle(tmp_path / "bundle", [images])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, model(images), rtol=1e-5, atol=1e-6)
 
 
 # --- calibration data ------------------------------------------------------------------------
