@@ -472,21 +472,10 @@ def compare(
     candidate = build(target, calibrate)
     feeds = {info.name: _cast(feeds[info.name], info) for info in candidate.inputs}
     got = _candidate_outputs(candidate, feeds, runner_outputs, bundle_out, report)
-    tolerance = Tolerance()
-    if named == "litert":
-        report("running LiteRT", None)
-        ref_arrays, meta = litert_outputs(model, feeds)
-        label = "LiteRT, every tensor preserved"
-    elif named == "int8":
-        label = "bridge float build (candidate: its int8 build)"
-        tolerance = QUANTIZED_TOLERANCE
-        ref_arrays = _candidate_outputs(build(target, None), feeds, None, None, report)
-    elif named == "native":
-        label = f"bridge native build (candidate: {candidate.spec.name})"
-        report("building for this machine", None)
-        ref_arrays = run_here(build("llvm", None), feeds)
-    else:
-        label = _reference_label(Path(reference), meta)
+    ref_arrays, meta, label = _reference_outputs(
+        named, model, candidate, build, feeds, (ref_arrays, meta), reference, report
+    )
+    tolerance = QUANTIZED_TOLERANCE if named == "int8" else Tolerance()
     tolerance = Tolerance(
         tolerance.atol if atol is None else atol,
         tolerance.rtol if rtol is None else rtol,
@@ -496,13 +485,36 @@ def compare(
     table = CompareTable(layers.name, label, tolerance)
     for index, key in enumerate(keys):
         report(f"comparing {key}", index / max(len(keys), 1))
-        quant = layers.quantization.get(key)
-        a, step_a = _real(got[key], quant)
-        b, step_b = _real(ref_arrays[key], quant)
-        klass = layers.classes.get(key.split(":")[0]) or layers.classes.get(key, "")
-        table.rows.append(measure(key, klass, a, b, tolerance, max(step_a, step_b)))
+        table.rows.append(_row(key, layers, got[key], ref_arrays[key], tolerance))
     report("compared", 1.0)
     return table
+
+
+def _row(key: str, layers: Layers, got: np.ndarray, ref: np.ndarray, tolerance: Tolerance) -> Row:
+    """One output compared, integer tensors in real units (one quantization step allowed)."""
+    quant = layers.quantization.get(key)
+    a, step_a = _real(got, quant)
+    b, step_b = _real(ref, quant)
+    klass = layers.classes.get(key.split(":")[0]) or layers.classes.get(key, "")
+    return measure(key, klass, a, b, tolerance, max(step_a, step_b))
+
+
+def _reference_outputs(named, model, candidate, build, feeds, from_file, reference, report):
+    """(reference outputs by name, reference meta, one-line label) for a named reference, or
+    ``from_file`` (a reference file's arrays and meta) otherwise."""
+    if named == "litert":
+        report("running LiteRT", None)
+        arrays, meta = litert_outputs(model, feeds)
+        return arrays, meta, f"LiteRT {meta.get('runtime_version', '')}, every tensor preserved"
+    if named == "int8":
+        floats = _candidate_outputs(build(candidate.spec, None), feeds, None, None, report)
+        return floats, {}, "bridge float build (candidate: its int8 build)"
+    if named == "native":
+        report("building for this machine", None)
+        label = f"bridge native build (candidate: {candidate.spec.name})"
+        return run_here(build("llvm", None), feeds), {}, label
+    arrays, meta = from_file
+    return arrays, meta, _reference_label(Path(reference), meta)
 
 
 def _cast(array: np.ndarray, info) -> np.ndarray:
