@@ -6,9 +6,11 @@
     benchmarks/.venv/bin/python scripts/tflite_sweep.py --table /tmp/apps.jsonl   # print only
 
 Models: ``fixtures`` (tests/fixtures/keras3/models/*.keras and keras2/models/*.keras or .h5
-where Keras 3 loads them), ``apps`` (every keras.applications model, weights=None, at the
-smallest square input it accepts, smallest models first). Variants, each converted with
-``TFLiteConverter``:
+where Keras 3 loads them; float16/bfloat16/mixed-precision ones widened to float32 first),
+``apps`` (every keras.applications model, weights=None, at the smallest square input it
+accepts, smallest models first, returning logits: ``classifier_activation=None``), ``layers``
+(the Keras 3 layer cases, tests/fixtures/keras3/layers: select with ``--only``). Variants,
+each converted with ``TFLiteConverter``:
 
 - ``keras``: ``from_keras_model`` (float32);
 - ``dynbatch``: ``model.export`` (a SavedModel whose signature has batch None) then
@@ -47,6 +49,11 @@ FLOAT_TOLERANCE = 1e-4
 
 
 # --- models ---------------------------------------------------------------------------------
+
+
+def layer_models() -> list[str]:
+    """The Keras 3 layer cases (tests/fixtures/keras3/layers): one layer each."""
+    return [f"layers/{p.stem}" for p in sorted((FIXTURES / "keras3" / "layers").glob("*.keras"))]
 
 
 def fixture_models() -> list[str]:
@@ -91,15 +98,35 @@ def load(name: str):
     group, stem = name.split("/", 1)
     if group == "apps":
         side = APP_INPUT.get(stem, 32)
-        return getattr(keras.applications, stem)(weights=None, input_shape=(side, side, 3))
+        make = getattr(keras.applications, stem)
+        try:  # logits: with random weights a softmax is nearly uniform and hides differences
+            return make(weights=None, input_shape=(side, side, 3), classifier_activation=None)
+        except TypeError:
+            return make(weights=None, input_shape=(side, side, 3))
+    if group == "layers":
+        return as_float32(keras.saving.load_model(FIXTURES / "keras3" / "layers" / f"{stem}.keras"))
     folder = FIXTURES / group / "models"
     errors = []
     for suffix in (".keras", ".h5"):
         try:
-            return keras.saving.load_model(folder / f"{stem}{suffix}", compile=False)
+            return as_float32(keras.saving.load_model(folder / f"{stem}{suffix}", compile=False))
         except Exception as exc:  # an older format Keras 3 does not read
             errors.append(f"{suffix}: {type(exc).__name__}")
     raise RuntimeError("not loadable by Keras 3 (" + ", ".join(errors) + ")")
+
+
+def as_float32(model):
+    """A float16/bfloat16/mixed-precision model as float32 (same layers, weights widened):
+    TensorFlow's converter has no float16 builtins, so this is how such models reach TFLite."""
+    import keras
+
+    text = model.to_json()
+    wide = re.sub(r'"(mixed_)?b?float16"', '"float32"', text)
+    if wide == text:
+        return model
+    clone = keras.models.model_from_json(wide)
+    clone.set_weights([w.astype("float32") for w in model.get_weights()])
+    return clone
 
 
 # --- one model ------------------------------------------------------------------------------
@@ -111,10 +138,14 @@ def seed(text: str) -> int:
 
 def sample(model, rng):
 
-    return [  # the declared batch (1 if None); unknown other dimensions: 8
-        rng.standard_normal((i.shape[0] or 1, *[d or 8 for d in i.shape[1:]])).astype("float32")
-        for i in model.inputs
-    ]
+    values = []
+    for i in model.inputs:  # the declared batch (1 if None); unknown other dimensions: 8
+        shape = (i.shape[0] or 1, *[d or 8 for d in i.shape[1:]])
+        if "int" in str(i.dtype) or "bool" in str(i.dtype):  # token ids, masks
+            values.append(rng.integers(0, 2, shape).astype(str(i.dtype)))
+        else:
+            values.append(rng.standard_normal(shape).astype("float32"))
+    return values
 
 
 def convert(model, variant: str, work: Path) -> bytes:
@@ -171,11 +202,11 @@ def litert(data: bytes, values: list, names: list[str]) -> tuple[list[dict], lis
     fed = []
     for detail, value in zip(details, by_detail(details, names, values)):
         value = value.reshape(detail["shape"])
-        if detail["dtype"] != np.float32:
-            scale, zero_point = detail["quantization"]
+        scale, zero_point = detail["quantization"]
+        if scale and value.dtype.kind == "f" and detail["dtype"] != np.float32:  # quantize
             info = np.iinfo(detail["dtype"])
             value = np.clip(np.round(value / scale) + zero_point, info.min, info.max)
-            value = value.astype(detail["dtype"])
+        value = value.astype(detail["dtype"])
         interpreter.set_tensor(detail["index"], value)
         fed.append(value)
     interpreter.invoke()
@@ -346,7 +377,7 @@ def table(rows: list[dict], variants: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=["fixtures", "apps"], default="fixtures")
+    parser.add_argument("--set", choices=["fixtures", "apps", "layers"], default="fixtures")
     parser.add_argument("--only", help="regex on model names (e.g. 'MobileNet|seq_')")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--jsonl", type=Path, help="results file (appended; resumes)")
@@ -361,7 +392,7 @@ def main() -> None:
     if args.table:
         print(table(read_rows(args.table), variants))
         return
-    names = fixture_models() if args.set == "fixtures" else app_models()
+    names = {"fixtures": fixture_models, "apps": app_models, "layers": layer_models}[args.set]()
     if args.only:
         names = [n for n in names if re.search(args.only, n)]
     jsonl = args.jsonl or Path(tempfile.gettempdir()) / f"tflite_sweep_{args.set}.jsonl"
