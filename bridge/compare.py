@@ -309,7 +309,7 @@ def reference_inputs(
     if len(stored) != len(names):
         raise InputError(
             f"{label}: holds {len(stored)} input(s), the model takes {len(names)} "
-            f"({', '.join(names)}); pass --inputs"
+            f"({', '.join(names)}); pass the inputs"
         )
     if set(stored) != set(names):  # same count, other names: in model order
         return {n: arrays[f"{INPUT_PREFIX}{s}"] for n, s in zip(names, stored)}
@@ -532,7 +532,7 @@ def _default_reference(layers: Layers, target: Any, runner_outputs: Any) -> str:
         return "litert"
     raise InputError(
         f"{layers.name}: nothing to compare with: pass a reference .npz (python -m "
-        "bridge.reference), 'int8', or another --target than this machine"
+        "bridge.reference), 'int8', or a target= other than this machine's"
     )
 
 

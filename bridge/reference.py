@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Write every Keras layer's output on the given inputs, for bridge compare.",
     )
     parser.add_argument("files", nargs="+", metavar="MODEL [WEIGHTS] INPUTS")
-    parser.add_argument("-o", "--output", required=True, help="the reference .npz to write")
+    parser.add_argument("-o", dest="output", required=True, help="the reference .npz to write")
     args = parser.parse_args(argv)
     if len(args.files) not in (2, 3):
         parser.error("expected MODEL [WEIGHTS] INPUTS")
