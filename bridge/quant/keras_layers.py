@@ -208,14 +208,21 @@ def _padding(site: Site, size: tuple[int, int], kernel, strides, dilation) -> tu
     return (befores[0], befores[1], afters[0], afters[1])
 
 
-def _conv_common(site: Site) -> tuple[QValue, tuple, kernels.Window] | str:
+def _image(site: Site) -> QValue | str:
+    """The call's one int8 input, an NHWC image (channels_last, 2-D)."""
     inputs = site.int_inputs()
     if isinstance(inputs, str):
         return inputs
-    x = inputs[0]
-    shape = static_shape(x.q)
-    if channels_first(site.config) or len(shape) != 4:
+    if channels_first(site.config) or len(static_shape(inputs[0].q)) != 4:
         return "channels_first or not 2-D"
+    return inputs[0]
+
+
+def _conv_common(site: Site) -> tuple[QValue, tuple, kernels.Window] | str:
+    x = _image(site)
+    if isinstance(x, str):
+        return x
+    shape = static_shape(x.q)
     kernel = ntuple(site.get("kernel_size"), 2)
     strides = ntuple(site.get("strides", 1), 2)
     dilation = ntuple(site.get("dilation_rate", 1), 2)
@@ -241,7 +248,8 @@ def conv2d(site: Site) -> list[QValue] | str:
     return _product(site, x, kernel, site.weight("bias"), accumulate)
 
 
-def depthwise_conv2d(site: Site) -> list[QValue] | str:
+def _depthwise(site: Site, bias: np.ndarray | None, part: str = "") -> list[QValue] | str:
+    """The layer's depthwise product (``depthwise_kernel`` [KH, KW, C, M])."""
     common = _conv_common(site)
     if isinstance(common, str):
         return common
@@ -252,22 +260,16 @@ def depthwise_conv2d(site: Site) -> list[QValue] | str:
     def accumulate(q: np.ndarray, bias: np.ndarray) -> relax.Expr:
         return kernels.depthwise_conv2d(x.q, q[None], bias, x.zero_point, window, int(shape[3]))
 
-    return _product(site, x, kernel, site.weight("bias"), accumulate)
+    return _product(site, x, kernel, bias, accumulate, part)
+
+
+def depthwise_conv2d(site: Site) -> list[QValue] | str:
+    return _depthwise(site, site.weight("bias"))
 
 
 def separable_conv2d(site: Site) -> list[QValue] | str:
     """The depthwise step (requantized to its observed range), then the pointwise one."""
-    common = _conv_common(site)
-    if isinstance(common, str):
-        return common
-    x, shape, window = common
-    kh, kw, channels, multiplier = site.weight("depthwise_kernel").shape
-    kernel = site.weight("depthwise_kernel").reshape(kh, kw, channels * multiplier)
-
-    def depthwise(q: np.ndarray, bias: np.ndarray) -> relax.Expr:
-        return kernels.depthwise_conv2d(x.q, q[None], bias, x.zero_point, window, int(shape[3]))
-
-    inner = _product(site, x, kernel, None, depthwise, DEPTHWISE_PART)
+    inner = _depthwise(site, None, DEPTHWISE_PART)
     if isinstance(inner, str):
         return inner
     (y,) = inner
@@ -322,24 +324,23 @@ def batch_normalization(site: Site) -> list[QValue] | str:
     return _product(site, x, scale, shift, accumulate)
 
 
-def _pool_args(site: Site, shape) -> tuple | str:
-    if channels_first(site.config) or len(shape) != 4:
-        return "channels_first or not 2-D"
+def _pool_args(site: Site) -> tuple | str:
+    """(input, its shape, window, strides, padding) of a 2-D pooling layer."""
+    x = _image(site)
+    if isinstance(x, str):
+        return x
+    shape = static_shape(x.q)
     window = ntuple(site.get("pool_size", 2), 2)
     strides = ntuple(site.get("strides") or window, 2)
     padding = _padding(site, shape[1:3], window, strides, (1, 1))
-    return padding if isinstance(padding, str) else (window, strides, padding)
+    return padding if isinstance(padding, str) else (x, shape, window, strides, padding)
 
 
 def max_pooling2d(site: Site) -> list[QValue] | str:
-    inputs = site.int_inputs()
-    if isinstance(inputs, str):
-        return inputs
-    x = inputs[0]
-    args = _pool_args(site, static_shape(x.q))
+    args = _pool_args(site)
     if isinstance(args, str):
         return args
-    window, strides, (top, left, bottom, right) = args
+    x, _, window, strides, (top, left, bottom, right) = args
     y = R.nn.max_pool2d(x.q, window, strides, padding=[top, left, bottom, right], layout="NHWC")
     return [site.result(y, x.scale, x.zero_point)]
 
@@ -347,15 +348,10 @@ def max_pooling2d(site: Site) -> list[QValue] | str:
 def average_pooling2d(site: Site) -> list[QValue] | str:
     """Each window's integer sum over its pixel count (padding excluded, as Keras), keeping the
     input's quantization (TFLite's integer AVERAGE_POOL_2D)."""
-    inputs = site.int_inputs()
-    if isinstance(inputs, str):
-        return inputs
-    x = inputs[0]
-    shape = static_shape(x.q)
-    args = _pool_args(site, shape)
+    args = _pool_args(site)
     if isinstance(args, str):
         return args
-    window, strides, padding = args
+    x, shape, window, strides, padding = args
     total = kernels.window_sum(x.q, window, strides, padding)
     counts = kernels.window_counts((int(shape[1]), int(shape[2])), window, strides, padding)
     mean = kernels.divide_round_away(total, counts)
@@ -363,13 +359,10 @@ def average_pooling2d(site: Site) -> list[QValue] | str:
 
 
 def global_average_pooling2d(site: Site) -> list[QValue] | str:
-    inputs = site.int_inputs()
-    if isinstance(inputs, str):
-        return inputs
-    x = inputs[0]
+    x = _image(site)
+    if isinstance(x, str):
+        return x
     shape = static_shape(x.q)
-    if channels_first(site.config) or len(shape) != 4:
-        return "channels_first or not 2-D"
     out = site.out_quant()
     if out is None:
         return "its output has no observed range"
@@ -384,45 +377,41 @@ def global_average_pooling2d(site: Site) -> list[QValue] | str:
 
 
 def global_max_pooling2d(site: Site) -> list[QValue] | str:
-    inputs = site.int_inputs()
-    if isinstance(inputs, str):
-        return inputs
-    x = inputs[0]
-    if channels_first(site.config) or len(static_shape(x.q)) != 4:
-        return "channels_first or not 2-D"
+    x = _image(site)
+    if isinstance(x, str):
+        return x
     y = R.max(x.q, axis=[1, 2], keepdims=bool(site.get("keepdims", False)))
     return [site.result(y, x.scale, x.zero_point)]
 
 
-def _same_shapes(values: list[QValue]) -> bool:
-    return len({static_shape(v.q) for v in values}) == 1
-
-
-def add(site: Site) -> list[QValue] | str:
+def _binary(site: Site) -> tuple[QValue, QValue, tuple[float, int]] | str:
+    """The two int8 inputs of an Add or Multiply and the output's quantization."""
     inputs = site.int_inputs()
     if isinstance(inputs, str):
         return inputs
     if len(inputs) != 2:
-        return f"{len(inputs)} inputs (integer Add takes 2)"
+        return f"{len(inputs)} inputs (the integer kernel takes 2)"
     out = site.out_quant()
     if out is None:
         return "its output has no observed range"
-    a, b = inputs
+    return inputs[0], inputs[1], out
+
+
+def add(site: Site) -> list[QValue] | str:
+    parts = _binary(site)
+    if isinstance(parts, str):
+        return parts
+    a, b, out = parts
     clamp = fixed_point.activation_range(site.clamp(), out[0], out[1], INT8)
     y = elementwise.add(a.operand, b.operand, out, clamp, INT8)
     return [site.result(y, *out)]
 
 
 def multiply(site: Site) -> list[QValue] | str:
-    inputs = site.int_inputs()
-    if isinstance(inputs, str):
-        return inputs
-    if len(inputs) != 2:
-        return f"{len(inputs)} inputs (integer Multiply takes 2)"
-    out = site.out_quant()
-    if out is None:
-        return "its output has no observed range"
-    a, b = inputs
+    parts = _binary(site)
+    if isinstance(parts, str):
+        return parts
+    a, b, out = parts
     y = elementwise.multiply(a.operand, b.operand, out, (-128, 127), INT8)
     return [site.result(y, *out)]
 
@@ -446,12 +435,9 @@ def concatenate(site: Site) -> list[QValue] | str:
 
 
 def zero_padding2d(site: Site) -> list[QValue] | str:
-    inputs = site.int_inputs()
-    if isinstance(inputs, str):
-        return inputs
-    x = inputs[0]
-    if channels_first(site.config) or len(static_shape(x.q)) != 4:
-        return "channels_first or not 2-D"
+    x = _image(site)
+    if isinstance(x, str):
+        return x
     padding = site.get("padding", 1)
     if isinstance(padding, int):
         (top, bottom), (left, right) = (padding, padding), (padding, padding)
