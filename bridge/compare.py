@@ -471,7 +471,11 @@ def compare(
         calibrate = feeds if calibration is None else input_arrays(calibration, layers.inputs)
     candidate = build(target, calibrate)
     feeds = {info.name: _cast(feeds[info.name], info) for info in candidate.inputs}
-    got = _candidate_outputs(candidate, feeds, runner_outputs, bundle_out, report)
+    try:
+        got = _candidate_outputs(candidate, feeds, runner_outputs, bundle_out, report)
+    except InputError as exc:  # the model refused an input: name the file it came from
+        where = inputs if isinstance(inputs, (str, Path)) else reference if meta else None
+        raise InputError(f"{where}: {exc}" if where is not None else str(exc)) from exc
     ref_arrays, meta, label = _reference_outputs(
         named, model, candidate, build, feeds, (ref_arrays, meta), reference, report
     )

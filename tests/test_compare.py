@@ -263,6 +263,12 @@ def test_cli_bad_inputs_exit_2_naming_the_file(tmp_path, capsys):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     assert main([*args, str(tmp_path / "obj.npy")]) == 2
     assert "obj.npy" in _error(capsys)
+    np.save(tmp_path / "small.npy", np.zeros((2, 8, 8, 3), "float32"))
+    assert main([*args, str(tmp_path / "small.npy")]) == 2
+    assert "small.npy: input 'input_layer' must have shape [2, 16, 16, 3]" in _error(capsys)
+    missing = str(tmp_path / "missing.keras")
+    assert main(["compare", missing, "--reference", str(REF / "seq_cnn.npz")]) == 2
+    assert "missing.keras" in _error(capsys)
     # no reference at all, nothing else to compare with
     assert main(["compare", seq, "--inputs", str(tmp_path / "x.npz")]) == 2
     assert "nothing to compare with" in _error(capsys)
