@@ -40,6 +40,10 @@ LAMBDA_REASON = (
 )
 
 
+def _quiet(text: str) -> None:
+    """The default ``report``: stage messages go nowhere (the command prints them)."""
+
+
 def _keras(path: Path | str = "model"):
     """The Keras module: Keras 3, or Keras 2 (tf.keras 2.x, also reached as ``keras``)."""
     try:
@@ -201,7 +205,7 @@ def _first_call_outputs(layer, nodes: set[int] | None) -> list | None:
         return None
 
 
-def layer_outputs(model, inputs: list[np.ndarray], report=print) -> tuple[dict, list[dict]]:
+def layer_outputs(model, inputs: list[np.ndarray], report=_quiet) -> tuple[dict, list[dict]]:
     """Every top-level layer's outputs on ``inputs``, in one call of a Keras model whose outputs
     are all of them: (arrays by key, [{"name", "class", "outputs"}] in model order)."""
     keras = _keras()
@@ -300,7 +304,7 @@ def write_reference(
     weights: str | Path | None,
     inputs: str | Path,
     out: str | Path,
-    report=print,
+    report=_quiet,
 ) -> Path:
     """Run ``model`` in Keras (a ``.tflite``: LiteRT) on ``inputs`` and write the reference
     ``.npz`` to ``out``."""

@@ -366,9 +366,18 @@ def test_reference_module_imports_no_tvm(tmp_path):
     assert "needs Keras 3 or tf.keras 2.x" in result.stderr and "tvm" not in result.stderr
 
 
-def test_reference_refuses_lambda_without_running_it():
-    with pytest.raises(UnsupportedModelError, match=r"times_two \(Lambda\): is a Lambda layer"):
-        load_model(KERAS3 / "errors" / "lambda_model.keras")
+@pytest.mark.parametrize(
+    "model, layer",
+    [
+        (KERAS3 / "errors" / "lambda_model.keras", "times_two"),  # Keras 3 zip
+        (KERAS3 / "errors" / "lambda_model.json", "times_two"),  # architecture JSON
+        (KERAS2 / "custom" / "custom_scale.h5", "double_minus_one"),  # tf.keras 2 HDF5 (h5py)
+    ],
+)
+def test_reference_refuses_lambda_without_running_it(model, layer):
+    """Found in the config before Keras is imported (here, where Keras is not installed)."""
+    with pytest.raises(UnsupportedModelError, match=rf"{layer} \(Lambda\): is a Lambda layer"):
+        load_model(model)
 
 
 KERAS_PYTHON = ROOT / "benchmarks" / ".venv" / "bin" / "python"
