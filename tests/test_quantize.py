@@ -150,9 +150,13 @@ def test_integer_kernels_in_the_module():
     quantizer = quant_build.prepare(
         QUANT / "cnn.keras", calibration=representative("cnn", [(1, 32, 32, 3)])[0][:8]
     )
-    text = quantizer.translate().mod.script()
+    translation = quantizer.translate()
+    text = translation.mod.script()
     assert text.count('out_dtype="int32"') >= 3  # conv1, conv2, logits
     assert "R.nn.conv2d" in text and '"int8"' in text
+    # the float weights of integer layers are no parameters (their int8 copies are constants)
+    assert translation.params == {}
+    assert len(translation.mod["main"].params) == 1
 
 
 # --- outputs=, downstream --------------------------------------------------------------------
