@@ -429,6 +429,7 @@ def compare(
     inputs: Any = None,
     reference: PathLike | str | None = None,
     target: Any = "llvm",
+    tolerance: Tolerance | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     cosine: float | None = None,
@@ -440,12 +441,14 @@ def compare(
 ) -> CompareTable:
     """Compare every layer's output of ``model`` built for ``target`` with ``reference`` (a
     ``python -m bridge.reference`` ``.npz``, ``"litert"``, ``"int8"`` or ``"native"``; see the
-    module docstring). ``inputs``: an array, a list, a dict by input name or a ``.npy``/``.npz``
-    path (default: the reference file's). ``runner_outputs``: the candidate's outputs from a
-    bundle's ``run`` (a folder or ``.npz``) instead of running it; ``bundle_out``: also keep the
-    all-layers bundle there (to run on a device). ``progress(description, done)`` as for
-    :func:`bridge.build`, ``done`` the share of layers compared. Returns a
-    :class:`CompareTable`."""
+    module docstring). ``tolerance`` (a :class:`Tolerance`) replaces the default rule, and
+    ``atol``/``rtol``/``cosine`` each of its numbers. ``inputs``: an array, a list, a dict by
+    input name or a ``.npy``/``.npz`` path (default: the reference file's). ``calibration``:
+    the samples the int8 build is calibrated on (default: the inputs). ``runner_outputs``: the
+    candidate's outputs from a bundle's ``run`` (a folder or ``.npz``) instead of running it;
+    ``bundle_out``: also keep the all-layers bundle there (to run on a device).
+    ``progress(description, done)`` as for :func:`bridge.build`, ``done`` the share of layers
+    compared. Returns a :class:`CompareTable`."""
     report = progress or (lambda description, done: None)
     report(f"reading {Path(model).name}", None)
     layers = model_layers(model, weights, custom_layers)
@@ -479,7 +482,8 @@ def compare(
     ref_arrays, meta, label = _reference_outputs(
         named, model, candidate, build, feeds, (ref_arrays, meta), reference, report
     )
-    tolerance = QUANTIZED_TOLERANCE if named == "int8" else Tolerance()
+    if tolerance is None:
+        tolerance = QUANTIZED_TOLERANCE if named == "int8" else Tolerance()
     tolerance = Tolerance(
         tolerance.atol if atol is None else atol,
         tolerance.rtol if rtol is None else rtol,
