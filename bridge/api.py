@@ -152,6 +152,7 @@ def build(
             method=calibration_method,
             percentile=percentile,
             custom_layers=custom_layers,
+            input_shapes=input_shapes,
         )
     report(f"reading {Path(model).name}")
     translation, source = _load_and_translate(

@@ -101,18 +101,36 @@ def run_batched(model, arrays: list[np.ndarray], count: int) -> list[np.ndarray]
     return [np.concatenate(parts) for parts in kept]
 
 
-def model_inputs(source: KerasModel) -> list[TensorInfo]:
-    """The model's inputs from its config (batch unknown), before translating anything."""
+def model_inputs(source: KerasModel, shapes: dict[str, tuple] | None = None) -> list[TensorInfo]:
+    """The model's inputs from its config (batch unknown; sizes ``input_shapes`` fixes filled
+    in), before translating anything."""
     from bridge.convert.walk import input_dtype, input_shape
 
     graph = source.source.graph
     infos = []
     for ref in graph.inputs:
         layer = graph.layer(ref.layer)
-        shape = input_shape(layer) or [None]
+        shape = list(input_shape(layer) or [None])
+        fixed = (shapes or {}).get(layer.name, ())
+        for axis, dim in enumerate(fixed):
+            if axis < len(shape) and shape[axis] is None and isinstance(dim, int):
+                shape[axis] = dim
         dims = tuple(d if isinstance(d, int) else None for d in shape)
         infos.append(TensorInfo(layer.name, (None, *dims[1:]), input_dtype(layer)))
     return infos
+
+
+def requested(source: KerasModel, input_shapes: Any) -> dict[str, tuple]:
+    """``input_shapes=`` by input name (checked as the translation checks it)."""
+    from bridge.translation import requested_shapes
+
+    names = [ref.layer for ref in source.source.graph.inputs]
+    return requested_shapes(input_shapes, names, source.source.label)
+
+
+def unbatched(shapes: dict[str, tuple]) -> dict[str, tuple] | None:
+    """``input_shapes`` for the calibration build, whose batch is its own."""
+    return {name: (None, *shape[1:]) for name, shape in shapes.items()} or None
 
 
 def check_arguments(mode: str, method: str, percentile: float) -> None:
@@ -128,8 +146,11 @@ class Quantizer:
     """One model's quantization: the checked samples first (:func:`prepare`), then the int8
     translation (:meth:`translate`), then the built model's agreement (:meth:`finish`)."""
 
-    def __init__(self, source: KerasModel, arrays: list[np.ndarray], method: str, percentile):
+    def __init__(
+        self, source: KerasModel, arrays: list[np.ndarray], method: str, percentile, shapes=None
+    ):
         self.source = source
+        self.shapes = shapes or {}  # input_shapes= by input name
         self.arrays = arrays
         self.method = method
         self.percentile = float(percentile)
@@ -151,11 +172,14 @@ class Quantizer:
         plan = make_plan(source.source.graph, outputs or ())
         calibrating = functools.partial(CalibrationWalker, plan=plan)
         report("building the float model to calibrate with")
-        first = _translate(source, calibrating, CALIBRATION_BATCH, None, "cpu")
+        calibration_shapes = unbatched(self.shapes)
+        first = _translate(source, calibrating, CALIBRATION_BATCH, None, "cpu", calibration_shapes)
         names = keys_of(first.layer_shapes)
         keys = [name[len(MARK) :] for name in names]
         finals = list(outputs) if outputs else output_names(first.layer_shapes)
-        observed = _translate(source, calibrating, CALIBRATION_BATCH, names + finals, "cpu")
+        observed = _translate(
+            source, calibrating, CALIBRATION_BATCH, names + finals, "cpu", calibration_shapes
+        )
         float_model = _host_model(observed)
         batch = float_model.inputs[0].shape[0] or CALIBRATION_BATCH
 
@@ -174,7 +198,9 @@ class Quantizer:
             made.append(QuantWalker(*args, plan=plan, ranges=ranges, **kwargs))
             return made[-1]
 
-        translation = prune_params(_translate(source, quantizing, batch_size, outputs, device))
+        shapes = self.shapes or None
+        translation = _translate(source, quantizing, batch_size, outputs, device, shapes)
+        translation = prune_params(translation)
         walker = made[-1]
         self.found = Quantization(
             self.method,
@@ -204,8 +230,10 @@ def prepare(
     method: str = "minmax",
     percentile: float = 99.99,
     custom_layers=None,
+    input_shapes: Any = None,
 ) -> Quantizer:
-    """Read the model and check the arguments and calibration samples (before any work)."""
+    """Read the model and check the arguments and calibration samples (before any work);
+    ``input_shapes`` as for ``bridge.build``."""
     from bridge.sources import open_source
 
     check_arguments(mode, method, percentile)
@@ -215,11 +243,14 @@ def prepare(
             f"{model}: quantize= quantizes Keras models; a .tflite file carries its own "
             "quantization (build it without quantize=)"
         )
-    arrays = calibration_arrays(calibration, model_inputs(source))
-    return Quantizer(source, arrays, method, percentile)
+    shapes = requested(source, input_shapes)
+    arrays = calibration_arrays(calibration, model_inputs(source, shapes))
+    return Quantizer(source, arrays, method, percentile, shapes)
 
 
-def _translate(source: KerasModel, walker_class, batch_size, outputs, device) -> Translation:
+def _translate(
+    source: KerasModel, walker_class, batch_size, outputs, device, input_shapes=None
+) -> Translation:
     """``source.translate`` with another walker (the same checks and problems)."""
     from bridge.convert.walk import translate
 
@@ -235,6 +266,7 @@ def _translate(source: KerasModel, walker_class, batch_size, outputs, device) ->
         device=device,
         custom=source.custom,
         require_weights=missing is None,
+        input_shapes=input_shapes,
         walker_class=walker_class,
     )
 
