@@ -482,6 +482,8 @@ def compare(
     ref_arrays, meta, label = _reference_outputs(
         named, model, candidate, build, feeds, (ref_arrays, meta), reference, report
     )
+    if named != "native" and not _runs_natively(target):
+        label += f"; bridge built for {candidate.spec.name}"
     if tolerance is None:
         tolerance = QUANTIZED_TOLERANCE if named == "int8" else Tolerance()
     tolerance = Tolerance(

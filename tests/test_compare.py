@@ -302,6 +302,11 @@ def test_aarch64_bundle_under_qemu_against_native(tmp_path):
         MODELS / "seq_cnn.keras", inputs=inputs, target="aarch64", runner_outputs=folder
     )
     assert table.first_divergent == "pool"
+    # against Keras, the aarch64 bundle's layers as the candidate
+    table = bridge.compare(
+        MODELS / "seq_cnn.keras", target="aarch64", reference=REF / "seq_cnn.npz"
+    )
+    assert table.ok and table.reference.endswith("bridge built for aarch64")
 
 
 def test_tflite_int8_aarch64_bundle_bit_exact_with_native():
