@@ -232,6 +232,27 @@ def test_input_shapes_fix_unknown_dimensions():
         assert np.abs(got - want).max() < 0.05 * float(want.max() - want.min())
 
 
+def test_nested_shared_model_with_subtract():
+    """A model nesting a model it calls twice, and a Subtract (integer: ``a + (-b)``)."""
+    models = FIXTURES / "keras3" / "models"
+    record = np.load(models / "nested_shared.npz")
+    inputs = [record[k] for k in sorted(record.files) if k.startswith("input")]
+    rng = np.random.default_rng(5)
+    samples = [np.concatenate([x + 0.1 * rng.standard_normal(x.shape)] * 8) for x in inputs]
+    names = ["sub", "out"]
+    model = bridge.build(
+        models / "nested_shared.keras",
+        batch_size=None,
+        outputs=names,
+        quantize="int8",
+        calibration=samples,
+    )
+    assert model.metadata["quantization"]["float_layers"] == []
+    reference = bridge.build(models / "nested_shared.keras", batch_size=None, outputs=names)
+    for bound, got, want in zip((0.03, 0.08), model(*inputs), reference(*inputs)):
+        assert np.abs(got - want).max() < bound * float(want.max() - want.min())
+
+
 # --- calibration data ------------------------------------------------------------------------
 
 IMAGE = TensorInfo("image", (None, 8, 8, 1), "float32")

@@ -407,6 +407,18 @@ def add(site: Site) -> list[QValue] | str:
     return [site.result(y, *out)]
 
 
+def subtract(site: Site) -> list[QValue] | str:
+    """``a - b`` as the integer ADD of ``a`` and ``-b``: ``~b = -b - 1`` with zero point
+    ``-zp - 1`` is exactly ``-b`` at the same scale (and stays in int8)."""
+    parts = _binary(site)
+    if isinstance(parts, str):
+        return parts
+    a, b, out = parts
+    negated = (R.bitwise_not(b.q), (b.scale, -b.zero_point - 1))
+    y = elementwise.add(a.operand, negated, out, (-128, 127), INT8)
+    return [site.result(y, *out)]
+
+
 def multiply(site: Site) -> list[QValue] | str:
     parts = _binary(site)
     if isinstance(parts, str):
@@ -493,6 +505,7 @@ EMITTERS: dict[str, Callable[[Site], list[QValue] | str]] = {
     "GlobalAveragePooling2D": global_average_pooling2d,
     "GlobalMaxPooling2D": global_max_pooling2d,
     "Add": add,
+    "Subtract": subtract,
     "Multiply": multiply,
     "Concatenate": concatenate,
     "ZeroPadding2D": zero_padding2d,
