@@ -276,6 +276,16 @@ def test_operator_inside_a_branch_refused_at_preflight() -> None:
     assert "custom operator" in problem.reason
 
 
+def test_dynamic_range_weights_in_a_loop_body_refused_at_preflight() -> None:
+    """int8 weights with float activations are dequantized at import in the main graph only;
+    in a WHILE body TVM would take them as integer operands, so preflight refuses them."""
+    with pytest.raises(UnsupportedModelError, match="before translation") as info:
+        bridge.build(TFLITE / "errors" / "loop_dynamic_range.tflite")
+    [problem] = info.value.problems
+    assert problem.class_name == "FULLY_CONNECTED" and problem.layer.startswith("subgraph ")
+    assert "int8 weights and float activations" in problem.reason
+
+
 def test_stateful_call_once_refused_at_preflight() -> None:
     with pytest.raises(UnsupportedModelError, match="before translation") as info:
         bridge.build(TFLITE / "errors" / "stateful_call_once.tflite")
