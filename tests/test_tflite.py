@@ -336,3 +336,21 @@ def test_symbolic_time_axis_shape_arithmetic() -> None:
         data = np.load(SHAPES / f"seqtime_keras.t{steps}.npz")
         got = model(data["input_0"])
         np.testing.assert_allclose(got, data["output_0"], rtol=0, atol=1e-5, err_msg=str(steps))
+
+
+# --- recurrent layers (tests/fixtures/make_tflite_recurrent.py) ----------------------------
+
+RECURRENT = TFLITE / "recurrent"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECURRENT.glob("*.tflite")))
+def test_recurrent_while_matches_litert(name: str) -> None:
+    """Keras 3 LSTM/GRU/Bidirectional converted at batch 1: a WHILE whose body writes each
+    step's row with SLICE (sizes from the step counter) + CONCATENATION; the dynamic slices
+    and their CONCATENATION become a row update with static shapes (translation failed on the
+    computed SLICE size: 'a bytes-like object is required, not int')."""
+    data = np.load(RECURRENT / f"{name}.npz")
+    inputs = [data[k] for k in sorted(data.files) if k.startswith("input_")]
+    expected = [data[k] for k in sorted(data.files) if k.startswith("output_")]
+    got = bridge.build(RECURRENT / f"{name}.tflite", target="llvm")(*inputs)
+    check_outputs(name, got if isinstance(got, list) else [got], expected, data)

@@ -86,6 +86,7 @@ class BridgeConverter(OperatorConverter):
         self.convert_map.update(integer_converters(self))  # int8 products: bridge.quant
         self.op_labels: list[str] = []  # set by translate(): "#index NAME" per operator shown
         self.shape_values: dict[int, np.ndarray] = {}  # tensor -> evaluated shape arithmetic
+        self.dynamic_slices: dict[int, tuple] = {}  # SLICE output -> (data, begin, size) tensors
         self.results: list[tuple[int, object]] = []  # (position, result) per operator (profile)
 
     def get_op_code_str(self, op):
@@ -222,6 +223,66 @@ class BridgeConverter(OperatorConverter):
         if value is None or value.dtype != object:
             return super().convert_reshape(op)
         return relax.op.reshape(self.get_tensor_expr(tensors[0]), list(value.reshape(-1)))
+
+    def convert_slice(self, op):
+        """``SLICE`` whose begin or size is computed at run time (TensorFlow's TensorList
+        emulation in a recurrent layer's loop: the step counter picks the row) as a dynamic
+        strided slice; constant ones are TVM's."""
+        data, begin_t, size_t = self.get_input_tensors(op)[:3]
+        known = [self._known_value(t) for t in (begin_t, size_t)]
+        if all(v is not None and v.dtype != object for v in known):
+            return super().convert_slice(op)
+        x = self.get_tensor_expr(data)
+        begin = relax.op.astype(self.get_tensor_expr(begin_t), "int64")
+        size = relax.op.astype(self.get_tensor_expr(size_t), "int64")
+        full = relax.op.shape_to_tensor(relax.op.shape_of(x))
+        end = relax.op.where(
+            relax.op.less(size, relax.const(np.zeros((), np.int64), "int64")), full, begin + size
+        )
+        rank = len(self.get_tensor_shape(data))
+        strides = relax.const(np.ones(rank, np.int64), "int64")
+        out = self.get_output_tensors(op)[0].tensor_idx
+        self.dynamic_slices[out] = (data, begin_t, size_t)
+        return relax.op.dynamic_strided_slice(x, begin, end, strides)
+
+    def convert_concatenation(self, op):
+        update = self._row_update(op)
+        return super().convert_concatenation(op) if update is None else update
+
+    def _row_update(self, op):
+        """``CONCATENATION([L[:i], X, L[i + k:]], axis 0)``, TensorFlow's TensorListSetItem in a
+        recurrent layer's loop body (``i`` the step): ``L`` with rows ``i .. i + k`` replaced
+        by ``X``, computed with static shapes (the two slices' shapes change with ``i``)."""
+        inputs = self.get_input_tensors(op)
+        if len(inputs) != 3:
+            return None
+        head = self.dynamic_slices.get(inputs[0].tensor_idx)
+        tail = self.dynamic_slices.get(inputs[2].tensor_idx)
+        if head is None or tail is None or head[0].tensor_idx != tail[0].tensor_idx:
+            return None
+        opts = fold.parse_options(op, "ConcatenationOptions")
+        start = self._known_value(head[1])
+        if opts is None or opts.Axis() != 0 or opts.FusedActivationFunction():
+            return None
+        if start is None or start.dtype == object or np.any(start != 0):
+            return None
+        rows = self.get_tensor_expr(head[0])
+        update = self.get_tensor_expr(inputs[1])
+        shape = [int(d) for d in self.get_tensor_shape(head[0])]
+        out_shape = [int(d) for d in self.get_tensor_shape(self.get_output_tensors(op)[0])]
+        count = int(self.get_tensor_shape(inputs[1])[0])
+        if out_shape != shape or count < 1:
+            return None
+        size = relax.op.astype(self.get_tensor_expr(head[2]), "int64")
+        step = relax.op.take(size, relax.const(0, "int64"), axis=0)  # i: the head's rows
+        offset = relax.op.subtract(relax.const(np.arange(shape[0]), "int64"), step)
+        inside = relax.op.logical_and(
+            relax.op.greater_equal(offset, relax.const(0, "int64")),
+            relax.op.less(offset, relax.const(count, "int64")),
+        )
+        picked = relax.op.take(update, relax.op.clip(offset, 0, count - 1), axis=0)
+        mask = relax.op.reshape(inside, [shape[0]] + [1] * (len(shape) - 1))
+        return relax.op.where(mask, picked, rows)
 
     def convert_squeeze(self, op):
         """``SQUEEZE`` with its axes made non-negative (TVM's keeps TFLite's negative axes, and
