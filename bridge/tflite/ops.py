@@ -401,7 +401,9 @@ def check_op(
     if name == "SHAPE":  # of an integer tensor: its shape, whatever its values
         return None
     if name in QUANTIZED_PASSTHROUGH and activations:
-        first, out = activations[0], op.outputs[0]
+        # the data is input 0, even when stored (GATHER of an int8 embedding table by ids)
+        first = op.inputs[0] if op.inputs[0] >= 0 else activations[0]
+        out = op.outputs[0]
         if tensors[first].quantized and tensors[out].quantized:
             if _qparams(source, first, graph.index) == _qparams(source, out, graph.index):
                 return None
