@@ -141,13 +141,15 @@ def test_garbage_after_magic(tmp_path: Path) -> None:
         bridge.build(path)
 
 
-def test_mutated_files_end_in_bridge_errors(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["branches_int8", "control/nested_float32"])
+def test_mutated_files_end_in_bridge_errors(tmp_path: Path, name: str) -> None:
     """Seeded byte flips, truncations and overwritten words: every file is translated or
-    rejected with a bridge error (no other exception, nothing slow)."""
+    rejected with a bridge error (no other exception, nothing slow); the control-flow file's
+    damage reaches subgraph indices and the options naming them."""
     from bridge.tflite.reader import read_tflite
     from bridge.tflite.translate import translate
 
-    base = (TFLITE / "branches_int8.tflite").read_bytes()
+    base = (TFLITE / f"{name}.tflite").read_bytes()
     rng = np.random.default_rng(6)
     outcomes = {"ok": 0, "error": 0}
     for i in range(120):
