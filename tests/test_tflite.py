@@ -276,6 +276,10 @@ def test_operator_inside_a_branch_refused_at_preflight() -> None:
     [problem] = info.value.problems
     assert problem.class_name == "BesselI1e" and problem.layer.startswith("subgraph ")
     assert "custom operator" in problem.reason
+    report = bridge.api.inspect(TFLITE / "errors" / "cond_custom_op.tflite")  # on the IF's row
+    assert not report.supported
+    [row] = [r for r in report.layers if r.status != "ok"]
+    assert row.class_name == "IF" and "BesselI1e" in row.status
 
 
 def test_dynamic_range_weights_in_a_loop_body_refused_at_preflight() -> None:

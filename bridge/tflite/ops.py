@@ -433,6 +433,23 @@ def preflight(source: TFLiteFile, rewrites: Rewrites) -> list[Problem]:
     return problems
 
 
+def subgraph_owners(source: TFLiteFile) -> dict[int, str]:
+    """Subgraph index -> the label of the main graph's operator that (maybe through other
+    subgraphs) runs it: where ``bridge inspect`` shows a subgraph's problems."""
+    owners: dict[int, str] = {}
+    for op in source.ops:
+        pending = called_graphs(source, source.graphs[0], op)
+        while pending:
+            index = pending.pop()
+            if index in owners:
+                continue
+            owners[index] = op_label(source, op)
+            graph = source.graphs[index]
+            for inner in graph.ops:
+                pending.extend(called_graphs(source, graph, inner))
+    return owners
+
+
 def called_graphs(source: TFLiteFile, graph: Graph, op: OpDesc) -> list[int]:
     """The subgraphs a control-flow operator runs (none for other operators)."""
     import importlib

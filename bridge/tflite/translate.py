@@ -16,7 +16,13 @@ from tvm import relax
 
 from bridge.errors import BridgeError, ModelFileError, Problem, UnsupportedModelError
 from bridge.kernels_map import keep_layers, label_layers, operator_calls
-from bridge.tflite.ops import BridgeConverter, OperatorFailed, op_label, preflight
+from bridge.tflite.ops import (
+    BridgeConverter,
+    OperatorFailed,
+    op_label,
+    preflight,
+    subgraph_owners,
+)
 from bridge.tflite.reader import DTYPES, READ_ERRORS, TFLiteFile
 from bridge.tflite.view import ModelView
 from bridge.tflite.weights import Rewrites, plan
@@ -221,7 +227,12 @@ def report_rows(
     elements, "ok" or why not). Never raises for unsupported operators."""
     rewrites = plan_rewrites(source)
     problems: dict[str, list[str]] = {}
+    owners = subgraph_owners(source)
     for p in preflight(source, rewrites):
+        if p.layer.startswith("subgraph "):  # shown on the operator that runs the subgraph
+            owner = owners.get(int(p.layer.split()[1]), p.layer)
+            problems.setdefault(owner, []).append(f"{p.layer} ({p.class_name}): {p.reason}")
+            continue
         problems.setdefault(p.layer, []).append(p.reason)
     if not problems:
         try:
