@@ -22,6 +22,7 @@ from tvm.s_tir import dlight
 from bridge.kernels_map import with_observers
 from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels
+from bridge.schedules.int8 import Int8Kernels, prepack_int8
 from bridge.schedules.lift import BuildRecord, lift_constants, measure_arena
 from bridge.schedules.prepack import prepack_weights
 
@@ -53,6 +54,7 @@ def _fusion_passes(target: tvm.target.Target, optimize_for: str, derived: dict |
             relax.transform.FuseTIR(),
         ]
     return [
+        prepack_int8(target, derived),
         prepack_weights(target, optimize_for, derived),
         *cpu.library_dispatch_passes(target),
         *cpu.legalize_passes(target),
@@ -65,7 +67,9 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
         return gpu.default_schedule()
     # guarded: dlight's reduction rule fails on symbolic extents such as T - 2 (input_shapes
     # with a symbolic length); such a kernel keeps its plain loops
-    return dlight.ApplyDefaultSchedule(ChannelsLastKernels(), gpu.Guarded(dlight.cpu.Reduction()))
+    return dlight.ApplyDefaultSchedule(
+        Int8Kernels(), ChannelsLastKernels(), gpu.Guarded(dlight.cpu.Reduction())
+    )
 
 
 def _lowering_passes(target: tvm.target.Target) -> list:

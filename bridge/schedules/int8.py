@@ -1,0 +1,443 @@
+"""SIMD integer products on x86: int8 convolutions and dense layers as packed dot kernels.
+
+:mod:`bridge.quant.kernels` emits each product as a Relax ``conv2d``/``matmul`` of 8-bit
+activations by constant int8 weights with int32 accumulators. On an x86 target with the right
+instructions, :func:`prepack_int8` rewrites it, when the model is compiled, into a kernel whose
+innermost step is one SIMD dot instruction, and :class:`Int8Kernels` schedules that kernel:
+
+* AVX-512 VNNI (``vpdpbusd``: 4 u8 x i8 products summed into each of 16 int32 lanes): signed
+  activations are shifted by +128 to uint8 and ``128 * sum(w)`` is subtracted per output
+  channel afterwards; weights are packed ``[O/16, KH, KW, C/4, 16, 4]``;
+* AVX-512BW / AVX2 without VNNI (``vpmovsxbw`` + ``vpmaddwd``: 2 i16 x i16 products summed into
+  each of 16 / 8 int32 lanes, exact; ``vpmaddubsw`` would saturate int16): weights packed
+  ``[O/L, KH, KW, C/2, L, 2]``, activations used as they are.
+
+Integer sums are exact in int32 whatever the instruction, so results stay bit-exact. Output
+channels and input channels are padded with zero weights to the tile (the first convolution's
+3 channels, a 1000-class dense layer). Other targets, non-constant weights and grouped
+convolutions keep the generic path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, te, tirx, topi
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.script import tirx as T
+from tvm.target.codegen import target_has_features
+
+from bridge.schedules.common import find_block, largest_divisor, vectorize_block
+from bridge.schedules.cpu import _inline_epilogue
+
+CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+MATMUL = tvm.ir.Op.get("relax.matmul")
+PAD = tvm.ir.Op.get("relax.nn.pad")
+DOT = "int8_dot"  # the product block's name in the kernels built here
+ACT = "int8_act"  # the activation copy (padding, +128 shift, channel padding)
+
+
+@dataclass(frozen=True)
+class DotKind:
+    """One SIMD dot instruction: ``lanes`` int32 outputs, each summing ``group`` products."""
+
+    lanes: int
+    group: int
+    shift: bool  # int8 activations shifted to uint8 (vpdpbusd multiplies u8 x i8)
+    name: str  # the tensor intrinsic's name prefix
+    registers: int  # accumulators a register tile may hold (32 zmm, 16 ymm registers)
+
+    def intrin(self, act_dtype: str) -> str:
+        return f"{self.name}_{act_dtype}"
+
+
+VNNI = DotKind(16, 4, True, "bridge_vnni", 24)
+AVX512_WD = DotKind(16, 2, False, "bridge_avx512_pmaddwd", 24)
+AVX2_WD = DotKind(8, 2, False, "bridge_avx2_pmaddwd", 10)
+_LLVM_WD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd"}
+
+
+def dot_kind(target: tvm.target.Target) -> DotKind | None:
+    """The dot instruction the target has, best first; None off x86 or without AVX2."""
+    if target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "x86_64")).startswith(
+        "x86_64"
+    ):
+        return None
+    try:
+        if target_has_features("avx512vnni", target):
+            return VNNI
+        if target_has_features("avx512bw", target):
+            return AVX512_WD
+        if target_has_features("avx2", target):
+            return AVX2_WD
+    except Exception:  # a target LLVM cannot describe
+        return None
+    return None
+
+
+def _dot_desc(lanes: int, group: int, act_dtype: str):
+    """``C[i] += sum_k int(A[k]) * int(B[i, k])``, C a register-tile (local) accumulator."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((group,), act_dtype, offset_factor=1),
+        B: T.Buffer((lanes, group), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _vnni_impl():
+    """One ``vpdpbusd``: 4 uint8 activations broadcast, 16 x 4 int8 weights."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            # LLVM 22 declares vpdpbusd on <64 x i8> operands (older LLVMs: <16 x i32>)
+            word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a = T.reinterpret(T.broadcast(word, 16), dtype="int8x64")
+            b = B.vload([0, 0], dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a,
+                b,
+                dtype="int32x16",
+            )
+
+    return impl
+
+
+def _pmaddwd_impl(lanes: int, act_dtype: str):
+    """Pairs widened to int16 (``vpmovsxbw``/``vpmovzxbw``), then one ``vpmaddwd``: exact."""
+    wide = 2 * lanes
+    llvm = _LLVM_WD[lanes]
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2,), act_dtype, offset_factor=1),
+        B: T.Buffer((lanes, 2), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            pair = T.reinterpret(T.cast(A.vload([0], act_dtype + "x2"), "int16x2"), dtype="int32")
+            a16 = T.reinterpret(T.broadcast(pair, lanes), dtype=f"int16x{wide}")
+            b16 = T.cast(B.vload([0, 0], dtype=f"int8x{wide}"), f"int16x{wide}")
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + (
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm), a16, b16, dtype=f"int32x{lanes}"
+                )
+            )
+
+    return impl
+
+
+def _register() -> None:
+    s_tir.TensorIntrin.register(VNNI.intrin("uint8"), _dot_desc(16, 4, "uint8"), _vnni_impl())
+    for kind in (AVX512_WD, AVX2_WD):
+        for dtype in ("int8", "uint8"):
+            desc = _dot_desc(kind.lanes, 2, dtype)
+            s_tir.TensorIntrin.register(kind.intrin(dtype), desc, _pmaddwd_impl(kind.lanes, dtype))
+
+
+_register()
+
+
+# --- the packed kernels (TE) -------------------------------------------------------------------
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def pack_weights(weight_hwio: np.ndarray, kind: DotKind) -> np.ndarray:
+    """HWIO int8 -> ``[O'/lanes, KH, KW, C'/group, lanes, group]`` (zero-padded O', C')."""
+    kh, kw, ci, co = weight_hwio.shape
+    cp, op = _round_up(ci, kind.group), _round_up(co, kind.lanes)
+    padded = np.zeros((kh, kw, cp, op), np.int8)
+    padded[:, :, :ci, :co] = weight_hwio
+    blocks = padded.reshape(kh, kw, cp // kind.group, kind.group, op // kind.lanes, kind.lanes)
+    return np.ascontiguousarray(blocks.transpose(4, 0, 1, 2, 5, 3))
+
+
+def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: DotKind):
+    """The activation copy the dot reads: spatially padded with ``pad_value``, channels
+    padded to ``channels`` (their weights are zero), shifted to uint8 for VNNI; ``x`` itself
+    when nothing changes."""
+    n, h, w, c = (int(d) for d in x.shape)
+    top, left, bottom, right = padding
+    shift = kind.shift and x.dtype == "int8"
+    if not (any(padding) or channels != c or shift):
+        return x
+
+    def value(b, y, xx, ch):
+        inside = tirx.all(y >= top, y < top + h, xx >= left, xx < left + w, ch < c)
+        v = x[b, tirx.min(tirx.max(y - top, 0), h - 1), tirx.min(tirx.max(xx - left, 0), w - 1),
+              tirx.min(ch, c - 1)]
+        v = tirx.if_then_else(inside, v, tirx.const(pad_value, x.dtype))
+        if shift:
+            return (v.astype("int32") + 128).astype("uint8")
+        return v
+
+    return te.compute((n, h + top + bottom, w + left + right, channels), value, name=ACT)
+
+
+def dot_conv2d(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int,
+               strides, padding, dilation, pad_value: int, kind: DotKind) -> te.Tensor:
+    """NHWC convolution with packed weights (:func:`pack_weights`): int32."""
+    (sh, sw), (dh, dw) = strides, dilation
+    tiles, kh, kw, cg, lanes, group = (int(d) for d in w.shape)
+    xs = _activations(x, padding, pad_value, cg * group, kind)
+    n, h, width, _ = (int(d) for d in xs.shape)
+    out_h = (h - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width - (kw - 1) * dw - 1) // sw + 1
+    rh, rw, rc, rg = (te.reduce_axis((0, e), name)
+                      for e, name in ((kh, "rh"), (kw, "rw"), (cg, "rc"), (group, "rg")))
+    acc = te.compute(
+        (n, out_h, out_w, tiles * lanes),
+        lambda b, y, xx, o: te.sum(
+            xs[b, y * sh + rh * dh, xx * sw + rw * dw, rc * group + rg].astype("int32")
+            * w[o // lanes, rh, rw, rc, o % lanes, rg].astype("int32"),
+            axis=[rh, rw, rc, rg],
+        ),
+        name=DOT,
+    )
+    return _finish(acc, corr, out_channels)
+
+
+def dot_matmul(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int,
+               kind: DotKind) -> te.Tensor:
+    """``x @ W`` for x [..., K] with W packed as [N'/lanes, 1, 1, K'/group, lanes, group]."""
+    tiles, lanes = int(w.shape[0]), int(w.shape[4])
+    lead = [int(d) for d in x.shape[:-1]]
+    k = int(x.shape[-1])
+    flat = topi.reshape(x, (1, 1, int(np.prod(lead)) if lead else 1, k))
+    acc = dot_conv2d(flat, w, None, tiles * lanes, (1, 1), (0, 0, 0, 0), (1, 1), 0, kind)
+    out = _finish(acc, corr, out_channels)
+    return topi.reshape(out, (*lead, out_channels))
+
+
+def _finish(acc: te.Tensor, corr: te.Tensor | None, out_channels: int) -> te.Tensor:
+    """Subtract the shift's ``128 * sum(w)`` and drop padded output channels."""
+    if corr is None and int(acc.shape[-1]) == out_channels:
+        return acc
+    shape = (*acc.shape[:-1], out_channels)
+    if corr is None:
+        return te.compute(shape, lambda *i: acc[i], name="int8_out")
+    return te.compute(shape, lambda *i: acc[i] - corr[i[-1]], name="int8_out")
+
+
+# --- the rewrite (Relax) -----------------------------------------------------------------------
+
+
+def prepack_int8(target: tvm.target.Target, derived: dict | None = None) -> tvm.transform.Pass:
+    """The module pass sending integer conv2d/matmul with constant int8 weights to the packed
+    dot kernels of the target's instruction (a no-op where it has none). ``derived``: as in
+    :func:`bridge.schedules.prepack.prepack_weights`."""
+    kind = dot_kind(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="bridge.PrepackInt8")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if kind is None:
+            return mod
+        rewriter = _Rewrite(mod, kind, derived)
+        for gv, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return _pass
+
+
+def _int8_const(expr: relax.Expr, rank: int) -> np.ndarray | None:
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        return None
+    value = expr.value.numpy()
+    return value if value.dtype == np.int8 and value.ndim == rank else None
+
+
+def _static_8bit(expr: relax.Expr) -> bool:
+    info = expr.ty
+    return (
+        isinstance(info, relax.TensorType)
+        and str(info.dtype) in ("int8", "uint8")
+        and isinstance(info.shape, relax.ShapeExpr)
+        and all(isinstance(d, tirx.IntImm) for d in info.shape.values)
+    )
+
+
+@relax.expr_functor.mutator
+class _Rewrite(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, kind: DotKind, derived: dict | None):
+        super().__init__(mod)
+        self.kind, self.derived = kind, derived
+
+    def _const(self, array: np.ndarray, source: relax.Expr) -> relax.Expr:
+        const = relax.const(array)
+        if self.derived is not None and isinstance(source, tvm.ir.expr.Constant):
+            self.derived[const.value.data_ptr()] = (source.value.data_ptr(), "packed")
+        return const
+
+    def _correction(self, weight_hwio: np.ndarray, data: relax.Expr) -> relax.Expr | None:
+        if not (self.kind.shift and str(data.ty.dtype) == "int8"):
+            return None
+        sums = weight_hwio.astype(np.int64).sum(axis=(0, 1, 2)) * 128
+        return relax.const(sums.astype(np.int32))
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.ty, relax.TensorType) or str(call.ty.dtype) != "int32":
+            return call
+        packed = None
+        if call.op.same_as(CONV2D):
+            packed = self._conv2d(call)
+        elif call.op.same_as(MATMUL):
+            packed = self._matmul(call)
+        return call if packed is None else packed
+
+    def _unpad(self, data: relax.Expr) -> tuple[relax.Expr, tuple[int, ...], int]:
+        """``pad(x, spatial, value)`` -> (x, (top, left, bottom, right), value)."""
+        bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+        if isinstance(bound, relax.Call) and bound.op.same_as(PAD):
+            width = [int(v) for v in bound.attrs.pad_width]
+            value = float(bound.attrs.pad_value)
+            if (
+                str(bound.attrs.pad_mode) == "constant"
+                and not any(width[i] for i in (0, 1, 6, 7))
+                and value == int(value)
+                and _static_8bit(bound.args[0])
+            ):
+                return bound.args[0], (width[2], width[4], width[3], width[5]), int(value)
+        return data, (0, 0, 0, 0), 0
+
+    def _conv2d(self, call: relax.Call) -> relax.Expr | None:
+        attrs = call.attrs
+        weight = _int8_const(call.args[1], 4)
+        if (
+            weight is None
+            or not _static_8bit(call.args[0])
+            or (attrs.data_layout, attrs.kernel_layout) != ("NHWC", "HWIO")
+            or str(attrs.out_layout) not in ("NHWC", "")
+            or int(attrs.groups) != 1
+        ):
+            return None
+        data, padding, value = self._unpad(call.args[0])
+        padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
+        corr = self._correction(weight, data)
+        args = [data, self._const(pack_weights(weight, self.kind), call.args[1])]
+        return self.builder_.call_te(
+            lambda x, w, *c: dot_conv2d(
+                x, w, c[0] if c else None, weight.shape[3],
+                [int(s) for s in attrs.strides], padding,
+                [int(d) for d in attrs.dilation], value, self.kind,
+            ),
+            *args, *([corr] if corr is not None else []),
+            primfunc_name_hint="conv2d_int8_dot",
+        )
+
+    def _matmul(self, call: relax.Call) -> relax.Expr | None:
+        weight = _int8_const(call.args[1], 2)
+        if weight is None or not _static_8bit(call.args[0]):
+            return None
+        hwio = weight[None, None]
+        corr = self._correction(hwio, call.args[0])
+        args = [call.args[0], self._const(pack_weights(hwio, self.kind), call.args[1])]
+        return self.builder_.call_te(
+            lambda x, w, *c: dot_matmul(x, w, c[0] if c else None, weight.shape[1], self.kind),
+            *args, *([corr] if corr is not None else []),
+            primfunc_name_hint="matmul_int8_dot",
+        )
+
+
+# --- the schedule ------------------------------------------------------------------------------
+
+
+class Int8Kernels(CPUScheduleRule):
+    """Register-tiled, tensorized schedules for the kernels :func:`prepack_int8` builds."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        kind = dot_kind(target)
+        if kind is None or DOT not in str(func):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            schedule_dot(sch, kind)
+        except Exception:  # a fused shape this rule does not expect: the generic rules
+            return None
+        return sch
+
+
+def _dot_block(sch: s_tir.Schedule):
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint.startswith(DOT):
+            return block
+    raise ValueError("no dot block")
+
+
+def schedule_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
+    """Tile ``pixels x (vectors x lanes)`` outputs in registers, reduce over the window and
+    the input channel groups outside the tile, one dot instruction per pixel and vector."""
+    root = sch.get_sblock("root")
+    block = _dot_block(sch)
+    act_dtype = str(sch.get(block).reads[0].source.dtype)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    write_back = sch.cache_write(block, 0, "local")
+    _inline_epilogue(sch, write_back)
+
+    n, y, x, o, rh, rw, rc, rg = sch.get_loops(block)
+    width = int(sch.get(x).extent)
+    vectors = int(sch.get(o).extent) // kind.lanes
+    per_tile = 2 if vectors % 2 == 0 else 1
+    pixels = largest_divisor(width, kind.registers // per_tile)
+    o_outer, o_vec, o_lane = sch.split(o, [None, per_tile, kind.lanes])
+    x_outer, x_inner = sch.split(x, [None, pixels])
+    sch.reorder(n, y, x_outer, o_outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
+    fused = sch.fuse(n, y, x_outer, o_outer)
+    sch.parallel(fused)
+    sch.reverse_compute_at(write_back, fused)
+    init = sch.decompose_reduction(block, rh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(o_lane, kind.intrin(act_dtype))
+    sch.unroll(x_inner)
+    sch.unroll(o_vec)
+    wb_loops = sch.get_loops(write_back)
+    inner = wb_loops[-1]
+    extent = int(sch.get(inner).extent)
+    if extent % kind.lanes == 0:
+        sch.vectorize(sch.split(inner, [None, kind.lanes])[1])
+    for name in names:  # the activation copy and any stage left outside the tile
+        other = find_block(sch, name)
+        if other is not None and not sch.get(other).name_hint.startswith(DOT):
+            if sch.get(other).name_hint == sch.get(write_back).name_hint:
+                continue
+            try:
+                sch.get_loops(other)
+            except Exception:
+                continue
+            if len(sch.get_loops(other)) and not _under(sch, other, fused):
+                vectorize_block(sch, other, kind.lanes)
+
+
+def _under(sch: s_tir.Schedule, block, loop) -> bool:
+    return any(sch.get(lp).same_as(sch.get(loop)) for lp in sch.get_loops(block))
