@@ -385,7 +385,7 @@ def test_cli_report_with_a_saved_compare_table_profiles_here(tmp_path, capsys):
     assert [a["data-name"] for a in parsed.find("div", **{"class": "divergent"})] == ["conv2"]
     facts = " ".join(parsed.text)
     assert "library size" in facts and "peak memory of the build" in facts
-    assert re.search(r"peak memory of the build</dt><dd>\d+\.\d MiB", html)
+    assert re.search(r"peak memory of the build</dt><dd>\d+(\.\d)? (KiB|MiB|GiB)", html)
     # profiled here: every computing layer has a time and a kernel
     assert "no profile" not in html and "median of 2 runs" in html
     assert re.search(r'id="L1".*?class="chip".*?\d+\.\d (µs|ms)', html)
