@@ -71,4 +71,5 @@ class TuningError(BridgeError):
 
 
 class CalibrationError(InputError):
-    """Calibration samples for ``quantize=`` do not fit the model (names, shapes, dtypes, values)."""
+    """Calibration samples for ``quantize=`` do not fit the model (names, shapes, dtypes or
+    values)."""
