@@ -9,22 +9,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
     Progress,
     SpinnerColumn,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
 from rich.table import Table
 
+from bridge.commands.console import console, err_console, progress_bar
 from bridge.errors import BridgeError, InputError
 
-console = Console()
-err_console = Console(stderr=True)
 NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -193,19 +189,7 @@ def _tune(args: argparse.Namespace, budget: str):
     stderr: a spinner while reading and measuring, then the share of the budget spent."""
     import bridge
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def show(description: str, done: float | None) -> None:
-            total = None if done is None else 1.0
-            bar.update(task, description=escape(description), total=total, completed=done or 0)
-
+    with progress_bar() as show:
         return bridge.tune(
             args.model,
             args.weights,

@@ -166,6 +166,7 @@ def test_cli_tune_draws_the_progress_it_is_told(monkeypatch, tmp_path, capsys):
     from rich.console import Console
 
     from bridge import cli
+    from bridge.commands import console as commands_console
     from bridge.tuning import TuningReport
 
     def fake_tune(model, weights, *, progress, **options):
@@ -175,7 +176,9 @@ def test_cli_tune_draws_the_progress_it_is_told(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(bridge, "tune", fake_tune)
     terminal = io.StringIO()
-    monkeypatch.setattr(cli, "err_console", Console(file=terminal, force_terminal=True))
+    monkeypatch.setattr(
+        commands_console, "err_console", Console(file=terminal, force_terminal=True)
+    )
     model = KERAS3 / "models" / "seq_cnn.keras"
     assert cli.main(["tune", str(model), "--budget", "8", "--tuning-db", str(tmp_path)]) == 0
     drawn = terminal.getvalue()

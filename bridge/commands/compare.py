@@ -9,13 +9,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+from bridge.commands.console import console, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -108,19 +105,7 @@ def run(args: argparse.Namespace) -> int:
     """``bridge compare``: 0 when every layer agrees, 1 when one diverges."""
     from bridge.compare import compare
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def show(description: str, done: float | None) -> None:
-            total = None if done is None else 1.0
-            bar.update(task, description=escape(description), total=total, completed=done or 0)
-
+    with progress_bar() as show:
         table = compare(
             args.model,
             args.weights,

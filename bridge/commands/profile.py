@@ -11,20 +11,15 @@ input (``bridge.cli.main`` turns typed errors into one ``error:`` line).
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bridge.commands.console import console, err_console, progress_bar
 from bridge.profile import BUILTIN_PREFIX, UNATTRIBUTED_ROW
 
-console = Console()
-err_console = Console(stderr=True)
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK"
 EXPORTED = (".so", ".dylib", ".dll")
@@ -75,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     """``bridge profile``: print the per-layer table (and the fusion groups)."""
     from bridge import profile as profiling
 
-    with _bar() as show:
+    with progress_bar() as show:
         if args.from_json:
             raw = profiling.read_json(args.from_json)  # a bad file fails before compiling
             rendered = raw.get("format") == profiling.FORMAT
@@ -92,26 +87,6 @@ def run(args: argparse.Namespace) -> int:
         result.save(args.json)
         console.print(f"profile     {escape(args.json)}")
     return 0
-
-
-@contextlib.contextmanager
-def _bar() -> Iterator[Callable[[str, float | None], None]]:
-    """build's and tune's progress bar on stderr (indefinite while building, then the share of
-    the runs done); gives ``show(description, done)``."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def show(description: str, done: float | None) -> None:
-            total = None if done is None else 1.0
-            bar.update(task, description=escape(description), total=total, completed=done or 0)
-
-        yield show
 
 
 def _is_exported(path: Path) -> bool:

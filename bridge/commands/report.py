@@ -17,14 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from bridge.commands.console import console, err_console, progress_bar
 from bridge.errors import DeviceError, InputError
-
-console = Console()
-err_console = Console(stderr=True)
 
 
 def add_parser(sub) -> None:
@@ -87,15 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--runs must be at least 1, got {args.runs}")
     spec = resolve(args.target)
     check_toolchain(spec, bundle=False, notify=lambda text: err_console.print(escape(text)))
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def show(description: str, done: float | None) -> None:
-            total = None if done is None else 1.0
-            bar.update(task, description=escape(description), total=total, completed=done or 0)
-
+    with progress_bar() as show:
         parts = collect(args, spec, compare_file, profile_file, show)
         show("writing the page", None)
         from bridge import report
