@@ -107,7 +107,10 @@ class KerasModel:
         device: str = "cpu",
         report: Report = _quiet,
         input_shapes: InputShapes = None,
+        walker_class: type | None = None,
     ) -> Translation:
+        """The Relax translation; ``walker_class`` replaces the graph walker (bridge.quant's
+        calibration and integer walks) with the same checks and problems."""
         from bridge.convert.walk import translate
 
         missing = self.missing_weights()
@@ -125,6 +128,7 @@ class KerasModel:
             custom=self.custom,
             require_weights=missing is None,
             input_shapes=input_shapes,
+            walker_class=walker_class,
         )
 
     def notes(self) -> list[str]:

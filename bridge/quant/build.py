@@ -252,22 +252,8 @@ def _translate(
     source: KerasModel, walker_class, batch_size, outputs, device, input_shapes=None
 ) -> Translation:
     """``source.translate`` with another walker (the same checks and problems)."""
-    from bridge.convert.walk import translate
-
-    missing = source.missing_weights()
-    return translate(
-        source.source.graph,
-        source.weights,
-        source.source.label,
-        source.weights_label,
-        batch_size=batch_size,
-        outputs=outputs,
-        extra_problems=[missing, *source.problems] if missing else source.problems,
-        device=device,
-        custom=source.custom,
-        require_weights=missing is None,
-        input_shapes=input_shapes,
-        walker_class=walker_class,
+    return source.translate(
+        batch_size, outputs, device, input_shapes=input_shapes, walker_class=walker_class
     )
 
 
