@@ -35,10 +35,9 @@ def main() -> int:
     model = bridge.build(HERE / "digits_cnn.keras", target=args.target, batch_size=len(images))
     print(f"built   {model!r} in {time.perf_counter() - started:.1f} s")
     library = model.export(Path(args.out) / "digits_cnn.so")
-    print(
-        f"export  {library} ({library.stat().st_size / 1024:.0f} KiB) + "
-        f"{library.with_name('digits_cnn.meta.json').name}"
-    )
+    beside = [library.with_name("digits_cnn.meta.json"), library.with_suffix(".params")]
+    written = " + ".join(path.name for path in beside if path.exists())  # .params: the weights
+    print(f"export  {library} ({library.stat().st_size / 1024:.0f} KiB) + {written}")
 
     loaded = bridge.load(library)
     probs = loaded(images)
