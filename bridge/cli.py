@@ -19,6 +19,8 @@ from rich.progress import (
 from rich.table import Table
 
 from bridge.commands.console import console, err_console, progress_bar
+from bridge.commands.options import add_custom_layers
+from bridge.commands.options import one_line as _one_line
 from bridge.errors import BridgeError, InputError
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -322,36 +324,6 @@ def _input_shapes(given: list[tuple[str | None, tuple]] | None):
     return shapes
 
 
-def _custom_layers(spec: str) -> dict:
-    """--custom-layers MODULE:NAME or FILE.py:NAME: the dict of converters named by the user
-    (their own code, imported like any Python module; nothing from the model file runs)."""
-    import importlib
-    import importlib.util
-
-    source, _, attribute = spec.rpartition(":")
-    if not source or not attribute:
-        raise argparse.ArgumentTypeError(f"expected MODULE:NAME or FILE.py:NAME, got {spec!r}")
-    try:
-        if source.endswith(".py"):
-            path = Path(source).resolve()
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
-            try:
-                module_spec.loader.exec_module(module)
-            finally:
-                sys.path.remove(str(path.parent))
-        else:
-            sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(source)
-        table = getattr(module, attribute)
-    except Exception as exc:  # the user's own module: any failure is reported in one line
-        raise argparse.ArgumentTypeError(f"cannot load {spec!r}: {_one_line(exc)}") from exc
-    if not isinstance(table, dict):
-        raise argparse.ArgumentTypeError(f"{spec!r} is a {type(table).__name__}, not a dict")
-    return table
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from bridge.api import inspect
 
@@ -468,12 +440,6 @@ def _tuning_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--rpc-key", help="the remote device's key at the tracker")
 
 
-CUSTOM_LAYERS_OPTION = {
-    "type": _custom_layers,
-    "metavar": "MODULE:NAME",
-    "help": "converters for custom/Lambda layers: a dict NAME in a module or a .py file "
-    "(e.g. my_converters.py:CUSTOM_LAYERS); see README 'Custom layers'",
-}
 
 
 INPUT_SHAPE_OPTION = {
@@ -552,7 +518,7 @@ def parser() -> argparse.ArgumentParser:
         "--tune", metavar="BUDGET", help="tune first: a time ('20m', '90s') or a trial count"
     )
     _tuning_arguments(build)
-    build.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
+    add_custom_layers(build)
     build.add_argument("--input-shape", **INPUT_SHAPE_OPTION)
     build.add_argument(
         "--quantize",
@@ -583,7 +549,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--target", default="llvm", help="a preset, 'llvm' (this CPU), tag or JSON")
     tune.add_argument("--budget", default="20m", help="a time ('20m', '90s') or a trial count")
     tune.add_argument("--batch-size", type=_batch, default=1, help="N (as you will build it)")
-    tune.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
+    add_custom_layers(tune)
     tune.add_argument("--input-shape", **INPUT_SHAPE_OPTION)
     _tuning_arguments(tune)
     tune.set_defaults(func=cmd_tune)
@@ -594,7 +560,7 @@ def parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="list layers, shapes, parameters and support")
     inspect.add_argument("model")
     inspect.add_argument("weights", nargs="?")
-    inspect.add_argument("--custom-layers", **CUSTOM_LAYERS_OPTION)
+    add_custom_layers(inspect)
     inspect.add_argument("--input-shape", **INPUT_SHAPE_OPTION)
     inspect.set_defaults(func=cmd_inspect)
 
@@ -627,12 +593,6 @@ def parser() -> argparse.ArgumentParser:
 
     profile_command.add_parser(sub)
     return top
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line."""
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _print_error(message: str) -> None:

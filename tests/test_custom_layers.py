@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 
 import bridge
@@ -59,3 +60,22 @@ def test_cli_custom_layers_option(tmp_path, capsys):
     assert main(argv) == 0
     assert "all supported" in capsys.readouterr().out
     assert main(["inspect", str(FILES[0])]) == 1
+
+
+def test_cli_custom_layers_on_compare_profile_and_report(tmp_path, capsys):
+    """Every command that builds the model takes --custom-layers (without it each refuses)."""
+    inputs, _ = reference(FILES[0].with_suffix(".npz"))
+    x = tmp_path / "x.npy"
+    np.save(x, inputs[0])
+    option = ["--custom-layers", f"{CONVERTERS}:CUSTOM_LAYERS"]
+    commands = {
+        "compare": ["compare", str(FILES[0]), "--reference", "int8", "--inputs", str(x)],
+        "profile": ["profile", str(FILES[0]), "--runs", "1"],
+        "report": ["report", str(FILES[0]), "--runs", "1", "-o", str(tmp_path / "r.html")],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        assert "scale_shift" in capsys.readouterr().err, name
+        assert main(argv + option) == 0, name
+        out = capsys.readouterr().out
+        assert "scale_shift" in out or "r.html" in out, name

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bridge.commands.console import console, progress_bar
+from bridge.commands.options import add_custom_layers
 
 
 def add_parser(sub) -> None:
@@ -62,6 +63,7 @@ def add_parser(sub) -> None:
         help="also write the all-layers bundle (and its in<i>.npy inputs) there, for a device",
     )
     command.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    add_custom_layers(command)
     command.set_defaults(func=run)
 
 
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             calibration=args.calibration,
             runner_outputs=args.runner_outputs,
             bundle_out=args.bundle_out,
+            custom_layers=args.custom_layers,
             progress=show,
         )
     console.print(render(table))

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bridge.commands.console import console, err_console, progress_bar
+from bridge.commands.options import add_custom_layers
 from bridge.profile import BUILTIN_PREFIX, UNATTRIBUTED_ROW
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -52,6 +53,7 @@ def add_parser(sub) -> None:
         help="render a device's measurements (./run --profile RAW.json) instead of timing here",
     )
     command.add_argument("--json", metavar="FILE", help="also write the profile as JSON")
+    add_custom_layers(command)
     command.set_defaults(func=run)
 
 
@@ -110,7 +112,12 @@ def _model(args: argparse.Namespace, show):
         return bridge.load(path)
     _check_runs_here(args.target)
     return bridge.build(
-        args.model, args.weights, target=args.target, batch_size=args.batch_size, progress=show
+        args.model,
+        args.weights,
+        target=args.target,
+        batch_size=args.batch_size,
+        progress=show,
+        custom_layers=args.custom_layers,
     )
 
 
@@ -138,7 +145,12 @@ def _metadata(args: argparse.Namespace, show) -> dict[str, Any]:
     import bridge
 
     model = bridge.build(
-        args.model, args.weights, target=args.target, batch_size=args.batch_size, progress=show
+        args.model,
+        args.weights,
+        target=args.target,
+        batch_size=args.batch_size,
+        progress=show,
+        custom_layers=args.custom_layers,
     )
     return model.metadata
 

@@ -20,6 +20,7 @@ from typing import Any
 from rich.markup import escape
 
 from bridge.commands.console import console, err_console, progress_bar
+from bridge.commands.options import add_custom_layers
 from bridge.errors import DeviceError, InputError
 
 
@@ -50,6 +51,7 @@ def add_parser(sub) -> None:
     )
     command.add_argument("--runs", type=int, default=10, help="profile runs (median; default 10)")
     command.add_argument("-o", "--output", default="report.html", help="the page to write")
+    add_custom_layers(command)
     command.set_defaults(func=run)
 
 
@@ -99,7 +101,9 @@ def collect(args, spec, compare_file: Path | None, profile_file: Path | None, sh
     from bridge import report
 
     started = time.perf_counter()
-    model = bridge.build(args.model, args.weights, target=spec, progress=show)
+    model = bridge.build(
+        args.model, args.weights, target=spec, progress=show, custom_layers=args.custom_layers
+    )
     seconds = time.perf_counter() - started
     peak = report.peak_memory_bytes()  # this process's high-water mark: the build's
     show("exporting", None)
@@ -108,7 +112,7 @@ def collect(args, spec, compare_file: Path | None, profile_file: Path | None, sh
         build = report.build_facts(model.metadata, library=library, peak_memory=peak, spec=spec)
     build.setdefault("build_seconds", round(seconds, 3))
     show("inspecting", None)
-    graph = bridge.inspect(args.model, args.weights)
+    graph = bridge.inspect(args.model, args.weights, custom_layers=args.custom_layers)
     compare, inputs = None, None
     if compare_file is not None:
         compare, inputs = _compare(args, compare_file, show)
@@ -129,6 +133,7 @@ def _compare(args, path: Path, show) -> tuple[dict, Any]:
         reference=str(path),
         target=args.target,
         progress=show,
+        custom_layers=args.custom_layers,
     )
     return table.to_dict(), _reference_inputs(path)
 
