@@ -69,6 +69,8 @@ def paths(name: str, batch: int | None = None) -> dict[str, Path]:
         "reference": MODELS_DIR / f"{name}.reference.npz",
         "manifest": MODELS_DIR / f"{name}.manifest.json",
     }
+    if MODELS[name].int8:
+        files["calibration"] = MODELS_DIR / f"{name}.calibration.npz"
     if batch is not None:
         files |= {
             "tflite_fp32": MODELS_DIR / f"{name}.b{batch}.fp32.tflite",
@@ -90,6 +92,30 @@ def bench_input(name: str, batch: int) -> np.ndarray:
     return rng.uniform(spec.low, spec.high, size=size).astype(spec.dtype)
 
 
+CALIBRATION_IMAGES = 32  # the representative dataset of the int8 .tflite files
+
+
+def calibration_batches(name: str, batch: int) -> list[np.ndarray]:
+    """The representative dataset make_models.py gives TFLiteConverter for (model, batch):
+    ``CALIBRATION_IMAGES // batch`` seeded arrays of shape (batch, ...) (deterministic)."""
+    spec = MODELS[name]
+    rng = np.random.default_rng([SEED, 99, batch])
+    return [
+        rng.uniform(spec.low, spec.high, size=(batch, *spec.input_shape)).astype("float32")
+        for _ in range(max(1, CALIBRATION_IMAGES // batch))
+    ]
+
+
+def read_calibration(name: str, batch: int) -> np.ndarray | None:
+    """The calibration images saved for (model, batch), stacked (N, ...), or None."""
+    path = paths(name).get("calibration")
+    if path is None or not path.is_file():
+        return None
+    with np.load(path) as data:
+        key = f"c{batch}"
+        return np.asarray(data[key]) if key in data.files else None
+
+
 def read_manifest(name: str) -> dict | None:
     path = paths(name)["manifest"]
     if not path.is_file():
@@ -100,11 +126,15 @@ def read_manifest(name: str) -> dict | None:
         return None
 
 
-def models_ready(name: str, batches: list[int]) -> bool:
-    """Whether make_models.py has produced a complete, current set of files for ``name``."""
+def models_ready(name: str, batches: list[int], calibration: bool = True) -> bool:
+    """Whether make_models.py has produced a complete, current set of files for ``name``
+    (``calibration=False``: the saved calibration images aside)."""
     manifest = read_manifest(name)
     if manifest is None or manifest.get("seed") != SEED or not manifest.get("complete"):
         return False
     if not set(batches) <= {int(b) for b in manifest.get("batches", {})}:
         return False
-    return all(p.is_file() for b in batches for p in paths(name, b).values())
+    files = {k: p for b in batches for k, p in paths(name, b).items()}
+    if not calibration:
+        files.pop("calibration", None)
+    return all(p.is_file() for p in files.values())

@@ -10,6 +10,8 @@ Transformer encoder block, with Keras' own seeded initial weights): seeded rando
                                        float32 input/output, every op in int8)
   models/<name>.b<N>.onnx              ONNX (tf2onnx, opset 17)
   models/<name>.reference.npz          Keras outputs on the benchmark inputs (x<N>, y<N>)
+  models/<name>.calibration.npz        the int8 file's representative dataset (c<N>: 32 images
+                                       for batch N; seeded, so rewritten alone when missing)
   models/<name>.manifest.json          seed, versions, conversion times, fp32 agreement checks
 
 Runs in the benchmark venv with the TensorFlow backend (the peers' converters need TensorFlow;
@@ -46,6 +48,7 @@ from bench_common import (
     SEED,
     Spec,
     bench_input,
+    calibration_batches,
     models_ready,
     paths,
     read_manifest,
@@ -55,7 +58,6 @@ warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
 
 KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 FP32_TOLERANCE = 1e-4  # max |peer - keras| / max |keras| for the float32 files
-CALIBRATION_IMAGES = 32
 ONNX_OPSET = 17
 PEER_FILES = ("tflite_fp32", "tflite_int8", "onnx")
 
@@ -292,6 +294,12 @@ def agreement(y: np.ndarray, ref: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------- main
+def save_calibration(name: str, batches: list[int]) -> None:
+    """models/<name>.calibration.npz: c<N> = the (32, ...) images of batch N's int8 file."""
+    sets = {f"c{b}": np.concatenate(calibration_batches(name, b)) for b in batches}
+    np.savez(paths(name)["calibration"], **sets)
+
+
 def make(name: str, batches: list[int], force: bool) -> dict:
     import keras
     import tensorflow as tf
@@ -300,6 +308,12 @@ def make(name: str, batches: list[int], force: bool) -> dict:
     if not force and models_ready(name, batches):
         log(f"{name}: cached")
         return read_manifest(name)
+    if not force and models_ready(name, batches, calibration=False):
+        # made before the calibration images were saved: seeded, so these are the ones used
+        manifest = read_manifest(name)
+        save_calibration(name, sorted(int(b) for b in manifest["batches"]))
+        log(f"{name}: cached; wrote {paths(name)['calibration'].name}")
+        return manifest
     previous = read_manifest(name) or {}
     if previous.get("seed") == SEED:  # keep the batch sizes made before (the files are rewritten)
         batches = sorted(set(batches) | {int(b) for b in previous.get("batches", {})})
@@ -346,11 +360,7 @@ def make(name: str, batches: list[int], force: bool) -> dict:
         log(f"  batch {batch}: TFLite fp32")
         entry["tflite_fp32_seconds"] = round(to_tflite(model, batch, files["tflite_fp32"], None), 2)
         if spec.int8:
-            calib_rng = np.random.default_rng([SEED, 99, batch])
-            calibration = [
-                calib_rng.uniform(spec.low, spec.high, size=(batch, *INPUT_SHAPE)).astype("float32")
-                for _ in range(max(1, CALIBRATION_IMAGES // batch))
-            ]
+            calibration = calibration_batches(name, batch)
             log(f"  batch {batch}: TFLite int8 ({len(calibration) * batch} calibration images)")
             entry["tflite_int8_seconds"] = round(
                 to_tflite(model, batch, files["tflite_int8"], calibration), 2
@@ -375,6 +385,8 @@ def make(name: str, batches: list[int], force: bool) -> dict:
             log(f"    tflite_int8 vs Keras: relative {entry['check']['tflite_int8']['rel']:.2g}")
         manifest["batches"][str(batch)] = entry
     np.savez(MODELS_DIR / f"{name}.reference.npz", **reference)
+    if spec.int8:
+        save_calibration(name, batches)
     manifest["fp32_agreement_ok"] = all(
         e["check"][p]["rel"] <= FP32_TOLERANCE
         for e in manifest["batches"].values()
