@@ -92,6 +92,7 @@ class CompareTable:
     reference: str
     tolerance: Tolerance
     rows: list[Row] = field(default_factory=list)
+    unreferenced: list[str] = field(default_factory=list)  # layers the reference lacks
 
     @property
     def first_divergent(self) -> str | None:
@@ -111,6 +112,7 @@ class CompareTable:
             "tolerance": asdict(self.tolerance),
             "rows": [row.to_dict() for row in self.rows],
             "first_divergent": self.first_divergent,
+            "unreferenced": self.unreferenced,
         }
 
     def save(self, path: PathLike) -> Path:
@@ -140,7 +142,10 @@ def load(path: PathLike) -> CompareTable:
             )
             for r in data["rows"]
         ]
-        return CompareTable(data["model"], data["reference"], Tolerance(**data["tolerance"]), rows)
+        tolerance = Tolerance(**data["tolerance"])
+        table = CompareTable(data["model"], data["reference"], tolerance, rows)
+        table.unreferenced = list(data.get("unreferenced", []))
+        return table
     except OSError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -493,6 +498,7 @@ def compare(
     )
     keys = [k for k in _model_order(candidate, meta) if k in ref_arrays and k in got]
     table = CompareTable(layers.name, label, tolerance)
+    table.unreferenced = [name for name in layers.classes if meta and name not in wanted]
     for index, key in enumerate(keys):
         report(f"comparing {key}", index / max(len(keys), 1))
         table.rows.append(_row(key, layers, got[key], ref_arrays[key], tolerance))

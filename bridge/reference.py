@@ -7,11 +7,12 @@ Imports Keras (3, or tf.keras 2.x) and numpy only, never TVM: it runs from a che
 ``safe_mode`` and its config is checked first: a Lambda layer (Python bytecode) is refused, never
 executed.
 
-The ``.npz`` holds one array per output of every top-level layer in model order, keyed by the
-layer's name (output ``i > 0`` of a multi-output layer: ``name:i``; a nested model counts as one
-layer), the inputs it ran on as ``__input__:<input name>``, and ``__meta__``: a 0-d string array
-holding JSON (``format``, ``keras_version``, ``backend``, ``model``, ``inputs``, and ``layers``:
-``[{"name", "class", "outputs": [keys]}]`` in model order).
+The ``.npz`` holds one array per output of every layer in model order, keyed by the layer's
+name (output ``i > 0`` of a multi-output layer: ``name:i``; a nested model's layers as
+``outer/inner``, bridge's names, before the nested model's own outputs), the inputs it ran on
+as ``__input__:<input name>``, and ``__meta__``: a 0-d string array holding JSON (``format``,
+``keras_version``, ``backend``, ``model``, ``inputs``, and ``layers``: ``[{"name", "class",
+"outputs": [keys]}]`` in model order).
 """
 
 from __future__ import annotations
@@ -190,41 +191,78 @@ def _model_nodes(model) -> set[int] | None:
     return {id(node) for nodes in by_depth.values() for node in nodes}
 
 
-def _first_call_outputs(layer, nodes: set[int] | None) -> list | None:
-    """The output tensors of ``layer``'s first call in the model's graph (a nested model's
-    ``output`` is its inner graph's, and a shared layer has one call per use)."""
+def _first_call(layer, nodes: set[int] | None) -> tuple[list, list] | None:
+    """(input tensors, output tensors) of ``layer``'s first call in the model's graph (a nested
+    model's ``output`` is its inner graph's, and a shared layer has one call per use); the inputs
+    are empty where Keras keeps no call nodes."""
     if nodes is not None:
         for node in getattr(layer, "_inbound_nodes", []):
             if id(node) in nodes:
                 outs = getattr(node, "output_tensors", None)
-                return _flatten(outs if outs is not None else node.outputs)
+                ins = getattr(node, "input_tensors", None)
+                return _flatten(ins if ins is not None else []), _flatten(
+                    outs if outs is not None else node.outputs
+                )
         return None
     try:
-        return _flatten(layer.output)
+        return [], _flatten(layer.output)
     except (AttributeError, ValueError, RuntimeError):
         return None
 
 
+def _is_nested_model(layer, inputs: list) -> bool:
+    """A model used as a layer whose inner layers can be run from its call's inputs."""
+    return (
+        bool(inputs)
+        and bool(getattr(layer, "layers", None))
+        and bool(getattr(layer, "inputs", None))
+    )
+
+
 def layer_outputs(model, inputs: list[np.ndarray], report=_quiet) -> tuple[dict, list[dict]]:
-    """Every top-level layer's outputs on ``inputs``, in one call of a Keras model whose outputs
-    are all of them: (arrays by key, [{"name", "class", "outputs"}] in model order)."""
+    """Every layer's outputs on ``inputs`` in model order, the layers inside a nested model
+    right before its own outputs (keyed ``outer/inner``, as bridge names them; a shared nested
+    model: its first call): (arrays by key, [{"name", "class", "outputs"}])."""
     keras = _keras()
-    layers, tensors = [], []
+    layers, tensors, nested = [], [], []
     nodes = _model_nodes(model)
     for layer in model.layers:
         if type(layer).__name__ == "InputLayer":
             continue
-        outs = _first_call_outputs(layer, nodes)
-        if outs is None:  # not called in this graph
+        call = _first_call(layer, nodes)
+        if call is None:  # not called in this graph
             continue
+        ins, outs = call
         keys = [layer.name if i == 0 else f"{layer.name}:{i}" for i in range(len(outs))]
         layers.append({"name": layer.name, "class": type(layer).__name__, "outputs": keys})
         tensors.extend(outs)
+        if _is_nested_model(layer, ins):
+            nested.append((len(layers), layer, len(tensors), len(ins)))
+            tensors.extend(ins)
     report(f"running {len(layers)} layers")
     extractor = keras.Model(inputs=model.inputs, outputs=tensors)
     values = _flatten(extractor(list(inputs), training=False))
+    arrays, ordered, taken = {}, [], 0
+    for position, layer, start, count in nested:  # inner layers first: they run before it
+        ordered.extend(layers[taken : position - 1])
+        taken = position - 1
+        inner, inner_layers = layer_outputs(layer, values[start : start + count], report)
+        prefix = f"{layer.name}/"
+        arrays |= {prefix + key: value for key, value in inner.items()}
+        ordered.extend(
+            {
+                **entry,
+                "name": prefix + entry["name"],
+                "outputs": [prefix + k for k in entry["outputs"]],
+            }
+            for entry in inner_layers
+        )
+    ordered.extend(layers[taken:])
+    inner_inputs = {i for _, _, start, count in nested for i in range(start, start + count)}
+    outer = [v for i, v in enumerate(values) if i not in inner_inputs]
     keys = [key for entry in layers for key in entry["outputs"]]
-    return {key: _as_saved(v) for key, v in zip(keys, values)}, layers
+    arrays |= {key: _as_saved(v) for key, v in zip(keys, outer)}
+    return arrays, ordered
 
 
 def _litert(model: str | Path):

@@ -78,15 +78,73 @@ def test_perturbed_weight_is_the_first_divergent_layer(tmp_path):
     assert not conv2.ok and conv2.max_rel > 0.01
 
 
-def test_multi_output_nested_model_compares_each_output():
-    table = bridge.compare(
-        MODELS / "nested_functional.json",
-        MODELS / "nested_functional.weights.h5",
-        reference=REF / "nested_functional.npz",
-    )
-    assert [row.layer for row in table.rows] == ["encoder", "encoder:1", "cat", "lazy_seq"]
-    assert table.rows[1].shape == [2, 3] and table.rows[1].class_name == "Functional"
+NESTED_LAYERS = [
+    "encoder/enc_dense",
+    "encoder/enc_a",
+    "encoder/enc_b",
+    "encoder",
+    "encoder:1",
+    "cat",
+    "lazy_seq/lazy_d1",
+    "lazy_seq/lazy_d2",
+    "lazy_seq",
+]
+
+
+@pytest.mark.parametrize("keras", ["keras3", "tf2"])
+def test_nested_model_layers_are_compared_inside_it(keras):
+    """The layers inside a nested model are in the reference (Keras 3 and tf.keras 2.15), each
+    before the nested model's own outputs; a multi-output nested model has a row per output."""
+    if keras == "keras3":
+        files = (MODELS / "nested_functional.json", MODELS / "nested_functional.weights.h5")
+        ref = REF / "nested_functional.npz"
+    else:
+        files = (KERAS2 / "models" / "nested_functional.keras", None)
+        ref = REF / "nested_functional.tf2.npz"
+    table = bridge.compare(*files, reference=ref)
+    assert [row.layer for row in table.rows] == NESTED_LAYERS
+    assert table.rows[4].shape == [2, 3] and table.rows[4].class_name == "Functional"
+    assert table.rows[1].class_name == "Dense"
+    assert table.ok and table.unreferenced == []
+
+
+def test_shared_nested_model_layers_from_its_first_call():
+    table = bridge.compare(MODELS / "nested_shared.keras", reference=REF / "nested_shared.npz")
+    inner = ["inner_seq/inner_dense1", "inner_seq/inner_bn", "inner_seq/inner_dense2"]
+    assert [row.layer for row in table.rows][1:5] == [*inner, "inner_seq"]
     assert table.ok
+
+
+def test_weight_inside_a_nested_model_names_the_inner_layer(tmp_path):
+    """enc_a (the encoder's second Dense, ``dense_1`` in the weights file) perturbed: the first
+    divergent layer is the inner one, not just the nested model."""
+    model = shutil.copy(MODELS / "nested_functional.json", tmp_path / "m.json")
+    weights = shutil.copy(MODELS / "nested_functional.weights.h5", tmp_path / "m.weights.h5")
+    with h5py.File(weights, "r+") as handle:
+        kernel = handle["layers/functional/layers/dense_1/vars/0"]
+        kernel[0, 0] = kernel[0, 0] + 1.0
+    table = bridge.compare(model, weights, reference=REF / "nested_functional.npz")
+    assert table.first_divergent == "encoder/enc_a"
+    assert table.rows[0].ok  # enc_dense untouched
+
+
+def test_layers_missing_from_an_older_reference_are_listed(tmp_path, capsys):
+    """A reference without the nested layers (written before they were recorded): the layers
+    it lacks are listed as not compared, never dropped silently."""
+    arrays, meta = read_reference(REF / "nested_functional.npz")
+    meta["layers"] = [e for e in meta["layers"] if "/" not in e["name"]]
+    kept = {k: v for k, v in arrays.items() if "/" not in k}
+    kept[META_KEY] = np.array(json.dumps(meta))
+    old = tmp_path / "old.npz"
+    np.savez(old, **kept)
+    model = MODELS / "nested_functional.json"
+    weights = MODELS / "nested_functional.weights.h5"
+    table = bridge.compare(model, weights, reference=old)
+    assert [row.layer for row in table.rows] == [k for k in NESTED_LAYERS if "/" not in k]
+    assert table.unreferenced == [k for k in NESTED_LAYERS if "/" in k]
+    assert main(["compare", str(model), str(weights), "--reference", str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "5 layer(s) not in the reference, not compared: encoder/enc_dense" in out
 
 
 def test_inputs_override_and_progress(tmp_path):

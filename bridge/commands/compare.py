@@ -124,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
             progress=show,
         )
     console.print(render(table))
+    missing = table.unreferenced
+    if missing:
+        names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        console.print(
+            f"{len(missing)} layer(s) not in the reference, not compared: {names}",
+            highlight=False,
+        )
     if args.json:
         table.save(args.json)
     tol = table.tolerance
