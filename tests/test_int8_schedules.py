@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from test_int8 import ref_conv2d, ref_dense
-from tvm import relax
+from test_int8 import ref_add, ref_conv2d, ref_dense, ref_requantize
+from tvm import relax, tirx
 
 from bridge.compile import compile_module
-from bridge.quant import kernels
+from bridge.quant import elementwise, fixed_point, kernels
 from bridge.schedules import int8
+from bridge.schedules.pipeline import fuse
 
 RNG = np.random.default_rng(7)
 # (mcpu, the instruction its kernels must use, the one they must not)
@@ -122,3 +123,148 @@ def test_dense_bit_exact(mcpu: str) -> None:
     bias = RNG.integers(-5000, 5000, 25).astype(np.int32)
     got = run(compile_relax(lambda v: kernels.dense(v, w, bias, 4), [x], x86(mcpu)), [x])
     np.testing.assert_array_equal(got, ref_dense(x, w, bias, 4))
+
+
+# --- the epilogue in registers ------------------------------------------------------------------
+
+# a 1x1 projection (24 channels: the tile pads them to 32) requantized, then TFLite's ADD with
+# a residual input: MobileNetV2's residual kernels
+RESIDUAL_Q = ((0.06, -3), (0.05, 5), (0.08, -1))  # conv output, residual, sum
+
+
+def residual_block(x, r, w, bias, real):
+    """conv -> requantize -> integer ADD of ``r``, as bridge.quant builds MobileNetV2's."""
+    mul = fixed_point.quantize_multiplier(real)
+    acc = kernels.conv2d(x, w, bias, -7, kernels.Window())
+    conv = fixed_point.requantize(acc, mul, RESIDUAL_Q[0][1], (-128, 127), "int8", "double_up")
+    return elementwise.add(
+        (conv, RESIDUAL_Q[0]), (r, RESIDUAL_Q[1]), RESIDUAL_Q[2], (-128, 127), "int8"
+    )
+
+
+def residual_case():
+    x = RNG.integers(-128, 128, (1, 6, 16, 40)).astype(np.int8)
+    r = RNG.integers(-128, 128, (1, 6, 16, 24)).astype(np.int8)
+    w = RNG.integers(-127, 128, (24, 1, 1, 40)).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, 24).astype(np.int32)
+    real = RNG.uniform(0.0005, 0.002, 24)
+    return x, r, w, bias, real
+
+
+def residual_expected(x, r, w, bias, real) -> np.ndarray:
+    acc = ref_conv2d(x, w, bias, -7, (1, 1), (0, 0, 0, 0), (1, 1))
+    conv = ref_requantize(acc, real, RESIDUAL_Q[0][1], (-128, 127), "double_up", "int8")
+    return ref_add(conv, RESIDUAL_Q[0], r, RESIDUAL_Q[1], RESIDUAL_Q[2], (-128, 127))
+
+
+def dot_kernel(build, inputs: list[np.ndarray], target: tvm.target.Target) -> tirx.PrimFunc:
+    """The fused TIR kernel holding ``build``'s int8 product, before scheduling."""
+    bb = relax.BlockBuilder()
+    params = [
+        relax.Var(f"x{i}", relax.TensorType(x.shape, str(x.dtype))) for i, x in enumerate(inputs)
+    ]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(*params))
+        bb.emit_func_output(out)
+    fused = fuse(bb.get(), target)
+    funcs = [
+        f for f in fused.functions.values() if isinstance(f, tirx.PrimFunc) and int8.DOT in str(f)
+    ]
+    assert len(funcs) == 1
+    return funcs[0]
+
+
+def global_intermediates(sch) -> list[str]:
+    """Buffers a scheduled kernel allocates in memory (not registers): name:dtype."""
+    root = sch.get(sch.get_sblock("root"))
+    return [f"{b.name}:{b.dtype}" for b in root.alloc_buffers if b.scope() != "local"]
+
+
+def output_block(sch):
+    """The block writing the kernel's output (its last parameter)."""
+    out = sch.mod["main"].params[-1]
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    return next(b for b in blocks if any(w.source.same_as(out) for w in sch.get(b).writes))
+
+
+def vectorized(sch, block) -> bool:
+    return sch.get(sch.get_loops(block)[-1]).kind == tirx.ForKind.VECTORIZED
+
+
+def in_tile(sch, block) -> bool:
+    """Under the dot's loop nest (the register tile's parallel loop)."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    dot = next(b for b in blocks if sch.get(b).name_hint.startswith(int8.DOT))
+    return sch.get(sch.get_loops(block)[0]).same_as(sch.get(sch.get_loops(dot)[0]))
+
+
+@pytest.mark.parametrize("mcpu", [p[0] for p in PRESETS])
+def test_residual_epilogue_runs_in_the_tile(mcpu: str) -> None:
+    """The residual kernel's whole epilogue (the shift's correction, requantization, the
+    residual's rescale, the add and its requantization) is one vectorized block in the
+    register tile's loop: the only buffer in memory is the activation copy (int8/uint8),
+    no int32 sums or int64 intermediates."""
+    x, r, w, bias, real = residual_case()
+    func = dot_kernel(lambda a, b: residual_block(a, b, w, bias, real), [x, r], x86(mcpu))
+    sch = int8.Int8Kernels().apply(func, x86(mcpu), False)
+    assert sch is not None
+    assert all(b.endswith(("int8", "uint8")) for b in global_intermediates(sch))
+    out = output_block(sch)
+    assert in_tile(sch, out) and vectorized(sch, out)
+
+
+@pytest.mark.parametrize("mcpu", [p[0] for p in PRESETS])
+def test_residual_kernel_bit_exact(mcpu: str) -> None:
+    if not host_has({"znver4": "avx512_vnni", "x86-64-v4": "avx512bw"}.get(mcpu, "avx2")):
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    x, r, w, bias, real = residual_case()
+    build = lambda a, b: residual_block(a, b, w, bias, real)  # noqa: E731
+    got = run(compile_relax(build, [x, r], x86(mcpu)), [x, r])
+    np.testing.assert_array_equal(got, residual_expected(x, r, w, bias, real))
+
+
+def test_padded_output_keeps_the_pad_as_a_pass() -> None:
+    """A requantized output padded for the next layer: requantized in the tile (int8 written
+    once), the pad a separate vectorized pass; bit-exact."""
+    x = RNG.integers(-128, 128, (1, 8, 8, 16)).astype(np.int8)
+    w = RNG.integers(-127, 128, (40, 1, 1, 16)).astype(np.int8)
+    real = RNG.uniform(0.0005, 0.002, 40)
+    mul = fixed_point.quantize_multiplier(real)
+
+    def build(v):
+        acc = kernels.conv2d(v, w, None, 3, kernels.Window())
+        y = fixed_point.requantize(acc, mul, -2, (-128, 127), "int8", "double_up")
+        return relax.op.nn.pad(y, [0, 0, 0, 1, 0, 1, 0, 0], pad_value=-2.0)
+
+    target = x86("znver4")
+    sch = int8.Int8Kernels().apply(dot_kernel(build, [x], target), target, False)
+    assert sch is not None
+    assert all(b.endswith(("int8", "uint8")) for b in global_intermediates(sch))
+    assert not in_tile(sch, output_block(sch)) and vectorized(sch, output_block(sch))
+    if host_has("avx512_vnni"):
+        acc = ref_conv2d(x, w, None, 3, (1, 1), (0, 0, 0, 0), (1, 1))
+        y = ref_requantize(acc, real, -2, (-128, 127), "double_up", "int8")
+        want = np.pad(y, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=-2)
+        np.testing.assert_array_equal(run(compile_relax(build, [x], target), [x]), want)
+
+
+@pytest.mark.parametrize("mcpu", [p[0] for p in PRESETS])
+def test_dense_rows_bit_exact(mcpu: str) -> None:
+    """A 2-D dense layer (several rows, the tile's pixels): its epilogue reads the tile
+    through the reshape back to [M, N]."""
+    if not host_has({"znver4": "avx512_vnni", "x86-64-v4": "avx512bw"}.get(mcpu, "avx2")):
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    x = RNG.integers(-128, 128, (6, 70)).astype(np.int8)
+    w = RNG.integers(-127, 128, (25, 70)).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, 25).astype(np.int32)
+    real = RNG.uniform(0.0005, 0.002, 25)
+    mul = fixed_point.quantize_multiplier(real)
+
+    def build(v):
+        acc = kernels.dense(v, w, bias, 4)
+        return fixed_point.requantize(acc, mul, 1, (-128, 127), "int8", "double_up")
+
+    got = run(compile_relax(build, [x], x86(mcpu)), [x])
+    want = ref_requantize(ref_dense(x, w, bias, 4), real, 1, (-128, 127), "double_up", "int8")
+    np.testing.assert_array_equal(got, want)

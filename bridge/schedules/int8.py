@@ -29,7 +29,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target.codegen import target_has_features
 
-from bridge.schedules.common import find_block, largest_divisor, vectorize_block
+from bridge.schedules.common import find_block, is_reduction, largest_divisor, vectorize_block
 from bridge.schedules.cpu import _inline_epilogue
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -380,12 +380,16 @@ class Int8Kernels(CPUScheduleRule):
         kind = dot_kind(target)
         if kind is None or DOT not in str(func):
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            schedule_dot(sch, kind)
-        except Exception:  # a fused shape this rule does not expect: the generic rules
-            return None
-        return sch
+        # the epilogue in registers first; a fused shape it does not take: the epilogue as
+        # its own pass; neither: the generic rules
+        for schedule in (schedule_dot, schedule_dot_unfused):
+            sch = s_tir.Schedule(func)
+            try:
+                schedule(sch, kind)
+            except Exception:
+                continue
+            return sch
+        return None
 
 
 def _dot_block(sch: s_tir.Schedule):
@@ -395,16 +399,10 @@ def _dot_block(sch: s_tir.Schedule):
     raise ValueError("no dot block")
 
 
-def schedule_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
-    """Tile ``pixels x (vectors x lanes)`` outputs in registers, reduce over the window and
-    the input channel groups outside the tile, one dot instruction per pixel and vector."""
-    root = sch.get_sblock("root")
-    block = _dot_block(sch)
-    act_dtype = str(sch.get(block).reads[0].source.dtype)
-    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
-    write_back = sch.cache_write(block, 0, "local")
-    _inline_epilogue(sch, write_back)
-
+def _tile(sch: s_tir.Schedule, block, kind: DotKind):
+    """Split and order the dot's loops: ``(n, y, x/pixels, o/(vectors x lanes))`` fused and
+    parallel outside, the window and channel groups, then the register tile. Returns the
+    fused loop and the tile's (pixel, vector, lane) loops."""
     n, y, x, o, rh, rw, rc, rg = sch.get_loops(block)
     width = int(sch.get(x).extent)
     vectors = int(sch.get(o).extent) // kind.lanes
@@ -415,28 +413,124 @@ def schedule_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
     sch.reorder(n, y, x_outer, o_outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
     fused = sch.fuse(n, y, x_outer, o_outer)
     sch.parallel(fused)
-    sch.reverse_compute_at(write_back, fused)
+    return fused, x_inner, o_vec, o_lane
+
+
+def _tensorize(sch: s_tir.Schedule, block, kind: DotKind, act_dtype: str, tile) -> None:
+    x_inner, o_vec, o_lane = tile
+    rh = sch.get_loops(block)[1]
     init = sch.decompose_reduction(block, rh)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(o_lane, kind.intrin(act_dtype))
     sch.unroll(x_inner)
     sch.unroll(o_vec)
+
+
+def _vector_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Vectorize a block's innermost loop by the widest power of two up to ``lanes`` (and at
+    least 4) dividing it."""
+    inner = sch.get_loops(block)[-1]
+    extent = int(sch.get(inner).extent)
+    width = lanes
+    while width >= 4 and extent % width:
+        width //= 2
+    if width >= 4:
+        sch.vectorize(sch.split(inner, [None, width])[1] if extent > width else inner)
+
+
+def _shape(sch: s_tir.Schedule, block) -> list[int]:
+    return [int(d) for d in sch.get(block).writes[0].source.shape]
+
+
+def _same_pixels(dot: list[int], shape: list[int]) -> bool:
+    """``shape`` indexes the dot's pixels the same way: the same leading axes, or (a dense
+    layer's ``[1, 1, M, N]`` reshaped back) ``[..., 1, M, N]``. Any other reshape would map a
+    register tile's pixels to no box of the output, which the tile cannot write."""
+    if shape[:-1] == dot[:-1]:
+        return True
+    return dot[:2] == [1, 1] and shape[-2:-1] == dot[2:3] and all(d == 1 for d in shape[:-2])
+
+
+def _epilogue_output(sch: s_tir.Schedule, dot, epilogue: list[str]) -> str | None:
+    """The last epilogue block that writes one value per pixel and output channel of the
+    dot (the requantized int8 output, before any pad of it)."""
+    dot_shape = _shape(sch, dot)
+    chosen = None
+    for name in epilogue:
+        block = sch.get_sblock(name)
+        if is_reduction(sch, block):
+            break
+        shape = _shape(sch, block)
+        if _same_pixels(dot_shape, shape) and shape[-1] <= dot_shape[-1]:
+            chosen = name
+    return chosen
+
+
+def schedule_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
+    """Tile ``pixels x (vectors x lanes)`` outputs in registers, reduce over the window and
+    the input channel groups outside the tile, one dot instruction per pixel and vector; the
+    whole elementwise epilogue (correction, requantization, a residual input's rescale and
+    add, the clamp) inlined into one block that reads the tile's accumulators and writes the
+    int8 output right after the tile, so no int32 or int64 tensor goes through memory. Stages
+    after that output (a pad for the next layer) stay as vectorized passes."""
+    root = sch.get_sblock("root")
+    block = _dot_block(sch)
+    act_dtype = str(sch.get(block).reads[0].source.dtype)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    dot_name = sch.get(block).name_hint
+    epilogue = names[names.index(dot_name) + 1:]
+    output = _epilogue_output(sch, block, epilogue)
+    if epilogue and output is None:
+        raise ValueError("no epilogue output")
+    for name in epilogue[: epilogue.index(output)] if output else []:
+        sch.compute_inline(sch.get_sblock(name))
+    write_back = sch.cache_write(block, 0, "local")
+    fused, *tile = _tile(sch, block, kind)
+    if output is None:  # the dot's sums are the kernel's output
+        sch.reverse_compute_at(write_back, fused)
+        _vector_inner(sch, write_back, kind.lanes)
+    else:
+        sch.compute_inline(write_back)
+        out = sch.get_sblock(output)
+        sch.reverse_compute_at(out, fused)
+        _vector_inner(sch, out, kind.lanes)
+    _tensorize(sch, block, kind, act_dtype, tile)
+    _vectorize_rest(sch, names, fused, kind.lanes)
+
+
+def schedule_dot_unfused(sch: s_tir.Schedule, kind: DotKind) -> None:
+    """:func:`schedule_dot` with the epilogue folded into the write-back only as far as it
+    keeps the dot's shape (consumers of another shape run as their own passes)."""
+    root = sch.get_sblock("root")
+    block = _dot_block(sch)
+    act_dtype = str(sch.get(block).reads[0].source.dtype)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    write_back = sch.cache_write(block, 0, "local")
+    _inline_epilogue(sch, write_back)
+    fused, *tile = _tile(sch, block, kind)
+    sch.reverse_compute_at(write_back, fused)
+    _tensorize(sch, block, kind, act_dtype, tile)
     wb_loops = sch.get_loops(write_back)
     inner = wb_loops[-1]
     extent = int(sch.get(inner).extent)
     if extent % kind.lanes == 0:
         sch.vectorize(sch.split(inner, [None, kind.lanes])[1])
-    for name in names:  # the activation copy and any stage left outside the tile
+    _vectorize_rest(sch, [n for n in names if n != sch.get(write_back).name_hint], fused,
+                    kind.lanes)
+
+
+def _vectorize_rest(sch: s_tir.Schedule, names: list[str], fused, lanes: int) -> None:
+    """The activation copy and any stage left outside the tile: parallel and vectorized."""
+    for name in names:
         other = find_block(sch, name)
-        if other is not None and not sch.get(other).name_hint.startswith(DOT):
-            if sch.get(other).name_hint == sch.get(write_back).name_hint:
-                continue
-            try:
-                sch.get_loops(other)
-            except Exception:
-                continue
-            if len(sch.get_loops(other)) and not _under(sch, other, fused):
-                vectorize_block(sch, other, kind.lanes)
+        if other is None or sch.get(other).name_hint.startswith(DOT):
+            continue
+        try:
+            loops = sch.get_loops(other)
+        except Exception:
+            continue
+        if len(loops) and not _under(sch, other, fused):
+            vectorize_block(sch, other, lanes)
 
 
 def _under(sch: s_tir.Schedule, block, loop) -> bool:
