@@ -165,7 +165,7 @@ def test_products_on_x86_match_numpy() -> None:
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("preset", ["rpi4", "rpi5"])
+@pytest.mark.parametrize("preset", ["rpi4", "rpi5", "graviton3"])
 def test_aarch64_products_under_qemu(preset: str, tmp_path) -> None:
     needs_tools(resolve(preset), "qemu-aarch64")
     folder = tmp_path / preset
@@ -181,11 +181,24 @@ def test_int8_tflite_under_qemu_matches_x86(preset: str, tmp_path) -> None:
     inputs, _ = reference(CNN_INT8.with_suffix(".npz"))
     expected = bridge.build(CNN_INT8, target="native")(*inputs)
     model = bridge.build(CNN_INT8, target=preset)
-    assert any("int8_dot" in k for k in str(model.metadata.get("kernels", "")).split("'")), (
-        "the int8 kernels were not rewritten"
-    )
+    dots = [name for name in model.metadata["kernels"] if "int8_dot" in name]
+    assert len(dots) == 3, list(model.metadata["kernels"])  # two CONV_2D, one FULLY_CONNECTED
     model.export(tmp_path / preset, bundle=True)
     got = run_bundle(tmp_path / preset, inputs, shutil.which("qemu-aarch64"), *QEMU)
     expected = expected if isinstance(expected, list) else [expected]
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", [int8_arm.SDOT, int8_arm.NEON], ids=["sdot", "neon"])
+def test_register_tile_divides_and_fits(kind) -> None:
+    """The tile divides the row and the channel vectors, fits the registers, and a 14-pixel
+    row (ResNet's, MobileNet's 14x14 stage) gets at least 8 accumulators, not 2 pixels x 2."""
+    weights = 1 if kind is int8_arm.SDOT else 2
+    for width in (112, 56, 28, 14, 7, 1):
+        for vectors in (64, 24, 250, 1):
+            pixels, count = int8_arm.register_tile(width, vectors, kind)
+            assert width % pixels == 0 and vectors % count == 0
+            assert pixels * count + weights * count <= kind.registers
+    pixels, count = int8_arm.register_tile(14, 64, kind)
+    assert pixels * count >= 8

@@ -27,15 +27,17 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target.codegen import target_has_features
 
-from bridge.schedules.common import find_block, largest_divisor, vectorize_block
+from bridge.schedules.common import find_block, vectorize_block
 from bridge.schedules.cpu import _inline_epilogue
 from bridge.schedules.int8 import CONV2D, MATMUL, PAD, DotKind, pack_weights
 
 DOT = "int8_arm_dot"  # the product block's name in the kernels built here
 ACT = "int8_arm_act"  # the activation copy (padding, uint8 -> int8 shift, channel padding)
 
-SDOT = DotKind(4, 4, False, "bridge_arm_sdot", 24)
-NEON = DotKind(4, 4, False, "bridge_arm_neon", 16)
+# registers: accumulators + weight registers a tile may hold of AArch64's 32 (the rest: the
+# activations, NEON's int16 products)
+SDOT = DotKind(4, 4, False, "bridge_arm_sdot", 28)
+NEON = DotKind(4, 4, False, "bridge_arm_neon", 26)
 _SDOT_LLVM = "llvm.aarch64.neon.sdot.v4i32.v16i8"
 _SMULL_LLVM = "llvm.aarch64.neon.smull.v8i16"
 _SADDLP_LLVM = "llvm.aarch64.neon.saddlp.v4i32.v8i16"
@@ -141,13 +143,12 @@ def _neon_impl(
     with T.sblock("root"):
         T.reads(C[0:4], A[0:4], B[0:2, 0:4, 0:2])
         T.writes(C[0:4])
-        b = B.vload([0, 0, 0], dtype="int8x16")
         low = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 0), T.vectorlow(b, dtype="int8x8"),
+            T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 0), B.vload([0, 0, 0], "int8x8"),
             dtype="int16x8",
         )
         high = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 2), T.vectorhigh(b, dtype="int8x8"),
+            T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 2), B.vload([1, 0, 0], "int8x8"),
             dtype="int16x8",
         )
         C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
@@ -385,6 +386,22 @@ def _dot_block(sch: s_tir.Schedule):
     raise ValueError("no dot block")
 
 
+def register_tile(width: int, vectors: int, kind: DotKind) -> tuple[int, int]:
+    """(pixels, vectors) of the register tile: the most products per register loaded among
+    the tiles that divide the row and the output channels and fit the registers. An sdot
+    step loads one activation word per pixel and one weight register per vector; a NEON step
+    two activation pairs per pixel and a weight register whose halves take two registers."""
+    pair = 1 if kind is SDOT else 2
+    best = (0.0, 0, 1, 1)
+    for pixels in (p for p in range(1, min(width, 16) + 1) if width % p == 0):
+        for count in (v for v in range(1, 9) if vectors % v == 0):
+            if pixels * count + pair * count > kind.registers:
+                continue
+            products = pixels * count
+            best = max(best, (products / (pair * pixels + count), products, pixels, count))
+    return best[2], best[3]
+
+
 def schedule_arm_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
     """Tile ``pixels x (vectors x 4)`` int32 outputs in registers, reduce over the window and
     the input channel groups outside the tile, one dot step per pixel and vector."""
@@ -395,10 +412,9 @@ def schedule_arm_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
     _inline_epilogue(sch, write_back)
 
     n, y, x, o, rh, rw, rc, *inner = sch.get_loops(block)
-    width = int(sch.get(x).extent)
-    vectors = int(sch.get(o).extent) // kind.lanes
-    per_tile = next(v for v in (4, 2, 1) if vectors % v == 0)
-    pixels = largest_divisor(width, kind.registers // per_tile)
+    pixels, per_tile = register_tile(
+        int(sch.get(x).extent), int(sch.get(o).extent) // kind.lanes, kind
+    )
     o_outer, o_vec, o_lane = sch.split(o, [None, per_tile, kind.lanes])
     x_outer, x_inner = sch.split(x, [None, pixels])
     sch.reorder(n, y, x_outer, o_outer, rh, rw, rc, x_inner, o_vec, o_lane, *inner)
