@@ -37,6 +37,11 @@ MATMUL = tvm.ir.Op.get("relax.matmul")
 PAD = tvm.ir.Op.get("relax.nn.pad")
 DOT = "int8_dot"  # the product block's name in the kernels built here
 ACT = "int8_act"  # the activation copy (padding, +128 shift, channel padding)
+# The register tile's accumulators: a buffer allocated inside the tile's loop. TVM puts a CPU
+# buffer on the stack only in "global" scope and under kMaxStackAlloca (1024 bytes); any other
+# (a "local" one too) is allocated and freed through TVMBackendAllocWorkspace once per tile
+ACC_SCOPE = "global"
+STACK_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -78,13 +83,13 @@ def dot_kind(target: tvm.target.Target) -> DotKind | None:
 
 
 def _dot_desc(lanes: int, group: int, act_dtype: str):
-    """``C[i] += sum_k int(A[k]) * int(B[i, k])``, C a register-tile (local) accumulator."""
+    """``C[i] += sum_k int(A[k]) * int(B[i, k])``, C the register tile's accumulator."""
 
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((group,), act_dtype, offset_factor=1),
         B: T.Buffer((lanes, group), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=ACC_SCOPE),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
@@ -105,20 +110,22 @@ def _vnni_impl():
     def impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=ACC_SCOPE),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            # LLVM 22 declares vpdpbusd on <64 x i8> operands (older LLVMs: <16 x i32>)
-            word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a = T.reinterpret(T.broadcast(word, 16), dtype="int8x64")
-            b = B.vload([0, 0], dtype="int8x64")
+            # LLVM 22 declares vpdpbusd on <64 x i8> operands (older LLVMs: <16 x i32>).
+            # One expression: a name bound here would become a local buffer, allocated
+            # through TVMBackendAllocWorkspace once per tile
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], dtype="int32x16"),
-                a,
-                b,
+                T.reinterpret(
+                    T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                    dtype="int8x64",
+                ),
+                B.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16",
             )
 
@@ -134,17 +141,26 @@ def _pmaddwd_impl(lanes: int, act_dtype: str):
     def impl(
         A: T.Buffer((2,), act_dtype, offset_factor=1),
         B: T.Buffer((lanes, 2), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=ACC_SCOPE),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
             T.writes(C[0:lanes])
-            pair = T.reinterpret(T.cast(A.vload([0], act_dtype + "x2"), "int16x2"), dtype="int32")
-            a16 = T.reinterpret(T.broadcast(pair, lanes), dtype=f"int16x{wide}")
-            b16 = T.cast(B.vload([0, 0], dtype=f"int8x{wide}"), f"int16x{wide}")
+            # one expression (see _vnni_impl)
             C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + (
                 T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm), a16, b16, dtype=f"int32x{lanes}"
+                    T.llvm_lookup_intrinsic_id(llvm),
+                    T.reinterpret(
+                        T.broadcast(
+                            T.reinterpret(
+                                T.cast(A.vload([0], act_dtype + "x2"), "int16x2"), dtype="int32"
+                            ),
+                            lanes,
+                        ),
+                        dtype=f"int16x{wide}",
+                    ),
+                    T.cast(B.vload([0, 0], dtype=f"int8x{wide}"), f"int16x{wide}"),
+                    dtype=f"int32x{lanes}",
                 )
             )
 
@@ -407,7 +423,9 @@ def _tile(sch: s_tir.Schedule, block, kind: DotKind):
     width = int(sch.get(x).extent)
     vectors = int(sch.get(o).extent) // kind.lanes
     per_tile = 2 if vectors % 2 == 0 else 1
-    pixels = largest_divisor(width, kind.registers // per_tile)
+    # the accumulators' buffer on the stack (ACC_SCOPE)
+    on_stack = (STACK_BYTES - 1) // (per_tile * kind.lanes * 4)
+    pixels = largest_divisor(width, min(kind.registers // per_tile, on_stack))
     o_outer, o_vec, o_lane = sch.split(o, [None, per_tile, kind.lanes])
     x_outer, x_inner = sch.split(x, [None, pixels])
     sch.reorder(n, y, x_outer, o_outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
@@ -484,7 +502,7 @@ def schedule_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
         raise ValueError("no epilogue output")
     for name in epilogue[: epilogue.index(output)] if output else []:
         sch.compute_inline(sch.get_sblock(name))
-    write_back = sch.cache_write(block, 0, "local")
+    write_back = sch.cache_write(block, 0, ACC_SCOPE)
     fused, *tile = _tile(sch, block, kind)
     if output is None:  # the dot's sums are the kernel's output
         sch.reverse_compute_at(write_back, fused)
@@ -505,7 +523,7 @@ def schedule_dot_unfused(sch: s_tir.Schedule, kind: DotKind) -> None:
     block = _dot_block(sch)
     act_dtype = str(sch.get(block).reads[0].source.dtype)
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
-    write_back = sch.cache_write(block, 0, "local")
+    write_back = sch.cache_write(block, 0, ACC_SCOPE)
     _inline_epilogue(sch, write_back)
     fused, *tile = _tile(sch, block, kind)
     sch.reverse_compute_at(write_back, fused)
