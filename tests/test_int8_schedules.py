@@ -299,3 +299,21 @@ def test_tile_allocates_nothing_per_iteration() -> None:
         body = parallel_bodies(assembly(exe))
         assert "vpdpbusd" in body or "vpmaddwd" in body, mcpu
         assert "AllocWorkspace" not in body, mcpu
+
+
+@pytest.mark.parametrize(("channels", "kernel", "padding"), [(24, 1, 0), (24, 3, 1), (3, 3, 1)])
+def test_activation_copy_moves_vectors_not_bytes(channels: int, kernel: int, padding: int) -> None:
+    """The +128 shift of 24-channel activations (MobileNetV2's) runs pixel by pixel on byte
+    vectors, not as one vector over pixels and channels together, which LLVM can only gather
+    and scatter byte by byte; bit-exact, and for a first convolution's 3 channels too."""
+    x = RNG.integers(-128, 128, (1, 8, 14, channels)).astype(np.int8)
+    w = RNG.integers(-127, 128, (32, kernel, kernel, channels)).astype(np.int8)
+    pads = (padding,) * 4
+    build = lambda v: kernels.conv2d(v, w, None, 3, kernels.Window((1, 1), pads))  # noqa: E731
+    body = parallel_bodies(assembly(compile_relax(build, [x], x86("znver4"))))
+    if channels % 4 == 0:  # (3 channels: a pixel's 3 bytes are inserted into one vector)
+        assert not any(op in body for op in ("vpinsrb", "vpextrb", "\tmovb\t")), body[:2000]
+    if host_has("avx512_vnni"):
+        got = run(compile_relax(build, [x], x86("znver4")), [x])
+        want = ref_conv2d(x, w, None, 3, (1, 1), pads, (1, 1))
+        np.testing.assert_array_equal(got, want)

@@ -548,7 +548,30 @@ def _vectorize_rest(sch: s_tir.Schedule, names: list[str], fused, lanes: int) ->
         except Exception:
             continue
         if len(loops) and not _under(sch, other, fused):
-            vectorize_block(sch, other, lanes)
+            if sch.get(other).name_hint == ACT and len(loops) == 4:
+                _schedule_act(sch, other)
+            else:
+                vectorize_block(sch, other, lanes)
+
+
+def _schedule_act(sch: s_tir.Schedule, block) -> None:
+    """The activation copy by rows (parallel), pixel by pixel, the channels of a pixel in
+    byte vectors (64, 32 ... 4 wide, whichever divides them; unrolled otherwise). One vector
+    over the fused pixels and channels would straddle pixels whenever the channels are not
+    a multiple of it (24, the first convolution's 3 padded to 4): LLVM then gathers and
+    scatters bytes one by one."""
+    b, y, _x, ch = sch.get_loops(block)
+    sch.parallel(sch.fuse(b, y))
+    channels = int(sch.get(ch).extent)
+    width = 64
+    while width >= 4 and channels % width:
+        width //= 2
+    if width < 4:
+        sch.unroll(ch)
+    elif channels == width:
+        sch.vectorize(ch)
+    else:
+        sch.vectorize(sch.split(ch, [None, width])[1])
 
 
 def _under(sch: s_tir.Schedule, block, loop) -> bool:
