@@ -1,7 +1,7 @@
 """SIMD integer kernels on AArch64 (bridge.schedules.int8_arm): each aarch64 preset's integer
 products use its instructions (``sdot`` with the dot-product extension, ``smull``/``smlal`` +
 ``sadalp`` on plain NEON), read from the generated assembly; and the aarch64 bundles, run under
-qemu, give bit-for-bit the x86 build's results (an int8 .tflite with CONV_2D and
+qemu, give bit-for-bit the x86 build's results (int8 .tflite fixtures with CONV_2D, DEPTHWISE and
 FULLY_CONNECTED; raw int32 products of int8 and uint8 activations against numpy)."""
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from bridge.signature import TensorInfo
 from bridge.targets import resolve
 
 RNG = np.random.default_rng(11)
-CNN_INT8 = FIXTURES / "tflite" / "cnn_int8.tflite"  # CONV_2D x2, MEAN, FULLY_CONNECTED
 # preset -> (its host CPU has the dot-product extension, its kernels' dot instruction kind)
 PRESETS = {
     "aarch64": False,
@@ -176,14 +175,19 @@ def test_aarch64_products_under_qemu(preset: str, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("preset", ["rpi4", "rpi5"])
-def test_int8_tflite_under_qemu_matches_x86(preset: str, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("model", "dots"),
+    [("cnn_int8", 3), ("mobile_int8", 4)],  # + 1 CONV_2D, 2 FULLY_CONNECTED; MobileNet's blocks
+)
+def test_int8_tflite_under_qemu_matches_x86(preset: str, model: str, dots: int, tmp_path) -> None:
     needs_tools(resolve(preset), "qemu-aarch64")
-    inputs, _ = reference(CNN_INT8.with_suffix(".npz"))
-    expected = bridge.build(CNN_INT8, target="native")(*inputs)
-    model = bridge.build(CNN_INT8, target=preset)
-    dots = [name for name in model.metadata["kernels"] if "int8_dot" in name]
-    assert len(dots) == 3, list(model.metadata["kernels"])  # two CONV_2D, one FULLY_CONNECTED
-    model.export(tmp_path / preset, bundle=True)
+    path = FIXTURES / "tflite" / f"{model}.tflite"
+    inputs, _ = reference(path.with_suffix(".npz"))
+    expected = bridge.build(path, target="native")(*inputs)
+    built_arm = bridge.build(path, target=preset)
+    rewritten = [name for name in built_arm.metadata["kernels"] if "int8_dot" in name]
+    assert len(rewritten) == dots, list(built_arm.metadata["kernels"])
+    built_arm.export(tmp_path / preset, bundle=True)
     got = run_bundle(tmp_path / preset, inputs, shutil.which("qemu-aarch64"), *QEMU)
     expected = expected if isinstance(expected, list) else [expected]
     for a, b in zip(got, expected, strict=True):
