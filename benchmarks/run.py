@@ -44,6 +44,7 @@ from bench_common import (
     bench_input,
     models_ready,
     paths,
+    read_calibration,
     read_manifest,
 )
 
@@ -52,12 +53,24 @@ RUNTIMES = {
     "bridge-tuned": "bridge tuned (llvm)",
     "litert-fp32": "LiteRT fp32 (XNNPACK)",
     "litert-int8": "LiteRT int8 (XNNPACK)",
+    "bridge-int8-tflite": "bridge int8 (tflite)",
+    "bridge-int8-quantize": "bridge int8 (quantize=)",
     "onnxruntime": "ONNX Runtime (CPU EP)",
     "keras-jax": "Keras 3 / JAX (jit)",
 }
 BASELINE = "litert-fp32"
+INT8_REFERENCE = "litert-int8"  # the int8 rows are also compared with its output
+INT8_RUNTIMES = ("litert-int8", "bridge-int8-tflite", "bridge-int8-quantize")
+# what bridge builds for each bridge row: the source file and whether it quantizes itself
+BRIDGE_LIBRARY_SUFFIX = {
+    "bridge": "",
+    "bridge-tuned": ".tuned",
+    "bridge-int8-tflite": ".int8-tflite",
+    "bridge-int8-quantize": ".int8-quantize",
+}
 TUNE_NA = "n/a (tuning not implemented yet)"
 INT8_NA = "n/a (no LiteRT int8 file for this model)"
+CALIBRATION_NA = "n/a (no calibration images: make_models.py writes models/<model>.calibration.npz)"
 MB = 1024 * 1024
 # max |y - keras| / max |keras| above which a row is flagged as wrong (int8 is approximate)
 FP32_TOLERANCE = 1e-3
@@ -106,8 +119,8 @@ def bridge_accepts(function, name: str) -> bool:
     return name in inspect.signature(function).parameters
 
 
-def bridge_library(model: str, batch: int, tuned: bool) -> Path:
-    return WORK_DIR / "bridge" / f"{model}.b{batch}{'.tuned' if tuned else ''}.so"
+def bridge_library(model: str, batch: int, key: str) -> Path:
+    return WORK_DIR / "bridge" / f"{model}.b{batch}{BRIDGE_LIBRARY_SUFFIX[key]}.so"
 
 
 # ---------------------------------------------------------------------------------- runtimes
@@ -179,10 +192,21 @@ def load_bridge_library(library: Path, threads: int) -> Runtime:
     return Runtime("bridge", model)
 
 
-def build_bridge(model: str, batch: int, threads: int, tune) -> tuple[object, float]:
+def build_bridge(key: str, model: str, batch: int, threads: int, tune) -> tuple[object, float]:
+    """One bridge row's build: the .keras file (``bridge``, ``bridge-tuned``), the LiteRT int8
+    file (``bridge-int8-tflite``), or the .keras file quantized by bridge on the int8 file's
+    calibration images (``bridge-int8-quantize``); all for target llvm."""
     import bridge
 
+    source = paths(model)["keras"]
     kwargs = {"target": "llvm", "batch_size": batch}
+    if key == "bridge-int8-tflite":
+        source = paths(model, batch)["tflite_int8"]  # batch_size = the file's batch
+    elif key == "bridge-int8-quantize":
+        calibration = read_calibration(model, batch)
+        if calibration is None:
+            raise FileNotFoundError(f"{paths(model)['calibration'].name}: no c{batch} images")
+        kwargs |= {"quantize": "int8", "calibration": calibration}
     if bridge_accepts(bridge.build, "num_threads"):
         kwargs["num_threads"] = threads
     if tune is not None:
@@ -190,14 +214,14 @@ def build_bridge(model: str, batch: int, threads: int, tune) -> tuple[object, fl
     else:
         os.environ["BRIDGE_TUNING_DB"] = "off"  # untuned: bridge's default schedules only
     started = time.perf_counter()
-    built = bridge.build(paths(model)["keras"], **kwargs)
+    built = bridge.build(source, **kwargs)
     return built, time.perf_counter() - started
 
 
 def load_runtime(key: str, model: str, batch: int, threads: int) -> Runtime:
     files = paths(model, batch)
-    if key in ("bridge", "bridge-tuned"):
-        return load_bridge_library(bridge_library(model, batch, key == "bridge-tuned"), threads)
+    if key in BRIDGE_LIBRARY_SUFFIX:
+        return load_bridge_library(bridge_library(model, batch, key), threads)
     if key == "litert-fp32":
         return load_litert(files["tflite_fp32"], batch, threads)
     if key == "litert-int8":
@@ -231,8 +255,14 @@ def probe(args) -> int:
         x = bench_input(model, batch)
         if key.startswith("bridge"):
             tune = parse_tune(args.tune) if key == "bridge-tuned" else None
-            built, result["build_s"] = build_bridge(model, batch, args.threads, tune)
-            library = bridge_library(model, batch, key == "bridge-tuned")
+            built, result["build_s"] = build_bridge(key, model, batch, args.threads, tune)
+            quantization = built.metadata.get("quantization")
+            if quantization:  # bridge's own check against the float model on the calibration
+                result["quantization"] = {
+                    k: quantization.get(k)
+                    for k in ("calibration_samples", "integer_layers", "agreement")
+                } | {"float_layers": [f["layer"] for f in quantization.get("float_layers", [])]}
+            library = bridge_library(model, batch, key)
             started = time.perf_counter()
             built.export(library)
             result["export_s"] = time.perf_counter() - started
@@ -351,6 +381,19 @@ def error_vs(y: np.ndarray, ref: np.ndarray) -> dict:
     return {"max_abs_err": diff, "rel_err": diff / max(float(np.max(np.abs(ref))), 1e-30)}
 
 
+def int8_reference(model: str, batch: int, keys: list[str], x, threads: int):
+    """LiteRT int8's output on ``x`` (float64), which the int8 rows are compared with; None
+    when no int8 row is measured or the model has no int8 file."""
+    if not MODELS[model].int8 or not any(k in INT8_RUNTIMES for k in keys):
+        return None
+    try:
+        runtime = load_litert(paths(model, batch)["tflite_int8"], batch, threads)
+        return np.asarray(runtime.call(x), np.float64)
+    except Exception as exc:  # the rows still get their error against Keras
+        log(f"  LiteRT int8 reference output failed: {type(exc).__name__}: {exc}")
+        return None
+
+
 # ---------------------------------------------------------------------------------- one group
 def convert_seconds(manifest: dict, key: str, batch: int) -> float | None:
     entry = (manifest or {}).get("batches", {}).get(str(batch), {})
@@ -375,12 +418,16 @@ def bench_group(model: str, batch: int, keys: list[str], args, tune_supported: b
             row.update(status=TUNE_NA)
             log(f"  {key}: {TUNE_NA}")
             continue
-        if key == "litert-int8" and not MODELS[model].int8:
+        if key in INT8_RUNTIMES and not MODELS[model].int8:
             row.update(status=INT8_NA)
             log(f"  {key}: {INT8_NA}")
             continue
+        if key == "bridge-int8-quantize" and read_calibration(model, batch) is None:
+            row.update(status=CALIBRATION_NA)
+            log(f"  {key}: {CALIBRATION_NA}")
+            continue
         if key.startswith("bridge") and args.reuse_bridge:
-            library = bridge_library(model, batch, key == "bridge-tuned")
+            library = bridge_library(model, batch, key)
             old = WORK_DIR / "probes" / f"{model}.b{batch}.{key}.json"
             if library.is_file() and old.is_file() and json.loads(old.read_text()).get("ok"):
                 row["probe"] = json.loads(old.read_text()) | {"reused": True}
@@ -404,6 +451,7 @@ def bench_group(model: str, batch: int, keys: list[str], args, tune_supported: b
                 f"    {built}load {result['load_s']:.2f}s, first call "
                 f"{result['first_call_s']:.2f}s, peak RSS {result['peak_rss_mb']:.0f} MB"
             )
+    int8_ref = int8_reference(model, batch, keys, x, args.threads)
     loaded: dict[str, Runtime] = {}
     for key, row in rows.items():
         if "status" in row:
@@ -412,7 +460,11 @@ def bench_group(model: str, batch: int, keys: list[str], args, tune_supported: b
             runtime = load_runtime(key, model, batch, args.threads)
             y = runtime.call(x)
             row.update(error_vs(y, ref))
-            limit = INT8_TOLERANCE if key == "litert-int8" else FP32_TOLERANCE
+            if key in INT8_RUNTIMES and int8_ref is not None:
+                vs = error_vs(y, int8_ref)
+                row["max_abs_err_vs_litert_int8"] = vs["max_abs_err"]
+                row["rel_err_vs_litert_int8"] = vs["rel_err"]
+            limit = INT8_TOLERANCE if key in INT8_RUNTIMES else FP32_TOLERANCE
             if row["rel_err"] > limit:
                 row["wrong"] = True
                 log(f"  {key}: WRONG OUTPUT, max |y - keras| / max |keras| = {row['rel_err']:.3g}")
@@ -639,7 +691,44 @@ def markdown(results: dict) -> str:
             )
             + " |"
         )
+    out += int8_table(rows)
     return "\n".join(out) + "\n"
+
+
+def int8_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: each int8 row's output error against Keras fp32 and LiteRT int8."""
+    int8 = [r for r in rows if r["runtime"] in INT8_RUNTIMES and "max_abs_err" in r]
+    if not int8:
+        return []
+    out = [
+        "",
+        "int8 rows: max |output - reference| on the benchmark input, against Keras fp32 (the "
+        "float model) and against LiteRT int8 (same int8 file for `bridge int8 (tflite)`; "
+        "same 32 calibration images for `bridge int8 (quantize=)`); rel = max abs / max "
+        "|reference|. Layers: integer / float layers of bridge's own quantization.",
+        "",
+        "| model | batch | runtime | vs Keras fp32 | rel | vs LiteRT int8 | rel | layers |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in int8:
+        quantization = (r.get("probe") or {}).get("quantization") or {}
+        layers = (
+            f"{quantization.get('integer_layers')} / {len(quantization.get('float_layers', []))}"
+            if quantization
+            else "-"
+        )
+        cells = [
+            r["model"],
+            str(r["batch"]),
+            r["label"],
+            fmt(r.get("max_abs_err"), ".2e"),
+            fmt(r.get("rel_err"), ".2e"),
+            fmt(r.get("max_abs_err_vs_litert_int8"), ".2e"),
+            fmt(r.get("rel_err_vs_litert_int8"), ".2e"),
+            layers,
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def chart(results: dict, path: Path) -> None:

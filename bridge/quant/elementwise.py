@@ -1,4 +1,4 @@
-"""Elementwise integer operators with TFLite's arithmetic: ADD, MUL and table lookups.
+"""Elementwise integer operators with TFLite's arithmetic: ADD, SUB, MUL and table lookups.
 
 Quantizations are ``(scale, zero_point)`` pairs; ``clamp`` is the fused activation's range in
 the output's integers (:func:`bridge.quant.fixed_point.activation_range`).
@@ -30,6 +30,15 @@ def add(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) 
     real = twice / ((1 << ADD_HEADROOM) * np.float64(out[0]))
     y = fixed_point.multiply_high(relax.op.add(*scaled), fixed_point.quantize_multiplier(real))
     return _finish(y, out[1], clamp, dtype)
+
+
+def subtract(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
+    """TFLite's integer SUB: its ADD with the second input's multiplier negated, which is the
+    ADD of ``-(b - zp_b)``: ``~b`` (still 8-bit: ``-b - 1`` for int8, ``255 - b`` for uint8)
+    with the zero point that makes it so (``-zp_b - 1``, ``255 - zp_b``)."""
+    x, (scale, zero_point) = b
+    flipped = -int(zero_point) - 1 if dtype == "int8" else 255 - int(zero_point)
+    return add(a, (relax.op.bitwise_not(x), (scale, flipped)), out, clamp, dtype)
 
 
 def multiply(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:

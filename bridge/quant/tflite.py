@@ -19,10 +19,12 @@ import numpy as np
 from tvm import relax
 from tvm.relax.frontend.tflite.tflite_frontend import get_pad_value
 
-from bridge.quant import elementwise, fixed_point, kernels
+from bridge.quant import elementwise, fixed_point, kernels, tflite_activations, tflite_tensors
+from bridge.quant.tflite_common import INTEGER, QParams, qparams
+from bridge.quant.tflite_common import activation as _activation
+from bridge.quant.tflite_common import activation_tensors as _activation_tensors
+from bridge.quant.tflite_common import options as _options
 
-ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
-INTEGER = ("int8", "uint8")
 # The rounding each operator's LiteRT builtin kernel uses on x86 (checked against LiteRT's
 # intermediate tensors in tests/test_int8.py).
 ROUNDING = {
@@ -31,37 +33,6 @@ ROUNDING = {
     "FULLY_CONNECTED": "double_up",
     "MEAN": "double_up",
 }
-
-
-@dataclass(frozen=True)
-class QParams:
-    """A tensor's quantization: scales (one, or one per channel along ``axis``), zero points."""
-
-    scale: np.ndarray
-    zero_point: np.ndarray
-    axis: int
-    dtype: str
-
-    @property
-    def zp(self) -> int:
-        return int(self.zero_point.flat[0])
-
-
-def qparams(converter, tensor) -> QParams | None:
-    """The quantization of a TFLite tensor wrapper, or None when it has none."""
-    if tensor.tensor_idx < 0:
-        return None
-    q = tensor.tensor.Quantization()
-    if q is None or not q.ScaleLength():
-        return None
-    zero = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, np.int64)
-    dtype = converter.get_tensor_type_str(tensor.tensor.Type())
-    return QParams(
-        np.asarray(q.ScaleAsNumpy(), np.float32),
-        np.asarray(zero, np.int64),
-        int(q.QuantizedDimension()),
-        dtype,
-    )
 
 
 def integer_converters(converter) -> dict[str, Callable]:
@@ -78,11 +49,31 @@ def integer_converters(converter) -> dict[str, Callable]:
         "TANH": functools.partial(convert_table, function=np.tanh),
         "QUANTIZE": convert_quantize,
         "CONCATENATION": convert_concatenation,
+        **_more_converters(),
     }
     return {
         name: functools.partial(_integer_or, converter, integer, converter.convert_map[name])
         for name, integer in table.items()
         if name in converter.convert_map
+    }
+
+
+def _more_converters() -> dict[str, Callable]:
+    """The activations (:mod:`bridge.quant.tflite_activations`) and whole-tensor operators
+    (:mod:`bridge.quant.tflite_tensors`)."""
+    act, tensors = tflite_activations, tflite_tensors
+    relus = {name: functools.partial(act.convert_relu, name=name) for name in act.RELU_BOUNDS}
+    return {
+        "HARD_SWISH": act.convert_hard_swish,
+        "GELU": act.convert_gelu,
+        **relus,
+        "LEAKY_RELU": act.convert_leaky_relu,
+        "PRELU": act.convert_prelu,
+        "SOFTMAX": act.convert_softmax,
+        "SUB": tensors.convert_sub,
+        "BATCH_MATMUL": tensors.convert_batch_matmul,
+        "MAX_POOL_2D": tensors.convert_max_pool2d,
+        "RESIZE_BILINEAR": tensors.convert_resize_bilinear,
     }
 
 
@@ -130,18 +121,6 @@ def _operands(converter, op) -> _Operands | None:
         bias_value = np.asarray(converter.get_tensor_value(bias), np.int32)
     weight_value = np.asarray(converter.get_tensor_value(weight), np.int8)
     return _Operands(converter.get_tensor_expr(data), weight_value, bias_value, qx, qw, qy)
-
-
-def _options(op, options_class):
-    options = options_class()
-    table = op.BuiltinOptions()
-    options.Init(table.Bytes, table.Pos)
-    return options
-
-
-def _activation(converter, code: int) -> str | None:
-    name = converter.activation_fn_type[code]
-    return name if name in ACTIVATIONS else None
 
 
 def _multiplier(operands: _Operands, channels: int) -> fixed_point.Multiplier:
@@ -252,20 +231,6 @@ def convert_fully_connected(converter, op) -> relax.Expr | None:
         return out
     leading = list(converter.bb.normalize(operands.x).ty.shape.values)[:-1]
     return relax.op.reshape(out, [*leading, units])
-
-
-def _activation_tensors(converter, op) -> tuple[QParams, QParams] | None:
-    """(input, output) quantization of a one-activation operator with integer tensors."""
-    data = converter.get_input_tensors(op)[0]
-    outputs = converter.get_output_tensors(op)
-    if len(outputs) != 1:
-        return None
-    qx, qy = qparams(converter, data), qparams(converter, outputs[0])
-    if qx is None or qy is None or qx.dtype not in INTEGER or qy.dtype != qx.dtype:
-        return None
-    if qx.scale.size != 1 or qy.scale.size != 1:
-        return None
-    return qx, qy
 
 
 def convert_mean(converter, op) -> relax.Expr | None:

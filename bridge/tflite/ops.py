@@ -13,6 +13,7 @@ from tvm import relax, tirx
 from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter, get_pad_value
 
 from bridge.errors import ModelFileError, Problem
+from bridge.quant.operators import INTEGER_ONLY
 from bridge.quant.tflite import integer_converters
 from bridge.tflite import fold
 from bridge.tflite.reader import READ_ERRORS, Graph, OpDesc, TFLiteFile
@@ -397,6 +398,8 @@ def check_op(
                 return f"{name} with int8 weights and float activations in a control-flow subgraph"
         return None
     if name in OperatorConverter._SUPPORTED_QUANTIZED_OPS or name in QUANTIZED_STORAGE:
+        return None
+    if name in INTEGER_ONLY:  # bridge.quant computes them (TVM's converter refuses them)
         return None
     if name == "SHAPE":  # of an integer tensor: its shape, whatever its values
         return None
