@@ -24,6 +24,7 @@ from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels
 from bridge.schedules.int8 import Int8Kernels, prepack_int8
 from bridge.schedules.int8_arm import Int8ArmKernels, prepack_int8_arm
+from bridge.schedules.int8_depthwise import Int8DepthwiseKernels, prepack_int8_depthwise
 from bridge.schedules.lift import BuildRecord, lift_constants, measure_arena
 from bridge.schedules.prepack import prepack_weights
 
@@ -56,6 +57,7 @@ def _fusion_passes(target: tvm.target.Target, optimize_for: str, derived: dict |
         ]
     return [
         prepack_int8(target, derived),
+        prepack_int8_depthwise(target, derived),
         prepack_int8_arm(target, derived),
         prepack_weights(target, optimize_for, derived),
         *cpu.library_dispatch_passes(target),
@@ -70,7 +72,11 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
     # guarded: dlight's reduction rule fails on symbolic extents such as T - 2 (input_shapes
     # with a symbolic length); such a kernel keeps its plain loops
     return dlight.ApplyDefaultSchedule(
-        Int8Kernels(), Int8ArmKernels(), ChannelsLastKernels(), gpu.Guarded(dlight.cpu.Reduction())
+        Int8Kernels(),
+        Int8DepthwiseKernels(),
+        Int8ArmKernels(),
+        ChannelsLastKernels(),
+        gpu.Guarded(dlight.cpu.Reduction()),
     )
 
 

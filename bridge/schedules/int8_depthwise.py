@@ -1,0 +1,363 @@
+"""SIMD integer depthwise convolutions on x86: channels in vector lanes, int16 products.
+
+:mod:`bridge.quant.kernels` emits an int8 depthwise convolution as a Relax ``conv2d`` with
+``groups`` equal to the channels, 8-bit activations (after a ``pad`` with the input zero point),
+a constant int8 weight and int32 accumulators. On an x86 target with AVX2 or AVX-512,
+:func:`prepack_int8_depthwise` rewrites it, when the model is compiled, into a kernel reading
+its weights prepacked ``[C/L, KH, KW, L]`` as int32 words whose low half is the int16 weight and
+whose high half is zero, and :class:`Int8DepthwiseKernels` schedules it:
+
+* ``L`` channels in the lanes of one vector (16 with AVX-512, 8 with AVX2), a register tile of
+  output pixels x ``L`` channels, every tap of the window and every pixel of the tile unrolled
+  (neighbouring pixels share the loaded activations);
+* each tap one ``vpmaddwd`` of the sign-extended activations (``vpmovsxbd``: an int32 word whose
+  high half is sign bits) by the packed weight words (high half zero): ``x * w + sign * 0`` is
+  the exact product, summed into int32 (LLVM folds the add into ``vpdpwssd`` with AVX-512
+  VNNI);
+* the padding (filled with the input zero point) is copied once per call by rows, channels
+  vectorized, inside the same kernel; the fused epilogue (bias, requantization, clamp, cast)
+  runs in the tile's write-back on vectors.
+
+Integer sums are exact, so the results equal the generic path's bit for bit. Other targets,
+channel counts that are not a multiple of 8, depthwise multipliers above 1 and non-constant
+weights keep the generic path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, te, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.script import tirx as T
+from tvm.target.codegen import target_has_features
+
+from bridge.schedules.common import largest_divisor
+from bridge.schedules.cpu import _inline_epilogue
+
+CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
+PAD = tvm.ir.Op.get("relax.nn.pad")
+PRODUCT = "int8_dw"  # the product block's name in the kernels built here
+COPY = "int8_dw_pad"  # the padded activation copy
+MAX_PIXELS = 8  # output pixels per register tile
+_LLVM_WD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd"}
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """One vector width: ``lanes`` int32 channels per ``vpmaddwd``."""
+
+    lanes: int
+
+    def intrin(self, act_dtype: str) -> str:
+        return f"bridge_dw_pmaddwd{self.lanes}_{act_dtype}"
+
+
+def widths(target: tvm.target.Target) -> tuple[int, ...]:
+    """The vector widths (int32 lanes) the target's ``vpmaddwd`` has, widest first; empty off
+    x86 or without AVX2."""
+    if target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "x86_64")).startswith(
+        "x86_64"
+    ):
+        return ()
+    try:
+        if target_has_features("avx512bw", target):
+            return (16, 8)
+        if target_has_features("avx2", target):
+            return (8,)
+    except Exception:  # a target LLVM cannot describe
+        return ()
+    return ()
+
+
+def channel_lanes(channels: int, target: tvm.target.Target) -> int | None:
+    """The widest vector whose lanes divide ``channels``; None when none does."""
+    return next((lanes for lanes in widths(target) if channels % lanes == 0), None)
+
+
+def _desc(lanes: int, act_dtype: str):
+    """``C[i] += int(A[i]) * int(int16(B[i]))``: one tap of ``lanes`` channels."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((lanes,), act_dtype, offset_factor=1),
+        B: T.Buffer((lanes,), "int32", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes], B[0:lanes])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                with T.sblock("update"):
+                    vi = T.axis.remap("S", [i])
+                    C[vi] = C[vi] + T.cast(A[vi], "int32") * T.cast(
+                        T.cast(B[vi], "int16"), "int32"
+                    )
+
+    return desc
+
+
+def _impl(lanes: int, act_dtype: str):
+    """Activations widened to int32 words, weights' words as they are, one ``vpmaddwd``."""
+    wide = 2 * lanes
+    llvm = _LLVM_WD[lanes]
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((lanes,), act_dtype, offset_factor=1),
+        B: T.Buffer((lanes,), "int32", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes], B[0:lanes])
+            T.writes(C[0:lanes])
+            # one expression: a named intermediate would become a local buffer, allocated
+            # from the workspace pool on every parallel iteration
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + (
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm),
+                    T.reinterpret(
+                        T.cast(A.vload([0], f"{act_dtype}x{lanes}"), f"int32x{lanes}"),
+                        dtype=f"int16x{wide}",
+                    ),
+                    T.reinterpret(B.vload([0], f"int32x{lanes}"), dtype=f"int16x{wide}"),
+                    dtype=f"int32x{lanes}",
+                )
+            )
+
+    return impl
+
+
+def _register() -> None:
+    for lanes in _LLVM_WD:
+        for dtype in ("int8", "uint8"):
+            name = Lanes(lanes).intrin(dtype)
+            s_tir.TensorIntrin.register(name, _desc(lanes, dtype), _impl(lanes, dtype))
+
+
+_register()
+
+
+# --- the kernel (TE) ---------------------------------------------------------------------------
+
+
+def pack_weights(weight_hwc: np.ndarray, lanes: int) -> np.ndarray:
+    """[KH, KW, C] int8 -> ``[C/lanes, KH, KW, lanes]`` int32 words ``w & 0xFFFF`` (the int16
+    weight in the low half, zero in the high half)."""
+    kh, kw, c = weight_hwc.shape
+    words = weight_hwc.astype(np.int32) & 0xFFFF
+    return np.ascontiguousarray(words.reshape(kh, kw, c // lanes, lanes).transpose(2, 0, 1, 3))
+
+
+def _padded(x: te.Tensor, padding, pad_value: int) -> te.Tensor:
+    """``x`` with its spatial padding filled with ``pad_value`` (``x`` itself without)."""
+    n, h, w, c = (int(d) for d in x.shape)
+    top, left, bottom, right = padding
+    if not any(padding):
+        return x
+
+    def value(b, y, xx, ch):
+        inside = tirx.all(y >= top, y < top + h, xx >= left, xx < left + w)
+        v = x[b, tirx.min(tirx.max(y - top, 0), h - 1), tirx.min(tirx.max(xx - left, 0), w - 1), ch]
+        return tirx.if_then_else(inside, v, tirx.const(pad_value, x.dtype))
+
+    return te.compute((n, h + top + bottom, w + left + right, c), value, name=COPY)
+
+
+def depthwise(x: te.Tensor, w: te.Tensor, strides, padding, dilation, pad_value: int) -> te.Tensor:
+    """NHWC depthwise convolution (multiplier 1) with weights packed by :func:`pack_weights`:
+    int32."""
+    (sh, sw), (dh, dw) = strides, dilation
+    _, kh, kw, lanes = (int(d) for d in w.shape)
+    xs = _padded(x, padding, pad_value)
+    n, h, width, c = (int(d) for d in xs.shape)
+    out_h = (h - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width - (kw - 1) * dw - 1) // sw + 1
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    return te.compute(
+        (n, out_h, out_w, c),
+        lambda b, y, xx, ch: te.sum(
+            xs[b, y * sh + rh * dh, xx * sw + rw * dw, ch].astype("int32")
+            * w[ch // lanes, rh, rw, ch % lanes].astype("int16").astype("int32"),
+            axis=[rh, rw],
+        ),
+        name=PRODUCT,
+    )
+
+
+# --- the rewrite (Relax) -----------------------------------------------------------------------
+
+
+def prepack_int8_depthwise(
+    target: tvm.target.Target, derived: dict | None = None
+) -> tvm.transform.Pass:
+    """The module pass sending integer depthwise convolutions with constant int8 weights to
+    :func:`depthwise` (a no-op where the target has no ``vpmaddwd``). ``derived``: as in
+    :func:`bridge.schedules.prepack.prepack_weights`."""
+
+    @tvm.transform.module_pass(opt_level=0, name="bridge.PrepackInt8Depthwise")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if not widths(target):
+            return mod
+        rewriter = _Rewrite(mod, target, derived)
+        for gv, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return _pass
+
+
+def _static_8bit(expr: relax.Expr) -> bool:
+    info = expr.ty
+    return (
+        isinstance(info, relax.TensorType)
+        and str(info.dtype) in ("int8", "uint8")
+        and isinstance(info.shape, relax.ShapeExpr)
+        and all(isinstance(d, tirx.IntImm) for d in info.shape.values)
+    )
+
+
+def depthwise_weights(call: relax.Call) -> np.ndarray | None:
+    """The [KH, KW, C] int8 weights of an integer depthwise ``conv2d`` this module takes
+    (NHWC, HWOI, groups == channels == output channels, 8-bit static input, int32 out)."""
+    attrs = call.attrs
+    weight = call.args[1]
+    if not (isinstance(weight, tvm.ir.expr.Constant) and _static_8bit(call.args[0])):
+        return None
+    value = weight.value.numpy()
+    channels = int(call.args[0].ty.shape.values[3])
+    if (
+        value.dtype != np.int8
+        or value.ndim != 4
+        or (attrs.data_layout, attrs.kernel_layout) != ("NHWC", "HWOI")
+        or str(attrs.out_layout) not in ("NHWC", "")
+        or str(attrs.out_dtype) != "int32"
+        or int(attrs.groups) != channels
+        or value.shape[2:] != (channels, 1)
+    ):
+        return None
+    return value[:, :, :, 0]
+
+
+@relax.expr_functor.mutator
+class _Rewrite(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, derived: dict | None):
+        super().__init__(mod)
+        self.target, self.derived = target, derived
+
+    def _const(self, array: np.ndarray, source: relax.Expr) -> relax.Expr:
+        const = relax.const(array)
+        if self.derived is not None:
+            self.derived[const.value.data_ptr()] = (source.value.data_ptr(), "packed")
+        return const
+
+    def _unpad(self, data: relax.Expr) -> tuple[relax.Expr, tuple[int, ...], int]:
+        """``pad(x, spatial, value)`` -> (x, (top, left, bottom, right), value)."""
+        bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+        if isinstance(bound, relax.Call) and bound.op.same_as(PAD):
+            width = [int(v) for v in bound.attrs.pad_width]
+            value = float(bound.attrs.pad_value)
+            if (
+                str(bound.attrs.pad_mode) == "constant"
+                and not any(width[i] for i in (0, 1, 6, 7))
+                and value == int(value)
+                and _static_8bit(bound.args[0])
+            ):
+                return bound.args[0], (width[2], width[4], width[3], width[5]), int(value)
+        return data, (0, 0, 0, 0), 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not call.op.same_as(CONV2D):
+            return call
+        weight = depthwise_weights(call)
+        lanes = None if weight is None else channel_lanes(weight.shape[2], self.target)
+        if lanes is None:
+            return call
+        attrs = call.attrs
+        data, padding, value = self._unpad(call.args[0])
+        padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
+        return self.builder_.call_te(
+            lambda x, w: depthwise(
+                x, w, [int(s) for s in attrs.strides], padding,
+                [int(d) for d in attrs.dilation], value,
+            ),
+            data,
+            self._const(pack_weights(weight, lanes), call.args[1]),
+            primfunc_name_hint="depthwise_int8",
+        )
+
+
+# --- the schedule ------------------------------------------------------------------------------
+
+
+class Int8DepthwiseKernels(CPUScheduleRule):
+    """Register-tiled, tensorized schedules for the kernels :func:`prepack_int8_depthwise`
+    builds."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        if not widths(target) or PRODUCT not in str(func):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            schedule_depthwise(sch)
+        except Exception:  # a fused shape this rule does not expect: the generic rules
+            return None
+        return sch
+
+
+def _block(sch: s_tir.Schedule, name: str):
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint == name:
+            return block
+    return None
+
+
+def schedule_depthwise(sch: s_tir.Schedule) -> None:
+    """Tile ``pixels x lanes`` outputs in registers, every tap and pixel unrolled, one
+    ``vpmaddwd`` per tap and pixel; the padded copy by rows, channels vectorized."""
+    block = _block(sch, PRODUCT)
+    if block is None:
+        raise ValueError("no depthwise product block")
+    stmt = sch.get(block)
+    act_dtype = str(stmt.reads[0].source.dtype)
+    lanes = int(next(r.source.shape[-1] for r in stmt.reads if r.source.dtype == "int32"
+                     and len(r.source.shape) == 4 and r.source.scope() != "local"))
+    write_back = sch.cache_write(block, 0, "local")
+    _inline_epilogue(sch, write_back)
+
+    n, y, x, c, rh, rw = sch.get_loops(block)
+    pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS)
+    c_outer, c_lane = sch.split(c, [None, lanes])
+    x_outer, x_inner = sch.split(x, [None, pixels])
+    sch.reorder(n, y, x_outer, c_outer, rh, rw, x_inner, c_lane)
+    fused = sch.fuse(n, y, x_outer, c_outer)
+    sch.parallel(fused)
+    sch.reverse_compute_at(write_back, fused)
+    init = sch.decompose_reduction(block, rh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(c_lane, Lanes(lanes).intrin(act_dtype))
+    sch.unroll(x_inner)
+    sch.unroll(rw)
+    sch.unroll(rh)
+    inner = sch.get_loops(write_back)[-1]
+    sch.vectorize(sch.split(inner, [None, lanes])[1])
+    copy = _block(sch, COPY)
+    if copy is not None:
+        _schedule_copy(sch, copy, lanes)
+
+
+def _schedule_copy(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Rows in parallel, each row's pixels in order, channels in vectors (the padding test
+    is the same for every lane)."""
+    n, y, _, c = sch.get_loops(block)
+    sch.parallel(sch.fuse(n, y))
+    channels = int(sch.get(c).extent)
+    vector = largest_divisor(channels, 64)
+    vector = vector if vector % lanes == 0 else lanes
+    sch.vectorize(sch.split(c, [None, vector])[1])

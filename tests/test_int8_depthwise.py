@@ -1,0 +1,161 @@
+"""SIMD int8 depthwise convolutions on x86 (bridge.schedules.int8_depthwise): outputs equal the
+generic path's bit for bit (the same Relax program compiled with the rewrite switched off), and
+each preset's kernel uses its ``vpmaddwd`` form (``vpdpwssd`` with AVX-512 VNNI) instead of the
+generic path's ``vpmulld``, read from the generated assembly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from bridge.compile import compile_module
+from bridge.quant import fixed_point, kernels
+from bridge.schedules import int8_depthwise
+
+RNG = np.random.default_rng(11)
+# (mcpu, instruction its depthwise kernels must use, /proc/cpuinfo flag needed to run them)
+PRESETS = [
+    ("znver4", "vpdpwssd", "avx512_vnni"),
+    ("x86-64-v4", "vpmaddwd", "avx512bw"),
+    ("x86-64-v3", "vpmaddwd", "avx2"),
+]
+CASES = [
+    # (input NHWC, kernel, stride, activation dtype)
+    ((1, 11, 13, 32), 3, 1, "int8"),
+    ((1, 12, 12, 48), 3, 2, "int8"),
+    ((8, 9, 10, 16), 3, 1, "int8"),
+    ((8, 10, 10, 32), 3, 2, "int8"),
+    ((1, 12, 11, 16), 5, 1, "int8"),
+    ((2, 13, 13, 32), 5, 2, "int8"),
+    ((1, 9, 9, 24), 3, 1, "uint8"),  # 24 channels: 8-lane vectors on AVX-512 too
+    ((1, 7, 7, 20), 3, 1, "int8"),  # 20 channels: no vector fits, the generic path
+]
+
+
+def x86(mcpu: str) -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+
+
+def host_has(feature: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return feature in info.read().split()
+    except OSError:
+        return False
+
+
+def same_padding(k: int, stride: int, size: int) -> tuple[int, int]:
+    """TF "SAME": (before, after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_model(shape, k: int, stride: int, dtype: str):
+    """A quantized depthwise layer as the TFLite reader emits it: zero-point padding, the
+    int32 product with the folded bias, then the fixed-point requantization epilogue."""
+    c = shape[3]
+    w = RNG.integers(-127, 128, (1, k, k, c)).astype(np.int8)
+    bias = RNG.integers(-3000, 3000, c).astype(np.int32)
+    mult = fixed_point.quantize_multiplier(RNG.uniform(0.0005, 0.02, c))
+    top, bottom = same_padding(k, stride, shape[1])
+    left, right = same_padding(k, stride, shape[2])
+    window = kernels.Window((stride, stride), (top, left, bottom, right))
+    zx = -9 if dtype == "int8" else 121
+
+    def build(x: relax.Expr) -> relax.Expr:
+        acc = kernels.depthwise_conv2d(x, w, bias, zx, window, c)
+        return fixed_point.requantize(acc, mult, 3, (-128, 127), "int8")
+
+    return build
+
+
+def compile_relax(build, x: np.ndarray, target: tvm.target.Target):
+    bb = relax.BlockBuilder()
+    var = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
+    with bb.function("main", [var]):
+        with bb.dataflow():
+            out = bb.emit_output(build(var))
+        bb.emit_func_output(out)
+    return compile_module(bb.get(), target)
+
+
+def run(executable, x: np.ndarray) -> np.ndarray:
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def assembly(executable) -> str:
+    return "\n".join(m.inspect_source("asm") for m in executable.mod.imports)
+
+
+def random_input(shape, dtype: str) -> np.ndarray:
+    lo, hi = (-128, 128) if dtype == "int8" else (0, 256)
+    return RNG.integers(lo, hi, shape).astype(dtype)
+
+
+def test_widths_per_target() -> None:
+    assert int8_depthwise.widths(x86("znver4")) == (16, 8)
+    assert int8_depthwise.widths(x86("x86-64-v4")) == (16, 8)
+    assert int8_depthwise.widths(x86("x86-64-v3")) == (8,)
+    assert int8_depthwise.widths(x86("x86-64")) == ()
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+    assert int8_depthwise.widths(arm) == ()
+    assert int8_depthwise.channel_lanes(144, x86("znver4")) == 16
+    assert int8_depthwise.channel_lanes(24, x86("znver4")) == 8
+    assert int8_depthwise.channel_lanes(20, x86("znver4")) is None
+
+
+def test_pack_weights_layout() -> None:
+    """[C/L, KH, KW, L] int32 words: the int16 weight in the low half, zero in the high."""
+    w = RNG.integers(-128, 128, (3, 3, 32)).astype(np.int8)
+    packed = int8_depthwise.pack_weights(w, 16)
+    assert packed.shape == (2, 3, 3, 16) and packed.dtype == np.int32
+    assert (packed >> 16 == 0).all()
+    assert packed[1, 2, 0, 5].astype(np.uint16).view(np.int16) == w[2, 0, 21]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])) + f"k{c[1]}s{c[2]}")
+@pytest.mark.parametrize("mcpu", [p[0] for p in PRESETS])
+def test_bit_exact_against_generic_path(mcpu: str, case, monkeypatch) -> None:
+    shape, k, stride, dtype = case
+    if not host_has(dict((p[0], p[2]) for p in PRESETS)[mcpu]):
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    x = random_input(shape, dtype)
+    build = depthwise_model(shape, k, stride, dtype)
+    packed = compile_relax(build, x, x86(mcpu))
+    with monkeypatch.context() as patch:
+        patch.setattr(int8_depthwise, "widths", lambda _target: ())
+        generic = compile_relax(build, x, x86(mcpu))
+    assert ("depthwise_int8" in assembly(packed)) == (shape[3] % 8 == 0)
+    assert "depthwise_int8" not in assembly(generic)
+    np.testing.assert_array_equal(run(packed, x), run(generic, x))
+
+
+@pytest.mark.parametrize(("mcpu", "instruction", "_flag"), PRESETS)
+def test_depthwise_uses_the_pmaddwd_form(mcpu: str, instruction: str, _flag: str) -> None:
+    shape = (1, 10, 10, 32)
+    x = random_input(shape, "int8")
+    asm = assembly(compile_relax(depthwise_model(shape, 3, 1, "int8"), x, x86(mcpu)))
+    assert instruction in asm and "vpmovsxbd" in asm
+    assert "vpmulld" not in asm  # the generic path's int32 product
+    register = "%ymm" if mcpu == "x86-64-v3" else "%zmm"
+    assert any(instruction in line and register in line for line in asm.splitlines())
+
+
+def test_average_pool_sum_takes_the_kernel() -> None:
+    """Integer average pooling's window sum is a depthwise product of ones: same kernel,
+    same result as numpy."""
+    x = random_input((1, 8, 8, 16), "int8")
+
+    def build(v: relax.Expr) -> relax.Expr:
+        return kernels.window_sum(v, (3, 3), (1, 1), (1, 1, 1, 1))
+
+    executable = compile_relax(build, x, x86("znver4"))
+    assert "depthwise_int8" in assembly(executable)
+    padded = np.pad(x.astype(np.int32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = sum(padded[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3))
+    if host_has("avx512_vnni"):
+        np.testing.assert_array_equal(run(executable, x), want)
