@@ -99,10 +99,15 @@ def requantize(
     zero_point: int,
     clamp: tuple[int, int],
     out_dtype: str,
-    rounding: str = "double",
+    rounding: str | tuple[str, ...] = "double",
 ) -> relax.Expr:
     """``clamp(round(acc * m) + zero_point)`` as ``out_dtype``; ``acc`` is int32 with the
-    channels (the multipliers' axis) last."""
+    channels (the multipliers' axis) last. ``rounding`` may also name one of ``"double"`` and
+    ``"double_up"`` per channel (:func:`simd_roundings`)."""
+    if not isinstance(rounding, str) and len(set(rounding)) == 1:
+        rounding = rounding[0]
+    if not isinstance(rounding, str):
+        return _requantize_per_channel(acc, multiplier, zero_point, clamp, out_dtype, rounding)
     channels = multiplier.significand.size
     x = relax.op.astype(acc, "int64")
     m = multiplier.significand
@@ -133,6 +138,66 @@ def requantize(
     return relax.op.astype(y, out_dtype)
 
 
+def simd_roundings(channels: int, block: int = 16) -> tuple[str, ...]:
+    """Per-channel rounding of a LiteRT kernel that requantizes ``block`` channels at a time
+    with NEON's rounding shift (``vrshlq``, halves up; on x86 through NEON_2_SSE) and the
+    channels left over with the scalar ``MultiplyByQuantizedMultiplier`` (halves away from
+    zero): int8 MEAN's fast path for spatial means (16, at one thread) and the general
+    DEPTHWISE_CONV_2D kernel's per-channel ``Quantize`` (8)."""
+    simd = channels - channels % block
+    return ("double_up",) * simd + ("double",) * (channels - simd)
+
+
+def _requantize_per_channel(acc, multiplier, zero_point, clamp, out_dtype, roundings):
+    """:func:`requantize` with ``"double"`` or ``"double_up"`` per channel: the two differ
+    only in the final shift's halves below zero, so one mask decides the ``- [x < 0]``."""
+    if set(roundings) - {"double", "double_up"}:
+        raise ValueError(f"per-channel rounding {sorted(set(roundings))} (double or double_up)")
+    channels = len(roundings)
+    away = np.array([r == "double" for r in roundings], np.int64)
+    shifts = np.broadcast_to(multiplier.shift, (channels,))
+    significands = np.broadcast_to(multiplier.significand, (channels,))
+    left, right = np.maximum(shifts, 0), np.maximum(-shifts, 0)
+    x = relax.op.astype(acc, "int64")
+    if np.any(left):
+        x = relax.op.left_shift(x, _const(left, channels))
+    y = _rounding_high_mul(relax.op.multiply(x, _const(significands, channels)))
+    if np.any(right):
+        y = _rounding_shift(y, right, channels, away * (right > 0))
+    if zero_point:
+        y = relax.op.add(y, relax.const(int(zero_point), "int64"))
+    y = relax.op.clip(y, int(clamp[0]), int(clamp[1]))
+    return relax.op.astype(y, out_dtype)
+
+
+def mean_fast_path(
+    input_q: tuple[float, int], output_q: tuple[float, int], count: int
+) -> tuple[Multiplier, int]:
+    """(multiplier, bias) of LiteRT's optimized int8/uint8 MEAN over height and width with
+    ``keep_dims`` (``optimized_integer_ops::Mean``): the raw sum (zero point not subtracted)
+    times ``input_scale / (count * output_scale)``, computed in float32, plus
+    ``output_zero_point - round(input_zero_point * input_scale / output_scale)`` (float32,
+    halves away from zero)."""
+    (scale_in, zero_in), (scale_out, zero_out) = input_q, output_q
+    f32 = np.float32
+    real = f32(scale_in) / (f32(count) * f32(scale_out))
+    shifted = f32(f32(zero_in) * f32(scale_in)) / f32(scale_out)
+    shifted = shifted + f32(0.5) if shifted > 0 else shifted - f32(0.5)
+    return quantize_multiplier(np.float64(real)), int(zero_out) - int(np.trunc(shifted))
+
+
+def mean_reference_multiplier(scale_in: float, scale_out: float, count: int) -> Multiplier:
+    """LiteRT's reference quantized MEAN (``QuantizedMeanOrSum``): ``input_scale /
+    output_scale`` as a Q31 multiplier, then divided by ``count`` in integers — shifted left
+    by ``floor(log2(count))`` (at most 32, and at most 31 + its exponent) and divided
+    truncating; applied to the sum less the zero points with reference rounding."""
+    base = quantize_multiplier(np.float64(np.float32(scale_in)) / np.float64(np.float32(scale_out)))
+    significand, exponent = int(base.significand[0]), int(base.shift[0])
+    shift = min(int(count).bit_length() - 1, 32, 31 + exponent)
+    significand = (significand << shift) // int(count)
+    return Multiplier(np.array([significand], np.int64), np.array([exponent - shift], np.int64))
+
+
 def _rounding_high_mul(product: relax.Expr) -> relax.Expr:
     """``SaturatingRoundingDoublingHighMul`` given the 64-bit product: TFLite adds a nudge
     (+2**30, or 1 - 2**30 below zero) and divides by 2**31 truncating, which is rounding half
@@ -143,12 +208,16 @@ def _rounding_high_mul(product: relax.Expr) -> relax.Expr:
     )
 
 
-def _rounding_shift(x: relax.Expr, exponent: np.ndarray, channels: int) -> relax.Expr:
+def _rounding_shift(
+    x: relax.Expr, exponent: np.ndarray, channels: int, away: np.ndarray | None = None
+) -> relax.Expr:
     """``RoundingDivideByPOT``: ``x / 2**exponent``, halves away from zero, as
-    ``(x + 2**(e-1) - [x < 0]) >> e`` (``x`` itself where ``e`` is 0)."""
+    ``(x + 2**(e-1) - [x < 0]) >> e`` (``x`` itself where ``e`` is 0); channels where
+    ``away`` is 0 round halves up instead (no ``- [x < 0]``)."""
     half = np.where(exponent > 0, np.left_shift(1, np.maximum(exponent, 1) - 1), 0)
+    away = (exponent > 0).astype(np.int64) if away is None else np.asarray(away, np.int64)
     sign = relax.op.right_shift(x, relax.const(63, "int64"))  # -1 below zero, else 0
-    down = relax.op.bitwise_and(sign, _const((exponent > 0).astype(np.int64), channels))
+    down = relax.op.bitwise_and(sign, _const(away, channels))
     biased = relax.op.subtract(relax.op.add(x, _const(half, channels)), down)
     return relax.op.right_shift(biased, _const(exponent, channels))
 

@@ -55,8 +55,10 @@ def conv2d(
     bias: np.ndarray | None,
     input_zero_point: int,
     window: Window,
+    groups: int = 1,
 ) -> relax.Expr:
-    """NHWC convolution, weights as TFLite stores them (OHWI): int32 accumulators + bias."""
+    """NHWC convolution, weights as TFLite stores them (OHWI, I the channels of one of
+    ``groups`` groups): int32 accumulators + bias."""
     weight = np.ascontiguousarray(weight_ohwi.transpose(1, 2, 3, 0))  # HWIO
     folded = fold_bias(bias, weight_ohwi.astype(np.int64).sum(axis=(1, 2, 3)), input_zero_point)
     acc = relax.op.nn.conv2d(
@@ -64,6 +66,7 @@ def conv2d(
         relax.const(weight),
         strides=window.strides,
         dilation=window.dilation,
+        groups=groups,
         data_layout="NHWC",
         kernel_layout="HWIO",
         out_dtype=ACC,
@@ -117,6 +120,17 @@ def spatial_sum(x: relax.Expr, input_zero_point: int) -> relax.Expr:
     if not input_zero_point:
         return total
     return relax.op.subtract(total, relax.const(int(input_zero_point) * h * w, ACC))
+
+
+def reduce_sum(
+    x: relax.Expr, axes: list[int], keep_dims: bool, input_zero_point: int, count: int
+) -> relax.Expr:
+    """``sum (x - zx)`` over ``axes`` (``count`` elements each), as the int32 sum less
+    ``zx * count``: int32."""
+    total = relax.op.sum(relax.op.astype(x, ACC), axis=axes, keepdims=keep_dims)
+    if not input_zero_point:
+        return total
+    return relax.op.subtract(total, relax.const(int(input_zero_point) * count, ACC))
 
 
 def window_sum(

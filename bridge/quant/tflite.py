@@ -29,9 +29,11 @@ from bridge.quant.tflite_common import options as _options
 # intermediate tensors in tests/test_int8.py).
 ROUNDING = {
     "CONV_2D": "double_up",
-    "DEPTHWISE_CONV_2D": "double_up",
+    # LiteRT's general depthwise kernel (every x86 case) requantizes 8 channels at a time with
+    # SIMD and the channels left over with scalar code
+    "DEPTHWISE_CONV_2D": functools.partial(fixed_point.simd_roundings, block=8),
     "FULLY_CONNECTED": "double_up",
-    "MEAN": "double_up",
+    "GROUPED": "double",  # a grouped CONV_2D runs LiteRT's reference kernel
 }
 
 
@@ -133,8 +135,10 @@ def _multiplier(operands: _Operands, channels: int) -> fixed_point.Multiplier:
 def _epilogue(acc, operands: _Operands, channels: int, activation: str, op_name: str):
     out = operands.output
     clamp = fixed_point.activation_range(activation, float(out.scale[0]), out.zp, out.dtype)
+    rounding = ROUNDING[op_name]
+    rounding = rounding(channels) if callable(rounding) else rounding
     return fixed_point.requantize(
-        acc, _multiplier(operands, channels), out.zp, clamp, out.dtype, ROUNDING[op_name]
+        acc, _multiplier(operands, channels), out.zp, clamp, out.dtype, rounding
     )
 
 
@@ -179,15 +183,19 @@ def convert_conv2d(converter, op) -> relax.Expr | None:
     operands, options, activation = parts
     out_channels, kh, kw, in_channels = operands.weight.shape
     data_channels = int(converter.get_tensor_shape(converter.get_input_tensors(op)[0])[3])
-    if activation is None or in_channels != data_channels:  # grouped: TVM's path
+    if activation is None or data_channels % in_channels:
         return None
+    groups = data_channels // in_channels  # grouped: LiteRT's reference kernel
     if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
         return None
     window = _spatial(converter, op, options, (kh, kw))
     if window is None:
         return None
-    acc = kernels.conv2d(operands.x, operands.weight, operands.bias, operands.input.zp, window)
-    return _epilogue(acc, operands, out_channels, activation, "CONV_2D")
+    acc = kernels.conv2d(
+        operands.x, operands.weight, operands.bias, operands.input.zp, window, groups
+    )
+    kind = "CONV_2D" if groups == 1 else "GROUPED"
+    return _epilogue(acc, operands, out_channels, activation, kind)
 
 
 def convert_depthwise_conv2d(converter, op) -> relax.Expr | None:
@@ -234,26 +242,34 @@ def convert_fully_connected(converter, op) -> relax.Expr | None:
 
 
 def convert_mean(converter, op) -> relax.Expr | None:
-    """MEAN of a 4-D tensor over its spatial axes (a global average pool): the sum less
-    the input zero point, requantized by ``input_scale / (count * output_scale)``."""
+    """MEAN of an 8-bit tensor as LiteRT computes it: with ``keep_dims`` over the spatial axes
+    of a 4-D tensor, its optimized kernel (raw sum, float32 multiplier and bias, SIMD rounding
+    by 16 channels); otherwise its reference ``QuantizedMeanOrSum`` (the sum less the zero
+    points, the multiplier divided by the count in integers, reference rounding)."""
+    from tflite.ReducerOptions import ReducerOptions
+
     quant = _activation_tensors(converter, op)
     tensors = converter.get_input_tensors(op)
     if quant is None or len(tensors) != 2 or converter.has_expr(tensors[1].tensor_idx):
         return None
     qx, qy = quant
-    data = tensors[0]
-    shape = [int(d) for d in converter.get_tensor_shape(data)]
-    axes = sorted(int(a) % 4 for a in np.atleast_1d(converter.get_tensor_value(tensors[1])))
-    if len(shape) != 4 or axes != [1, 2]:
+    shape = [int(d) for d in converter.get_tensor_shape(tensors[0])]
+    axes = np.atleast_1d(converter.get_tensor_value(tensors[1]))
+    axes = sorted({int(a) % len(shape) for a in axes})
+    count = int(np.prod([shape[a] for a in axes]))
+    if not axes or count <= 0:
         return None
-    total = kernels.spatial_sum(converter.get_tensor_expr(data), qx.zp)
-    real = np.float64(qx.scale[0]) / (shape[1] * shape[2] * np.float64(qy.scale[0]))
+    keep_dims = bool(_options(op, ReducerOptions).KeepDims())
+    x = converter.get_tensor_expr(tensors[0])
     clamp = fixed_point.INT_RANGE[qy.dtype]
-    out = fixed_point.requantize(
-        total, fixed_point.quantize_multiplier(real), qy.zp, clamp, qy.dtype, ROUNDING["MEAN"]
-    )
-    out_shape = [int(d) for d in converter.get_tensor_shape(converter.get_output_tensors(op)[0])]
-    return relax.op.reshape(out, out_shape)
+    if keep_dims and len(shape) == 4 and axes == [1, 2]:
+        multiplier, bias = fixed_point.mean_fast_path(_pair(qx), _pair(qy), count)
+        roundings = fixed_point.simd_roundings(shape[3])
+        total = kernels.spatial_sum(x, 0)
+        return fixed_point.requantize(total, multiplier, bias, clamp, qy.dtype, roundings)
+    total = kernels.reduce_sum(x, axes, keep_dims, qx.zp, count)
+    multiplier = fixed_point.mean_reference_multiplier(qx.scale[0], qy.scale[0], count)
+    return fixed_point.requantize(total, multiplier, qy.zp, clamp, qy.dtype, "double")
 
 
 def convert_average_pool2d(converter, op) -> relax.Expr | None:

@@ -1,0 +1,69 @@
+"""Full-integer models bit-exact with LiteRT where the sweep (tests/fixtures/tflite/SWEEP.md)
+found bridge 1-14 steps off: each fixture (tests/fixtures/make_tflite_int8_exact.py) is the
+smallest TensorFlow-converted model of one class, with LiteRT's outputs (builtin kernels, x86,
+one thread).
+
+- MEAN with ``keep_dims`` over height and width (EfficientNetV2's squeeze-and-excite): LiteRT's
+  optimized kernel sums without the zero point, multiplies by a float32
+  ``input_scale / (count * output_scale)``, adds a float32-rounded bias, and rounds halves up in
+  16-channel SIMD blocks but away from zero in the channels left over.
+- MEAN otherwise: the reference ``QuantizedMeanOrSum`` (the multiplier divided by the count in
+  integers, reference rounding).
+- DEPTHWISE_CONV_2D: the general kernel (every x86 case) requantizes 8 channels at a time with
+  SIMD (halves up) and the rest with scalar code (away from zero): NASNetMobile's 11 channels.
+- grouped CONV_2D: LiteRT's reference kernel (halves away from zero); bridge used TVM's float
+  path before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+import bridge
+from bridge.quant import fixed_point
+
+EXACT = FIXTURES / "tflite" / "int8_exact"
+CASES = ["mean", "mean_wide", "depthwise", "grouped"]
+
+
+def load_reference(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    data = np.load(EXACT / f"{name}.npz")
+    count = lambda prefix: sum(1 for k in data.files if k.startswith(prefix))  # noqa: E731
+    inputs = [data[f"input_{i}"] for i in range(count("input_"))]
+    return inputs, [data[f"output_{i}"] for i in range(count("output_"))]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bit_exact_with_litert(name: str) -> None:
+    inputs, expected = load_reference(name)
+    assert all(e.dtype == np.int8 for e in expected)
+    got = bridge.build(EXACT / f"{name}.tflite", target="llvm")(*inputs)
+    got = got if isinstance(got, list) else [got]
+    assert len(got) == len(expected)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        steps = np.abs(g.astype(np.int64) - e.astype(np.int64))
+        assert steps.max() == 0, f"{name} output {i}: {int((steps > 0).sum())} values off"
+
+
+def test_simd_roundings_split_blocks_and_tail() -> None:
+    assert fixed_point.simd_roundings(40) == ("double_up",) * 32 + ("double",) * 8
+    assert fixed_point.simd_roundings(11, block=8) == ("double_up",) * 8 + ("double",) * 3
+    assert fixed_point.simd_roundings(7, block=8) == ("double",) * 7
+
+
+def test_mean_fast_path_constants() -> None:
+    """float32 arithmetic as LiteRT's: bias = zp_out - round(zp_in * s_in / s_out)."""
+    multiplier, bias = fixed_point.mean_fast_path((0.5, -3), (0.25, 10), 4)
+    assert bias == 10 - (-6)
+    assert multiplier.significand[0] == 1 << 30 and multiplier.shift[0] == 0  # 0.5 = 2**30/2**31
+
+
+def test_mean_reference_multiplier_divides_in_integers() -> None:
+    """(M << floor(log2 n)) // n with the exponent lowered by the same shift."""
+    m = fixed_point.mean_reference_multiplier(1.0, 1.0, 3)
+    base = fixed_point.quantize_multiplier(1.0)
+    assert int(m.significand[0]) == (int(base.significand[0]) << 1) // 3
+    assert int(m.shift[0]) == int(base.shift[0]) - 1
