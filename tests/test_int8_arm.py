@@ -207,3 +207,21 @@ def test_register_tile_divides_and_fits(kind) -> None:
             assert pixels * count + weights * count <= kind.registers
     pixels, count = int8_arm.register_tile(14, 64, kind)
     assert pixels * count >= (14 if kind is int8_arm.SDOT else 8)
+
+
+@pytest.mark.parametrize("preset", ["rpi4", "rpi5"])
+def test_no_workspace_per_tile(preset: str) -> None:
+    """The register tile's accumulators live on the stack: a kernel with no activation copy
+    (int8, no padding, channels a multiple of 4) allocates nothing through the runtime (a
+    "local" buffer, or a name bound in an intrinsic, cost an allocation and a free per tile)."""
+    x = RNG.integers(-128, 128, (1, 6, 8, 16)).astype(np.int8)
+    w = RNG.integers(-127, 128, (32, 1, 1, 16)).astype(np.int8)
+    build = lambda v: kernels.conv2d(v, w, None, 0, kernels.Window())  # noqa: E731
+    asm = assembly(compile_module(relax_main(build, [x]), cpu_target(preset)))
+    assert counts_of(asm, "sdot", "sadalp") > 0
+    assert ":got:__TVMBackendAllocWorkspace" not in asm
+
+
+def counts_of(asm: str, *names: str) -> int:
+    counts = mnemonics(asm)
+    return sum(counts[name] for name in names)

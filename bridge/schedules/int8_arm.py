@@ -29,7 +29,7 @@ from tvm.target.codegen import target_has_features
 
 from bridge.schedules.common import find_block, vectorize_block
 from bridge.schedules.cpu import _inline_epilogue
-from bridge.schedules.int8 import CONV2D, MATMUL, PAD, DotKind, pack_weights
+from bridge.schedules.int8 import ACC_SCOPE, CONV2D, MATMUL, PAD, DotKind, pack_weights
 
 DOT = "int8_arm_dot"  # the product block's name in the kernels built here
 ACT = "int8_arm_act"  # the activation copy (padding, uint8 -> int8 shift, channel padding)
@@ -75,7 +75,7 @@ def pack_arm_weights(weight_hwio: np.ndarray, kind: DotKind) -> np.ndarray:
 def _sdot_desc(
     A: T.Buffer((4,), "int8", offset_factor=1),
     B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:4], A[0:4], B[0:4, 0:4])
@@ -91,18 +91,21 @@ def _sdot_desc(
 def _sdot_impl(
     A: T.Buffer((4,), "int8", offset_factor=1),
     B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     """One ``sdot``: 4 activations broadcast to every lane, 4 lanes x 4 weights."""
     with T.sblock("root"):
         T.reads(C[0:4], A[0:4], B[0:4, 0:4])
         T.writes(C[0:4])
-        word = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-        a = T.reinterpret(T.broadcast(word, 4), dtype="int8x16")
+        # one expression: a name bound here would become a buffer allocated through
+        # TVMBackendAllocWorkspace once per tile
         C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id(_SDOT_LLVM),
             C.vload([0], dtype="int32x4"),
-            a,
+            T.reinterpret(
+                T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                dtype="int8x16",
+            ),
             B.vload([0, 0], dtype="int8x16"),
             dtype="int32x4",
         )
@@ -112,7 +115,7 @@ def _sdot_impl(
 def _neon_desc(
     A: T.Buffer((4,), "int8", offset_factor=1),
     B: T.Buffer((2, 4, 2), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:4], A[0:4], B[0:2, 0:4, 0:2])
@@ -137,22 +140,24 @@ def _pair(A: tirx.Buffer, start: int):
 def _neon_impl(
     A: T.Buffer((4,), "int8", offset_factor=1),
     B: T.Buffer((2, 4, 2), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((4,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     """``smull`` (channels 0, 1) + ``smlal`` (channels 2, 3) into int16, ``sadalp`` into C."""
     with T.sblock("root"):
         T.reads(C[0:4], A[0:4], B[0:2, 0:4, 0:2])
         T.writes(C[0:4])
-        low = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 0), B.vload([0, 0, 0], "int8x8"),
-            dtype="int16x8",
-        )
-        high = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 2), B.vload([1, 0, 0], "int8x8"),
-            dtype="int16x8",
-        )
+        # one expression (see _sdot_impl); the add of the two products becomes smlal
         C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(_SADDLP_LLVM), low + high, dtype="int32x4"
+            T.llvm_lookup_intrinsic_id(_SADDLP_LLVM),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 0),
+                B.vload([0, 0, 0], "int8x8"), dtype="int16x8",
+            )
+            + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 2),
+                B.vload([1, 0, 0], "int8x8"), dtype="int16x8",
+            ),
+            dtype="int32x4",
         )
 
 
@@ -408,7 +413,7 @@ def schedule_arm_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
     root = sch.get_sblock("root")
     block = _dot_block(sch)
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
-    write_back = sch.cache_write(block, 0, "local")
+    write_back = sch.cache_write(block, 0, ACC_SCOPE)
     _inline_epilogue(sch, write_back)
 
     n, y, x, o, rh, rw, rc, *inner = sch.get_loops(block)
