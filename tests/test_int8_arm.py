@@ -225,3 +225,14 @@ def test_no_workspace_per_tile(preset: str) -> None:
 def counts_of(asm: str, *names: str) -> int:
     counts = mnemonics(asm)
     return sum(counts[name] for name in names)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_activation_copy_moves_vectors(dtype: str) -> None:
+    """The padded (and, for uint8, shifted) copy of 24-channel activations stores whole
+    vectors per pixel: one vector over fused pixels and channels stored byte by byte."""
+    x = RNG.integers(0, 100, (1, 8, 8, 24)).astype(dtype)
+    w = RNG.integers(-127, 128, (16, 3, 3, 24)).astype(np.int8)
+    build = lambda v: kernels.conv2d(v, w, None, 3, kernels.Window((1, 1), (1, 1, 1, 1)))  # noqa: E731
+    counts = mnemonics(assembly(compile_module(relax_main(build, [x]), cpu_target("rpi5"))))
+    assert counts["sdot"] > 0 and counts["strb"] == 0, counts

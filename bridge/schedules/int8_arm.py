@@ -440,5 +440,25 @@ def schedule_arm_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
         if other is None or name.startswith(DOT) or name == write_name:
             continue
         loops = sch.get_loops(other)
-        if loops and not any(sch.get(lp).same_as(sch.get(fused)) for lp in loops):
+        if not loops or any(sch.get(lp).same_as(sch.get(fused)) for lp in loops):
+            continue
+        if name == ACT and len(loops) == 4:
+            _schedule_act(sch, other)
+        else:
             vectorize_block(sch, other, 16)
+
+
+def _schedule_act(sch: s_tir.Schedule, block) -> None:
+    """The activation copy by rows (parallel), pixel by pixel, a pixel's channels (a multiple
+    of 4) in 16-, 8- or 4-byte vectors: one vector over fused pixels and channels straddles
+    pixels when the channels are not a multiple of it, and LLVM then moves bytes one by one."""
+    b, y, _x, ch = sch.get_loops(block)
+    sch.parallel(sch.fuse(b, y))
+    channels = int(sch.get(ch).extent)
+    width = next(w for w in (16, 8, 4, 1) if channels % w == 0)
+    if width == 1:
+        sch.unroll(ch)
+    elif channels == width:
+        sch.vectorize(ch)
+    else:
+        sch.vectorize(sch.split(ch, [None, width])[1])
