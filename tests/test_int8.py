@@ -550,8 +550,19 @@ def _float_bindings(name: str) -> list[str]:
 def test_blocks_have_no_float_operator(name: str) -> None:
     """MobileNetV3-like block (conv, hard_swish, depthwise, squeeze-excite with a hard-sigmoid
     gate, softmax head) and attention (BATCH_MATMUL of two activations, SOFTMAX): no
-    dequantize, quantize or float-valued operator anywhere in the translated module."""
+    dequantize, quantize or float-valued operator anywhere in the translated module, and no
+    float in any fused kernel bridge's pipeline makes of it."""
+    from bridge.compile import bind_weights
+    from bridge.schedules.pipeline import fuse
+    from bridge.tflite.reader import read_tflite
+    from bridge.tflite.translate import translate
+
     assert _float_bindings(name) == []
+    translation = translate(read_tflite(INT8OPS / f"{name}.tflite"))
+    fused = fuse(bind_weights(translation.mod, translation.params), tvm.target.Target(TARGET))
+    kernels_ = [f for f in fused.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels_) > 10
+    assert [f.attrs["global_symbol"] for f in kernels_ if "float" in f.script()] == []
 
 
 def test_float_guard_sees_the_float_path() -> None:
