@@ -111,6 +111,8 @@ def test_presets_say_what_they_have(preset: str) -> None:
         assert target_has_features("dotprod", target) == PRESETS[preset]
     expected = int8_arm.SDOT if PRESETS[preset] else int8_arm.NEON
     assert int8_arm.arm_dot_kind(target) is expected
+    description = resolve(preset).description  # what `bridge targets` lists
+    assert ("dotprod" in description.replace("no dotprod", "")) == PRESETS[preset]
 
 
 def test_off_aarch64_there_is_no_arm_kind() -> None:
