@@ -41,7 +41,8 @@ CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 PAD = tvm.ir.Op.get("relax.nn.pad")
 PRODUCT = "int8_dw"  # the product block's name in the kernels built here
 COPY = "int8_dw_pad"  # the padded activation copy
-MAX_PIXELS = 8  # output pixels per register tile
+# output pixels per register tile, by lanes: 14 zmm accumulators (32 registers), 8 ymm (16)
+MAX_PIXELS = {16: 14, 8: 8}
 _LLVM_WD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd"}
 
 
@@ -332,7 +333,7 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
     _inline_epilogue(sch, write_back)
 
     n, y, x, c, rh, rw = sch.get_loops(block)
-    pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS)
+    pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS[lanes])
     c_outer, c_lane = sch.split(c, [None, lanes])
     x_outer, x_inner = sch.split(x, [None, pixels])
     sch.reorder(n, y, x_outer, c_outer, rh, rw, x_inner, c_lane)
