@@ -2,13 +2,16 @@
 
 What bridge adds to ``meta_schedule.tune_tasks``:
 
-* Only kernels worth it are tuned (reductions: conv, matmul, pooling), heaviest first, and only
-  those not tuned before for this target (``tuned.json``): re-tuning a model tunes nothing.
+* Only kernels worth it are tuned (reductions: conv, matmul, pooling; float or integer, so the
+  int8 kernels of quantized models too), heaviest first, and only those not tuned before for
+  this target (``tuned.json``): re-tuning a model tunes nothing. bridge's packed int8 products
+  are searched with the integer dot instruction (:mod:`bridge.tuning.space`).
 * Candidates are built in this process (0.1-0.2 s each, where MetaSchedule's process-pool builder
   needs seconds) and measured by MetaSchedule's runner: locally, or on a remote device through
   an RPC tracker.
 * A candidate is accepted only if it is faster than bridge's default schedule of the same
-  kernel *and* gives the same results on random inputs; wrong kernels (MetaSchedule can emit
+  kernel *and* gives the same results on random inputs (integer outputs exactly, on the
+  model's own constants: :mod:`bridge.tuning.kernels`); wrong kernels (MetaSchedule can emit
   them, e.g. for a fused conv2d+clip+pad) are counted and dropped. Accepted kernels are written
   to the database as they are found, so a run cut short keeps everything found so far.
 * The budget is time or trials; when time is up every task is stopped after its current batch.
@@ -41,6 +44,7 @@ from bridge.errors import TargetError, TuningError
 from bridge.tuning import database as db
 from bridge.tuning import kernels
 from bridge.tuning.intrinsics import load_cpu_intrinsics
+from bridge.tuning.space import space
 
 TRIALS_PER_ROUND = 32
 # progress(description, done): done is the fraction of the stage complete, or None if unknown.
@@ -282,7 +286,7 @@ def _select(fused: tvm.IRModule, target, ledger: db.Ledger):
     chosen, skipped = [], 0
     for task in extracted:
         mod = task.dispatched[0]
-        if not (kernels.has_reduction(mod) and kernels.static_float(mod)):
+        if not (kernels.has_reduction(mod) and kernels.static_tensors(mod)):
             continue
         if db.workload_key(mod) in ledger:
             skipped += 1
@@ -320,14 +324,16 @@ def tune(
         return report
     executor = kernels.Executor(remote, cross_compiler if remote else None)
     show = _Progress(progress, budget, len(extracted))
+    constants = kernels.call_site_constants(fused)
     tasks = []
     for i, task in enumerate(extracted):
         show.status(f"tuning: measuring default kernels {i + 1}/{len(extracted)}")
         mod = task.dispatched[0]
-        reference = kernels.Reference.measure(mod, target, executor)
+        key = db.workload_key(mod)
+        reference = kernels.Reference.measure(mod, target, executor, constants.get(key))
         ms_default = reference.seconds * 1e3
         result = KernelResult(task.task_name, int(task.weight), ms_default, ms_default)
-        tasks.append(_Task(task.task_name, mod, db.workload_key(mod), result, reference))
+        tasks.append(_Task(task.task_name, mod, key, result, reference))
     report.kernels = [t.result for t in tasks]
     contexts = [_context(task, target, seed) for seed, task in enumerate(extracted)]
     weights = [float(task.weight) for task in extracted]
@@ -375,7 +381,7 @@ def _context(task, target: tvm.target.Target, seed: int) -> ms.TuneContext:
     return ms.TuneContext(
         mod=task.dispatched[0],
         target=target,
-        space_generator="post-order-apply",
+        space_generator=space(task.dispatched[0]),
         # half MetaSchedule's default search effort per round: on a few cores the search, not
         # measuring, dominates a round; more, cheaper rounds use a small budget better
         search_strategy=ms.search_strategy.EvolutionarySearch(
