@@ -5,6 +5,10 @@ build stays bit-exact with the untuned one."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
@@ -20,9 +24,10 @@ from bridge.targets import resolve
 from bridge.tuning import database_dir, existing_database, kernels
 from bridge.tuning.database import Ledger, workload_key
 from bridge.tuning.intrinsics import load_cpu_intrinsics
-from bridge.tuning.session import _select
+from bridge.tuning.session import _select, _with_cores
 from bridge.tuning.space import dot_shape, space
 
+ROOT = Path(__file__).resolve().parent.parent
 MODEL = FIXTURES / "tflite" / "cnn_int8.tflite"
 SPEC = resolve("native")
 TARGET = SPEC.tvm_target()
@@ -93,7 +98,11 @@ def test_int8_space_tensorizes_with_the_dot_instruction(dot_tasks):
     load_cpu_intrinsics("x86_64")
     mod = dot_tasks[0].dispatched[0]
     context = ms.TuneContext(
-        mod=mod, target=TARGET, space_generator=space(mod), task_name="int8", num_threads=1
+        mod=mod,
+        target=_with_cores(TARGET),
+        space_generator=space(mod),
+        task_name="int8",
+        num_threads=1,
     ).clone()
     tensorized = 0
     for sch in context.generate_design_space():
@@ -101,6 +110,16 @@ def test_int8_space_tensorizes_with_the_dot_instruction(dot_tasks):
             assert postproc.apply(sch)
         tensorized += "llvm.x86.avx512.vpdpbusd.512" in sch.mod.script()
     assert tensorized >= 1
+
+
+# a fresh process: the stored records name bridge's tensor intrinsics, which only this
+# process registered while tuning
+BUILD_AND_RUN = """
+import sys, numpy as np, bridge
+m = bridge.build(sys.argv[1], target="native", tuning_db=sys.argv[2])
+assert m.metadata["tuning_database"] is not None
+np.save(sys.argv[4], np.stack([np.asarray(m(x)) for x in np.load(sys.argv[3])]))
+"""
 
 
 @needs_vnni
@@ -111,13 +130,29 @@ def test_tuned_int8_build_is_bit_exact_with_untuned(tmp_path, monkeypatch):
     report = bridge.tune(MODEL, target="native", budget=8, tuning_db=tmp_path / "tuned")
     assert report.trials >= 8 and report.wrong == 0
     assert any(k.best_ms < k.default_ms for k in report.kernels)
-    tuned = bridge.build(MODEL, target="native", tuning_db=tmp_path / "tuned")
+    folder = database_dir(TARGET, tmp_path / "tuned")
+    assert existing_database(folder) is not None
+    records = (folder / "database_tuning_record.json").read_text()
+    assert '"Tensorize"' in records and "bridge_tuning_dot_16x4_uint8" in records
     untuned = bridge.build(MODEL, target="native", tuning_db=tmp_path / "none")
-    assert tuned.metadata["tuning_database"] is not None
     assert untuned.metadata["tuning_database"] is None
-    assert existing_database(database_dir(TARGET, tmp_path / "tuned")) is not None
     rng = np.random.default_rng(3)
-    shape = [int(d) for d in tuned.inputs[0].shape]
-    for _ in range(4):
-        x = rng.uniform(-1, 1, shape).astype(tuned.inputs[0].dtype)
-        np.testing.assert_array_equal(np.asarray(tuned(x)), np.asarray(untuned(x)))
+    shape = [int(d) for d in untuned.inputs[0].shape]
+    inputs = rng.uniform(-1, 1, (4, *shape)).astype(untuned.inputs[0].dtype)
+    np.save(tmp_path / "inputs.npy", inputs)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BUILD_AND_RUN,
+            str(MODEL),
+            str(tmp_path / "tuned"),
+            str(tmp_path / "inputs.npy"),
+            str(tmp_path / "tuned.npy"),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    tuned = np.load(tmp_path / "tuned.npy")
+    np.testing.assert_array_equal(tuned, np.stack([np.asarray(untuned(x)) for x in inputs]))

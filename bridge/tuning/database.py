@@ -45,6 +45,11 @@ def database_dir(target: tvm.target.Target, root: str | Path | None = None) -> P
 
 
 def open_database(folder: Path) -> ms.database.JSONDatabase:
+    """The database in ``folder`` (created if missing), with the tensor intrinsics its records
+    may name registered (tuned int8 kernels tensorize with bridge's)."""
+    from bridge.tuning.intrinsics import register_int8_dot_intrinsics
+
+    register_int8_dot_intrinsics()
     folder.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(work_dir=str(folder), module_equality="structural")
 

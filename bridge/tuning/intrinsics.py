@@ -51,7 +51,15 @@ def int8_dot_intrinsic(lanes: int, group: int, act_dtype: str) -> str | None:
     return name
 
 
+def register_int8_dot_intrinsics() -> None:
+    """Register every intrinsic :func:`int8_dot_intrinsic` can name: stored records refer to
+    them by name, so a database holding tuned int8 kernels loads only once they exist."""
+    for lanes, group, act_dtype in _SHAPES:
+        int8_dot_intrinsic(lanes, group, act_dtype)
+
+
 _REGISTERED: set[str] = set()
+_SHAPES = [(16, 4, "uint8"), (16, 2, "int8"), (16, 2, "uint8"), (8, 2, "int8"), (8, 2, "uint8")]
 _PMADDWD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd"}
 
 
