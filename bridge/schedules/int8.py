@@ -207,8 +207,12 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: Dot
 
     def value(b, y, xx, ch):
         inside = tirx.all(y >= top, y < top + h, xx >= left, xx < left + w, ch < c)
-        v = x[b, tirx.min(tirx.max(y - top, 0), h - 1), tirx.min(tirx.max(xx - left, 0), w - 1),
-              tirx.min(ch, c - 1)]
+        v = x[
+            b,
+            tirx.min(tirx.max(y - top, 0), h - 1),
+            tirx.min(tirx.max(xx - left, 0), w - 1),
+            tirx.min(ch, c - 1),
+        ]
         v = tirx.if_then_else(inside, v, tirx.const(pad_value, x.dtype))
         if shift:
             return (v.astype("int32") + 128).astype("uint8")
@@ -217,8 +221,17 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: Dot
     return te.compute((n, h + top + bottom, w + left + right, channels), value, name=ACT)
 
 
-def dot_conv2d(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int,
-               strides, padding, dilation, pad_value: int, kind: DotKind) -> te.Tensor:
+def dot_conv2d(
+    x: te.Tensor,
+    w: te.Tensor,
+    corr: te.Tensor | None,
+    out_channels: int,
+    strides,
+    padding,
+    dilation,
+    pad_value: int,
+    kind: DotKind,
+) -> te.Tensor:
     """NHWC convolution with packed weights (:func:`pack_weights`): int32."""
     (sh, sw), (dh, dw) = strides, dilation
     tiles, kh, kw, cg, lanes, group = (int(d) for d in w.shape)
@@ -226,8 +239,10 @@ def dot_conv2d(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels:
     n, h, width, _ = (int(d) for d in xs.shape)
     out_h = (h - (kh - 1) * dh - 1) // sh + 1
     out_w = (width - (kw - 1) * dw - 1) // sw + 1
-    rh, rw, rc, rg = (te.reduce_axis((0, e), name)
-                      for e, name in ((kh, "rh"), (kw, "rw"), (cg, "rc"), (group, "rg")))
+    rh, rw, rc, rg = (
+        te.reduce_axis((0, e), name)
+        for e, name in ((kh, "rh"), (kw, "rw"), (cg, "rc"), (group, "rg"))
+    )
     acc = te.compute(
         (n, out_h, out_w, tiles * lanes),
         lambda b, y, xx, o: te.sum(
@@ -240,8 +255,9 @@ def dot_conv2d(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels:
     return _finish(acc, corr, out_channels)
 
 
-def dot_matmul(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int,
-               kind: DotKind) -> te.Tensor:
+def dot_matmul(
+    x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int, kind: DotKind
+) -> te.Tensor:
     """``x @ W`` for x [..., K] with W packed as [N'/lanes, 1, 1, K'/group, lanes, group]."""
     tiles, lanes = int(w.shape[0]), int(w.shape[4])
     lead = [int(d) for d in x.shape[:-1]]
@@ -291,7 +307,8 @@ def _int8_const(expr: relax.Expr, rank: int) -> np.ndarray | None:
     return value if value.dtype == np.int8 and value.ndim == rank else None
 
 
-def _static_8bit(expr: relax.Expr) -> bool:
+def static_8bit(expr: relax.Expr) -> bool:
+    """An int8/uint8 tensor of static shape."""
     info = expr.ty
     return (
         isinstance(info, relax.TensorType)
@@ -301,17 +318,39 @@ def _static_8bit(expr: relax.Expr) -> bool:
     )
 
 
+def unpad(
+    mutator: relax.PyExprMutator, data: relax.Expr
+) -> tuple[relax.Expr, tuple[int, ...], int]:
+    """``pad(x, spatial, value)`` bound to ``data`` -> (x, (top, left, bottom, right), value);
+    ``(data, (0, 0, 0, 0), 0)`` for anything else (the packed kernels pad themselves)."""
+    bound = mutator.lookup_binding(data) if isinstance(data, relax.Var) else None
+    if isinstance(bound, relax.Call) and bound.op.same_as(PAD):
+        width = [int(v) for v in bound.attrs.pad_width]
+        value = float(bound.attrs.pad_value)
+        if (
+            str(bound.attrs.pad_mode) == "constant"
+            and not any(width[i] for i in (0, 1, 6, 7))
+            and value == int(value)
+            and static_8bit(bound.args[0])
+        ):
+            return bound.args[0], (width[2], width[4], width[3], width[5]), int(value)
+    return data, (0, 0, 0, 0), 0
+
+
+def packed_const(array: np.ndarray, source: relax.Expr, derived: dict | None) -> relax.Expr:
+    """``array`` (weights repacked from the constant ``source``) as a constant, recorded in
+    ``derived`` so lifting names it after its source."""
+    const = relax.const(array)
+    if derived is not None and isinstance(source, tvm.ir.expr.Constant):
+        derived[const.value.data_ptr()] = (source.value.data_ptr(), "packed")
+    return const
+
+
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, kind: DotKind, derived: dict | None):
         super().__init__(mod)
         self.kind, self.derived = kind, derived
-
-    def _const(self, array: np.ndarray, source: relax.Expr) -> relax.Expr:
-        const = relax.const(array)
-        if self.derived is not None and isinstance(source, tvm.ir.expr.Constant):
-            self.derived[const.value.data_ptr()] = (source.value.data_ptr(), "packed")
-        return const
 
     def _correction(self, weight_hwio: np.ndarray, data: relax.Expr) -> relax.Expr | None:
         if not (self.kind.shift and str(data.ty.dtype) == "int8"):
@@ -330,56 +369,52 @@ class _Rewrite(relax.PyExprMutator):
             packed = self._matmul(call)
         return call if packed is None else packed
 
-    def _unpad(self, data: relax.Expr) -> tuple[relax.Expr, tuple[int, ...], int]:
-        """``pad(x, spatial, value)`` -> (x, (top, left, bottom, right), value)."""
-        bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
-        if isinstance(bound, relax.Call) and bound.op.same_as(PAD):
-            width = [int(v) for v in bound.attrs.pad_width]
-            value = float(bound.attrs.pad_value)
-            if (
-                str(bound.attrs.pad_mode) == "constant"
-                and not any(width[i] for i in (0, 1, 6, 7))
-                and value == int(value)
-                and _static_8bit(bound.args[0])
-            ):
-                return bound.args[0], (width[2], width[4], width[3], width[5]), int(value)
-        return data, (0, 0, 0, 0), 0
-
     def _conv2d(self, call: relax.Call) -> relax.Expr | None:
         attrs = call.attrs
         weight = _int8_const(call.args[1], 4)
         if (
             weight is None
-            or not _static_8bit(call.args[0])
+            or not static_8bit(call.args[0])
             or (attrs.data_layout, attrs.kernel_layout) != ("NHWC", "HWIO")
             or str(attrs.out_layout) not in ("NHWC", "")
             or int(attrs.groups) != 1
         ):
             return None
-        data, padding, value = self._unpad(call.args[0])
+        data, padding, value = unpad(self, call.args[0])
         padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
         corr = self._correction(weight, data)
-        args = [data, self._const(pack_weights(weight, self.kind), call.args[1])]
+        args = [data, packed_const(pack_weights(weight, self.kind), call.args[1], self.derived)]
         return self.builder_.call_te(
             lambda x, w, *c: dot_conv2d(
-                x, w, c[0] if c else None, weight.shape[3],
-                [int(s) for s in attrs.strides], padding,
-                [int(d) for d in attrs.dilation], value, self.kind,
+                x,
+                w,
+                c[0] if c else None,
+                weight.shape[3],
+                [int(s) for s in attrs.strides],
+                padding,
+                [int(d) for d in attrs.dilation],
+                value,
+                self.kind,
             ),
-            *args, *([corr] if corr is not None else []),
+            *args,
+            *([corr] if corr is not None else []),
             primfunc_name_hint="conv2d_int8_dot",
         )
 
     def _matmul(self, call: relax.Call) -> relax.Expr | None:
         weight = _int8_const(call.args[1], 2)
-        if weight is None or not _static_8bit(call.args[0]):
+        if weight is None or not static_8bit(call.args[0]):
             return None
         hwio = weight[None, None]
         corr = self._correction(hwio, call.args[0])
-        args = [call.args[0], self._const(pack_weights(hwio, self.kind), call.args[1])]
+        args = [
+            call.args[0],
+            packed_const(pack_weights(hwio, self.kind), call.args[1], self.derived),
+        ]
         return self.builder_.call_te(
             lambda x, w, *c: dot_matmul(x, w, c[0] if c else None, weight.shape[1], self.kind),
-            *args, *([corr] if corr is not None else []),
+            *args,
+            *([corr] if corr is not None else []),
             primfunc_name_hint="matmul_int8_dot",
         )
 
@@ -496,7 +531,7 @@ def schedule_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
     act_dtype = str(sch.get(block).reads[0].source.dtype)
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
     dot_name = sch.get(block).name_hint
-    epilogue = names[names.index(dot_name) + 1:]
+    epilogue = names[names.index(dot_name) + 1 :]
     output = _epilogue_output(sch, block, epilogue)
     if epilogue and output is None:
         raise ValueError("no epilogue output")
@@ -533,8 +568,9 @@ def schedule_dot_unfused(sch: s_tir.Schedule, kind: DotKind) -> None:
     extent = int(sch.get(inner).extent)
     if extent % kind.lanes == 0:
         sch.vectorize(sch.split(inner, [None, kind.lanes])[1])
-    _vectorize_rest(sch, [n for n in names if n != sch.get(write_back).name_hint], fused,
-                    kind.lanes)
+    _vectorize_rest(
+        sch, [n for n in names if n != sch.get(write_back).name_hint], fused, kind.lanes
+    )
 
 
 def _vectorize_rest(sch: s_tir.Schedule, names: list[str], fused, lanes: int) -> None:

@@ -29,7 +29,16 @@ from tvm.target.codegen import target_has_features
 
 from bridge.schedules.common import find_block, vectorize_block
 from bridge.schedules.cpu import _inline_epilogue
-from bridge.schedules.int8 import ACC_SCOPE, CONV2D, MATMUL, PAD, DotKind, pack_weights
+from bridge.schedules.int8 import (
+    ACC_SCOPE,
+    CONV2D,
+    MATMUL,
+    DotKind,
+    pack_weights,
+    packed_const,
+    static_8bit,
+    unpad,
+)
 
 DOT = "int8_arm_dot"  # the product block's name in the kernels built here
 ACT = "int8_arm_act"  # the activation copy (padding, uint8 -> int8 shift, channel padding)
@@ -45,9 +54,7 @@ _SADDLP_LLVM = "llvm.aarch64.neon.saddlp.v4i32.v8i16"
 
 def arm_dot_kind(target: tvm.target.Target) -> DotKind | None:
     """``SDOT`` with the dot-product extension, ``NEON`` without; None off AArch64."""
-    if target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "")).startswith(
-        "aarch64"
-    ):
+    if target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "")).startswith("aarch64"):
         return None
     try:
         if target_has_features("dotprod", target):
@@ -150,12 +157,16 @@ def _neon_impl(
         C[T.ramp(T.int32(0), 1, 4)] = C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id(_SADDLP_LLVM),
             T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 0),
-                B.vload([0, 0, 0], "int8x8"), dtype="int16x8",
+                T.llvm_lookup_intrinsic_id(_SMULL_LLVM),
+                _pair(A, 0),
+                B.vload([0, 0, 0], "int8x8"),
+                dtype="int16x8",
             )
             + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(_SMULL_LLVM), _pair(A, 2),
-                B.vload([1, 0, 0], "int8x8"), dtype="int16x8",
+                T.llvm_lookup_intrinsic_id(_SMULL_LLVM),
+                _pair(A, 2),
+                B.vload([1, 0, 0], "int8x8"),
+                dtype="int16x8",
             ),
             dtype="int32x4",
         )
@@ -180,8 +191,12 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int) -> te.Ten
 
     def value(b, y, xx, ch):
         inside = tirx.all(y >= top, y < top + h, xx >= left, xx < left + w, ch < c)
-        v = x[b, tirx.min(tirx.max(y - top, 0), h - 1), tirx.min(tirx.max(xx - left, 0), w - 1),
-              tirx.min(ch, c - 1)]
+        v = x[
+            b,
+            tirx.min(tirx.max(y - top, 0), h - 1),
+            tirx.min(tirx.max(xx - left, 0), w - 1),
+            tirx.min(ch, c - 1),
+        ]
         v = tirx.if_then_else(inside, v, tirx.const(pad_value, x.dtype))
         if shift:
             return (v.astype("int32") - 128).astype("int8")
@@ -190,8 +205,16 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int) -> te.Ten
     return te.compute((n, h + top + bottom, w + left + right, channels), value, name=ACT)
 
 
-def dot_conv2d(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int,
-               strides, padding, dilation, pad_value: int) -> te.Tensor:
+def dot_conv2d(
+    x: te.Tensor,
+    w: te.Tensor,
+    corr: te.Tensor | None,
+    out_channels: int,
+    strides,
+    padding,
+    dilation,
+    pad_value: int,
+) -> te.Tensor:
     """NHWC convolution with weights packed by :func:`pack_arm_weights`: int32."""
     (sh, sw), (dh, dw) = strides, dilation
     tiles, kh, kw, cg = (int(d) for d in w.shape[:4])
@@ -221,8 +244,7 @@ def dot_conv2d(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels:
     return _finish(acc, corr, out_channels)
 
 
-def dot_matmul(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int
-               ) -> te.Tensor:
+def dot_matmul(x: te.Tensor, w: te.Tensor, corr: te.Tensor | None, out_channels: int) -> te.Tensor:
     """``x @ W`` for x [..., K], W packed as a 1x1 convolution's weights."""
     lead = [int(d) for d in x.shape[:-1]]
     flat = topi.reshape(x, (1, 1, int(np.prod(lead)) if lead else 1, int(x.shape[-1])))
@@ -243,8 +265,7 @@ def _finish(acc: te.Tensor, corr: te.Tensor | None, out_channels: int) -> te.Ten
 # --- the rewrite (Relax) -----------------------------------------------------------------------
 
 
-def prepack_int8_arm(target: tvm.target.Target, derived: dict | None = None
-                     ) -> tvm.transform.Pass:
+def prepack_int8_arm(target: tvm.target.Target, derived: dict | None = None) -> tvm.transform.Pass:
     """The module pass sending integer conv2d/matmul with constant int8 weights to the packed
     ARM dot kernels (a no-op off AArch64). ``derived``: as in
     :func:`bridge.schedules.prepack.prepack_weights`."""
@@ -273,16 +294,6 @@ def _weights(expr: relax.Expr, rank: int, kind: DotKind) -> np.ndarray | None:
     return None if kind is NEON and (value == -128).any() else value
 
 
-def _static_8bit(expr: relax.Expr) -> bool:
-    info = expr.ty
-    return (
-        isinstance(info, relax.TensorType)
-        and str(info.dtype) in ("int8", "uint8")
-        and isinstance(info.shape, relax.ShapeExpr)
-        and all(isinstance(d, tirx.IntImm) for d in info.shape.values)
-    )
-
-
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, kind: DotKind, derived: dict | None):
@@ -290,10 +301,7 @@ class _Rewrite(relax.PyExprMutator):
         self.kind, self.derived = kind, derived
 
     def _packed(self, weight_hwio: np.ndarray, source: relax.Expr) -> relax.Expr:
-        const = relax.const(pack_arm_weights(weight_hwio, self.kind))
-        if self.derived is not None and isinstance(source, tvm.ir.expr.Constant):
-            self.derived[const.value.data_ptr()] = (source.value.data_ptr(), "packed")
-        return const
+        return packed_const(pack_arm_weights(weight_hwio, self.kind), source, self.derived)
 
     @staticmethod
     def _correction(weight_hwio: np.ndarray, data: relax.Expr) -> list[relax.Expr]:
@@ -313,53 +321,48 @@ class _Rewrite(relax.PyExprMutator):
             packed = self._matmul(call)
         return call if packed is None else packed
 
-    def _unpad(self, data: relax.Expr) -> tuple[relax.Expr, tuple[int, ...], int]:
-        """``pad(x, spatial, value)`` -> (x, (top, left, bottom, right), value)."""
-        bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
-        if isinstance(bound, relax.Call) and bound.op.same_as(PAD):
-            width = [int(v) for v in bound.attrs.pad_width]
-            value = float(bound.attrs.pad_value)
-            if (
-                str(bound.attrs.pad_mode) == "constant"
-                and not any(width[i] for i in (0, 1, 6, 7))
-                and value == int(value)
-                and _static_8bit(bound.args[0])
-            ):
-                return bound.args[0], (width[2], width[4], width[3], width[5]), int(value)
-        return data, (0, 0, 0, 0), 0
-
     def _conv2d(self, call: relax.Call) -> relax.Expr | None:
         attrs = call.attrs
         weight = _weights(call.args[1], 4, self.kind)
         if (
             weight is None
-            or not _static_8bit(call.args[0])
+            or not static_8bit(call.args[0])
             or (attrs.data_layout, attrs.kernel_layout) != ("NHWC", "HWIO")
             or str(attrs.out_layout) not in ("NHWC", "")
             or int(attrs.groups) != 1
         ):
             return None
-        data, padding, value = self._unpad(call.args[0])
+        data, padding, value = unpad(self, call.args[0])
         padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
         corr = self._correction(weight, data)
         return self.builder_.call_te(
             lambda x, w, *c: dot_conv2d(
-                x, w, c[0] if c else None, weight.shape[3], [int(s) for s in attrs.strides],
-                padding, [int(d) for d in attrs.dilation], value,
+                x,
+                w,
+                c[0] if c else None,
+                weight.shape[3],
+                [int(s) for s in attrs.strides],
+                padding,
+                [int(d) for d in attrs.dilation],
+                value,
             ),
-            data, self._packed(weight, call.args[1]), *corr,
+            data,
+            self._packed(weight, call.args[1]),
+            *corr,
             primfunc_name_hint="conv2d_int8_dot",
         )
 
     def _matmul(self, call: relax.Call) -> relax.Expr | None:
         weight = _weights(call.args[1], 2, self.kind)
-        if weight is None or not _static_8bit(call.args[0]):
+        if weight is None or not static_8bit(call.args[0]):
             return None
         hwio = weight[None, None]
         corr = self._correction(hwio, call.args[0])
         return self.builder_.call_te(
             lambda x, w, *c: dot_matmul(x, w, c[0] if c else None, weight.shape[1]),
-            call.args[0], self._packed(hwio, call.args[1]), *corr,
+            call.args[0],
+            self._packed(hwio, call.args[1]),
+            *corr,
             primfunc_name_hint="matmul_int8_dot",
         )
 

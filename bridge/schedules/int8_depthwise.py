@@ -36,9 +36,9 @@ from tvm.target.codegen import target_has_features
 
 from bridge.schedules.common import largest_divisor
 from bridge.schedules.cpu import _inline_epilogue
+from bridge.schedules.int8 import packed_const, static_8bit, unpad
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
-PAD = tvm.ir.Op.get("relax.nn.pad")
 PRODUCT = "int8_dw"  # the product block's name in the kernels built here
 COPY = "int8_dw_pad"  # the padded activation copy
 # output pixels per register tile, by lanes: 14 zmm accumulators (32 registers), 8 ymm (16)
@@ -93,9 +93,7 @@ def _desc(lanes: int, act_dtype: str):
             for i in T.serial(0, lanes):
                 with T.sblock("update"):
                     vi = T.axis.remap("S", [i])
-                    C[vi] = C[vi] + T.cast(A[vi], "int32") * T.cast(
-                        T.cast(B[vi], "int16"), "int32"
-                    )
+                    C[vi] = C[vi] + T.cast(A[vi], "int32") * T.cast(T.cast(B[vi], "int16"), "int32")
 
     return desc
 
@@ -211,22 +209,12 @@ def prepack_int8_depthwise(
     return _pass
 
 
-def _static_8bit(expr: relax.Expr) -> bool:
-    info = expr.ty
-    return (
-        isinstance(info, relax.TensorType)
-        and str(info.dtype) in ("int8", "uint8")
-        and isinstance(info.shape, relax.ShapeExpr)
-        and all(isinstance(d, tirx.IntImm) for d in info.shape.values)
-    )
-
-
 def depthwise_weights(call: relax.Call) -> np.ndarray | None:
     """The [KH, KW, C] int8 weights of an integer depthwise ``conv2d`` this module takes
     (NHWC, HWOI, groups == channels == output channels, 8-bit static input, int32 out)."""
     attrs = call.attrs
     weight = call.args[1]
-    if not (isinstance(weight, tvm.ir.expr.Constant) and _static_8bit(call.args[0])):
+    if not (isinstance(weight, tvm.ir.expr.Constant) and static_8bit(call.args[0])):
         return None
     value = weight.value.numpy()
     channels = int(call.args[0].ty.shape.values[3])
@@ -249,27 +237,6 @@ class _Rewrite(relax.PyExprMutator):
         super().__init__(mod)
         self.target, self.derived = target, derived
 
-    def _const(self, array: np.ndarray, source: relax.Expr) -> relax.Expr:
-        const = relax.const(array)
-        if self.derived is not None:
-            self.derived[const.value.data_ptr()] = (source.value.data_ptr(), "packed")
-        return const
-
-    def _unpad(self, data: relax.Expr) -> tuple[relax.Expr, tuple[int, ...], int]:
-        """``pad(x, spatial, value)`` -> (x, (top, left, bottom, right), value)."""
-        bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
-        if isinstance(bound, relax.Call) and bound.op.same_as(PAD):
-            width = [int(v) for v in bound.attrs.pad_width]
-            value = float(bound.attrs.pad_value)
-            if (
-                str(bound.attrs.pad_mode) == "constant"
-                and not any(width[i] for i in (0, 1, 6, 7))
-                and value == int(value)
-                and _static_8bit(bound.args[0])
-            ):
-                return bound.args[0], (width[2], width[4], width[3], width[5]), int(value)
-        return data, (0, 0, 0, 0), 0
-
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if not call.op.same_as(CONV2D):
@@ -279,15 +246,19 @@ class _Rewrite(relax.PyExprMutator):
         if lanes is None:
             return call
         attrs = call.attrs
-        data, padding, value = self._unpad(call.args[0])
+        data, padding, value = unpad(self, call.args[0])
         padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
         return self.builder_.call_te(
             lambda x, w: depthwise(
-                x, w, [int(s) for s in attrs.strides], padding,
-                [int(d) for d in attrs.dilation], value,
+                x,
+                w,
+                [int(s) for s in attrs.strides],
+                padding,
+                [int(d) for d in attrs.dilation],
+                value,
             ),
             data,
-            self._const(pack_weights(weight, lanes), call.args[1]),
+            packed_const(pack_weights(weight, lanes), call.args[1], self.derived),
             primfunc_name_hint="depthwise_int8",
         )
 
@@ -327,8 +298,15 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
         raise ValueError("no depthwise product block")
     stmt = sch.get(block)
     act_dtype = str(stmt.reads[0].source.dtype)
-    lanes = int(next(r.source.shape[-1] for r in stmt.reads if r.source.dtype == "int32"
-                     and len(r.source.shape) == 4 and r.source.scope() != "local"))
+    lanes = int(
+        next(
+            r.source.shape[-1]
+            for r in stmt.reads
+            if r.source.dtype == "int32"
+            and len(r.source.shape) == 4
+            and r.source.scope() != "local"
+        )
+    )
     write_back = sch.cache_write(block, 0, "local")
     _inline_epilogue(sch, write_back)
 
