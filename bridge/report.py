@@ -481,9 +481,11 @@ def _cards(rows: list[Row], compare: dict | None, profile: dict | None, build: d
         total = _number(profile.get("total_us"))
         cards.append(_card("Latency", _e(fmt_us(total)), detail))
     else:
-        cards.append(_card("Latency", '<span class="na">no profile</span>', "--profile out.json"))
+        na = '<span class="na">no profile</span>'
+        cards.append(_card("Latency", na, "give a profile for time per layer"))
     if compare is None:
-        cards.append(_card("Accuracy", '<span class="na">not compared</span>', "--compare ref.npz"))
+        na = '<span class="na">not compared</span>'
+        cards.append(_card("Accuracy", na, "give a reference for error per layer"))
     else:
         first = compare.get("first_divergent")
         target = next((r for r in rows if r.divergent), None)

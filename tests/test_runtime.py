@@ -276,7 +276,8 @@ def _messages(path: Path) -> list[str]:
 
 
 def test_library_messages_name_no_cli_flags():
-    flags = set(re.findall(r'"(--[a-z][a-z-]+)"', (ROOT / "bridge" / "cli.py").read_text()))
+    parsers = [ROOT / "bridge" / "cli.py", *sorted((ROOT / "bridge" / "commands").glob("*.py"))]
+    flags = {f for path in parsers for f in re.findall(r'"(--[a-z][a-z-]+)"', path.read_text())}
     assert {"--custom-layers", "--target", "--budget"} <= flags
     found = []
     for path in sorted((ROOT / "bridge").rglob("*.py")):
