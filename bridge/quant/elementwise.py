@@ -7,10 +7,12 @@ the output's integers (:func:`bridge.quant.fixed_point.activation_range`).
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from bridge.quant import fixed_point
 
+TABLE = 256  # entries of an 8-bit lookup table
 ADD_HEADROOM = 20  # TFLite's left shift for 8-bit ADD operands
 Quant = tuple[float, int]
 Operand = tuple[relax.Expr, Quant]  # an 8-bit tensor and its (scale, zero_point)
@@ -43,16 +45,61 @@ def subtract(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: 
 
 def multiply(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
     """TFLite's integer MUL: the product of the inputs less their zero points, requantized
-    by ``scale_a * scale_b / output_scale`` (reference rounding)."""
+    by ``scale_a * scale_b / output_scale`` (reference rounding). When both inputs are
+    functions of one 8-bit tensor (swish: ``x * LOGISTIC(x)``), the whole product is a
+    function of that tensor too: one table lookup (:func:`multiply_table`)."""
+    real = np.float64(a[1][0]) * np.float64(b[1][0]) / np.float64(out[0])
+    multiplier = fixed_point.quantize_multiplier(real)
+    unary = _common_source(a[0], b[0])
+    if unary is not None:
+        x, tables, low = unary
+        centred = [t.astype(np.int64) - int(zp) for t, (_, zp) in zip(tables, (a[1], b[1]))]
+        table = multiply_table(centred[0] * centred[1], multiplier, int(out[1]), clamp, dtype)
+        return lookup(x, table, low)
     centred = [
         relax.op.subtract(relax.op.astype(x, "int32"), relax.const(int(zp), "int32"))
         for x, (_, zp) in (a, b)
     ]
-    real = np.float64(a[1][0]) * np.float64(b[1][0]) / np.float64(out[0])
-    multiplier = fixed_point.quantize_multiplier(real)
     return fixed_point.requantize(
         relax.op.multiply(*centred), multiplier, int(out[1]), clamp, dtype, "double"
     )
+
+
+def multiply_table(
+    product: np.ndarray, multiplier: fixed_point.Multiplier, zero_point: int, clamp, dtype: str
+) -> np.ndarray:
+    """:func:`bridge.quant.fixed_point.requantize` (reference rounding) of int64 products, in
+    numpy: ``(p << left) * m`` rounded by ``(. + 2**30) >> 31``, then divided by
+    ``2**right`` rounding halves away from zero, plus the zero point, clamped."""
+    shift = int(multiplier.shift[0])
+    left, right = max(shift, 0), max(-shift, 0)
+    scaled = np.asarray(product, np.int64) << left
+    high = (scaled * int(multiplier.significand[0]) + (1 << 30)) >> 31
+    if right:
+        high = (high + (1 << (right - 1)) - (high < 0)) >> right
+    return np.clip(high + zero_point, int(clamp[0]), int(clamp[1])).astype(dtype)
+
+
+def _common_source(a: relax.Expr, b: relax.Expr) -> tuple[relax.Expr, list, int] | None:
+    """``(x, [values of a, values of b], low)`` when ``a`` and ``b`` are each ``x`` or a
+    constant-table lookup of ``x`` (an 8-bit tensor), both tables indexed by ``x - low``."""
+    sources = [lookup_source(a) or (a, None, None), lookup_source(b) or (b, None, None)]
+    if sources[0][1] is None and sources[1][1] is None:
+        return None
+    x = sources[0][0]
+    if not _bound(x).same_as(_bound(sources[1][0])):
+        return None
+    dtype = _dtype(x)
+    if dtype not in ("int8", "uint8"):
+        return None
+    low, high = fixed_point.INT_RANGE[dtype]
+    identity = np.arange(low, high + 1, dtype=np.int64)
+    return x, [identity if t is None else t for _, t, _ in sources], low
+
+
+def _dtype(x: relax.Expr) -> str | None:
+    ty = getattr(x, "ty", None)
+    return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
 
 
 def _finish(y: relax.Expr, zero_point: int, clamp: tuple[int, int], dtype: str) -> relax.Expr:
@@ -63,9 +110,52 @@ def _finish(y: relax.Expr, zero_point: int, clamp: tuple[int, int], dtype: str) 
 
 def lookup(x: relax.Expr, table: np.ndarray | relax.Expr, low: int) -> relax.Expr:
     """``table[x - low]``: any unary function of an 8-bit tensor as a 256-entry table (a
-    numpy array, or a Relax tensor computed in the graph)."""
+    numpy array, or a Relax tensor computed in the graph). A constant table of an int8 tensor
+    is stored rotated by 128 and indexed by the tensor's bytes read as uint8 (no arithmetic
+    on the index: the kernel is a byte permutation, :mod:`bridge.schedules.int8_elementwise`)."""
+    if isinstance(table, np.ndarray) and table.size == TABLE and low in (-128, 0):
+        index = x if low == 0 else relax.op.astype(x, "uint8")
+        values = table if low == 0 else np.roll(table, low)
+        return relax.op.take(relax.const(values), relax.op.astype(index, "int32"), axis=0)
     index = relax.op.astype(x, "int32")
     if low:
         index = relax.op.subtract(index, relax.const(int(low), "int32"))
     values = table if isinstance(table, relax.Expr) else relax.const(table)
     return relax.op.take(values, index, axis=0, mode="clip")  # in range anyway
+
+
+def lookup_source(expr: relax.Expr) -> tuple[relax.Expr, np.ndarray, int] | None:
+    """``(x, table, low)`` of a constant-table :func:`lookup` of an 8-bit ``x`` (the table in
+    ``x - low`` order), or None for any other expression."""
+    expr = _bound(expr)
+    if not (_is_call(expr, "relax.take") and isinstance(expr.args[0], tvm.ir.expr.Constant)):
+        return None
+    values = expr.args[0].value.numpy()
+    index = _bound(expr.args[1])
+    if values.shape != (TABLE,) or not _is_call(index, "relax.astype"):
+        return None
+    x = _bound(index.args[0])
+    if _cast_to(x) == "uint8" and _dtype(x.args[0]) == "int8":
+        return x.args[0], np.roll(values, -128), -128
+    if (_dtype(index.args[0]) or _cast_to(x)) == "uint8":
+        return index.args[0], values, 0
+    return None
+
+
+def _cast_to(expr: relax.Expr) -> str | None:
+    """The target dtype of an ``astype`` call, else None."""
+    return str(expr.attrs.dtype) if _is_call(expr, "relax.astype") else None
+
+
+def _bound(expr: relax.Expr) -> relax.Expr:
+    """The value bound to ``expr`` in the block being built (the converters' inputs are
+    normalized: nested calls become variables), else ``expr``."""
+    builder = relax.BlockBuilder.current()
+    if builder is None or not isinstance(expr, relax.Var):
+        return expr
+    value = builder.lookup_binding(expr)
+    return expr if value is None else value
+
+
+def _is_call(expr: relax.Expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name

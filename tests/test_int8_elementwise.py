@@ -1,0 +1,126 @@
+"""Fast forms of TFLite's elementwise integer operators (bridge.quant.elementwise): swish
+(``x * LOGISTIC(x)``) as one table, and the kernels' schedules; results stay bit-exact."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import tvm
+from conftest import FIXTURES
+from tvm import relax
+
+import bridge
+from bridge.compile import compile_module
+from bridge.quant import elementwise, fixed_point
+
+TARGET = "llvm"
+BLOCK = FIXTURES / "tflite" / "int8ops" / "efficient_block"  # make_int8_swish.py
+
+
+def build_main(build, inputs: list[np.ndarray], emit_args: bool = False) -> tvm.IRModule:
+    """``build(vars) -> expr`` as a Relax module; with ``emit_args`` each input first passes
+    through a bound variable (as the TFLite converter's normalized inputs do)."""
+    bb = relax.BlockBuilder()
+    params = [
+        relax.Var(f"x{i}", relax.TensorType(x.shape, str(x.dtype))) for i, x in enumerate(inputs)
+    ]
+    with bb.function("main", params):
+        with bb.dataflow():
+            args = [bb.emit(relax.op.astype(p, str(x.dtype))) for p, x in zip(params, inputs)]
+            out = bb.emit_output(build(*(args if emit_args else params)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def run(mod: tvm.IRModule, inputs: list[np.ndarray]) -> np.ndarray:
+    vm = relax.VirtualMachine(compile_module(mod, tvm.target.Target(TARGET)), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(x) for x in inputs]).numpy()
+
+
+def operators(mod: tvm.IRModule) -> collections.Counter:
+    found: collections.Counter = collections.Counter()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            found[expr.op.name] += 1
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return found
+
+
+def sigmoid_table(dtype: str, zero_in: int) -> tuple[np.ndarray, tuple[float, int]]:
+    """LOGISTIC's table for ``dtype`` and its output quantization (scale 1/256)."""
+    zero_out = -128 if dtype == "int8" else 0
+    table = fixed_point.float_table(
+        lambda v: 1 / (1 + np.exp(-v)), 0.047, zero_in, 1 / 256, zero_out, dtype
+    )
+    return table, (1 / 256, zero_out)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("emit_args", [False, True])
+@pytest.mark.parametrize("order", ["x_first", "table_first"])
+def test_swish_is_one_table(dtype: str, emit_args: bool, order: str) -> None:
+    """MUL(x, LOGISTIC(x)) becomes one lookup of x (no multiply left) and gives, on every
+    8-bit value, what the MUL of the two separate tensors gives."""
+    low, high = fixed_point.INT_RANGE[dtype]
+    zero_in = -7 if dtype == "int8" else 121
+    x = np.arange(low, high + 1).astype(dtype).reshape(4, 64)
+    table, q_sig = sigmoid_table(dtype, zero_in)
+    q_x, out = (0.047, zero_in), (0.021, zero_in - 3)
+    clamp = fixed_point.INT_RANGE[dtype]
+
+    def swish(a, b):
+        operands = [(a, q_x), (elementwise.lookup(b, table, low), q_sig)]
+        if order == "table_first":
+            operands.reverse()
+        return elementwise.multiply(*operands, out, clamp, dtype)
+
+    fused = build_main(lambda v: swish(v, v), [x], emit_args)
+    assert operators(fused)["relax.multiply"] == 0
+    assert operators(fused)["relax.take"] == 1
+    separate = build_main(swish, [x, x.copy()])  # two tensors: no common source
+    assert operators(separate)["relax.multiply"] >= 1
+    expected = run(separate, [x, x.copy()])
+    np.testing.assert_array_equal(run(fused, [x]), expected)
+
+
+def test_lookup_source_round_trip() -> None:
+    """A constant table lookup is recognized with its table in ``x - low`` order."""
+    table = np.arange(256).astype("int8")[::-1].copy()
+    x = relax.Var("x", relax.TensorType((3,), "int8"))
+    source, values, low = elementwise.lookup_source(elementwise.lookup(x, table, -128))
+    assert source.same_as(x) and low == -128
+    np.testing.assert_array_equal(values, table)
+    assert elementwise.lookup_source(relax.op.astype(x, "int32")) is None
+
+
+def _activation_products(mod: tvm.IRModule) -> int:
+    """Multiplies of two non-constant int32 tensors (integer MUL of two activations)."""
+    count = 0
+
+    def visit(expr) -> None:
+        nonlocal count
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.multiply":
+            args = expr.args
+            if all(not isinstance(a, tvm.ir.expr.Constant) for a in args):
+                count += str(expr.ty.dtype) == "int32"
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return count
+
+
+def test_efficient_block_against_litert() -> None:
+    """EfficientNet-like block (swish = LOGISTIC then MUL, squeeze-excite with a sigmoid gate):
+    LiteRT's output exactly, with the three swishes as tables (only the squeeze-excite MUL
+    multiplies two activations)."""
+    from bridge.tflite.reader import read_tflite
+    from bridge.tflite.translate import translate
+
+    data = np.load(f"{BLOCK}.npz")
+    got = bridge.build(f"{BLOCK}.tflite", target=TARGET)(data["input_0"])
+    np.testing.assert_array_equal(got, data["output_0"].reshape(got.shape))
+    translation = translate(read_tflite(f"{BLOCK}.tflite"))
+    assert _activation_products(translation.mod) == 1
