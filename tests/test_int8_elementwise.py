@@ -80,7 +80,7 @@ def test_swish_is_one_table(dtype: str, emit_args: bool, order: str) -> None:
 
     fused = build_main(lambda v: swish(v, v), [x], emit_args)
     assert operators(fused)["relax.multiply"] == 0
-    assert operators(fused)["relax.take"] == 1
+    assert operators(fused)["relax.call_tir"] == 1  # the lookup kernel
     separate = build_main(swish, [x, x.copy()])  # two tensors: no common source
     assert operators(separate)["relax.multiply"] >= 1
     expected = run(separate, [x, x.copy()])
@@ -124,3 +124,66 @@ def test_efficient_block_against_litert() -> None:
     np.testing.assert_array_equal(got, data["output_0"].reshape(got.shape))
     translation = translate(read_tflite(f"{BLOCK}.tflite"))
     assert _activation_products(translation.mod) == 1
+
+
+# --- lookup kernels (bridge.schedules.int8_elementwise) ----------------------------------------
+
+
+def _lookup_module(shape, dtype: str, table: np.ndarray) -> tvm.IRModule:
+    low = fixed_point.INT_RANGE[dtype][0]
+    return build_main(lambda v: elementwise.lookup(v, table, low), [np.zeros(shape, dtype)])
+
+
+def assembly(executable) -> str:
+    return "\n".join(m.inspect_source("asm") for m in executable.mod.imports)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("shape", [(1, 20, 20, 64), (2, 7, 7, 13), (3, 5)])
+def test_vbmi_lookup_bit_exact(dtype: str, shape: tuple[int, ...]) -> None:
+    """With AVX-512 VBMI the lookup kernel is ``vpermi2b`` permutations (whole 64-byte blocks;
+    sizes not a multiple of 64 end with single lookups) and returns ``table[x - low]`` for
+    every 8-bit value."""
+    from bridge.schedules.int8_elementwise import has_vbmi
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu"})
+    assert has_vbmi(target)
+    low, high = fixed_point.INT_RANGE[dtype]
+    table = np.random.default_rng(5).integers(-128, 128, 256).astype("int8")
+    x = np.random.default_rng(6).integers(low, high + 1, int(np.prod(shape)))
+    x[: min(x.size, 256)] = np.arange(low, high + 1)[: x.size]
+    x = x.astype(dtype).reshape(shape)
+    executable = compile_module(_lookup_module(shape, dtype, table), target)
+    if x.size >= 64:
+        assert "vpermt2b" in assembly(executable) or "vpermi2b" in assembly(executable)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, table[x.astype(np.int64) - low])
+
+
+def test_lookup_without_vbmi_is_generic() -> None:
+    """Without VBMI (AVX2 only) the rule leaves the lookup to the generic schedule: no
+    byte permutation, same result."""
+    from bridge.schedules.int8_elementwise import has_vbmi
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "mtriple": "x86_64-linux-gnu"})
+    assert not has_vbmi(target)
+    table = np.arange(256)[::-1].astype("int8")
+    x = np.arange(-128, 128).astype("int8").reshape(4, 64)
+    executable = compile_module(_lookup_module(x.shape, "int8", table), target)
+    assert "vpermt2b" not in assembly(executable) and "vpermi2b" not in assembly(executable)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, table[x.astype(np.int64) + 128])
+
+
+def test_lookup_rule_ignores_other_kernels() -> None:
+    """Only the lookup kernel is recognized (an elementwise cast is not)."""
+    from tvm import te
+
+    from bridge.schedules.int8_elementwise import lookup_buffers
+
+    x = te.placeholder((4, 64), "int8")
+    cast = te.compute(x.shape, lambda i, j: (x[i, j] + 1).astype("int8"), name="bridge_lookup")
+    assert lookup_buffers(te.create_prim_func([x, cast])) is None
+    table = te.placeholder((256,), "int8")
+    looked = elementwise.lookup_compute(x, table)
+    assert lookup_buffers(te.create_prim_func([x, table, looked])) is not None

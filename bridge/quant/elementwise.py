@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te, tirx
 
 from bridge.quant import fixed_point
 
 TABLE = 256  # entries of an 8-bit lookup table
+LOOKUP = "bridge_lookup"  # the lookup kernel's name and block (lookup_compute)
+EIGHT_BIT = ("int8", "uint8")
 ADD_HEADROOM = 20  # TFLite's left shift for 8-bit ADD operands
 Quant = tuple[float, int]
 Operand = tuple[relax.Expr, Quant]  # an 8-bit tensor and its (scale, zero_point)
@@ -110,13 +112,18 @@ def _finish(y: relax.Expr, zero_point: int, clamp: tuple[int, int], dtype: str) 
 
 def lookup(x: relax.Expr, table: np.ndarray | relax.Expr, low: int) -> relax.Expr:
     """``table[x - low]``: any unary function of an 8-bit tensor as a 256-entry table (a
-    numpy array, or a Relax tensor computed in the graph). A constant table of an int8 tensor
-    is stored rotated by 128 and indexed by the tensor's bytes read as uint8 (no arithmetic
-    on the index: the kernel is a byte permutation, :mod:`bridge.schedules.int8_elementwise`)."""
+    numpy array, or a Relax tensor computed in the graph). A constant table of an 8-bit tensor
+    is indexed by the tensor's bytes read as uint8 (an int8 tensor's table rotated by 128), in
+    a kernel of its own (:func:`lookup_compute`) that
+    :mod:`bridge.schedules.int8_elementwise` turns into byte permutations where the CPU has
+    them; outside a block builder, a ``take``."""
     if isinstance(table, np.ndarray) and table.size == TABLE and low in (-128, 0):
+        values = relax.const(table if low == 0 else np.roll(table, low))
+        builder = relax.BlockBuilder.current()
+        if builder is not None:
+            return builder.call_te(lookup_compute, x, values, primfunc_name_hint=LOOKUP)
         index = x if low == 0 else relax.op.astype(x, "uint8")
-        values = table if low == 0 else np.roll(table, low)
-        return relax.op.take(relax.const(values), relax.op.astype(index, "int32"), axis=0)
+        return relax.op.take(values, relax.op.astype(index, "int32"), axis=0)
     index = relax.op.astype(x, "int32")
     if low:
         index = relax.op.subtract(index, relax.const(int(low), "int32"))
@@ -124,10 +131,27 @@ def lookup(x: relax.Expr, table: np.ndarray | relax.Expr, low: int) -> relax.Exp
     return relax.op.take(values, index, axis=0, mode="clip")  # in range anyway
 
 
+def lookup_compute(x: te.Tensor, table: te.Tensor) -> te.Tensor:
+    """``table[uint8(x)]`` elementwise: the lookup kernel (its block is named ``LOOKUP``)."""
+
+    def entry(*index):
+        return table[tirx.Cast("int32", tirx.Cast("uint8", x(*index)))]
+
+    return te.compute(x.shape, entry, name=LOOKUP)
+
+
 def lookup_source(expr: relax.Expr) -> tuple[relax.Expr, np.ndarray, int] | None:
     """``(x, table, low)`` of a constant-table :func:`lookup` of an 8-bit ``x`` (the table in
     ``x - low`` order), or None for any other expression."""
     expr = _bound(expr)
+    if _is_call(expr, "relax.call_tir") and str(expr.args[0].name_hint).startswith(LOOKUP):
+        x, values = expr.args[1].fields
+        if not isinstance(values, tvm.ir.expr.Constant) or values.ty.dtype not in EIGHT_BIT:
+            return None
+        table = values.value.numpy()
+        if _dtype(x) == "int8":
+            return x, np.roll(table, -128), -128
+        return (x, table, 0) if _dtype(x) == "uint8" else None
     if not (_is_call(expr, "relax.take") and isinstance(expr.args[0], tvm.ir.expr.Constant)):
         return None
     values = expr.args[0].value.numpy()

@@ -25,6 +25,7 @@ from bridge.schedules.cpu import ChannelsLastKernels
 from bridge.schedules.int8 import Int8Kernels, prepack_int8
 from bridge.schedules.int8_arm import Int8ArmKernels, prepack_int8_arm
 from bridge.schedules.int8_depthwise import Int8DepthwiseKernels, prepack_int8_depthwise
+from bridge.schedules.int8_elementwise import Int8LookupKernels
 from bridge.schedules.lift import BuildRecord, lift_constants, measure_arena
 from bridge.schedules.prepack import prepack_weights
 
@@ -75,6 +76,7 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
         Int8Kernels(),
         Int8DepthwiseKernels(),
         Int8ArmKernels(),
+        Int8LookupKernels(),
         ChannelsLastKernels(),
         gpu.Guarded(dlight.cpu.Reduction()),
     )
