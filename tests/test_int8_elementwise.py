@@ -187,3 +187,9 @@ def test_lookup_rule_ignores_other_kernels() -> None:
     table = te.placeholder((256,), "int8")
     looked = elementwise.lookup_compute(x, table)
     assert lookup_buffers(te.create_prim_func([x, table, looked])) is not None
+    rows = tvm.tirx.Var("rows", "int64")  # a symbolic batch: a scalar parameter, no lookup
+    dynamic = te.placeholder((rows, 64), "int8")
+    copy = te.compute(dynamic.shape, lambda i, j: dynamic[i, j], name="bridge_lookup")
+    assert lookup_buffers(te.create_prim_func([dynamic, copy, rows])) is None
+    looked = elementwise.lookup_compute(dynamic, table)
+    assert lookup_buffers(te.create_prim_func([dynamic, table, looked])) is None

@@ -18,6 +18,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target.codegen import target_has_features
+from tvm.tirx.buffer import is_buffer_var
 
 from bridge.quant.elementwise import EIGHT_BIT, LOOKUP, TABLE
 
@@ -40,7 +41,7 @@ def has_vbmi(target: tvm.target.Target) -> bool:
 def lookup_buffers(func: tirx.PrimFunc) -> tuple[tirx.Buffer, tirx.Buffer, tirx.Buffer] | None:
     """``(x, table, y)`` of a lookup kernel (one block named ``LOOKUP``, static shapes,
     8-bit input and output, a 256-entry table); None for any other kernel."""
-    if len(func.params) != 3 or not all(isinstance(p, tirx.Buffer) for p in func.params):
+    if len(func.params) != 3 or not all(is_buffer_var(p) for p in func.params):
         return None
     x, table, y = func.params
     shapes = [[d for d in b.shape] for b in (x, table, y)]
