@@ -193,3 +193,20 @@ def test_lookup_rule_ignores_other_kernels() -> None:
     assert lookup_buffers(te.create_prim_func([dynamic, copy, rows])) is None
     looked = elementwise.lookup_compute(dynamic, table)
     assert lookup_buffers(te.create_prim_func([dynamic, table, looked])) is None
+
+
+def test_efficient_block_aarch64_under_qemu(tmp_path) -> None:
+    """On 64-bit ARM (no VBMI: the generic lookup schedule) the block still gives LiteRT's
+    output exactly, run as a bundle under qemu."""
+    import shutil
+
+    from conftest import needs_tools, run_bundle
+
+    from bridge.targets import resolve
+
+    needs_tools(resolve("aarch64"), "qemu-aarch64")
+    data = np.load(f"{BLOCK}.npz")
+    bridge.build(f"{BLOCK}.tflite", target="aarch64").export(tmp_path / "b", bundle=True)
+    qemu = shutil.which("qemu-aarch64")
+    got = run_bundle(tmp_path / "b", [data["input_0"]], qemu, "-L", "/usr/aarch64-linux-gnu")
+    np.testing.assert_array_equal(got[0], data["output_0"])
