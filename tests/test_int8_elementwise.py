@@ -210,3 +210,52 @@ def test_efficient_block_aarch64_under_qemu(tmp_path) -> None:
     qemu = shutil.which("qemu-aarch64")
     got = run_bundle(tmp_path / "b", [data["input_0"]], qemu, "-L", "/usr/aarch64-linux-gnu")
     np.testing.assert_array_equal(got[0], data["output_0"])
+
+
+# --- MUL's requantization in int32 lanes --------------------------------------------------------
+
+
+@pytest.mark.parametrize("real", [0.7071, 0.5, 0.0123456, 3.1e-5, 1.1e-9, 0.99999994])
+def test_int32_requantize_matches_int64(real: float) -> None:
+    """MUL's requantization of every product of two centred 8-bit values in int32 lanes gives
+    what the int64 reference rounding (fixed_point.requantize) gives, including clamps."""
+    multiplier = fixed_point.quantize_multiplier(real)
+    assert elementwise.narrow_multiplier(multiplier)
+    bound = elementwise.PRODUCT_BOUND
+    product = np.arange(-bound, bound + 1, dtype=np.int32)
+    clamp = (-128, 127)
+
+    def narrow(p):
+        return elementwise.requantize_product(p, multiplier, 5, clamp, "int8")
+
+    def wide(p):
+        return fixed_point.requantize(p, multiplier, 5, clamp, "int8", "double")
+
+    expected = run(build_main(wide, [product]), [product])
+    np.testing.assert_array_equal(run(build_main(narrow, [product]), [product]), expected)
+    unclamped = (-(2**31), 2**31 - 1)  # every rounding visible, not only the clamped range
+    got = run(
+        build_main(
+            lambda p: elementwise.requantize_product(p, multiplier, 0, unclamped, "int32"),
+            [product],
+        ),
+        [product],
+    )
+    reference = run(
+        build_main(
+            lambda p: fixed_point.requantize(p, multiplier, 0, unclamped, "int32", "double"),
+            [product],
+        ),
+        [product],
+    )
+    np.testing.assert_array_equal(got, reference)
+
+
+def test_multiply_uses_int32_lanes() -> None:
+    """The squeeze-excite MUL (a map times a per-channel gate) has no int64 arithmetic."""
+    a = relax.Var("a", relax.TensorType((1, 4, 4, 32), "int8"))
+    g = relax.Var("g", relax.TensorType((1, 1, 1, 32), "int8"))
+    expr = elementwise.multiply(
+        (a, (0.05, -3)), (g, (1 / 256, -128)), (0.04, 2), (-128, 127), "int8"
+    )
+    assert "int64" not in str(expr)

@@ -62,9 +62,49 @@ def multiply(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: 
         relax.op.subtract(relax.op.astype(x, "int32"), relax.const(int(zp), "int32"))
         for x, (_, zp) in (a, b)
     ]
-    return fixed_point.requantize(
-        relax.op.multiply(*centred), multiplier, int(out[1]), clamp, dtype, "double"
-    )
+    product = relax.op.multiply(*centred)
+    if narrow_multiplier(multiplier):
+        return requantize_product(product, multiplier, int(out[1]), clamp, dtype)
+    return fixed_point.requantize(product, multiplier, int(out[1]), clamp, dtype, "double")
+
+
+PRODUCT_BOUND = 255 * 255  # |(a - zp_a) * (b - zp_b)| of two 8-bit values
+
+
+def narrow_multiplier(multiplier: fixed_point.Multiplier) -> bool:
+    """One multiplier below 1 with a full Q31 significand: :func:`requantize_product`
+    applies."""
+    significand, shift = int(multiplier.significand[0]), int(multiplier.shift[0])
+    return multiplier.significand.size == 1 and shift <= 0 and (1 << 30) <= significand < (1 << 31)
+
+
+def requantize_product(
+    product: relax.Expr, multiplier: fixed_point.Multiplier, zero_point: int, clamp, dtype: str
+) -> relax.Expr:
+    """:func:`bridge.quant.fixed_point.requantize` (reference rounding) of an int32 product
+    of two centred 8-bit values (``|p| <= 255**2 < 2**16``), exactly, in int32 lanes instead
+    of int64: with the significand ``m = hi * 2**16 + mid * 2**8 + lo`` (``hi < 2**15``),
+    ``(p * m + 2**30) >> 31 == (p * hi + ((p * mid + ((p * lo) >> 8)) >> 8) + 2**14) >> 15``
+    (each dropped fraction is below one unit of an integer sum, so the floors agree), and no
+    partial sum leaves int32 (``|p * hi| < 65025 * 2**15``)."""
+    significand, right = int(multiplier.significand[0]), -int(multiplier.shift[0])
+    hi, mid, lo = significand >> 16, (significand >> 8) & 0xFF, significand & 0xFF
+
+    def i32(value: int) -> relax.Expr:
+        return relax.const(value, "int32")
+
+    low = relax.op.right_shift(relax.op.multiply(product, i32(lo)), i32(8))
+    middle = relax.op.right_shift(relax.op.add(relax.op.multiply(product, i32(mid)), low), i32(8))
+    high = relax.op.add(relax.op.multiply(product, i32(hi)), middle)
+    y = relax.op.right_shift(relax.op.add(high, i32(1 << 14)), i32(15))
+    if right:  # RoundingDivideByPOT: halves away from zero
+        down = relax.op.right_shift(y, i32(31))  # -1 below zero
+        y = relax.op.right_shift(
+            relax.op.add(relax.op.add(y, i32(1 << (right - 1))), down), i32(right)
+        )
+    if zero_point:
+        y = relax.op.add(y, i32(zero_point))
+    return relax.op.astype(relax.op.clip(y, int(clamp[0]), int(clamp[1])), dtype)
 
 
 def multiply_table(
