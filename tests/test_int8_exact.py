@@ -22,7 +22,7 @@ import pytest
 from conftest import FIXTURES
 
 import bridge
-from bridge.quant import fixed_point
+from bridge.quant import fixed_point, tflite_reduce
 
 EXACT = FIXTURES / "tflite" / "int8_exact"
 CASES = ["mean", "mean_wide", "depthwise", "grouped"]
@@ -67,3 +67,20 @@ def test_mean_reference_multiplier_divides_in_integers() -> None:
     base = fixed_point.quantize_multiplier(1.0)
     assert int(m.significand[0]) == (int(base.significand[0]) << 1) // 3
     assert int(m.shift[0]) == int(base.shift[0]) - 1
+
+
+# REDUCE_PROD (the sweep's ops_reduce): LiteRT's QuantizedReduceProd requantizes the running
+# product after every multiply (bridge.quant.tflite_reduce); TVM's float product was 1 step off.
+@pytest.mark.parametrize("name", ["reduce_prod"])
+def test_reduce_prod_bit_exact_with_litert(name: str) -> None:
+    test_bit_exact_with_litert(name)
+
+
+def test_prod_scaling_is_litert_per_step_multiplier() -> None:
+    """``s_in / s_out ** (1/n)`` as a Q31 multiplier, rounded to 15 bits for the 64-bit
+    ``MultiplyByQuantizedMultiplier``: 0.5 is 2**30 -> 2**14 with a shift of 15."""
+    scaling = tflite_reduce.prod_scaling(0.5, 1.0, 4)
+    assert (scaling.multiplier, scaling.shift) == (1 << 14, 15)
+    rows = np.array([[3, -2, 5]], np.int8)  # zero point 1: 2 * -3 * 4, halved twice, then once
+    got = tflite_reduce.reference_prod(rows, 1, scaling, 0, "int8")
+    assert int(got[0]) == -3  # -6 -> -3; -3 * 4 = -12 -> -6; -6 -> -3

@@ -33,6 +33,7 @@ INTEGER_OPS = frozenset(
         "RESIZE_BILINEAR",
         "QUANTIZE",
         "CONCATENATION",
+        "REDUCE_PROD",
     }
 )
 # Of those, the ones TVM's converter refuses when quantized: preflight accepts them because

@@ -19,7 +19,14 @@ import numpy as np
 from tvm import relax
 from tvm.relax.frontend.tflite.tflite_frontend import get_pad_value
 
-from bridge.quant import elementwise, fixed_point, kernels, tflite_activations, tflite_tensors
+from bridge.quant import (
+    elementwise,
+    fixed_point,
+    kernels,
+    tflite_activations,
+    tflite_reduce,
+    tflite_tensors,
+)
 from bridge.quant.tflite_common import INTEGER, QParams, qparams
 from bridge.quant.tflite_common import activation as _activation
 from bridge.quant.tflite_common import activation_tensors as _activation_tensors
@@ -61,8 +68,8 @@ def integer_converters(converter) -> dict[str, Callable]:
 
 
 def _more_converters() -> dict[str, Callable]:
-    """The activations (:mod:`bridge.quant.tflite_activations`) and whole-tensor operators
-    (:mod:`bridge.quant.tflite_tensors`)."""
+    """The activations (:mod:`bridge.quant.tflite_activations`), whole-tensor operators
+    (:mod:`bridge.quant.tflite_tensors`) and REDUCE_PROD (:mod:`bridge.quant.tflite_reduce`)."""
     act, tensors = tflite_activations, tflite_tensors
     relus = {name: functools.partial(act.convert_relu, name=name) for name in act.RELU_BOUNDS}
     return {
@@ -76,6 +83,7 @@ def _more_converters() -> dict[str, Callable]:
         "BATCH_MATMUL": tensors.convert_batch_matmul,
         "MAX_POOL_2D": tensors.convert_max_pool2d,
         "RESIZE_BILINEAR": tensors.convert_resize_bilinear,
+        "REDUCE_PROD": tflite_reduce.convert_reduce_prod,
     }
 
 
