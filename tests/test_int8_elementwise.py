@@ -259,3 +259,13 @@ def test_multiply_uses_int32_lanes() -> None:
         (a, (0.05, -3)), (g, (1 / 256, -128)), (0.04, 2), (-128, 127), "int8"
     )
     assert "int64" not in str(expr)
+
+
+def test_vbmi_lookup_loops() -> None:
+    """A feature map's lookup runs its 64-byte steps in parallel; a squeeze-excite gate's
+    (1152 bytes) on one thread, without a thread launch."""
+    from bridge.schedules.int8_elementwise import vbmi_lookup
+
+    assert "T.parallel" in vbmi_lookup((1, 56, 56, 144), "int8", "int8").script()
+    small = vbmi_lookup((1, 1, 1, 1152), "int8", "int8").script()
+    assert "T.parallel" not in small and "call_llvm_pure_intrin" in small

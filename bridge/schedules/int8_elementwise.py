@@ -24,6 +24,7 @@ from bridge.quant.elementwise import EIGHT_BIT, LOOKUP, TABLE
 
 LANES = 64  # bytes per zmm register
 VPERMI2B = "llvm.x86.avx512.vpermi2var.qi.512"
+PARALLEL_BYTES = 16384  # smaller lookups (squeeze-excite gates) run on one thread
 
 
 def has_vbmi(target: tvm.target.Target) -> bool:
@@ -67,9 +68,10 @@ def lookup_buffers(func: tirx.PrimFunc) -> tuple[tirx.Buffer, tirx.Buffer, tirx.
 
 def vbmi_lookup(shape: tuple[int, ...], index_dtype: str, dtype: str) -> tirx.PrimFunc:
     """The lookup kernel of an input of ``shape`` with ``vpermi2b``: ``y = table[uint8(x)]``,
-    64 bytes per step, parallel over the steps."""
+    64 bytes per step, parallel over the steps from ``PARALLEL_BYTES`` up."""
     size = int(np.prod(shape))
     blocks, tail = divmod(size, LANES)
+    steps = T.parallel if size >= PARALLEL_BYTES else T.serial  # a thread launch costs more
     vector = f"{dtype}x{LANES}"
     # a byte's top bit: below zero for int8, from 128 up for uint8
     high = T.int8(0) if index_dtype == "int8" else T.uint8(128)
@@ -85,7 +87,7 @@ def vbmi_lookup(shape: tuple[int, ...], index_dtype: str, dtype: str) -> tirx.Pr
         T.func_attr({"tirx.noalias": True})
         xf = T.decl_buffer((size,), index_dtype, data=x.data)
         yf = T.decl_buffer((size,), dtype, data=y.data)
-        for b in T.parallel(blocks):
+        for b in steps(blocks):
             # one expression: a named vector would be a workspace allocation per step
             yf[T.ramp(b * LANES, 1, LANES)] = T.Select(
                 top_half(xf[T.ramp(b * LANES, 1, LANES)]),
