@@ -716,3 +716,148 @@ def _reduction_blocks(func: tvm.tirx.PrimFunc) -> list:
     sch = tvm.s_tir.Schedule(func)
     blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
     return [b for b in blocks if any(int(iv.iter_type) == 2 for iv in b.iter_vars)]
+
+
+# --- the fused requantization epilogue (issue #13) ---------------------------------------------
+
+EDGE_ACC = np.array([-(2**31), -(2**31) + 1, -(2**30) - 1, -(2**30), -1, 0, 1, 2**30, 2**31 - 1])
+
+
+def fused_scale(acc, significand, shift, rounding: str, zero_point: int) -> np.ndarray:
+    """:func:`fixed_point.fused_rounding`'s one add and one shift, in numpy int64."""
+    shift = np.broadcast_to(shift, significand.shape)
+    roundings = (rounding,) * significand.size
+    addend, total, away, after = fixed_point.fused_rounding(shift, roundings, zero_point)
+    left = 0 if rounding == "single" else np.maximum(shift, 0)
+    product = (acc.astype(np.int64) * significand) << left
+    down = np.where((product + 2**30 < 0) & (away > 0), 2**31, 0)
+    return ((product + addend - down) >> total) + after
+
+
+@pytest.mark.parametrize("rounding", fixed_point.ROUNDINGS)
+@pytest.mark.parametrize("zero_point", [0, -128, 255])
+def test_fused_rounding_matches_the_two_step_reference(rounding: str, zero_point: int) -> None:
+    """Every right shift TFLite produces (0..31) and left shifts up to 30, with Q31
+    significands at both ends of their range, on accumulators at the int32 edges (bounded by
+    2**31 / 2**left where the left-shifted product would overflow TFLite's int32), exact
+    halves and random values: the fused add-and-shift equals the high multiply then the
+    rounding divide, plus the zero point."""
+    shifts = np.arange(-31, 31)
+    significands = np.array([2**30, 2**30 + 1, 1518500250, 2**31 - 1, 0])
+    m, s = (a.reshape(-1) for a in np.meshgrid(significands, shifts))
+    acc = np.concatenate([EDGE_ACC, RNG.integers(-(2**31), 2**31, 300), np.arange(-40, 41)])
+    acc = acc[:, None] >> np.maximum(s, 0)[None, :]  # |acc << left| < 2**31
+    expected = ref_scale(acc, m, s, rounding) + zero_point
+    np.testing.assert_array_equal(fused_scale(acc, m, s, rounding, zero_point), expected)
+
+
+def test_zero_point_stays_out_of_a_shift_it_would_overflow() -> None:
+    """A shift of 62 (``single`` at the smallest multiplier) leaves no room for ``zp << 62``:
+    the zero point is added after the shift instead; and not folded where a left shift could
+    wrap the product."""
+    _, total, _, after = fixed_point.fused_rounding(np.array([-31]), ("single",), 3)
+    assert int(total[0]) == 62 and after == 3
+    _, _, _, after = fixed_point.fused_rounding(np.array([-5, 2]), ("double",) * 2, 3)
+    assert after == 3
+    addend, total, _, after = fixed_point.fused_rounding(np.array([-5]), ("double",), 3)
+    assert after == 0 and int(addend[0]) == 2**30 + 2**35 + (3 << 36)
+
+
+@pytest.mark.parametrize("rounding", [*fixed_point.ROUNDINGS, "mixed"])
+def test_requantize_edges_bit_exact(rounding: str) -> None:
+    """The compiled epilogue on accumulators at +-2**31, per-channel multipliers from 2**-40
+    (shift -31) to 3 (shift +2) and 0, a zero point and clamp: equal to the numpy
+    reference (``mixed``: ``double_up`` and ``double`` per channel, as depthwise)."""
+    real = np.array([2**-32 * 1.7, 2**-20, 0.0003, 0.0625, 0.5, 0.999, 1.7, 3.0, 0.0])
+    mul = fixed_point.quantize_multiplier(real)
+    assert mul.shift.min() == -31 and mul.shift.max() == 2
+    channels = real.size
+    acc = np.concatenate(
+        [np.repeat(EDGE_ACC[:, None], channels, 1), RNG.integers(-(2**31), 2**31, (40, channels))]
+    )
+    left = np.maximum(mul.shift, 0) if rounding != "single" else np.zeros(channels, np.int64)
+    acc = (acc >> left).astype(np.int32)  # no left-shifted product beyond int32, as in TFLite
+    zero_point, clamp = 7, (-100, 120)
+    if rounding == "mixed":
+        roundings = fixed_point.simd_roundings(channels, 4)
+        expected = np.stack(
+            [
+                ref_scale(acc[:, c], mul.significand[c : c + 1], mul.shift[c : c + 1], r)
+                for c, r in enumerate(roundings)
+            ],
+            axis=1,
+        )
+        expected = np.clip(expected + zero_point, *clamp).astype(np.int8)
+    else:
+        roundings = rounding
+        y = ref_scale(acc, mul.significand, mul.shift, rounding) + zero_point
+        expected = np.clip(y, *clamp).astype(np.int8)
+    got = run_relax(
+        lambda a: fixed_point.requantize(a, mul, zero_point, clamp, "int8", roundings), [acc]
+    )
+    np.testing.assert_array_equal(got, expected)
+
+
+def _conv_requantized(data):
+    w = np.arange(32 * 16).reshape(32, 1, 1, 16) % 255 - 127
+    bias = np.arange(32, dtype=np.int32) * 1000 - 9000
+    mul = fixed_point.quantize_multiplier(np.linspace(1e-4, 1e-2, 32))
+    acc = kernels.conv2d(data, w.astype(np.int8), bias, 3, kernels.Window())
+    return fixed_point.requantize(acc, mul, -5, (-128, 127), "int8", "double_up")
+
+
+AVX512_VNNI = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu"})
+
+
+def test_requantize_epilogue_is_one_multiply_add_shift() -> None:
+    """The int8 convolution's epilogue on AVX-512 (read from the assembly): per 8 lanes one
+    64-bit multiply and one variable shift; no separate ``>> 31`` of the high multiply
+    (``vpsraq $31``) and no separate bias addition (folded into the VNNI correction)."""
+    from test_int8_schedules import assembly, compile_relax
+
+    x = np.zeros((1, 7, 8, 16), np.int8)
+    asm = assembly(compile_relax(_conv_requantized, [x], AVX512_VNNI))
+    mul = asm.count("vpmullq") + asm.count("vpmuldq")
+    assert mul and asm.count("vpsravq") == mul
+    assert "vpsraq\t$31" not in asm
+    assert asm.count("vpaddq") + asm.count("vpsubq") <= 2 * mul
+
+
+def test_bias_folds_into_the_shift_correction() -> None:
+    """The product kernel reads one per-channel int32 constant (``128 * sum(w) - bias``),
+    not the correction and the bias."""
+    from bridge.schedules.pipeline import fuse
+
+    x = np.zeros((1, 7, 8, 16), np.int8)
+    bb = relax.BlockBuilder()
+    data = relax.Var("x", relax.TensorType(x.shape, "int8"))
+    with bb.function("main", [data]):
+        with bb.dataflow():
+            out = bb.emit_output(_conv_requantized(data))
+        bb.emit_func_output(out)
+    main = fuse(bb.get(), AVX512_VNNI)["main"]
+    constants = []
+    relax.analysis.post_order_visit(
+        main.body,
+        lambda e: constants.append(e) if isinstance(e, tvm.ir.expr.Constant) else None,
+    )
+    arrays = [c.value.numpy() for c in constants if hasattr(c.value, "numpy")]
+    vectors = [a for a in arrays if a.dtype == np.int32 and a.ndim == 1]
+    assert len(vectors) == 1
+
+
+def test_folded_bias_bit_exact() -> None:
+    """The folded bias, the correction and the requantization on a VNNI machine (the host,
+    when it has one): equal to the numpy model."""
+    from test_int8_schedules import compile_relax, host_has, run
+
+    if not host_has("avx512_vnni"):
+        pytest.skip("this CPU cannot run znver4 code")
+    x = random_int((1, 7, 8, 16), "int8")
+    w = np.arange(32 * 16).reshape(32, 1, 1, 16) % 255 - 127
+    bias = np.arange(32, dtype=np.int32) * 1000 - 9000
+    real = np.linspace(1e-4, 1e-2, 32)
+    acc = ref_conv2d(x, w, bias, 3, (1, 1), (0, 0, 0, 0), (1, 1))
+    expected = ref_requantize(acc, real, -5, (-128, 127), "double_up", "int8")
+    got = run(compile_relax(_conv_requantized, [x], AVX512_VNNI), [x])
+    np.testing.assert_array_equal(got, expected)

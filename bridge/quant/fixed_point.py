@@ -103,39 +103,68 @@ def requantize(
 ) -> relax.Expr:
     """``clamp(round(acc * m) + zero_point)`` as ``out_dtype``; ``acc`` is int32 with the
     channels (the multipliers' axis) last. ``rounding`` may also name one of ``"double"`` and
-    ``"double_up"`` per channel (:func:`simd_roundings`)."""
-    if not isinstance(rounding, str) and len(set(rounding)) == 1:
-        rounding = rounding[0]
-    if not isinstance(rounding, str):
-        return _requantize_per_channel(acc, multiplier, zero_point, clamp, out_dtype, rounding)
-    channels = multiplier.significand.size
-    x = relax.op.astype(acc, "int64")
-    m = multiplier.significand
-    if rounding == "single":
-        total = 31 - multiplier.shift
-        product = relax.op.multiply(x, _const(m, channels))
-        rounded = relax.op.add(product, _const(np.left_shift(1, total - 1), channels))
-        y = relax.op.right_shift(rounded, _const(total, channels))
-    elif rounding in ("double", "double_up"):
-        left = np.maximum(multiplier.shift, 0)
-        right = np.maximum(-multiplier.shift, 0)
-        if np.any(left):
-            x = relax.op.left_shift(x, _const(left, channels))
-        product = relax.op.multiply(x, _const(m, channels))
-        if rounding == "double":
-            y = _rounding_high_mul(product)
-            if np.any(right):
-                y = _rounding_shift(y, right, channels)
-        else:
-            y = _shift_half_up(product, np.full_like(right, 31), channels)
-            if np.any(right):
-                y = _shift_half_up(y, right, channels)
+    ``"double_up"`` per channel (:func:`simd_roundings`).
+
+    Every rounding is one 64-bit product, one add and one arithmetic right shift
+    (:func:`fused_rounding`): the high multiply's ``>> 31``, the power-of-two divide and the
+    zero point fold into one per-channel addend and shift, exactly."""
+    if isinstance(rounding, str):
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding {rounding!r} (expected one of {ROUNDINGS})")
+        channels = multiplier.significand.size
+        roundings = (rounding,) * channels
     else:
-        raise ValueError(f"rounding {rounding!r} (expected one of {ROUNDINGS})")
-    if zero_point:
-        y = relax.op.add(y, relax.const(zero_point, "int64"))
+        roundings = tuple(rounding)
+        channels = len(roundings)
+        if set(roundings) - {"double", "double_up"}:
+            raise ValueError(f"per-channel rounding {sorted(set(roundings))} (double or double_up)")
+    significands = np.broadcast_to(multiplier.significand, (channels,)).astype(np.int64)
+    shifts = np.broadcast_to(multiplier.shift, (channels,)).astype(np.int64)
+    left = np.where([r == "single" for r in roundings], 0, np.maximum(shifts, 0))
+    addend, total, away, zero_after = fused_rounding(shifts, roundings, zero_point)
+    product = relax.op.multiply(relax.op.astype(acc, "int64"), _const(significands, channels))
+    if np.any(left):
+        product = relax.op.left_shift(product, _const(left, channels))
+    y = relax.op.add(product, _const(addend, channels))
+    if np.any(away):
+        # halves away from zero: one less (2**31 before the shift) where the high product is
+        # negative, i.e. where product + 2**30 is
+        nudged = relax.op.add(product, relax.const(1 << 30, "int64"))
+        sign = relax.op.right_shift(nudged, relax.const(63, "int64"))
+        y = relax.op.subtract(y, relax.op.bitwise_and(sign, _const(away << 31, channels)))
+    y = relax.op.right_shift(y, _const(total, channels))
+    if zero_after:
+        y = relax.op.add(y, relax.const(int(zero_after), "int64"))
     y = relax.op.clip(y, int(clamp[0]), int(clamp[1]))
     return relax.op.astype(y, out_dtype)
+
+
+def fused_rounding(
+    shifts: np.ndarray, roundings: tuple[str, ...], zero_point: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per channel ``(addend, total, away)``, and the zero point left to add after the shift:
+    ``round(p * 2**(shift - 31)) + zp == (p + addend - away * 2**31 * [p + 2**30 < 0]) >>
+    total`` for the 64-bit product ``p = (acc << max(shift, 0)) * significand``.
+
+    ``floor((floor(a / 2**31) + k) / 2**e) == floor((a + k * 2**31) / 2**(31 + e))`` for any
+    integer ``k``, so the high multiply's rounding (``+ 2**30``), the divide's (``+ 2**(e -
+    1)``, less one below zero for halves away from zero) and the zero point (``+ zp * 2**(31
+    + e)``, where that stays below 2**62 and no channel shifts left, as a left-shifted
+    product may wrap) are one addend. ``single`` rounds the product once (``+ 2**(total -
+    1)``) and takes no left shift."""
+    shifts = np.asarray(shifts, np.int64)
+    right = np.maximum(-shifts, 0)
+    single = np.array([r == "single" for r in roundings])
+    total = np.where(single, 31 - shifts, 31 + right)
+    half = np.left_shift(np.int64(1), total - 1)
+    divide = np.where(right > 0, np.left_shift(np.int64(1), 30 + right), 0)
+    addend = np.where(single, half, (1 << 30) + divide)
+    away = np.array([r == "double" for r in roundings]) & (right > 0)
+    zero = [int(zero_point) << int(t) for t in total]
+    fits = max(abs(int(a)) + abs(z) for a, z in zip(addend, zero, strict=True)) < 1 << 62
+    if fits and not np.any((shifts > 0) & ~single):
+        addend, zero_point = addend + np.array(zero, np.int64), 0
+    return addend.astype(np.int64), total.astype(np.int64), away.astype(np.int64), zero_point
 
 
 def simd_roundings(channels: int, block: int = 16) -> tuple[str, ...]:
@@ -146,28 +175,6 @@ def simd_roundings(channels: int, block: int = 16) -> tuple[str, ...]:
     DEPTHWISE_CONV_2D kernel's per-channel ``Quantize`` (8)."""
     simd = channels - channels % block
     return ("double_up",) * simd + ("double",) * (channels - simd)
-
-
-def _requantize_per_channel(acc, multiplier, zero_point, clamp, out_dtype, roundings):
-    """:func:`requantize` with ``"double"`` or ``"double_up"`` per channel: the two differ
-    only in the final shift's halves below zero, so one mask decides the ``- [x < 0]``."""
-    if set(roundings) - {"double", "double_up"}:
-        raise ValueError(f"per-channel rounding {sorted(set(roundings))} (double or double_up)")
-    channels = len(roundings)
-    away = np.array([r == "double" for r in roundings], np.int64)
-    shifts = np.broadcast_to(multiplier.shift, (channels,))
-    significands = np.broadcast_to(multiplier.significand, (channels,))
-    left, right = np.maximum(shifts, 0), np.maximum(-shifts, 0)
-    x = relax.op.astype(acc, "int64")
-    if np.any(left):
-        x = relax.op.left_shift(x, _const(left, channels))
-    y = _rounding_high_mul(relax.op.multiply(x, _const(significands, channels)))
-    if np.any(right):
-        y = _rounding_shift(y, right, channels, away * (right > 0))
-    if zero_point:
-        y = relax.op.add(y, relax.const(int(zero_point), "int64"))
-    y = relax.op.clip(y, int(clamp[0]), int(clamp[1]))
-    return relax.op.astype(y, out_dtype)
 
 
 def mean_fast_path(

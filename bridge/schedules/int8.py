@@ -35,6 +35,8 @@ from bridge.schedules.cpu import _inline_epilogue
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 MATMUL = tvm.ir.Op.get("relax.matmul")
 PAD = tvm.ir.Op.get("relax.nn.pad")
+ADD = tvm.ir.Op.get("relax.add")
+CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 DOT = "int8_dot"  # the product block's name in the kernels built here
 ACT = "int8_act"  # the activation copy (padding, +128 shift, channel padding)
 # The register tile's accumulators: a buffer allocated inside the tile's loop. TVM puts a CPU
@@ -295,7 +297,9 @@ def prepack_int8(target: tvm.target.Target, derived: dict | None = None) -> tvm.
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        mod = rewriter.builder_.get()
+        # a product whose bias add was folded into its correction is left unused
+        return relax.transform.DeadCodeElimination()(mod) if rewriter.folded else mod
 
     return _pass
 
@@ -351,6 +355,7 @@ class _Rewrite(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, kind: DotKind, derived: dict | None):
         super().__init__(mod)
         self.kind, self.derived = kind, derived
+        self.folded = False
 
     def _correction(self, weight_hwio: np.ndarray, data: relax.Expr) -> relax.Expr | None:
         if not (self.kind.shift and str(data.ty.dtype) == "int8"):
@@ -362,6 +367,9 @@ class _Rewrite(relax.PyExprMutator):
         call = super().visit_call_(call)
         if not isinstance(call.ty, relax.TensorType) or str(call.ty.dtype) != "int32":
             return call
+        if call.op.same_as(ADD):
+            folded = self._fold_bias(call)
+            return call if folded is None else folded
         packed = None
         if call.op.same_as(CONV2D):
             packed = self._conv2d(call)
@@ -400,6 +408,32 @@ class _Rewrite(relax.PyExprMutator):
             *([corr] if corr is not None else []),
             primfunc_name_hint="conv2d_int8_dot",
         )
+
+    def _fold_bias(self, call: relax.Call) -> relax.Expr | None:
+        """``dot - corr + bias`` (the bias :mod:`bridge.quant.kernels` adds to a product) as
+        ``dot - (corr - bias)``: one int32 constant and one subtraction in the epilogue, where
+        the two, widened to int64 with the requantization, took four vector additions."""
+        acc, bias = call.args
+        dot = self.lookup_binding(acc) if isinstance(acc, relax.Var) else None
+        if not (
+            isinstance(dot, relax.Call)
+            and dot.op.same_as(CALL_TIR)
+            and dot.args[0].name_hint.startswith(("conv2d_int8_dot", "matmul_int8_dot"))
+            and len(dot.args[1].fields) == 3
+            and isinstance(bias, tvm.ir.expr.Constant)
+        ):
+            return None
+        data, weight, corr = dot.args[1].fields
+        values = bias.value.numpy()
+        channels = int(corr.ty.shape.values[0])
+        if values.dtype != np.int32 or values.size not in (1, channels) or values.ndim > 1:
+            return None
+        folded = corr.value.numpy().astype(np.int64) - values.astype(np.int64).reshape(-1)
+        if np.abs(folded).max(initial=0) >= 2**31:
+            return None
+        self.folded = True
+        args = relax.Tuple([data, weight, relax.const(folded.astype(np.int32))])
+        return relax.Call(dot.op, [dot.args[0], args, *dot.args[2:]], dot.attrs, dot.ty_args)
 
     def _matmul(self, call: relax.Call) -> relax.Expr | None:
         weight = _int8_const(call.args[1], 2)
