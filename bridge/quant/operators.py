@@ -34,6 +34,7 @@ INTEGER_OPS = frozenset(
         "QUANTIZE",
         "CONCATENATION",
         "REDUCE_PROD",
+        "SQUARED_DIFFERENCE",
     }
 )
 # Of those, the ones TVM's converter refuses when quantized: preflight accepts them because

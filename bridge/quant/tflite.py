@@ -25,6 +25,7 @@ from bridge.quant import (
     kernels,
     tflite_activations,
     tflite_reduce,
+    tflite_squared_difference,
     tflite_tensors,
 )
 from bridge.quant.tflite_common import INTEGER, QParams, qparams
@@ -69,7 +70,8 @@ def integer_converters(converter) -> dict[str, Callable]:
 
 def _more_converters() -> dict[str, Callable]:
     """The activations (:mod:`bridge.quant.tflite_activations`), whole-tensor operators
-    (:mod:`bridge.quant.tflite_tensors`) and REDUCE_PROD (:mod:`bridge.quant.tflite_reduce`)."""
+    (:mod:`bridge.quant.tflite_tensors`), REDUCE_PROD (:mod:`bridge.quant.tflite_reduce`) and
+    SQUARED_DIFFERENCE (:mod:`bridge.quant.tflite_squared_difference`)."""
     act, tensors = tflite_activations, tflite_tensors
     relus = {name: functools.partial(act.convert_relu, name=name) for name in act.RELU_BOUNDS}
     return {
@@ -84,6 +86,7 @@ def _more_converters() -> dict[str, Callable]:
         "MAX_POOL_2D": tensors.convert_max_pool2d,
         "RESIZE_BILINEAR": tensors.convert_resize_bilinear,
         "REDUCE_PROD": tflite_reduce.convert_reduce_prod,
+        "SQUARED_DIFFERENCE": tflite_squared_difference.convert_squared_difference,
     }
 
 
