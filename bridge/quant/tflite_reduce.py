@@ -1,4 +1,4 @@
-"""REDUCE_PROD of an 8-bit tensor as LiteRT's ``QuantizedReduceProd`` computes it.
+"""REDUCE_PROD of an int8 tensor as LiteRT's ``QuantizedReduceProd`` computes it.
 
 LiteRT keeps a running int32 product per output: the first element less the input zero point,
 then each next one multiplied in (64-bit) and requantized at once by the per-step scaling
@@ -90,7 +90,7 @@ def prod_kernel(count: int, zero_in: int, scaling: ProdScaling, zero_out: int, d
 
 
 def convert_reduce_prod(converter, op) -> relax.Expr | None:
-    """REDUCE_PROD of an 8-bit tensor over constant axes with static extents."""
+    """REDUCE_PROD of an int8 tensor over constant axes with static extents."""
     from tflite.ReducerOptions import ReducerOptions
 
     quant = activation_tensors(converter, op)
@@ -98,6 +98,8 @@ def convert_reduce_prod(converter, op) -> relax.Expr | None:
     if quant is None or len(tensors) != 2 or converter.has_expr(tensors[1].tensor_idx):
         return None
     qx, qy = quant
+    if qx.dtype != "int8":  # LiteRT multiplies uint8 raw (no quantized kernel)
+        return None
     shape = [int(d) for d in converter.get_tensor_shape(tensors[0])]
     axes = np.atleast_1d(converter.get_tensor_value(tensors[1]))
     axes = sorted({int(a) % len(shape) for a in axes}) if shape else []
