@@ -861,3 +861,66 @@ def test_folded_bias_bit_exact() -> None:
     expected = ref_requantize(acc, real, -5, (-128, 127), "double_up", "int8")
     got = run(compile_relax(_conv_requantized, [x], AVX512_VNNI), [x])
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("rounding", ["double_up", "double", "single", "mixed"])
+@pytest.mark.parametrize("shift_left", [False, True])
+def test_bias_joins_the_rounding_addend_bit_exact(rounding: str, shift_left: bool) -> None:
+    """``requantize(acc + bias)`` takes the constant bias into its addend (``b * m``): equal
+    to the reference on sums at the int32 edges, biases up to +-2**30 per channel, halves
+    away from zero (the sign test sees the bias too); a left-shifted channel keeps the add."""
+    real = np.array([2**-31 * 1.3, 2**-20, 0.0003, 0.0625, 0.5, 0.0625, 0.02, 0.7])
+    if shift_left:
+        real[-1] = 1.7
+    mul = fixed_point.quantize_multiplier(real)
+    channels = real.size
+    # channels 3 and 5 (x / 16): sums on exact halves whose sign the bias flips
+    bias = np.array([2**30, -(2**30), 12345, -1000, 0, -1000, -(2**29), 3], np.int32)
+    halves = np.array([-8, -24, -40, 8, 24, -3, 3])
+    total = np.concatenate(
+        [
+            np.repeat(EDGE_ACC[:, None], channels, 1),
+            np.repeat(halves[:, None], channels, 1),
+            RNG.integers(-(2**31), 2**31, (40, channels)),
+        ]
+    )
+    total = total >> (1 if shift_left else 0)
+    acc = (total - bias).clip(-(2**31), 2**31 - 1).astype(np.int32)
+    total = acc.astype(np.int64) + bias
+    roundings = fixed_point.simd_roundings(channels, 5) if rounding == "mixed" else rounding
+    per_channel = roundings if rounding == "mixed" else (rounding,) * channels
+    expected = np.stack(
+        [
+            ref_scale(total[:, c], mul.significand[c : c + 1], mul.shift[c : c + 1], r)
+            for c, r in enumerate(per_channel)
+        ],
+        axis=1,
+    )
+    expected = np.clip(expected - 3, -128, 127).astype(np.int8)
+
+    def build(a):
+        biased = relax.op.add(a, relax.const(bias))
+        return fixed_point.requantize(biased, mul, -3, (-128, 127), "int8", roundings)
+
+    np.testing.assert_array_equal(run_relax(build, [acc]), expected)
+
+
+def test_depthwise_epilogue_adds_once_per_product() -> None:
+    """The int8 depthwise kernel on AVX-512 (assembly): its bias is in the requantization's
+    addend, so one 64-bit addition per 64-bit multiply (two before: the bias, widened)."""
+    from test_int8_schedules import assembly, compile_relax
+
+    channels = 32
+    w = (np.arange(9 * channels).reshape(1, 3, 3, channels) % 200 - 100).astype(np.int8)
+    bias = np.arange(channels, dtype=np.int32) * 100 - 1600
+    mul = fixed_point.quantize_multiplier(np.linspace(1e-4, 1e-2, channels))
+    window = kernels.Window((1, 1), (1, 1, 1, 1))
+
+    def build(data):
+        acc = kernels.depthwise_conv2d(data, w, bias, 3, window, channels)
+        return fixed_point.requantize(acc, mul, -128, (-128, 127), "int8", "double_up")
+
+    x = np.zeros((1, 14, 14, channels), np.int8)
+    asm = assembly(compile_relax(build, [x], AVX512_VNNI))
+    mul_count = asm.count("vpmullq") + asm.count("vpmuldq")
+    assert mul_count and asm.count("vpaddq") == mul_count

@@ -23,9 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 from tvm import relax
 
 ROUNDINGS = ("double", "double_up", "single")
+_ADD = tvm.ir.Op.get("relax.add")
 INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
@@ -122,14 +124,15 @@ def requantize(
     shifts = np.broadcast_to(multiplier.shift, (channels,)).astype(np.int64)
     left = np.where([r == "single" for r in roundings], 0, np.maximum(shifts, 0))
     addend, total, away, zero_after = fused_rounding(shifts, roundings, zero_point)
+    acc, offset = _peel_bias(acc, significands, addend, left)
     product = relax.op.multiply(relax.op.astype(acc, "int64"), _const(significands, channels))
     if np.any(left):
         product = relax.op.left_shift(product, _const(left, channels))
-    y = relax.op.add(product, _const(addend, channels))
+    y = relax.op.add(product, _const(addend + offset, channels))
     if np.any(away):
         # halves away from zero: one less (2**31 before the shift) where the high product is
         # negative, i.e. where product + 2**30 is
-        nudged = relax.op.add(product, relax.const(1 << 30, "int64"))
+        nudged = relax.op.add(product, _const(offset + (1 << 30), channels))
         sign = relax.op.right_shift(nudged, relax.const(63, "int64"))
         y = relax.op.subtract(y, relax.op.bitwise_and(sign, _const(away << 31, channels)))
     y = relax.op.right_shift(y, _const(total, channels))
@@ -137,6 +140,28 @@ def requantize(
         y = relax.op.add(y, relax.const(int(zero_after), "int64"))
     y = relax.op.clip(y, int(clamp[0]), int(clamp[1]))
     return relax.op.astype(y, out_dtype)
+
+
+def _peel_bias(
+    acc: relax.Expr, significands: np.ndarray, addend: np.ndarray, left: np.ndarray
+) -> tuple[relax.Expr, np.ndarray]:
+    """``acc = x + bias`` with a constant per-channel int32 ``bias`` (the integer kernels'
+    folded bias) as ``(x, bias * significand)``: ``(x + b) * m + a == x * m + (b * m + a)``
+    in int64, so the bias joins the rounding's addend instead of being added per element.
+    Not where a channel shifts left or the addend would pass 2**62; else ``(acc, 0)``."""
+    none = (acc, np.zeros_like(addend))
+    if not (isinstance(acc, relax.Call) and acc.op.same_as(_ADD) and not np.any(left)):
+        return none
+    x, bias = acc.args
+    if not isinstance(bias, tvm.ir.expr.Constant) or str(bias.value.dtype) != "int32":
+        return none
+    values = bias.value.numpy()
+    if values.ndim > 1 or values.size not in (1, addend.size):
+        return none
+    offset = values.astype(np.int64).reshape(-1) * significands
+    if np.abs(offset).max() + np.abs(addend).max() >= 1 << 62:
+        return none
+    return x, np.broadcast_to(offset, addend.shape)
 
 
 def fused_rounding(
