@@ -36,6 +36,8 @@ CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 MATMUL = tvm.ir.Op.get("relax.matmul")
 PAD = tvm.ir.Op.get("relax.nn.pad")
 ADD = tvm.ir.Op.get("relax.add")
+ASTYPE = tvm.ir.Op.get("relax.astype")
+MULTIPLY = tvm.ir.Op.get("relax.multiply")
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 DOT = "int8_dot"  # the product block's name in the kernels built here
 ACT = "int8_act"  # the activation copy (padding, +128 shift, channel padding)
@@ -296,6 +298,7 @@ def prepack_int8(target: tvm.target.Target, derived: dict | None = None) -> tvm.
         rewriter = _Rewrite(mod, kind, derived)
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
+                rewriter._uses = _use_counts(func)
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
         mod = rewriter.builder_.get()
         # a product whose bias add was folded into its correction is left unused
@@ -356,6 +359,8 @@ class _Rewrite(relax.PyExprMutator):
         super().__init__(mod)
         self.kind, self.derived = kind, derived
         self.folded = False
+        self._plain: dict[str, object] = {}  # a dot's kernel name -> the same dot without corr
+        self._uses: dict = {}
 
     def _correction(self, weight_hwio: np.ndarray, data: relax.Expr) -> relax.Expr | None:
         if not (self.kind.shift and str(data.ty.dtype) == "int8"):
@@ -364,7 +369,11 @@ class _Rewrite(relax.PyExprMutator):
         return relax.const(sums.astype(np.int32))
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
+        source = call.args[0] if call.args else None
         call = super().visit_call_(call)
+        if isinstance(call.ty, relax.TensorType) and str(call.ty.dtype) == "int64":
+            moved = self._move_correction(call, self._uses.get(source, 0) == 1)
+            return call if moved is None else moved
         if not isinstance(call.ty, relax.TensorType) or str(call.ty.dtype) != "int32":
             return call
         if call.op.same_as(ADD):
@@ -392,8 +401,9 @@ class _Rewrite(relax.PyExprMutator):
         padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
         corr = self._correction(weight, data)
         args = [data, packed_const(pack_weights(weight, self.kind), call.args[1], self.derived)]
-        return self.builder_.call_te(
-            lambda x, w, *c: dot_conv2d(
+
+        def build(x, w, *c):
+            return dot_conv2d(
                 x,
                 w,
                 c[0] if c else None,
@@ -403,11 +413,9 @@ class _Rewrite(relax.PyExprMutator):
                 [int(d) for d in attrs.dilation],
                 value,
                 self.kind,
-            ),
-            *args,
-            *([corr] if corr is not None else []),
-            primfunc_name_hint="conv2d_int8_dot",
-        )
+            )
+
+        return self._dot(build, args, corr, "conv2d_int8_dot")
 
     def _fold_bias(self, call: relax.Call) -> relax.Expr | None:
         """``dot - corr + bias`` (the bias :mod:`bridge.quant.kernels` adds to a product) as
@@ -445,12 +453,72 @@ class _Rewrite(relax.PyExprMutator):
             call.args[0],
             packed_const(pack_weights(hwio, self.kind), call.args[1], self.derived),
         ]
-        return self.builder_.call_te(
-            lambda x, w, *c: dot_matmul(x, w, c[0] if c else None, weight.shape[1], self.kind),
-            *args,
-            *([corr] if corr is not None else []),
-            primfunc_name_hint="matmul_int8_dot",
+
+        def build(x, w, *c):
+            return dot_matmul(x, w, c[0] if c else None, weight.shape[1], self.kind)
+
+        return self._dot(build, args, corr, "matmul_int8_dot")
+
+    def _dot(self, build, args: list, corr: relax.Expr | None, name: str) -> relax.Expr:
+        """The dot's call; with a correction, its plain twin (no ``corr``) is kept for
+        :meth:`_move_correction`."""
+        call = self.builder_.call_te(
+            build, *args, *([corr] if corr is not None else []), primfunc_name_hint=name
         )
+        if corr is not None:
+            self._plain[call.args[0].name_hint] = lambda: self.builder_.call_te(
+                build, *args, primfunc_name_hint=name
+            )
+        return call
+
+    def _move_correction(self, call: relax.Call, single_use: bool) -> relax.Expr | None:
+        """Carry the VNNI correction out of the product into the requantization's constants
+        (exact in int64, as every value is far from 2**63):
+
+        * ``astype(dot - corr, int64)`` (the dot used only there) -> ``astype(dot) + (-corr)``
+          with the product computed without ``corr``;
+        * ``(x + c) * m`` with ``x`` an int32 widened, ``|c| < 2**31``, ``|m| < 2**32`` ->
+          ``x * m + c * m``;
+        * ``(y + k) + a`` with ``y`` such a product -> ``y + (k + a)``.
+
+        Requantization then adds one constant to the product (``addend - corr * m``) and the
+        epilogue subtracts nothing."""
+        if call.op.same_as(ASTYPE):
+            dot = _bound(self, call.args[0])
+            plain = None if dot is None else self._plain.get(_callee(dot))
+            if plain is None or not single_use or len(dot.args[1].fields) != 3:
+                return None
+            corr = dot.args[1].fields[2].value.numpy().astype(np.int64)
+            widened = self.builder_.emit(relax.op.astype(self.builder_.emit(plain()), "int64"))
+            self.folded = True
+            return relax.op.add(widened, relax.const(-corr, "int64"))
+        if not (call.op.same_as(MULTIPLY) or call.op.same_as(ADD)):
+            return None
+        inner = _bound(self, call.args[0])
+        constant = _int64_const(call.args[1])
+        if constant is None or inner is None or not inner.op.same_as(ADD):
+            return None
+        base, offset = inner.args[0], _int64_const(inner.args[1])
+        origin = _bound(self, base)
+        if offset is None or origin is None:
+            return None
+        if call.op.same_as(MULTIPLY) and origin.op.same_as(ASTYPE):
+            widened_from = origin.args[0].ty
+            if not (
+                isinstance(widened_from, relax.TensorType)
+                and str(widened_from.dtype) == "int32"
+                and np.abs(offset).max(initial=0) < 2**31
+                and np.abs(constant).max(initial=0) < 2**32
+            ):
+                return None
+            product = self.builder_.emit(relax.op.multiply(base, call.args[1]))
+            return relax.op.add(product, relax.const(offset * constant, "int64"))
+        if call.op.same_as(ADD) and origin.op.same_as(MULTIPLY):
+            total = [int(a) + int(b) for a, b in np.broadcast(offset, constant)]
+            if max(abs(t) for t in total) >= 2**62:
+                return None
+            return relax.op.add(base, relax.const(offset + constant, "int64"))
+        return None
 
 
 # --- the schedule ------------------------------------------------------------------------------
@@ -646,3 +714,36 @@ def _schedule_act(sch: s_tir.Schedule, block) -> None:
 
 def _under(sch: s_tir.Schedule, block, loop) -> bool:
     return any(sch.get(lp).same_as(sch.get(loop)) for lp in sch.get_loops(block))
+
+
+def _use_counts(func: relax.Function) -> dict:
+    """How many times each variable of ``func`` is read."""
+    counts: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    for param in func.params:  # post_order_visit does not count definitions
+        counts[param] = counts.get(param, 0)
+    return counts
+
+
+def _bound(mutator: relax.PyExprMutator, expr: relax.Expr) -> relax.Call | None:
+    value = mutator.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    return value if isinstance(value, relax.Call) else None
+
+
+def _callee(call: relax.Call) -> str | None:
+    if call.op.same_as(CALL_TIR) and isinstance(call.args[0], tvm.ir.GlobalVar):
+        return call.args[0].name_hint
+    return None
+
+
+def _int64_const(expr: relax.Expr) -> np.ndarray | None:
+    """A constant int64 scalar or per-channel vector."""
+    if not isinstance(expr, tvm.ir.expr.Constant) or not hasattr(expr.value, "numpy"):
+        return None
+    value = expr.value.numpy()
+    return value if value.dtype == np.int64 and value.ndim <= 1 else None
