@@ -254,12 +254,6 @@ def _rounding_shift(
     return relax.op.right_shift(biased, _const(exponent, channels))
 
 
-def _shift_half_up(x: relax.Expr, exponent: np.ndarray, channels: int) -> relax.Expr:
-    """``(x + 2**(e-1)) >> e`` (``x`` itself where ``e`` is 0)."""
-    half = np.where(exponent > 0, np.left_shift(1, np.maximum(exponent, 1) - 1), 0)
-    return relax.op.right_shift(relax.op.add(x, _const(half, channels)), _const(exponent, channels))
-
-
 def float_table(function, scale_in, zero_in, scale_out, zero_out, dtype: str) -> np.ndarray:
     """Every output of a unary function on 8-bit integers, as TFLite's ``LUTPopulate``
     computes its lookup tables: float32 arithmetic, ``std::round``, clamped to ``dtype``.
