@@ -160,7 +160,7 @@ def lookup(x: relax.Expr, table: np.ndarray | relax.Expr, low: int) -> relax.Exp
     if isinstance(table, np.ndarray) and table.size == TABLE and low in (-128, 0):
         values = relax.const(table if low == 0 else np.roll(table, low))
         builder = relax.BlockBuilder.current()
-        if builder is not None:
+        if builder is not None and not _nested_builder():
             return builder.call_te(lookup_compute, x, values, primfunc_name_hint=LOOKUP)
         index = x if low == 0 else relax.op.astype(x, "uint8")
         return relax.op.take(values, relax.op.astype(index, "int32"), axis=0)
@@ -169,6 +169,13 @@ def lookup(x: relax.Expr, table: np.ndarray | relax.Expr, low: int) -> relax.Exp
         index = relax.op.subtract(index, relax.const(int(low), "int32"))
     values = table if isinstance(table, relax.Expr) else relax.const(table)
     return relax.op.take(values, index, axis=0, mode="clip")  # in range anyway
+
+
+def _nested_builder() -> bool:
+    """A block builder is open inside another: TVM's TFLite frontend builds each IF branch and
+    WHILE body in a builder of its own and keeps only its Relax function, so a kernel added
+    there (``call_te``) would be lost; those lookups stay a ``take``."""
+    return len(relax.BlockBuilder._stack) > 1  # TVM keeps no public depth
 
 
 def lookup_compute(x: te.Tensor, table: te.Tensor) -> te.Tensor:
