@@ -74,3 +74,16 @@ def activation_tensors(converter, op) -> tuple[QParams, QParams] | None:
     if qx.scale.size != 1 or qy.scale.size != 1:
         return None
     return qx, qy
+
+
+def int8_binary(converter, op) -> tuple[list, list[QParams]] | None:
+    """(the two input tensors, [a, b, output] quantization) of an operator with two int8
+    inputs and one int8 output, all per-tensor; None for any other operator."""
+    tensors = converter.get_input_tensors(op)
+    outputs = converter.get_output_tensors(op)
+    if len(tensors) != 2 or len(outputs) != 1:
+        return None
+    quant = [qparams(converter, t) for t in (*tensors, outputs[0])]
+    if any(q is None or q.dtype != "int8" or q.scale.size != 1 for q in quant):
+        return None
+    return tensors, quant

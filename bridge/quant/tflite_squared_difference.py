@@ -13,7 +13,7 @@ import numpy as np
 from tvm import relax
 
 from bridge.quant import fixed_point
-from bridge.quant.tflite_common import qparams
+from bridge.quant.tflite_common import int8_binary
 
 LEFT_SHIFT = 7  # int8 inputs
 
@@ -36,13 +36,10 @@ def multipliers(
 
 def convert_squared_difference(converter, op) -> relax.Expr | None:
     """SQUARED_DIFFERENCE of two int8 tensors (broadcast as LiteRT's 4-D broadcast does)."""
-    tensors = converter.get_input_tensors(op)
-    outputs = converter.get_output_tensors(op)
-    if len(tensors) != 2 or len(outputs) != 1:
+    binary = int8_binary(converter, op)
+    if binary is None:
         return None
-    quant = [qparams(converter, t) for t in (*tensors, outputs[0])]
-    if any(q is None or q.dtype != "int8" or q.scale.size != 1 for q in quant):
-        return None
+    tensors, quant = binary
     qa, qb, qy = quant
     found = multipliers(float(qa.scale[0]), float(qb.scale[0]), float(qy.scale[0]))
     if found is None:

@@ -11,7 +11,14 @@ from tvm import relax
 from tvm.relax.frontend.tflite.tflite_frontend import get_pad_value
 
 from bridge.quant import elementwise, fixed_point
-from bridge.quant.tflite_common import INTEGER, activation, activation_tensors, options, qparams
+from bridge.quant.tflite_common import (
+    INTEGER,
+    activation,
+    activation_tensors,
+    int8_binary,
+    options,
+    qparams,
+)
 
 RESIZE_BITS = 10  # LiteRT's ResizeBilinearInteger: positions and weights in 1/1024ths
 
@@ -47,13 +54,10 @@ def convert_batch_matmul(converter, op) -> relax.Expr | None:
     rounding, as LiteRT's int8 kernel)."""
     from tflite.BatchMatMulOptions import BatchMatMulOptions
 
-    tensors = converter.get_input_tensors(op)
-    outputs = converter.get_output_tensors(op)
-    if len(tensors) != 2 or len(outputs) != 1:
+    binary = int8_binary(converter, op)
+    if binary is None:
         return None
-    quant = [qparams(converter, t) for t in (*tensors, outputs[0])]
-    if any(q is None or q.dtype != "int8" or q.scale.size != 1 for q in quant):
-        return None
+    tensors, quant = binary
     qa, qb, out = quant
     parsed = options(op, BatchMatMulOptions)
     centred = []
