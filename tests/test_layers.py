@@ -127,3 +127,75 @@ def test_embedding_out_of_range_ids_give_nan():
     ids = np.array([[1, 2, 99, -5, 3]], dtype="int32")
     out = model(ids)
     assert np.isnan(out[0, 2:4]).all() and np.isfinite(out[0, [0, 1, 4]]).all()
+
+
+# Resizing along one axis is a matmul with an (out, in) matrix while that matrix is small, and a
+# gather of each output pixel's few taps beyond (a very wide or tall output): both forms, and the
+# bound on hostile sizes (found by the fuzzer: a 9 x 8,000,000 float64 matrix).
+RESIZE_CASES = [
+    p for p in CASES if p.stem.startswith(("resizing_", "center_crop")) and "nearest" not in p.stem
+]
+
+
+@pytest.mark.parametrize("model_file", RESIZE_CASES, ids=case_id)
+def test_banded_resize_matches_keras(model_file: Path, monkeypatch):
+    from bridge.convert import resize
+
+    monkeypatch.setattr(resize, "DENSE_LIMIT", 0)  # every resized axis through the taps
+    inputs, outputs = reference(model_file.with_suffix(".npz"))
+    assert_matches(bridge.build(model_file)(*inputs), outputs)
+
+
+def _resized_copy(tmp_path: Path, height: int, width: int, method: str) -> Path:
+    import json
+    import zipfile
+
+    source = KERAS3 / "layers" / "resizing_bilinear_up.keras"
+    target = tmp_path / "wide.keras"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                for layer in config["config"]["layers"]:
+                    if layer["class_name"] == "Resizing":
+                        layer["config"].update(height=height, width=width, interpolation=method)
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    return target
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "lanczos5", "nearest"])
+def test_resize_to_a_hostile_size_is_refused_without_allocating(tmp_path: Path, method: str):
+    import tracemalloc
+
+    model_file = _resized_copy(tmp_path, 9, 40_000_000, method)
+    tracemalloc.start()
+    try:
+        with pytest.raises(bridge.errors.UnsupportedModelError, match="bridge supports"):
+            bridge.to_relax(model_file)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak >> 20} MiB allocated before refusing"
+
+
+def test_wide_resize_holds_taps_not_a_matrix(tmp_path: Path):
+    """2,000,000 wide from 10 columns: 8 M taps (4 per pixel) where the matrix would hold 20 M."""
+    import numpy as np
+
+    mod, params = bridge.to_relax(_resized_copy(tmp_path, 2, 2_000_000, "bilinear"))
+    sizes = [np.asarray(v).size for v in params.values()]
+    constants = [c.value.numpy().size for c in _constants(mod) if hasattr(c.value, "numpy")]
+    assert max(sizes + constants) <= 8_000_000
+
+
+def _constants(mod):
+    import tvm
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: found.append(e) if isinstance(e, tvm.ir.expr.Constant) else None
+    )
+    return found

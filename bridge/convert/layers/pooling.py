@@ -11,7 +11,7 @@ from tvm.relax import op as R
 
 from bridge.convert.context import dtype_of
 from bridge.convert.registry import register
-from bridge.convert.resize import apply_matrix
+from bridge.convert.resize import apply_matrix, check_matrix
 from bridge.convert.spatial import DATA_LAYOUT, channels_first, channels_last_op, ntuple, paddings
 
 POOL_OPS = {
@@ -93,6 +93,7 @@ def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
 
 
 def _adaptive_axis(ctx, x: relax.Expr, axis: int, out: int, kind: str) -> relax.Expr:
+    check_matrix(out, ctx.shape(x)[axis])
     windows = adaptive_windows(ctx.shape(x)[axis], out)
     if kind == "avg":  # a mean is linear: one averaging matrix
         matrix = np.zeros((out, ctx.shape(x)[axis]), dtype="float32")
