@@ -8,7 +8,16 @@ schedule takes) and requantization is a separate elementwise epilogue
     sum_k (x - zx) * w + b  =  sum_k x * w + (b - zx * sum_k w)
 
 Padding is filled with the input zero point (a real zero), so the fold holds at the borders.
-Weights are constant numpy arrays (TFLite's symmetric int8: weight zero point 0).
+Weights are constant numpy int8 arrays (TFLite's symmetric int8: weight zero point 0).
+
+uint8 weights with zero point ``zw`` (TensorFlow 1's quantization) are passed as
+``w8 = w - 128`` (always int8) and ``weight_offset = 128 - zw``, so that ``w - zw = w8 +
+weight_offset``: the product stays ``uint8 x int8`` and gains ``weight_offset * sum_k x`` (the
+same window summed with unit weights, a second, one-channel product), and the fold uses the
+true weight sums:
+
+    sum_k (x - zx) * (w - zw) + b  =  sum_k x * w8 + weight_offset * sum_k x
+                                     + (b - zx * sum_k (w - zw))
 """
 
 from __future__ import annotations
@@ -42,6 +51,17 @@ def fold_bias(
     return folded.astype(np.int32)
 
 
+def _true_sums(weight_sums: np.ndarray, taps: int, weight_offset: int) -> np.ndarray:
+    """``sum_k (w8 + weight_offset)`` over ``taps`` weights per output channel."""
+    return weight_sums.astype(np.int64) + int(weight_offset) * taps
+
+
+def _plus_offset(acc: relax.Expr, window_sum: relax.Expr, weight_offset: int) -> relax.Expr:
+    """``acc + weight_offset * window_sum`` (int32; the sum broadcasts over channels)."""
+    scaled = relax.op.multiply(window_sum, relax.const(int(weight_offset), ACC))
+    return relax.op.add(acc, scaled)
+
+
 def _pad(x: relax.Expr, padding: tuple[int, int, int, int], value: int) -> relax.Expr:
     top, left, bottom, right = padding
     if not any(padding):
@@ -56,21 +76,36 @@ def conv2d(
     input_zero_point: int,
     window: Window,
     groups: int = 1,
+    weight_offset: int = 0,
 ) -> relax.Expr:
     """NHWC convolution, weights as TFLite stores them (OHWI, I the channels of one of
-    ``groups`` groups): int32 accumulators + bias."""
+    ``groups`` groups): int32 accumulators + bias. A ``weight_offset`` (uint8 weights, see
+    the module's docstring) needs ``groups == 1``."""
+    if weight_offset and groups != 1:
+        raise ValueError("a weight offset needs an ungrouped convolution")
+    _, kh, kw, depth = weight_ohwi.shape
     weight = np.ascontiguousarray(weight_ohwi.transpose(1, 2, 3, 0))  # HWIO
-    folded = fold_bias(bias, weight_ohwi.astype(np.int64).sum(axis=(1, 2, 3)), input_zero_point)
-    acc = relax.op.nn.conv2d(
-        _pad(x, window.padding, input_zero_point),
-        relax.const(weight),
-        strides=window.strides,
-        dilation=window.dilation,
-        groups=groups,
-        data_layout="NHWC",
-        kernel_layout="HWIO",
-        out_dtype=ACC,
+    sums = _true_sums(
+        weight_ohwi.astype(np.int64).sum(axis=(1, 2, 3)), kh * kw * depth, weight_offset
     )
+    folded = fold_bias(bias, sums, input_zero_point)
+    padded = _pad(x, window.padding, input_zero_point)
+
+    def product(w: np.ndarray) -> relax.Expr:
+        return relax.op.nn.conv2d(
+            padded,
+            relax.const(w),
+            strides=window.strides,
+            dilation=window.dilation,
+            groups=groups,
+            data_layout="NHWC",
+            kernel_layout="HWIO",
+            out_dtype=ACC,
+        )
+
+    acc = product(weight)
+    if weight_offset:
+        acc = _plus_offset(acc, product(np.ones((kh, kw, depth, 1), np.int8)), weight_offset)
     return relax.op.add(acc, relax.const(folded))
 
 
@@ -81,35 +116,55 @@ def depthwise_conv2d(
     input_zero_point: int,
     window: Window,
     channels: int,
+    weight_offset: int = 0,
 ) -> relax.Expr:
     """NHWC depthwise convolution, weights [1, KH, KW, C * M] (output ``c * M + m`` reads
-    input channel ``c``): int32 accumulators + bias."""
+    input channel ``c``): int32 accumulators + bias (a ``weight_offset``: the module's
+    docstring)."""
     _, kh, kw, out_channels = weight_1hwc.shape
     multiplier = out_channels // channels
-    folded = fold_bias(bias, weight_1hwc.astype(np.int64).sum(axis=(0, 1, 2)), input_zero_point)
-    if channels == 1:  # one group: an ordinary convolution with M output channels
-        weight, layout, groups = weight_1hwc.reshape(kh, kw, 1, multiplier), "HWIO", 1
-    else:
-        weight, layout, groups = weight_1hwc.reshape(kh, kw, out_channels, 1), "HWOI", channels
-    acc = relax.op.nn.conv2d(
-        _pad(x, window.padding, input_zero_point),
-        relax.const(np.ascontiguousarray(weight)),
-        strides=window.strides,
-        dilation=window.dilation,
-        groups=groups,
-        data_layout="NHWC",
-        kernel_layout=layout,
-        out_dtype=ACC,
-    )
+    sums = _true_sums(weight_1hwc.astype(np.int64).sum(axis=(0, 1, 2)), kh * kw, weight_offset)
+    folded = fold_bias(bias, sums, input_zero_point)
+    padded = _pad(x, window.padding, input_zero_point)
+
+    def product(w_1hwc: np.ndarray) -> relax.Expr:
+        if channels == 1:  # one group: an ordinary convolution with M output channels
+            weight, layout, groups = w_1hwc.reshape(kh, kw, 1, multiplier), "HWIO", 1
+        else:
+            weight, layout, groups = w_1hwc.reshape(kh, kw, out_channels, 1), "HWOI", channels
+        return relax.op.nn.conv2d(
+            padded,
+            relax.const(np.ascontiguousarray(weight)),
+            strides=window.strides,
+            dilation=window.dilation,
+            groups=groups,
+            data_layout="NHWC",
+            kernel_layout=layout,
+            out_dtype=ACC,
+        )
+
+    acc = product(weight_1hwc)
+    if weight_offset:
+        acc = _plus_offset(acc, product(np.ones_like(weight_1hwc)), weight_offset)
     return relax.op.add(acc, relax.const(folded))
 
 
 def dense(
-    x: relax.Expr, weight_nk: np.ndarray, bias: np.ndarray | None, input_zero_point: int
+    x: relax.Expr,
+    weight_nk: np.ndarray,
+    bias: np.ndarray | None,
+    input_zero_point: int,
+    weight_offset: int = 0,
 ) -> relax.Expr:
-    """``x @ W.T`` for x [..., K] and weights [N, K] as TFLite stores them: int32 + bias."""
-    folded = fold_bias(bias, weight_nk.astype(np.int64).sum(axis=1), input_zero_point)
+    """``x @ W.T`` for x [..., K] and weights [N, K] as TFLite stores them: int32 + bias (a
+    ``weight_offset``: the module's docstring)."""
+    depth = weight_nk.shape[1]
+    sums = _true_sums(weight_nk.astype(np.int64).sum(axis=1), depth, weight_offset)
+    folded = fold_bias(bias, sums, input_zero_point)
     acc = relax.op.matmul(x, relax.const(np.ascontiguousarray(weight_nk.T)), out_dtype=ACC)
+    if weight_offset:
+        row_sum = relax.op.sum(relax.op.astype(x, ACC), axis=[-1], keepdims=True)
+        acc = _plus_offset(acc, row_sum, weight_offset)
     return relax.op.add(acc, relax.const(folded))
 
 

@@ -4,9 +4,11 @@ QUANTIZE between 8-bit types, CONCATENATION).
 
 TVM's converter keeps quantized tensors as integers between operators but computes each
 quantized operator as dequantize -> float operator -> quantize. Here an operator whose
-activations are int8/uint8 and whose weights are constant symmetric int8 becomes an integer
-product (:mod:`bridge.quant.kernels`) with TFLite's fixed-point requantization
-(:mod:`bridge.quant.fixed_point`); any other operator goes to TVM's converter unchanged.
+activations are int8/uint8 and whose weights are constant symmetric int8 (or per-tensor uint8
+with any zero point: TensorFlow 1's quantization, a ``weight_offset`` in
+:mod:`bridge.quant.kernels`) becomes an integer product (:mod:`bridge.quant.kernels`) with
+TFLite's fixed-point requantization (:mod:`bridge.quant.fixed_point`); any other operator goes
+to TVM's converter unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ ROUNDING = {
     "DEPTHWISE_CONV_2D": functools.partial(fixed_point.simd_roundings, block=8),
     "FULLY_CONNECTED": "double_up",
     "GROUPED": "double",  # a grouped CONV_2D runs LiteRT's reference kernel
+}
+# uint8 weights (TensorFlow 1's uint8 models), checked against LiteRT on ties of both signs
+# (tests/test_tflite_uint8.py): its uint8 convolutions and dense layers round halves up like
+# the int8 ones ("double" is 1 step low on u8_conv, u8_dense); its uint8 depthwise kernel
+# requantizes every channel with scalar code, away from zero (the int8 kernel's 8-channel
+# SIMD blocks, or "double_up", are 1 step high on u8_depthwise)
+UINT8_ROUNDING = {
+    "CONV_2D": "double_up",
+    "DEPTHWISE_CONV_2D": "double",
+    "FULLY_CONNECTED": "double_up",
 }
 
 
@@ -103,11 +115,13 @@ class _Operands:
     input: QParams
     weight_q: QParams
     output: QParams
+    weight_offset: int  # 128 - zero point for uint8 weights (stored as w - 128), else 0
 
 
 def _operands(converter, op) -> _Operands | None:
     """The operands of an integer product, or None when the operator does not qualify:
-    int8/uint8 activations, constant int8 weights with zero point 0, int32 bias."""
+    int8/uint8 activations, constant int8 weights with zero point 0 or uint8 weights with one
+    zero point, int32 bias."""
     tensors = converter.get_input_tensors(op)
     outputs = converter.get_output_tensors(op)
     if len(tensors) < 2 or len(outputs) != 1:
@@ -121,9 +135,15 @@ def _operands(converter, op) -> _Operands | None:
     )
     if qx is None or qw is None or qy is None:
         return None
-    if qx.dtype not in INTEGER or qy.dtype not in INTEGER or qw.dtype != "int8":
+    if qx.dtype not in INTEGER or qy.dtype not in INTEGER:
         return None
-    if qx.zero_point.size != 1 or qy.zero_point.size != 1 or np.any(qw.zero_point):
+    if qx.zero_point.size != 1 or qy.zero_point.size != 1:
+        return None
+    if qw.dtype == "uint8" and qw.zero_point.size == 1 and qw.scale.size == 1:
+        offset = 128 - qw.zp
+    elif qw.dtype == "int8" and not np.any(qw.zero_point):
+        offset = 0
+    else:
         return None
     if converter.has_expr(weight.tensor_idx) or converter.is_prefetched(weight.tensor_idx):
         return None  # weights computed in the graph
@@ -132,8 +152,10 @@ def _operands(converter, op) -> _Operands | None:
         if converter.has_expr(bias.tensor_idx) or bias.tensor.Type() != 2:  # 2: INT32
             return None
         bias_value = np.asarray(converter.get_tensor_value(bias), np.int32)
-    weight_value = np.asarray(converter.get_tensor_value(weight), np.int8)
-    return _Operands(converter.get_tensor_expr(data), weight_value, bias_value, qx, qw, qy)
+    weight_value = np.asarray(converter.get_tensor_value(weight))
+    weight_value = (weight_value.astype(np.int16) - (128 if offset else 0)).astype(np.int8)
+    expr = converter.get_tensor_expr(data)
+    return _Operands(expr, weight_value, bias_value, qx, qw, qy, offset)
 
 
 def _multiplier(operands: _Operands, channels: int) -> fixed_point.Multiplier:
@@ -146,7 +168,7 @@ def _multiplier(operands: _Operands, channels: int) -> fixed_point.Multiplier:
 def _epilogue(acc, operands: _Operands, channels: int, activation: str, op_name: str):
     out = operands.output
     clamp = fixed_point.activation_range(activation, float(out.scale[0]), out.zp, out.dtype)
-    rounding = ROUNDING[op_name]
+    rounding = (UINT8_ROUNDING if operands.weight_q.dtype == "uint8" else ROUNDING)[op_name]
     rounding = rounding(channels) if callable(rounding) else rounding
     return fixed_point.requantize(
         acc, _multiplier(operands, channels), out.zp, clamp, out.dtype, rounding
@@ -199,11 +221,19 @@ def convert_conv2d(converter, op) -> relax.Expr | None:
     groups = data_channels // in_channels  # grouped: LiteRT's reference kernel
     if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
         return None
+    if groups != 1 and operands.weight_offset:
+        return None
     window = _spatial(converter, op, options, (kh, kw))
     if window is None:
         return None
     acc = kernels.conv2d(
-        operands.x, operands.weight, operands.bias, operands.input.zp, window, groups
+        operands.x,
+        operands.weight,
+        operands.bias,
+        operands.input.zp,
+        window,
+        groups,
+        operands.weight_offset,
     )
     kind = "CONV_2D" if groups == 1 else "GROUPED"
     return _epilogue(acc, operands, out_channels, activation, kind)
@@ -226,7 +256,13 @@ def convert_depthwise_conv2d(converter, op) -> relax.Expr | None:
     if window is None:
         return None
     acc = kernels.depthwise_conv2d(
-        operands.x, operands.weight, operands.bias, operands.input.zp, window, channels
+        operands.x,
+        operands.weight,
+        operands.bias,
+        operands.input.zp,
+        window,
+        channels,
+        operands.weight_offset,
     )
     return _epilogue(acc, operands, out_channels, activation, "DEPTHWISE_CONV_2D")
 
@@ -244,7 +280,9 @@ def convert_fully_connected(converter, op) -> relax.Expr | None:
         return None
     units, depth = operands.weight.shape
     x = relax.op.reshape(operands.x, [-1, depth])
-    acc = kernels.dense(x, operands.weight, operands.bias, operands.input.zp)
+    acc = kernels.dense(
+        x, operands.weight, operands.bias, operands.input.zp, operands.weight_offset
+    )
     out = _epilogue(acc, operands, units, activation, "FULLY_CONNECTED")
     if not options.KeepNumDims():  # (rows, units), as computed: stored shapes may be placeholders
         return out
