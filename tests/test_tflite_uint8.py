@@ -115,31 +115,41 @@ def test_integer_path_only(name: str) -> None:
 
 def test_uint8_products_are_uint8_by_int8() -> None:
     """u8_net's convolutions and dense layer: uint8 activations x int8 weights (``w - 128``)
-    -> int32; each has its one-channel unit-weight product (``sum x``) beside it."""
+    -> int32, one product each except DEPTHWISE_CONV_2D (its unit-weight twin gives each
+    window's ``sum x``; a convolution's comes from channel sums, dense's from row sums)."""
     products = [
         (c.op.name, str(c.args[0].ty.dtype), str(c.args[1].ty.dtype), str(c.ty.dtype))
         for c in _calls("u8_net")
         if c.op.name in ("relax.nn.conv2d", "relax.matmul")
     ]
-    # three CONV_2D and one DEPTHWISE_CONV_2D, each with its unit-weight sum, and the
-    # AVERAGE_POOL_2D's window sum (a depthwise product with unit weights)
-    assert products.count(("relax.nn.conv2d", "uint8", "int8", "int32")) == 9, products
+    # three CONV_2D, DEPTHWISE_CONV_2D and its twin, AVERAGE_POOL_2D's window sum (a
+    # depthwise product with unit weights)
+    assert products.count(("relax.nn.conv2d", "uint8", "int8", "int32")) == 6, products
     assert products.count(("relax.matmul", "uint8", "int8", "int32")) == 1, products
-    assert len(products) == 10, products
+    assert len(products) == 7, products
 
 
 # --- the weight offset against numpy (every zero point's extreme) ----------------------------
 
 
+WINDOWS = [
+    kernels.Window((2, 1), (1, 0, 1, 2)),
+    kernels.Window((1, 2), (2, 2, 2, 1), (2, 1)),
+    kernels.Window(),
+]
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=["strided", "dilated", "plain"])
 @pytest.mark.parametrize("zw", [0, 77, 128, 255])
-def test_conv2d_uint8_weights(zw: int) -> None:
+def test_conv2d_uint8_weights(zw: int, window: kernels.Window) -> None:
     x = RNG.integers(0, 256, (2, 7, 8, 5)).astype(np.uint8)
     w = RNG.integers(0, 256, (6, 3, 3, 5)).astype(np.uint8)
     bias = RNG.integers(-3000, 3000, 6).astype(np.int32)
-    zx, padding, strides = 131, (1, 0, 1, 2), (2, 1)
-    expected = ref_conv2d(x, w.astype(np.int64) - zw, bias, zx, strides, padding, (1, 1))
+    zx = 131
+    expected = ref_conv2d(
+        x, w.astype(np.int64) - zw, bias, zx, window.strides, window.padding, window.dilation
+    )
     w8 = (w.astype(np.int16) - 128).astype(np.int8)
-    window = kernels.Window(strides, padding)
     got = run_relax(lambda d: kernels.conv2d(d, w8, bias, zx, window, 1, 128 - zw), [x])
     np.testing.assert_array_equal(got, expected)
 

@@ -155,6 +155,8 @@ def _operands(converter, op) -> _Operands | None:
     weight_value = np.asarray(converter.get_tensor_value(weight))
     weight_value = (weight_value.astype(np.int16) - (128 if offset else 0)).astype(np.int8)
     expr = converter.get_tensor_expr(data)
+    if offset:  # the offset's window sums read the input's static shape
+        expr = converter.bb.normalize(expr)
     return _Operands(expr, weight_value, bias_value, qx, qw, qy, offset)
 
 
@@ -173,6 +175,14 @@ def _epilogue(acc, operands: _Operands, channels: int, activation: str, op_name:
     return fixed_point.requantize(
         acc, _multiplier(operands, channels), out.zp, clamp, out.dtype, rounding
     )
+
+
+def _static_spatial(x: relax.Expr) -> bool:
+    try:
+        kernels.spatial_size(x)
+    except ValueError:
+        return False
+    return True
 
 
 def _padding(code: int, size: tuple[int, int], kernel: tuple[int, int], options) -> tuple:
@@ -221,7 +231,7 @@ def convert_conv2d(converter, op) -> relax.Expr | None:
     groups = data_channels // in_channels  # grouped: LiteRT's reference kernel
     if operands.weight_q.scale.size > 1 and operands.weight_q.axis != 0:
         return None
-    if groups != 1 and operands.weight_offset:
+    if operands.weight_offset and (groups != 1 or not _static_spatial(operands.x)):
         return None
     window = _spatial(converter, op, options, (kh, kw))
     if window is None:
