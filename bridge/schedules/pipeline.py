@@ -21,7 +21,8 @@ from tvm.s_tir import dlight
 
 from bridge.kernels_map import with_observers
 from bridge.schedules import gpu
-from bridge.schedules.cpu import ChannelsLastKernels
+from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
+from bridge.schedules.fused_block import fuse_expand_depthwise
 from bridge.schedules.int8 import Int8Kernels, prepack_int8
 from bridge.schedules.int8_arm import Int8ArmKernels, prepack_int8_arm
 from bridge.schedules.int8_depthwise import Int8DepthwiseKernels, prepack_int8_depthwise
@@ -60,6 +61,7 @@ def _fusion_passes(target: tvm.target.Target, optimize_for: str, derived: dict |
         prepack_int8(target, derived),
         prepack_int8_depthwise(target, derived),
         prepack_int8_arm(target, derived),
+        fuse_expand_depthwise(simd_lanes(target), derived),  # before packing: reads 1x1 weights
         prepack_weights(target, optimize_for, derived),
         *cpu.library_dispatch_passes(target),
         *cpu.legalize_passes(target),
