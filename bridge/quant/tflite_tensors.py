@@ -128,8 +128,9 @@ def resize_weights(
 
 def convert_resize_bilinear(converter, op) -> relax.Expr | None:
     """RESIZE_BILINEAR of an 8-bit tensor with equal input and output quantization (as TFLite
-    requires): LiteRT's integer interpolation (weights in 1/1024ths along each axis, the sum
-    divided by 2**20 rounding half away from zero), separably, in int32."""
+    requires): for int8 LiteRT's integer interpolation (weights in 1/1024ths along each axis,
+    the sum divided by 2**20 rounding half away from zero), separably, in int32; for uint8 its
+    float32 kernel (:func:`resize_bilinear_uint8`)."""
     from tflite.ResizeBilinearOptions import ResizeBilinearOptions
 
     quant = activation_tensors(converter, op)
@@ -144,6 +145,10 @@ def convert_resize_bilinear(converter, op) -> relax.Expr | None:
         return None
     parsed = options(op, ResizeBilinearOptions)
     align, half = bool(parsed.AlignCorners()), bool(parsed.HalfPixelCenters())
+    if quant[0].dtype == "uint8":
+        return resize_bilinear_uint8(
+            converter.get_tensor_expr(tensors[0]), shape[1:3], size, align, half
+        )
     x = relax.op.astype(converter.get_tensor_expr(tensors[0]), "int32")
     for axis, (out_size, in_size) in zip((1, 2), zip(size, shape[1:3])):
         lower, upper, w_lower, w_upper = resize_weights(out_size, in_size, align, half)
@@ -168,3 +173,50 @@ def convert_resize_bilinear(converter, op) -> relax.Expr | None:
     )
     low, high = fixed_point.INT_RANGE[quant[1].dtype]
     return relax.op.astype(relax.op.clip(rounded, low, high), quant[1].dtype)
+
+
+def _float32_taps(
+    out_size: int, in_size: int, align_corners: bool, half_pixel: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LiteRT's float ``ComputeInterpolationValues`` for every output position: lower and
+    upper source index and the float32 distance from the lower one."""
+    f32 = np.float32
+    if align_corners and out_size > 1:
+        scale = f32(in_size - 1) / f32(out_size - 1)
+    else:
+        scale = f32(in_size) / f32(out_size)
+    position = np.arange(out_size).astype(f32)
+    position = (position + f32(0.5)) * scale - f32(0.5) if half_pixel else position * scale
+    lower = np.maximum(np.floor(position).astype(np.int64), 0)
+    upper = np.minimum(np.ceil(position).astype(np.int64), in_size - 1)
+    return lower, upper, (position - lower.astype(f32)).astype(f32)
+
+
+def resize_bilinear_uint8(
+    x: relax.Expr, in_size: list[int], size: list[int], align: bool, half: bool
+) -> relax.Expr:
+    """LiteRT's uint8 RESIZE_BILINEAR (optimized ``ResizeBilinearGenericSmallChannel``; only
+    int8 has the integer kernel): each output is ``(v00 * s0 + v01 * s1 + v10 * s2 + v11 *
+    s3) + 0.5`` in float32, added in that order, truncated to uint8; the four float32 weights
+    per output pixel are constants (``(1 - dy) * (1 - dx)``, ...). No fused multiply-add:
+    LiteRT's x86 build has none here (an FMA model is 1 step off on u8_resize)."""
+    f32 = np.float32
+    y0, y1, dy = _float32_taps(size[0], in_size[0], align, half)
+    x0, x1, dx = _float32_taps(size[1], in_size[1], align, half)
+    one = f32(1)
+    weights = [
+        np.outer(a, b).astype(f32)[None, :, :, None]
+        for a, b in ((one - dy, one - dx), (one - dy, dx), (dy, one - dx), (dy, dx))
+    ]
+    data = relax.op.astype(x, "float64")
+    total = None
+    for (rows, cols), weight in zip(((y0, x0), (y0, x1), (y1, x0), (y1, x1)), weights):
+        tap = relax.op.take(data, relax.const(rows.astype(np.int32)), axis=1)
+        tap = relax.op.take(tap, relax.const(cols.astype(np.int32)), axis=2)
+        # exact in float64 (8 x 24 bits), then rounded to float32: a float32 multiply that
+        # LLVM cannot contract with the add into an FMA (which it did on FMA hosts: 1 step off)
+        product = relax.op.multiply(tap, relax.const(weight.astype(np.float64), "float64"))
+        term = relax.op.astype(product, "float32")
+        total = term if total is None else relax.op.add(total, term)
+    total = relax.op.add(total, relax.const(0.5, "float32"))
+    return relax.op.astype(relax.op.clip(total, 0.0, 255.0), "uint8")
