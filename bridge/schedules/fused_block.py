@@ -13,8 +13,9 @@ any convolution. Measured (two threads, interleaved with the unfused build): Mob
 block_1 (112x112x16 -> 96, stride 2) at batch 8 0.35x the time of the two separate kernels;
 the whole MobileNetV2 0.72x at batch 8, 0.80x at batch 1.
 
-Only blocks whose expanded tensor is large are fused (``MIN_EXPANDED_BYTES``); the elementwise
-steps between the two convolutions may be any of ``ELEMENTWISE`` with constant operands.
+Only blocks whose expanded tensor is large (``MIN_EXPANDED_BYTES``) and whose window is one of
+``WINDOWS`` are fused; the elementwise steps between the two convolutions may be any of
+``ELEMENTWISE`` with constant operands.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ SCALARS = (tvm.ir.prim.expr.FloatImm, tvm.ir.prim.expr.IntImm)
 OUT_EWISE_FUSABLE = 4  # TVM's OpPatternKind: the depthwise epilogue fuses into the kernel
 MAX_PIXEL_TILE = 8
 MIN_EXPANDED_BYTES = 1 << 19  # smaller expanded tensors (whole batch) stay in L2 anyway
+# depthwise windows fused: 5x5 ones (EfficientNetB0) measured slower fused (whole model at
+# batch 8: 1.18x the unfused build; its 3x3 blocks alone: 1.0x)
+WINDOWS = ((3, 3),)
 BAND_BYTES = 1 << 20  # expanded rows one band may hold (half of a 2 MB L2)
 MIN_BANDS = 4  # parallel iterations (batch x bands): two per thread on two cores
 
@@ -120,6 +124,7 @@ def _is_depthwise(call) -> bool:
         and channels > 1
         and weights.shape[2] == 1
         and weights.shape[3] == channels
+        and weights.shape[:2] in WINDOWS
         and all(int(d) == 1 for d in attrs.dilation)
         and _float32_out(attrs)
         and _static_float32(call.args[0])
