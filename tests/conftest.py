@@ -45,6 +45,16 @@ def assert_matches(got, expected, rtol: float = 1e-4, atol: float = 1e-4) -> Non
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol * scale)
 
 
+def assert_bit_exact(got, expected, name: str = "") -> None:
+    """Integer outputs equal to the reference's, value for value (0 quantization steps)."""
+    got, expected = as_list(got), as_list(expected)
+    assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g.shape == e.shape and g.dtype == e.dtype, f"{name} output {i}: {g.dtype}{g.shape}"
+        steps = np.abs(g.astype(np.int64) - e.astype(np.int64))
+        assert steps.max() == 0, f"{name} output {i}: {int((steps > 0).sum())} values off"
+
+
 def needs_tools(spec=None, *programs: str) -> None:
     """Skip when a toolchain (the spec's cross compiler, nvcc for CUDA, or ``programs``) is
     missing here; CI sets BRIDGE_REQUIRE_TOOLCHAINS=1 to fail instead."""

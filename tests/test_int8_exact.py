@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, assert_bit_exact
 
 import bridge
 from bridge.quant import fixed_point, tflite_reduce, tflite_squared_difference
@@ -39,13 +39,7 @@ def load_reference(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def test_bit_exact_with_litert(name: str) -> None:
     inputs, expected = load_reference(name)
     assert all(e.dtype == np.int8 for e in expected)
-    got = bridge.build(EXACT / f"{name}.tflite", target="llvm")(*inputs)
-    got = got if isinstance(got, list) else [got]
-    assert len(got) == len(expected)
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert g.shape == e.shape and g.dtype == e.dtype
-        steps = np.abs(g.astype(np.int64) - e.astype(np.int64))
-        assert steps.max() == 0, f"{name} output {i}: {int((steps > 0).sum())} values off"
+    assert_bit_exact(bridge.build(EXACT / f"{name}.tflite", target="llvm")(*inputs), expected, name)
 
 
 def test_simd_roundings_split_blocks_and_tail() -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from conftest import FIXTURES, needs_tools, run_bundle
+from conftest import FIXTURES, assert_bit_exact, needs_tools, run_bundle
 from test_int8 import ref_conv2d, ref_dense, ref_depthwise, run_relax
 from tvm import relax
 
@@ -54,13 +54,7 @@ def load(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def test_bit_exact_with_litert(name: str) -> None:
     inputs, expected = load(name)
     assert all(x.dtype == np.uint8 for x in inputs + expected)
-    got = bridge.build(UINT8 / f"{name}.tflite", target=TARGET)(*inputs)
-    got = got if isinstance(got, list) else [got]
-    assert len(got) == len(expected)
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert g.shape == e.shape and g.dtype == e.dtype
-        steps = np.abs(g.astype(np.int64) - e.astype(np.int64))
-        assert steps.max() == 0, f"{name} output {i}: {int((steps > 0).sum())} values off"
+    assert_bit_exact(bridge.build(UINT8 / f"{name}.tflite", target=TARGET)(*inputs), expected, name)
 
 
 @pytest.mark.parametrize(
