@@ -317,3 +317,33 @@ def test_activation_copy_moves_vectors_not_bytes(channels: int, kernel: int, pad
         got = run(compile_relax(build, [x], x86("znver4")), [x])
         want = ref_conv2d(x, w, None, 3, (1, 1), pads, (1, 1))
         np.testing.assert_array_equal(got, want)
+
+
+STRIP_CASES = [
+    # (shape NHWC, strides, padding, parallel regions: 1 = the copy runs per strip)
+    ((4, 16, 28, 64), (2, 2), 0, 1),  # strided: the copy reads only the rows it needs
+    ((2, 14, 14, 96), (1, 1), 0, 1),
+    ((2, 14, 14, 32), (1, 1), 0, 2),  # few channels: the copy stays a pass of its own
+    ((2, 14, 14, 64), (1, 1), 1, 2),  # padded: so does a padded copy
+    ((1, 7, 7, 64), (1, 1), 0, 2),  # 7 strips: too few for the threads
+]
+
+
+@pytest.mark.parametrize(("shape", "strides", "padding", "regions"), STRIP_CASES)
+def test_unpadded_copy_runs_per_strip(shape, strides, padding: int, regions: int) -> None:
+    """A 1x1 convolution's +128 copy of 64 channels and more is made inside the product's
+    parallel loop, a strip of pixels at a time, when the map has enough strips (one
+    parallel region, not two: the copy and the product); bit-exact either way."""
+    x = RNG.integers(-128, 128, shape).astype(np.int8)
+    w = RNG.integers(-127, 128, (96, 1, 1, shape[3])).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, 96).astype(np.int32)
+    pads = (padding,) * 4
+    window = kernels.Window(strides, pads)
+    build = lambda v: kernels.conv2d(v, w, bias, -3, window)  # noqa: E731
+    asm = assembly(compile_relax(build, [x], x86("znver4")))
+    lambdas = {line for line in asm.splitlines() if line.startswith(".L__tvm_parallel_lambda")}
+    assert len(lambdas) == regions, lambdas
+    if host_has("avx512_vnni"):
+        got = run(compile_relax(build, [x], x86("znver4")), [x])
+        want = ref_conv2d(x, w, bias, -3, strides, pads, (1, 1))
+        np.testing.assert_array_equal(got, want)
