@@ -75,7 +75,7 @@ def _kernel_names(mod: tvm.IRModule) -> list[str]:
     [
         {},  # MobileNetV2's block_1: explicit pad, stride 2
         {"shape": (1, 48, 48, 24), "expand": 144, "stride": 1, "explicit_pad": False},
-        {"shape": (1, 30, 30, 16), "expand": 304, "swish": True, "stride": 1},
+        {"shape": (1, 30, 30, 16), "expand": 304, "stride": 1},
     ],
 )
 def test_fused_block_matches_separate_kernels(options, monkeypatch):
@@ -102,17 +102,23 @@ def test_expanded_tensor_read_elsewhere_is_not_fused():
     assert not any("fused_expand_depthwise" in n for n in names), names
 
 
-def test_fused_kernel_with_a_5x5_window(monkeypatch):
+def test_fused_kernel_with_a_5x5_window_and_swish(monkeypatch):
     """Not fused by default (measured slower), but computed right when allowed."""
     mod = block_module(shape=(1, 30, 30, 16), expand=304, kernel=5, swish=True, stride=1)
     assert not any("fused_expand_depthwise" in n for n in _kernel_names(mod))
+    allow = ("relax.sigmoid", *fused_block.ELEMENTWISE)
     monkeypatch.setattr(fused_block, "WINDOWS", ((3, 3), (5, 5)))
+    monkeypatch.setattr(fused_block, "ELEMENTWISE", allow)
     assert any("fused_expand_depthwise" in n for n in _kernel_names(mod))
     x = RNG.uniform(-1, 1, (1, 30, 30, 16)).astype("float32")
     got = _run(mod, x, True, monkeypatch)
-    monkeypatch.setattr(fused_block, "WINDOWS", ((3, 3), (5, 5)))
     want = _run(mod, x, False, monkeypatch)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_swish_blocks_are_not_fused():
+    names = _kernel_names(block_module(swish=True))
+    assert not any("fused_expand_depthwise" in n for n in names), names
 
 
 def test_small_blocks_are_not_fused():
