@@ -4,7 +4,9 @@ fused, parallel, vectorized loop of an injective block."""
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+import numpy as np
+import tvm
+from tvm import relax, s_tir, tirx
 
 DATA_PAR, COMM_REDUCE = 0, 2
 
@@ -66,3 +68,36 @@ def vector_divisor(extent: int | None, lanes: int) -> int | None:
             return width
         width //= 2
     return None
+
+
+# --- Relax operands the weight rewrites look for ------------------------------------------------
+
+
+def tensor_constant(expr: relax.Expr) -> bool:
+    """Whether ``expr`` is a constant tensor (not a scalar literal)."""
+    return isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor)
+
+
+def float32_constant(expr: relax.Expr, rank: int) -> np.ndarray | None:
+    """The value of a float32 constant of ``rank`` dimensions, else None."""
+    if not tensor_constant(expr):
+        return None
+    value = expr.value.numpy()
+    return value if value.dtype == np.float32 and value.ndim == rank else None
+
+
+def float32_out(attrs) -> bool:
+    """Whether an operator's ``out_dtype`` attribute leaves it float32."""
+    dtype = attrs.out_dtype
+    return dtype is None or str(dtype) in ("", "void", "float32")
+
+
+def static_float32(expr: relax.Expr) -> bool:
+    """Whether ``expr`` is a float32 tensor of static shape."""
+    info = expr.ty
+    return (
+        isinstance(info, relax.TensorType)
+        and str(info.dtype) == "float32"
+        and isinstance(info.shape, relax.ShapeExpr)
+        and all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values)
+    )

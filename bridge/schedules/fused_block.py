@@ -24,14 +24,21 @@ from collections.abc import Callable
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir, te, tirx, topi
+from tvm import relax, s_tir, te, topi
 from tvm.sym.pattern import detect_linear_equation
 
-from bridge.schedules.common import find_block, largest_divisor, loop_extent
+from bridge.schedules.common import (
+    find_block,
+    float32_constant,
+    float32_out,
+    largest_divisor,
+    loop_extent,
+    static_float32,
+    tensor_constant,
+)
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 PAD = tvm.ir.Op.get("relax.nn.pad")
-Constant = tvm.ir.expr.Constant
 SCALARS = (tvm.ir.prim.expr.FloatImm, tvm.ir.prim.expr.IntImm)
 OUT_EWISE_FUSABLE = 4  # TVM's OpPatternKind: the depthwise epilogue fuses into the kernel
 MAX_PIXEL_TILE = 8
@@ -118,7 +125,7 @@ def _is_depthwise(call) -> bool:
     if not (isinstance(call, relax.Call) and call.op.same_as(CONV2D)):
         return False
     attrs = call.attrs
-    weights = _float32_const(call.args[1], 4)
+    weights = float32_constant(call.args[1], 4)
     channels = int(attrs.groups)
     return (
         weights is not None
@@ -128,8 +135,8 @@ def _is_depthwise(call) -> bool:
         and weights.shape[3] == channels
         and weights.shape[:2] in WINDOWS
         and all(int(d) == 1 for d in attrs.dilation)
-        and _float32_out(attrs)
-        and _static_float32(call.args[0])
+        and float32_out(attrs)
+        and static_float32(call.args[0])
     )
 
 
@@ -162,7 +169,7 @@ def _match(depthwise: relax.Call, values: dict, uses: dict) -> _Group | None:
         for arg in value.args:
             if isinstance(arg, relax.Var):
                 frontier.append(arg)
-            elif not (_tensor_const(arg) or isinstance(arg, SCALARS)):
+            elif not (tensor_constant(arg) or isinstance(arg, SCALARS)):
                 return None
     if expand is None:
         return None
@@ -181,7 +188,7 @@ def _is_expand(call: relax.Call) -> bool:
     if not call.op.same_as(CONV2D):
         return False
     attrs = call.attrs
-    weights = _float32_const(call.args[1], 4)
+    weights = float32_constant(call.args[1], 4)
     return (
         weights is not None
         and weights.shape[:2] == (1, 1)
@@ -189,8 +196,8 @@ def _is_expand(call: relax.Call) -> bool:
         and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NHWC", "HWIO", "NHWC")
         and all(int(s) == 1 for s in attrs.strides)
         and all(int(p) == 0 for p in attrs.padding)
-        and _float32_out(attrs)
-        and _static_float32(call.args[0])
+        and float32_out(attrs)
+        and static_float32(call.args[0])
     )
 
 
@@ -227,7 +234,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def _const(self, array: np.ndarray, how: str, source: relax.Expr) -> relax.Expr:
         const = relax.const(array)
-        if self.derived is not None and _tensor_const(source):
+        if self.derived is not None and tensor_constant(source):
             self.derived[const.value.data_ptr()] = (source.value.data_ptr(), how)
         return const
 
@@ -241,13 +248,13 @@ class _Rewriter(relax.PyExprMutator):
 def _emit(builder, group: _Group, lanes: int, const: MakeConst, visit) -> relax.Expr:
     from bridge.schedules.cpu import channel_block
 
-    w1 = _float32_const(group.expand.args[1], 4)[0, 0]  # (in, out)
+    w1 = float32_constant(group.expand.args[1], 4)[0, 0]  # (in, out)
     block = channel_block(w1.shape[1], lanes)
     packed = w1.reshape(w1.shape[0], -1, block).transpose(1, 0, 2)
-    w2 = _float32_const(group.depthwise.args[1], 4)[:, :, 0, :]
+    w2 = float32_constant(group.depthwise.args[1], 4)[:, :, 0, :]
     operands: list[relax.Expr] = []  # the steps' constant tensor operands, in order
     for _, step in group.steps:
-        operands += [a for a in step.args if _tensor_const(a)]
+        operands += [a for a in step.args if tensor_constant(a)]
     args = [
         visit(group.expand.args[0]),
         const(np.ascontiguousarray(packed), "packed", group.expand.args[1]),
@@ -305,7 +312,7 @@ class _Plan:
                 return tensor
         args = []
         for arg in call.args:
-            if _tensor_const(arg):
+            if tensor_constant(arg):
                 args.append(next(t for c, t in self.consts if c.same_as(arg)))
             elif isinstance(arg, SCALARS):
                 args.append(arg)
@@ -323,30 +330,12 @@ class _Plan:
         return result
 
 
-def _tensor_const(expr) -> bool:
-    return isinstance(expr, Constant) and isinstance(expr.value, tvm.runtime.Tensor)
 
 
-def _float32_const(expr, rank: int) -> np.ndarray | None:
-    if not _tensor_const(expr):
-        return None
-    value = expr.value.numpy()
-    return value if value.dtype == np.float32 and value.ndim == rank else None
 
 
-def _float32_out(attrs) -> bool:
-    dtype = attrs.out_dtype
-    return dtype is None or str(dtype) in ("", "void", "float32")
 
 
-def _static_float32(expr: relax.Expr) -> bool:
-    info = expr.ty
-    return (
-        isinstance(info, relax.TensorType)
-        and str(info.dtype) == "float32"
-        and isinstance(info.shape, relax.ShapeExpr)
-        and all(isinstance(d, tirx.IntImm) for d in info.shape.values)
-    )
 
 
 def _shape(expr: relax.Expr) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ import tvm
 from tvm import relax, te, topi
 
 from bridge.schedules import winograd
+from bridge.schedules.common import float32_constant, float32_out, static_float32, tensor_constant
 from bridge.schedules.cpu import channel_block, simd_lanes
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -76,7 +77,7 @@ def _winograd_layers(mod: tvm.IRModule, optimize_for: str) -> list[relax.Expr] |
 
     def visit(expr: relax.Expr) -> None:
         nonlocal total
-        if _tensor_constant(expr):
+        if tensor_constant(expr):
             total += expr.value.numpy().nbytes
         elif isinstance(expr, relax.Call) and expr.op.same_as(CONV2D):
             weights = _conv_weights(expr)
@@ -113,7 +114,7 @@ class _Prepack(relax.PyExprMutator):
 
         def make(array: np.ndarray, how: str) -> relax.Expr:
             const = relax.const(array)
-            if self.derived is not None and _tensor_constant(source):
+            if self.derived is not None and tensor_constant(source):
                 self.derived[const.value.data_ptr()] = (source.value.data_ptr(), how)
             return const
 
@@ -171,47 +172,29 @@ class _Prepack(relax.PyExprMutator):
         )
 
 
-def _float32_constant(expr: relax.Expr, rank: int) -> np.ndarray | None:
-    if not isinstance(expr, tvm.ir.expr.Constant) or not isinstance(expr.value, tvm.runtime.Tensor):
-        return None
-    value = expr.value.numpy()
-    return value if value.dtype == np.float32 and value.ndim == rank else None
 
 
-def _float32_out(attrs) -> bool:
-    dtype = attrs.out_dtype
-    return dtype is None or str(dtype) in ("", "void", "float32")
 
 
-def _static_float32(expr: relax.Expr) -> bool:
-    info = expr.ty
-    return (
-        isinstance(info, relax.TensorType)
-        and str(info.dtype) == "float32"
-        and isinstance(info.shape, relax.ShapeExpr)
-        and all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values)
-    )
 
 
 def _shape(expr: relax.Expr) -> tuple[int, ...]:
     return tuple(int(d) for d in expr.ty.shape.values)
 
 
-def _tensor_constant(expr: relax.Expr) -> bool:
-    return isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor)
 
 
 def _conv_weights(call: relax.Call) -> np.ndarray | None:
     """The HWIO float32 weights of an NHWC, ungrouped, float32 convolution of a statically
     shaped input: what this pass packs; None for any other convolution."""
     attrs = call.attrs
-    weights = _float32_constant(call.args[1], 4)
+    weights = float32_constant(call.args[1], 4)
     if (
         weights is None
-        or not _static_float32(call.args[0])
+        or not static_float32(call.args[0])
         or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "HWIO", "NHWC")
         or int(attrs.groups) != 1
-        or not _float32_out(attrs)
+        or not float32_out(attrs)
     ):
         return None
     return weights
@@ -275,10 +258,10 @@ def packed_conv2d(x: te.Tensor, w: te.Tensor, strides, padding, dilation) -> te.
 def _matmul(
     builder: relax.BlockBuilder, call: relax.Call, lanes: int, const: MakeConst = _plain_const
 ) -> relax.Expr | None:
-    weights = _float32_constant(call.args[1], 2)
-    if weights is None or not _static_float32(call.args[0]):
+    weights = float32_constant(call.args[1], 2)
+    if weights is None or not static_float32(call.args[0]):
         return None
-    if not _float32_out(call.attrs):
+    if not float32_out(call.attrs):
         return None
     k, n = weights.shape
     block = channel_block(n, lanes)
