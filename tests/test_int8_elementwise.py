@@ -269,3 +269,46 @@ def test_vbmi_lookup_loops() -> None:
     assert "T.parallel" in vbmi_lookup((1, 56, 56, 144), "int8", "int8").script()
     small = vbmi_lookup((1, 1, 1, 1152), "int8", "int8").script()
     assert "T.parallel" not in small and "call_llvm_pure_intrin" in small
+
+
+# --- ADD's input scaling in int32 lanes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("ratio", [0.5, 0.49999997, 0.3712, 0.0123456, 3.1e-5, 7.7e-10])
+def test_int32_add_scaling_matches_int64(dtype: str, ratio: float) -> None:
+    """ADD's per-input rescale of every 8-bit value in int32 lanes equals the int64 reference
+    (fixed_point.scale_input with 20 bits of headroom), for zero points across the range."""
+    low, high = fixed_point.INT_RANGE[dtype]
+    values = np.arange(low, high + 1).astype(dtype)
+    multiplier = fixed_point.quantize_multiplier(ratio)
+    for zero_point in (low, low + 1, 0, 3, high - 1, high):
+
+        def narrow(x, zp=zero_point):
+            return relax.op.astype(elementwise.scale_operand(x, zp, multiplier), "int64")
+
+        def wide(x, zp=zero_point):
+            return fixed_point.scale_input(x, zp, elementwise.ADD_HEADROOM, multiplier)
+
+        expected = run(build_main(wide, [values]), [values])
+        assert np.abs(expected).max() < 2**28
+        np.testing.assert_array_equal(run(build_main(narrow, [values]), [values]), expected)
+
+
+def test_add_scales_inputs_in_int32_lanes() -> None:
+    """A residual ADD has one int64 multiply (the output's rescale), not three."""
+    a = relax.Var("a", relax.TensorType((1, 4, 4, 32), "int8"))
+    b = relax.Var("b", relax.TensorType((1, 4, 4, 32), "int8"))
+    expr = elementwise.add((a, (0.05, -3)), (b, (0.02, 7)), (0.06, 2), (-128, 127), "int8")
+    distinct = {str(call): call for call in _calls(expr)}  # shared operands visit twice
+    products = [call for call in distinct.values() if call.op.name == "relax.multiply"]
+    wide = [call for call in products if str(call.args[1].value.dtype) == "int64"]
+    assert len(products) == 5 and len(wide) == 1
+
+
+def _calls(expr: relax.Expr) -> list[relax.Call]:
+    found: list[relax.Call] = []
+    relax.analysis.post_order_visit(
+        expr, lambda e: found.append(e) if isinstance(e, relax.Call) else None
+    )
+    return found

@@ -26,14 +26,43 @@ def add(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) 
     output; broadcasting as Relax's ``add``."""
     twice = 2 * np.float64(max(np.float32(a[1][0]), np.float32(b[1][0])))
     scaled = [
-        fixed_point.scale_input(
-            x, zp, ADD_HEADROOM, fixed_point.quantize_multiplier(np.float64(scale) / twice)
-        )
+        scale_operand(x, zp, fixed_point.quantize_multiplier(np.float64(scale) / twice))
         for x, (scale, zp) in (a, b)
     ]
     real = twice / ((1 << ADD_HEADROOM) * np.float64(out[0]))
-    y = fixed_point.multiply_high(relax.op.add(*scaled), fixed_point.quantize_multiplier(real))
+    total = relax.op.astype(relax.op.add(*scaled), "int64")
+    y = fixed_point.multiply_high(total, fixed_point.quantize_multiplier(real))
     return _finish(y, out[1], clamp, dtype)
+
+
+def scale_operand(x: relax.Expr, zero_point: int, multiplier: fixed_point.Multiplier) -> relax.Expr:
+    """:func:`bridge.quant.fixed_point.scale_input` with ADD's 20 bits of headroom, of an 8-bit
+    tensor, exactly, in int32 lanes instead of int64 (a residual ADD fused into a convolution
+    runs this per output): with ``c = x - zp`` (``|c| <= 255``) and the significand
+    ``m = hi * 2**11 + lo``, ``((c << 20) * m + 2**30) >> 31 == c * hi + ((c * lo + 2**10) >> 11)``
+    (``c * hi * 2**11`` is a whole multiple of the divisor), and ``|c * hi| < 2**28``; then
+    ``RoundingDivideByPOT`` as the reference (halves away from zero). The sum of two such
+    operands stays below 2**29."""
+    significand, right = int(multiplier.significand[0]), -int(multiplier.shift[0])
+    bits = 31 - ADD_HEADROOM
+    hi, lo = significand >> bits, significand & ((1 << bits) - 1)
+
+    def i32(value: int) -> relax.Expr:
+        return relax.const(value, "int32")
+
+    centred = relax.op.astype(x, "int32")
+    if zero_point:
+        centred = relax.op.subtract(centred, i32(int(zero_point)))
+    fraction = relax.op.right_shift(
+        relax.op.add(relax.op.multiply(centred, i32(lo)), i32(1 << (bits - 1))), i32(bits)
+    )
+    y = relax.op.add(relax.op.multiply(centred, i32(hi)), fraction)
+    if right > 0:
+        down = relax.op.right_shift(y, i32(31))  # -1 below zero
+        y = relax.op.right_shift(
+            relax.op.add(relax.op.add(y, i32(1 << (right - 1))), down), i32(right)
+        )
+    return y
 
 
 def subtract(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
