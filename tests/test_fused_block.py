@@ -132,3 +132,14 @@ def test_band_rows_fit_the_budget_and_leave_parallel_work():
     assert 56 % rows == 0 and 56 // rows >= fused_block.MIN_BANDS
     assert ((rows - 1) * 2 + 3) * 112 * 96 * 4 <= fused_block.BAND_BYTES
     assert fused_block.band_rows(7, 1, 3, 7 * 960 * 4, 8) == 7  # a whole image per band
+
+
+def test_default_rules_schedule_the_fused_kernel():
+    """bridge's schedule rules hand the fused kernel to FusedBlockKernels: bands in parallel."""
+    from bridge.schedules.pipeline import default_schedule
+
+    with TARGET:
+        scheduled = default_schedule(TARGET)(fuse(block_module(), TARGET))
+    (func,) = [f for gv, f in scheduled.functions.items() if "expand_depthwise" in gv.name_hint]
+    text = func.script()
+    assert "T.parallel" in text and "T.vectorized" in text

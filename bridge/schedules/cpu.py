@@ -30,7 +30,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
-from bridge.schedules import fused_block, winograd
+from bridge.schedules import winograd
 from bridge.schedules.common import (
     COMM_REDUCE,
     find_block,
@@ -106,8 +106,6 @@ class ChannelsLastKernels(CPUScheduleRule):
         blocks = sch.get_child_blocks(root)
         lanes = simd_lanes(target)
         names = {sch.get(b).name_hint for b in blocks}
-        if fused_block.is_fused(sch):
-            return schedule_fused_block(func, sch, lanes)
         for stage in ("input", "output"):
             if f"winograd_{stage}" in names:
                 return schedule_winograd(func, sch, stage, lanes)
@@ -132,15 +130,6 @@ def schedule_winograd(func: tirx.PrimFunc, sch: s_tir.Schedule, stage: str, lane
         return sch
     sch = s_tir.Schedule(func)
     return schedule_injective(sch, sch.get_child_blocks(sch.get_sblock("root")), lanes)
-
-
-def schedule_fused_block(func: tirx.PrimFunc, sch: s_tir.Schedule, lanes: int):
-    """An expansion + depthwise kernel (:mod:`bridge.schedules.fused_block`); should its rule
-    refuse (a fused epilogue it does not expect), the kernel's plain loops: never a failed
-    build."""
-    if _try(fused_block.schedule, sch, lanes):
-        return sch
-    return None
 
 
 def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedule:

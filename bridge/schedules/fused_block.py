@@ -24,8 +24,10 @@ from collections.abc import Callable
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir, te, topi
+from tvm import relax, s_tir, te, tirx, topi
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.sym.pattern import detect_linear_equation
+from tvm.target import Target
 
 from bridge.schedules.common import (
     find_block,
@@ -36,6 +38,7 @@ from bridge.schedules.common import (
     static_float32,
     tensor_constant,
 )
+from bridge.schedules.cpu import _inline_epilogue, _static, _try, channel_block, simd_lanes
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 PAD = tvm.ir.Op.get("relax.nn.pad")
@@ -246,8 +249,6 @@ class _Rewriter(relax.PyExprMutator):
 
 
 def _emit(builder, group: _Group, lanes: int, const: MakeConst, visit) -> relax.Expr:
-    from bridge.schedules.cpu import channel_block
-
     w1 = float32_constant(group.expand.args[1], 4)[0, 0]  # (in, out)
     block = channel_block(w1.shape[1], lanes)
     packed = w1.reshape(w1.shape[0], -1, block).transpose(1, 0, 2)
@@ -330,16 +331,26 @@ class _Plan:
         return result
 
 
-
-
-
-
-
-
-
-
 def _shape(expr: relax.Expr) -> tuple[int, ...]:
     return tuple(int(d) for d in expr.ty.shape.values)
+
+
+class FusedBlockKernels(CPUScheduleRule):
+    """The schedule rule of this module's kernels (ahead of the channels-last rule): bands of
+    rows (:func:`schedule`); should it refuse (a fused epilogue it does not expect), the
+    kernel's plain loops, never a failed build."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        if not _static(func):
+            return None
+        sch = s_tir.Schedule(func)
+        if find_block(sch, "root") is None or not is_fused(sch):
+            return None
+        if _try(schedule, sch, simd_lanes(target)):
+            return sch
+        return s_tir.Schedule(func)
 
 
 def is_fused(sch: s_tir.Schedule) -> bool:
@@ -366,8 +377,6 @@ def band_rows(out_h: int, stride: int, taps: int, row_bytes: int, batch: int) ->
 def schedule(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule:
     """Bands of output rows in parallel; in each, the expanded rows it reads (register-tiled
     1x1 products, epilogue applied) then the depthwise tiles (taps unrolled)."""
-    from bridge.schedules.cpu import _inline_epilogue, channel_block
-
     expand, dw = sch.get_sblock("fused_expand"), sch.get_sblock("fused_depthwise")
     stride = _row_stride(sch.get(dw))
     pad = find_block(sch, "fused_pad")

@@ -22,7 +22,7 @@ from tvm.s_tir import dlight
 from bridge.kernels_map import with_observers
 from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
-from bridge.schedules.fused_block import fuse_expand_depthwise
+from bridge.schedules.fused_block import FusedBlockKernels, fuse_expand_depthwise
 from bridge.schedules.int8 import Int8Kernels, prepack_int8
 from bridge.schedules.int8_arm import Int8ArmKernels, prepack_int8_arm
 from bridge.schedules.int8_depthwise import Int8DepthwiseKernels, prepack_int8_depthwise
@@ -79,6 +79,7 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
         Int8DepthwiseKernels(),
         Int8ArmKernels(),
         Int8LookupKernels(),
+        FusedBlockKernels(),
         ChannelsLastKernels(),
         gpu.Guarded(dlight.cpu.Reduction()),
     )
