@@ -46,23 +46,13 @@ def scale_operand(x: relax.Expr, zero_point: int, multiplier: fixed_point.Multip
     significand, right = int(multiplier.significand[0]), -int(multiplier.shift[0])
     bits = 31 - ADD_HEADROOM
     hi, lo = significand >> bits, significand & ((1 << bits) - 1)
-
-    def i32(value: int) -> relax.Expr:
-        return relax.const(value, "int32")
-
     centred = relax.op.astype(x, "int32")
     if zero_point:
-        centred = relax.op.subtract(centred, i32(int(zero_point)))
+        centred = relax.op.subtract(centred, _i32(int(zero_point)))
     fraction = relax.op.right_shift(
-        relax.op.add(relax.op.multiply(centred, i32(lo)), i32(1 << (bits - 1))), i32(bits)
+        relax.op.add(relax.op.multiply(centred, _i32(lo)), _i32(1 << (bits - 1))), _i32(bits)
     )
-    y = relax.op.add(relax.op.multiply(centred, i32(hi)), fraction)
-    if right > 0:
-        down = relax.op.right_shift(y, i32(31))  # -1 below zero
-        y = relax.op.right_shift(
-            relax.op.add(relax.op.add(y, i32(1 << (right - 1))), down), i32(right)
-        )
-    return y
+    return _divide_by_pot(relax.op.add(relax.op.multiply(centred, _i32(hi)), fraction), right)
 
 
 def subtract(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
@@ -118,22 +108,27 @@ def requantize_product(
     partial sum leaves int32 (``|p * hi| < 65025 * 2**15``)."""
     significand, right = int(multiplier.significand[0]), -int(multiplier.shift[0])
     hi, mid, lo = significand >> 16, (significand >> 8) & 0xFF, significand & 0xFF
-
-    def i32(value: int) -> relax.Expr:
-        return relax.const(value, "int32")
-
-    low = relax.op.right_shift(relax.op.multiply(product, i32(lo)), i32(8))
-    middle = relax.op.right_shift(relax.op.add(relax.op.multiply(product, i32(mid)), low), i32(8))
-    high = relax.op.add(relax.op.multiply(product, i32(hi)), middle)
-    y = relax.op.right_shift(relax.op.add(high, i32(1 << 14)), i32(15))
-    if right:  # RoundingDivideByPOT: halves away from zero
-        down = relax.op.right_shift(y, i32(31))  # -1 below zero
-        y = relax.op.right_shift(
-            relax.op.add(relax.op.add(y, i32(1 << (right - 1))), down), i32(right)
-        )
+    low = relax.op.right_shift(relax.op.multiply(product, _i32(lo)), _i32(8))
+    middle = relax.op.right_shift(relax.op.add(relax.op.multiply(product, _i32(mid)), low), _i32(8))
+    high = relax.op.add(relax.op.multiply(product, _i32(hi)), middle)
+    y = _divide_by_pot(relax.op.right_shift(relax.op.add(high, _i32(1 << 14)), _i32(15)), right)
     if zero_point:
-        y = relax.op.add(y, i32(zero_point))
+        y = relax.op.add(y, _i32(zero_point))
     return relax.op.astype(relax.op.clip(y, int(clamp[0]), int(clamp[1])), dtype)
+
+
+def _i32(value: int) -> relax.Expr:
+    return relax.const(value, "int32")
+
+
+def _divide_by_pot(y: relax.Expr, right: int) -> relax.Expr:
+    """``RoundingDivideByPOT`` of int32 ``y`` by ``2**right``: halves away from zero."""
+    if right <= 0:
+        return y
+    down = relax.op.right_shift(y, _i32(31))  # -1 below zero
+    return relax.op.right_shift(
+        relax.op.add(relax.op.add(y, _i32(1 << (right - 1))), down), _i32(right)
+    )
 
 
 def multiply_table(
