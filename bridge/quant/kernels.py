@@ -138,20 +138,16 @@ def conv2d(
     )
     folded = fold_bias(bias, sums, input_zero_point)
     padded = _pad(x, window.padding, input_zero_point)
-
-    def product(w: np.ndarray) -> relax.Expr:
-        return relax.op.nn.conv2d(
-            padded,
-            relax.const(w),
-            strides=window.strides,
-            dilation=window.dilation,
-            groups=groups,
-            data_layout="NHWC",
-            kernel_layout="HWIO",
-            out_dtype=ACC,
-        )
-
-    acc = product(weight)
+    acc = relax.op.nn.conv2d(
+        padded,
+        relax.const(weight),
+        strides=window.strides,
+        dilation=window.dilation,
+        groups=groups,
+        data_layout="NHWC",
+        kernel_layout="HWIO",
+        out_dtype=ACC,
+    )
     if weight_offset:
         sums = _offset_sums(x, padded, (kh, kw), window)
         acc = _plus_offset(acc, sums, weight_offset)
