@@ -105,3 +105,26 @@ def conv_clip_pad_module():
             out = builder.emit_output(y)
         builder.emit_func_output(out)
     return builder.get()
+
+
+def host_has(feature: str) -> bool:
+    """The build machine's CPU lists ``feature`` (/proc/cpuinfo's spelling)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return feature in info.read().split()
+    except OSError:
+        return False
+
+
+# /proc/cpuinfo flags a CPU needs to run code built for an -mcpu: LLVM's znver4 code may use
+# AMD's SSE4a (``extrq``), which Intel CPUs lack (an illegal instruction there)
+RUNS_ON = {
+    "znver4": ("avx512_vnni", "sse4a"),
+    "x86-64-v4": ("avx512bw",),
+    "sapphirerapids": ("amx_int8", "amx_tile", "avx512_vnni", "avx512_fp16"),
+}
+
+
+def runs_here(mcpu: str) -> bool:
+    """This machine can run code built for ``mcpu`` (x86-64-v3 and the like: AVX2)."""
+    return all(host_has(flag) for flag in RUNS_ON.get(mcpu, ("avx2",)))

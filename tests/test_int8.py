@@ -850,9 +850,10 @@ def test_bias_folds_into_the_shift_correction() -> None:
 def test_folded_bias_bit_exact() -> None:
     """The folded bias, the correction and the requantization on a VNNI machine (the host,
     when it has one): equal to the numpy model."""
-    from test_int8_schedules import compile_relax, host_has, run
+    from conftest import runs_here
+    from test_int8_schedules import compile_relax, run
 
-    if not host_has("avx512_vnni"):
+    if not runs_here("znver4"):
         pytest.skip("this CPU cannot run znver4 code")
     x = random_int((1, 7, 8, 16), "int8")
     w = np.arange(32 * 16).reshape(32, 1, 1, 16) % 255 - 127
@@ -932,9 +933,9 @@ def test_model_against_litert_with_vnni(name: str) -> None:
     """The int8 fixtures through the AVX-512 VNNI kernels (the shifted dot, the correction
     and bias moved into the requantization's addend, the fused rounding): bit-exact with
     LiteRT as on the generic target. Runs where the host has AVX-512 VNNI."""
-    from test_int8_schedules import host_has
+    from conftest import runs_here
 
-    if not host_has("avx512_vnni"):
+    if not runs_here("znver4"):
         pytest.skip("this CPU cannot run znver4 code")
     data = np.load(TFLITE / f"{name}.npz")
     inputs = [data[k] for k in sorted(data.files) if k.startswith("input_")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from conftest import runs_here
 from test_int8 import ref_add, ref_conv2d, ref_dense, ref_requantize
 from tvm import relax, tirx
 
@@ -49,13 +50,6 @@ def assembly(executable) -> str:
     return "\n".join(m.inspect_source("asm") for m in executable.mod.imports)
 
 
-def host_has(feature: str) -> bool:
-    """The build machine's CPU lists ``feature`` (/proc/cpuinfo's spelling)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return feature in info.read().split()
-    except OSError:
-        return False
 
 
 def test_dot_kind_per_target() -> None:
@@ -102,7 +96,7 @@ def test_conv_and_dense_use_the_dot_instruction(mcpu: str, instruction: str, oth
 @pytest.mark.parametrize("mcpu", [p[0] for p in PRESETS])
 def test_conv_bit_exact(mcpu: str, case) -> None:
     shape, out_c, k, strides, padding, dtype = case
-    if not host_has({"znver4": "avx512_vnni", "x86-64-v4": "avx512bw"}.get(mcpu, "avx2")):
+    if not runs_here(mcpu):
         pytest.skip(f"this CPU cannot run {mcpu} code")
     lo, hi = (-128, 128) if dtype == "int8" else (0, 256)
     x = RNG.integers(lo, hi, shape).astype(dtype)
@@ -116,7 +110,7 @@ def test_conv_bit_exact(mcpu: str, case) -> None:
 
 @pytest.mark.parametrize("mcpu", [p[0] for p in PRESETS])
 def test_dense_bit_exact(mcpu: str) -> None:
-    if not host_has({"znver4": "avx512_vnni", "x86-64-v4": "avx512bw"}.get(mcpu, "avx2")):
+    if not runs_here(mcpu):
         pytest.skip(f"this CPU cannot run {mcpu} code")
     x = RNG.integers(-128, 128, (3, 2, 70)).astype(np.int8)  # K and N off the tile
     w = RNG.integers(-127, 128, (25, 70)).astype(np.int8)
@@ -220,7 +214,7 @@ def test_residual_epilogue_runs_in_the_tile(mcpu: str) -> None:
 
 @pytest.mark.parametrize("mcpu", [p[0] for p in PRESETS])
 def test_residual_kernel_bit_exact(mcpu: str) -> None:
-    if not host_has({"znver4": "avx512_vnni", "x86-64-v4": "avx512bw"}.get(mcpu, "avx2")):
+    if not runs_here(mcpu):
         pytest.skip(f"this CPU cannot run {mcpu} code")
     x, r, w, bias, real = residual_case()
     build = lambda a, b: residual_block(a, b, w, bias, real)  # noqa: E731
@@ -246,7 +240,7 @@ def test_padded_output_keeps_the_pad_as_a_pass() -> None:
     assert sch is not None
     assert all(b.endswith(("int8", "uint8")) for b in global_intermediates(sch))
     assert not in_tile(sch, output_block(sch)) and vectorized(sch, output_block(sch))
-    if host_has("avx512_vnni"):
+    if runs_here("znver4"):
         acc = ref_conv2d(x, w, None, 3, (1, 1), (0, 0, 0, 0), (1, 1))
         y = ref_requantize(acc, real, -2, (-128, 127), "double_up", "int8")
         want = np.pad(y, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=-2)
@@ -257,7 +251,7 @@ def test_padded_output_keeps_the_pad_as_a_pass() -> None:
 def test_dense_rows_bit_exact(mcpu: str) -> None:
     """A 2-D dense layer (several rows, the tile's pixels): its epilogue reads the tile
     through the reshape back to [M, N]."""
-    if not host_has({"znver4": "avx512_vnni", "x86-64-v4": "avx512bw"}.get(mcpu, "avx2")):
+    if not runs_here(mcpu):
         pytest.skip(f"this CPU cannot run {mcpu} code")
     x = RNG.integers(-128, 128, (6, 70)).astype(np.int8)
     w = RNG.integers(-127, 128, (25, 70)).astype(np.int8)
@@ -313,7 +307,7 @@ def test_activation_copy_moves_vectors_not_bytes(channels: int, kernel: int, pad
     body = parallel_bodies(assembly(compile_relax(build, [x], x86("znver4"))))
     if channels % 4 == 0:  # (3 channels: a pixel's 3 bytes are inserted into one vector)
         assert not any(op in body for op in ("vpinsrb", "vpextrb", "\tmovb\t")), body[:2000]
-    if host_has("avx512_vnni"):
+    if runs_here("znver4"):
         got = run(compile_relax(build, [x], x86("znver4")), [x])
         want = ref_conv2d(x, w, None, 3, (1, 1), pads, (1, 1))
         np.testing.assert_array_equal(got, want)
@@ -343,7 +337,7 @@ def test_unpadded_copy_runs_per_strip(shape, strides, padding: int, regions: int
     asm = assembly(compile_relax(build, [x], x86("znver4")))
     lambdas = {line for line in asm.splitlines() if line.startswith(".L__tvm_parallel_lambda")}
     assert len(lambdas) == regions, lambdas
-    if host_has("avx512_vnni"):
+    if runs_here("znver4"):
         got = run(compile_relax(build, [x], x86("znver4")), [x])
         want = ref_conv2d(x, w, bias, -3, strides, pads, (1, 1))
         np.testing.assert_array_equal(got, want)

@@ -24,6 +24,7 @@ from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
 from bridge.schedules.fused_block import FusedBlockKernels, fuse_expand_depthwise
 from bridge.schedules.int8 import Int8Kernels, prepack_int8
+from bridge.schedules.int8_amx import AmxKernels, request_amx
 from bridge.schedules.int8_arm import Int8ArmKernels, prepack_int8_arm
 from bridge.schedules.int8_depthwise import Int8DepthwiseKernels, prepack_int8_depthwise
 from bridge.schedules.int8_elementwise import Int8LookupKernels
@@ -73,8 +74,10 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
     if _is_gpu(target):
         return gpu.default_schedule()
     # guarded: dlight's reduction rule fails on symbolic extents such as T - 2 (input_shapes
-    # with a symbolic length); such a kernel keeps its plain loops
-    return dlight.ApplyDefaultSchedule(
+    # with a symbolic length); such a kernel keeps its plain loops. An AMX kernel asks Linux
+    # for the tiles first (request_amx), wherever the schedule is used
+    rules = dlight.ApplyDefaultSchedule(
+        AmxKernels(),
         Int8Kernels(),
         Int8DepthwiseKernels(),
         Int8ArmKernels(),
@@ -83,6 +86,7 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
         ChannelsLastKernels(),
         gpu.Guarded(dlight.cpu.Reduction()),
     )
+    return tvm.transform.Sequential([rules, request_amx])
 
 
 def _lowering_passes(target: tvm.target.Target) -> list:

@@ -1,0 +1,146 @@
+"""Intel AMX tiles for the int8 products (bridge.schedules.int8_amx): the code a Sapphire
+Rapids target gets (any x86 machine can compile it) and, where the CPU has AMX, bit-exact
+results against the numpy references and LiteRT's fixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from conftest import FIXTURES, runs_here
+from test_int8 import MAX_STEPS, ref_conv2d, ref_dense
+from test_int8_schedules import (
+    assembly,
+    compile_relax,
+    dot_kernel,
+    residual_block,
+    residual_case,
+    residual_expected,
+    run,
+)
+
+import bridge
+from bridge.quant import kernels
+from bridge.schedules import int8_amx
+
+SPR_DICT = {"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"}
+SPR = tvm.target.Target(SPR_DICT)
+ZEN4 = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu"})
+RNG = np.random.default_rng(29)
+AMX = pytest.mark.skipif(not runs_here("sapphirerapids"), reason="this CPU has no AMX")
+
+CONVS = [
+    # (shape NHWC, out channels, kernel, strides, padding, activation dtype): each on AMX
+    ((1, 9, 10, 32), 48, 3, (1, 1), (1, 1, 1, 1), "int8"),  # 10-pixel tiles, 3 x 16 outputs
+    ((1, 6, 6, 256), 32, 1, (1, 1), (0, 0, 0, 0), "uint8"),
+    ((2, 14, 14, 256), 64, 1, (1, 1), (0, 0, 0, 0), "int8"),  # per-strip copy, 4 sums tiles
+    ((1, 8, 28, 40), 24, 3, (1, 1), (0, 1, 2, 1), "int8"),  # 40-byte steps, 14-pixel tiles
+    ((1, 12, 12, 128), 32, 3, (2, 1), (1, 1, 1, 1), "int8"),  # vertical stride, 2 steps
+    ((1, 6, 8, 272), 80, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 5 x 16 outputs: one tile a time
+]
+VNNI_ONLY = [
+    ((1, 9, 10, 32), 48, 3, (2, 2), (1, 1, 1, 1), "int8"),  # horizontal stride
+    ((1, 16, 16, 3), 16, 3, (1, 1), (1, 1, 1, 1), "int8"),  # 3 channels (4 padded)
+    ((1, 14, 14, 96), 64, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 96 products per output
+]
+
+
+def conv_build(case):
+    shape, out_c, k, strides, padding, dtype = case
+    w = RNG.integers(-127, 128, (out_c, k, k, shape[3])).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, out_c).astype(np.int32)
+    zx = -7 if dtype == "int8" else 131
+    window = kernels.Window(strides, padding)
+    lo, hi = (-128, 128) if dtype == "int8" else (0, 256)
+    x = RNG.integers(lo, hi, shape).astype(dtype)
+    want = ref_conv2d(x, w, bias, zx, strides, padding, (1, 1))
+    return (lambda v: kernels.conv2d(v, w, bias, zx, window)), x, want
+
+
+def test_tile_config_bytes() -> None:
+    """ldtilecfg's 64 bytes: palette 1; bytes per row (u16 at 16 + 2t) and rows (u8 at 48 +
+    t) for the sums tiles 0..n-1, the activations (4) and the weights (5-7); others unset."""
+    raw = np.array(int8_amx.tile_config(14, 40, 2), "<i4").tobytes()
+    assert raw[0] == 1 and not any(raw[1:16])
+    colsb = np.frombuffer(raw[16:48], "<u2")
+    rows = np.frombuffer(raw[48:64], np.uint8)
+    assert list(colsb[:8]) == [64, 64, 0, 0, 40, 64, 64, 64] and not colsb[8:].any()
+    assert list(rows[:8]) == [14, 14, 0, 0, 14, 10, 10, 10] and not rows[8:].any()
+
+
+def test_amx_only_where_the_target_has_it() -> None:
+    assert int8_amx.has_amx(SPR)
+    assert not int8_amx.has_amx(ZEN4)
+    assert not int8_amx.has_amx(tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server"}))
+
+
+@pytest.mark.parametrize("case", CONVS + VNNI_ONLY)
+def test_which_convolutions_take_tiles(case) -> None:
+    """Stride-1 rows of 4+ pixels over 16+ channels, 256+ products per output: AMX tiles,
+    the tiles configured per thread, Linux asked for them once per call; others: VNNI."""
+    build, x, _ = conv_build(case)
+    asm = assembly(compile_relax(build, [x], SPR))
+    if case in CONVS:
+        assert "tdpbusd" in asm and "ldtilecfg" in asm and "tileloadd" in asm, case
+        assert "syscall" in asm
+        assert int8_amx.AmxKernels().apply(dot_kernel(build, [x], SPR), SPR, False) is not None
+    else:
+        assert "tdpbusd" not in asm and "vpdpbusd" in asm, case
+
+
+@AMX
+@pytest.mark.parametrize("case", CONVS + VNNI_ONLY)
+def test_conv_bit_exact(case) -> None:
+    build, x, want = conv_build(case)
+    np.testing.assert_array_equal(run(compile_relax(build, [x], SPR), [x]), want)
+
+
+@AMX
+@pytest.mark.parametrize("rows", [6, 64])
+def test_dense_rows_bit_exact(rows: int) -> None:
+    """A dense layer's rows are the tile's pixels (K = 270: 272 padded, 16-byte steps)."""
+    x = RNG.integers(-128, 128, (rows, 270)).astype(np.int8)
+    w = RNG.integers(-127, 128, (40, 270)).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, 40).astype(np.int32)
+    build = lambda v: kernels.dense(v, w, bias, 4)  # noqa: E731
+    executable = compile_relax(build, [x], SPR)
+    assert "tdpbusd" in assembly(executable)
+    np.testing.assert_array_equal(run(executable, [x]), ref_dense(x, w, bias, 4))
+
+
+@AMX
+def test_residual_epilogue_bit_exact() -> None:
+    """Requantization, the residual's rescale, the add and its requantization over a strip
+    of AMX sums."""
+    _, r, w, bias, real = residual_case()
+    x = RNG.integers(-128, 128, (*r.shape[:3], 256)).astype(np.int8)
+    w = RNG.integers(-127, 128, (w.shape[0], 1, 1, 256)).astype(np.int8)
+    build = lambda a, b: residual_block(a, b, w, bias, real)  # noqa: E731
+    executable = compile_relax(build, [x, r], SPR)
+    assert "tdpbusd" in assembly(executable)
+    np.testing.assert_array_equal(run(executable, [x, r]), residual_expected(x, r, w, bias, real))
+
+
+@AMX
+@pytest.mark.parametrize("name", sorted(MAX_STEPS))
+def test_model_against_litert_with_amx(name: str) -> None:
+    """The int8 fixtures on AMX tiles: as close to LiteRT as on the generic target."""
+    tflite = FIXTURES / "tflite"
+    data = np.load(tflite / f"{name}.npz")
+    inputs = [data[k] for k in sorted(data.files) if k.startswith("input_")]
+    got = bridge.build(tflite / f"{name}.tflite", target=SPR_DICT)(*inputs)
+    for i, g in enumerate(got if isinstance(got, list) else [got]):
+        steps = int(np.abs(g.astype(np.int64) - data[f"output_{i}"].astype(np.int64)).max())
+        assert steps <= MAX_STEPS[name], f"{name} output {i}: {steps} steps from LiteRT"
+
+
+@AMX
+@pytest.mark.parametrize("name", ["u8_conv", "u8_dense", "u8_more"])
+def test_uint8_model_bit_exact_with_amx(name: str) -> None:
+    """uint8 weights (stored as w - 128) on AMX tiles: bit-exact with LiteRT."""
+    folder = FIXTURES / "tflite" / "uint8"
+    data = np.load(folder / f"{name}.npz")
+    inputs = [data[k] for k in sorted(data.files) if k.startswith("input_")]
+    got = bridge.build(folder / f"{name}.tflite", target=SPR_DICT)(*inputs)
+    for i, g in enumerate(got if isinstance(got, list) else [got]):
+        np.testing.assert_array_equal(g, data[f"output_{i}"])
