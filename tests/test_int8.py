@@ -826,7 +826,8 @@ def test_requantize_epilogue_is_one_multiply_add_shift() -> None:
 
 def test_bias_folds_into_the_shift_correction() -> None:
     """Neither the VNNI correction (``128 * sum(w)``) nor the bias is an int32 constant of
-    the kernel any more: both are in the requantization's int64 addend."""
+    the kernel any more: both are in the requantization's int64 addend. (The int32 vectors
+    left are the Q31 significands and the shifts, narrowed by ``bridge.schedules.narrow``.)"""
     from bridge.schedules.pipeline import fuse
 
     x = np.zeros((1, 7, 8, 16), np.int8)
@@ -844,7 +845,9 @@ def test_bias_folds_into_the_shift_correction() -> None:
     )
     arrays = [c.value.numpy() for c in constants if hasattr(c.value, "numpy")]
     vectors = [a for a in arrays if a.dtype == np.int32 and a.ndim == 1]
-    assert not vectors
+    significands = [a for a in vectors if np.all((a >= 1 << 30) | (a == 0))]
+    shifts = [a for a in vectors if np.all((a >= 0) & (a < 64))]
+    assert len(significands) == 1 and len(shifts) == 1 and len(vectors) == 2
 
 
 def test_folded_bias_bit_exact() -> None:

@@ -29,7 +29,8 @@ def x86(mcpu: str) -> tvm.target.Target:
     return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
 
 
-def compile_relax(build, inputs: list[np.ndarray], target: tvm.target.Target):
+def relax_main(build, inputs: list[np.ndarray]) -> tvm.IRModule:
+    """``main(x0, x1, ...) = build(x0, x1, ...)`` for inputs shaped like ``inputs``."""
     bb = relax.BlockBuilder()
     params = [
         relax.Var(f"x{i}", relax.TensorType(x.shape, str(x.dtype))) for i, x in enumerate(inputs)
@@ -38,7 +39,11 @@ def compile_relax(build, inputs: list[np.ndarray], target: tvm.target.Target):
         with bb.dataflow():
             out = bb.emit_output(build(*params))
         bb.emit_func_output(out)
-    return compile_module(bb.get(), target)
+    return bb.get()
+
+
+def compile_relax(build, inputs: list[np.ndarray], target: tvm.target.Target):
+    return compile_module(relax_main(build, inputs), target)
 
 
 def run(executable, inputs: list[np.ndarray]) -> np.ndarray:
@@ -48,8 +53,6 @@ def run(executable, inputs: list[np.ndarray]) -> np.ndarray:
 
 def assembly(executable) -> str:
     return "\n".join(m.inspect_source("asm") for m in executable.mod.imports)
-
-
 
 
 def test_dot_kind_per_target() -> None:

@@ -29,6 +29,7 @@ from bridge.schedules.int8_arm import Int8ArmKernels, prepack_int8_arm
 from bridge.schedules.int8_depthwise import Int8DepthwiseKernels, prepack_int8_depthwise
 from bridge.schedules.int8_elementwise import Int8LookupKernels
 from bridge.schedules.lift import BuildRecord, lift_constants, measure_arena
+from bridge.schedules.narrow import inline_widening, narrow_constants
 from bridge.schedules.prepack import prepack_weights
 
 SCHEDULED_KINDS = ("llvm", "cuda")
@@ -65,8 +66,17 @@ def _fusion_passes(target: tvm.target.Target, optimize_for: str, derived: dict |
         fuse_expand_depthwise(simd_lanes(target), derived),  # before packing: reads 1x1 weights
         prepack_weights(target, optimize_for, derived),
         *cpu.library_dispatch_passes(target),
-        *cpu.legalize_passes(target),
+        *_legalize_passes(target),
     ]
+
+
+def _legalize_passes(target: tvm.target.Target) -> list:
+    """TVM's CPU legalization with int64 constants narrowed after the last fold
+    (:mod:`bridge.schedules.narrow`)."""
+    passes = cpu.legalize_passes(target)
+    fuse_at = next(i for i, p in enumerate(passes) if p.info.name == "FuseOps")
+    annotate = relax.transform.AnnotateTIROpPattern()
+    return [*passes[:fuse_at], narrow_constants, annotate, *passes[fuse_at:], inline_widening]
 
 
 def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -94,9 +104,7 @@ def _lowering_passes(target: tvm.target.Target) -> list:
     return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
 
 
-def fuse(
-    mod: tvm.IRModule, target: tvm.target.Target, optimize_for: str = "speed"
-) -> tvm.IRModule:
+def fuse(mod: tvm.IRModule, target: tvm.target.Target, optimize_for: str = "speed") -> tvm.IRModule:
     """``mod`` after the fusion stage (what tuning extracts its kernels from)."""
     with target:
         return tvm.transform.Sequential(fusion_passes(target, optimize_for))(mod)
