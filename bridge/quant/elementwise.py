@@ -23,16 +23,19 @@ Operand = tuple[relax.Expr, Quant]  # an 8-bit tensor and its (scale, zero_point
 def add(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
     """TFLite's integer ADD: each input less its zero point, shifted left by 20 bits and
     scaled to twice the larger input scale (reference rounding), summed, then scaled to the
-    output; broadcasting as Relax's ``add``."""
+    output (``MultiplyByQuantizedMultiplierSmallerThanOneExp``: the reference rounding of
+    :func:`bridge.quant.fixed_point.requantize`, whose one fused rounding step saves the
+    high multiply's separate shift and the zero point's add); broadcasting as Relax's
+    ``add``."""
     twice = 2 * np.float64(max(np.float32(a[1][0]), np.float32(b[1][0])))
     scaled = [
         scale_operand(x, zp, fixed_point.quantize_multiplier(np.float64(scale) / twice))
         for x, (scale, zp) in (a, b)
     ]
     real = twice / ((1 << ADD_HEADROOM) * np.float64(out[0]))
-    total = relax.op.astype(relax.op.add(*scaled), "int64")
-    y = fixed_point.multiply_high(total, fixed_point.quantize_multiplier(real))
-    return _finish(y, out[1], clamp, dtype)
+    total = relax.op.add(*scaled)  # int32: each operand is below 2**28
+    multiplier = fixed_point.quantize_multiplier(real)
+    return fixed_point.requantize(total, multiplier, int(out[1]), clamp, dtype, "double")
 
 
 def scale_operand(x: relax.Expr, zero_point: int, multiplier: fixed_point.Multiplier) -> relax.Expr:
@@ -166,12 +169,6 @@ def _common_source(a: relax.Expr, b: relax.Expr) -> tuple[relax.Expr, list, int]
 def _dtype(x: relax.Expr) -> str | None:
     ty = getattr(x, "ty", None)
     return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
-
-
-def _finish(y: relax.Expr, zero_point: int, clamp: tuple[int, int], dtype: str) -> relax.Expr:
-    if zero_point:
-        y = relax.op.add(y, relax.const(int(zero_point), "int64"))
-    return relax.op.astype(relax.op.clip(y, int(clamp[0]), int(clamp[1])), dtype)
 
 
 def lookup(x: relax.Expr, table: np.ndarray | relax.Expr, low: int) -> relax.Expr:
