@@ -297,15 +297,120 @@ def test_int32_add_scaling_matches_int64(dtype: str, ratio: float) -> None:
         np.testing.assert_array_equal(run(build_main(narrow, [values]), [values]), expected)
 
 
-def test_add_scales_inputs_in_int32_lanes() -> None:
-    """A residual ADD has one int64 multiply (the output's rescale), not three."""
-    a = relax.Var("a", relax.TensorType((1, 4, 4, 32), "int8"))
-    b = relax.Var("b", relax.TensorType((1, 4, 4, 32), "int8"))
-    expr = elementwise.add((a, (0.05, -3)), (b, (0.02, 7)), (0.06, 2), (-128, 127), "int8")
+def _products(expr: relax.Expr) -> tuple[list[relax.Call], list[relax.Call]]:
+    """The distinct multiplies of ``expr``, and those by an int64 constant."""
     distinct = {str(call): call for call in _calls(expr)}  # shared operands visit twice
     products = [call for call in distinct.values() if call.op.name == "relax.multiply"]
-    wide = [call for call in products if str(call.args[1].value.dtype) == "int64"]
+    return products, [call for call in products if str(call.args[1].value.dtype) == "int64"]
+
+
+def test_add_scales_inputs_in_int32_lanes() -> None:
+    """An ADD without a linear form (these round scales put a pair on an exact tie) has one
+    int64 multiply (the output's rescale), not three."""
+    a = relax.Var("a", relax.TensorType((1, 4, 4, 32), "int8"))
+    b = relax.Var("b", relax.TensorType((1, 4, 4, 32), "int8"))
+    quant = (0.05, -3), (0.02, 7), (0.06, 2), (-128, 127), "int8"
+    assert elementwise.linear_add_form(*quant) is None
+    expr = elementwise.add((a, quant[0]), (b, quant[1]), *quant[2:])
+    products, wide = _products(expr)
     assert len(products) == 5 and len(wide) == 1
+
+
+# --- ADD as one int32 linear form ----------------------------------------------------------------
+
+# (input a, input b, output, fused activation, dtype, has a linear form): calibrated scales
+# have forms; short decimal ones put pairs on exact ties that the roundings break unevenly
+ADD_CASES = [
+    ((0.0313291, -9), (0.00771834, 21), (0.0402617, 3), "RELU", "int8", True),
+    ((0.0462, 4), (0.1183, -31), (0.1304, -12), "NONE", "int8", True),  # b's scale the larger
+    ((0.0213377, 117), (0.0391052, 140), (0.0471938, 125), "RELU6", "uint8", True),
+    ((0.031, -9), (0.0077, 21), (0.04, 3), "RELU", "int8", False),
+]
+
+
+def all_pairs(dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of 8-bit values, as two (256, 256) arrays."""
+    low, high = fixed_point.INT_RANGE[dtype]
+    a, b = np.meshgrid(np.arange(low, high + 1), np.arange(low, high + 1), indexing="ij")
+    return a.astype(dtype), b.astype(dtype)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+@pytest.mark.parametrize("case", ADD_CASES, ids=lambda c: f"{c[4]}-{c[3]}-{c[0][0]}")
+def test_add_forms_match_the_table_on_every_pair(case, linear: bool) -> None:
+    """Both compiled forms of ADD give :func:`add_table` for all 65536 input pairs: the
+    reference arithmetic (``linear=False``, bit-exact with LiteRT's fixtures in
+    test_int8_exact) and the linear form (where one exists)."""
+    qa, qb, out, activation, dtype, has_form = case
+    clamp = fixed_point.activation_range(activation, out[0], out[1], dtype)
+    assert (elementwise.linear_add_form(qa, qb, out, clamp, dtype) is not None) == has_form
+    a, b = all_pairs(dtype)
+
+    def build(x, y):
+        return elementwise.add((x, qa), (y, qb), out, clamp, dtype, linear=linear)
+
+    table = elementwise.add_table(qa, qb, out, clamp, dtype)
+    np.testing.assert_array_equal(run(build_main(build, [a, b]), [a, b]), table.astype(dtype))
+
+
+@pytest.mark.parametrize(
+    ("shape_a", "shape_b"), [((2, 3, 4, 8), (1, 1, 1, 8)), ((3, 1, 8), (2, 3, 5, 8)), ((6,), ())]
+)
+def test_linear_add_is_one_broadcasting_kernel(shape_a, shape_b) -> None:
+    """In a block builder the linear ADD is one kernel (``bridge_add``) taking both 8-bit
+    tensors, broadcasting either way as numpy does."""
+    qa, qb, out, activation, dtype, _ = ADD_CASES[0]
+    clamp = fixed_point.activation_range(activation, out[0], out[1], dtype)
+    rng = np.random.default_rng(3)
+    a, b = (rng.integers(-128, 128, size=shape).astype(dtype) for shape in (shape_a, shape_b))
+
+    def build(x, y):
+        return elementwise.add((x, qa), (y, qb), out, clamp, dtype)
+
+    mod = build_main(build, [a, b])
+    assert sorted(gv.name_hint for gv in mod.functions) == [elementwise.ADD, "main"]
+    table = elementwise.add_table(qa, qb, out, clamp, dtype)
+    low = fixed_point.INT_RANGE[dtype][0]
+    expected = table[a.astype(np.int64) - low, b.astype(np.int64) - low].astype(dtype)
+    np.testing.assert_array_equal(run(mod, [a, b]), expected)
+
+
+def test_linear_add_is_two_int32_products() -> None:
+    """Where a form exists the ADD is ``clamp((a * m + b * n + k) >> s)``: two int32
+    multiplies, nothing 64-bit."""
+    qa, qb, out, activation, dtype, _ = ADD_CASES[0]
+    clamp = fixed_point.activation_range(activation, out[0], out[1], dtype)
+    a = relax.Var("a", relax.TensorType((1, 4, 4, 32), dtype))
+    b = relax.Var("b", relax.TensorType((1, 4, 4, 32), dtype))
+    products, wide = _products(elementwise.add((a, qa), (b, qb), out, clamp, dtype))
+    assert len(products) == 2 and not wide
+    assert all(str(call.args[1].value.dtype) == "int32" for call in products)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_linear_add_forms_are_exact_and_common(dtype: str) -> None:
+    """Over random quantizations (activation scales spanning 40x, any zero points, with and
+    without a clamp) a form is found for at least 90%; each reproduces the table on every
+    pair with every intermediate in int32 (checked here independently of the search)."""
+    rng = np.random.default_rng(7)
+    low, high = fixed_point.INT_RANGE[dtype]
+    x = np.arange(low, high + 1, dtype=np.int64)
+    found = 0
+    for trial in range(60):
+        qa, qb, out = [
+            (float(rng.uniform(0.005, 0.2)), int(rng.integers(low, high + 1))) for _ in range(3)
+        ]
+        activation = ("NONE", "RELU", "RELU6")[trial % 3]
+        clamp = fixed_point.activation_range(activation, out[0], out[1], dtype)
+        form = elementwise.linear_add_form(qa, qb, out, clamp, dtype)
+        if form is None:
+            continue
+        found += 1
+        total = x[:, None] * form.first + x[None, :] * form.second + form.addend
+        assert np.abs(total).max() < 2**31
+        table = elementwise.add_table(qa, qb, out, clamp, dtype)
+        np.testing.assert_array_equal(np.clip(total >> form.shift, *clamp), table)
+    assert found >= 54
 
 
 def _calls(expr: relax.Expr) -> list[relax.Call]:

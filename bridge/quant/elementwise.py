@@ -6,6 +6,9 @@ the output's integers (:func:`bridge.quant.fixed_point.activation_range`).
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
@@ -14,19 +17,28 @@ from bridge.quant import fixed_point
 
 TABLE = 256  # entries of an 8-bit lookup table
 LOOKUP = "bridge_lookup"  # the lookup kernel's name and block (lookup_compute)
+ADD = "bridge_add"  # the linear ADD's kernel and block (linear_add_compute)
 EIGHT_BIT = ("int8", "uint8")
 ADD_HEADROOM = 20  # TFLite's left shift for 8-bit ADD operands
 Quant = tuple[float, int]
 Operand = tuple[relax.Expr, Quant]  # an 8-bit tensor and its (scale, zero_point)
 
 
-def add(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) -> relax.Expr:
+def add(
+    a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str, linear: bool = True
+) -> relax.Expr:
     """TFLite's integer ADD: each input less its zero point, shifted left by 20 bits and
     scaled to twice the larger input scale (reference rounding), summed, then scaled to the
     output (``MultiplyByQuantizedMultiplierSmallerThanOneExp``: the reference rounding of
     :func:`bridge.quant.fixed_point.requantize`, whose one fused rounding step saves the
     high multiply's separate shift and the zero point's add); broadcasting as Relax's
-    ``add``."""
+    ``add``. Where one int32 linear form gives the same result for every pair of 8-bit
+    inputs (:func:`linear_add_form`), that form instead (``linear=False``: never)."""
+    form = None
+    if linear and _dtype(a[0]) == _dtype(b[0]) == dtype and dtype in EIGHT_BIT:
+        form = linear_add_form(a[1], b[1], out, clamp, dtype)
+    if form is not None:
+        return linear_add(a[0], b[0], form, clamp, dtype)
     twice = 2 * np.float64(max(np.float32(a[1][0]), np.float32(b[1][0])))
     scaled = [
         scale_operand(x, zp, fixed_point.quantize_multiplier(np.float64(scale) / twice))
@@ -36,6 +48,155 @@ def add(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: str) 
     total = relax.op.add(*scaled)  # int32: each operand is below 2**28
     multiplier = fixed_point.quantize_multiplier(real)
     return fixed_point.requantize(total, multiplier, int(out[1]), clamp, dtype, "double")
+
+
+@dataclass(frozen=True)
+class LinearForm:
+    """``clamp((a * first + b * second + addend) >> shift)``, in int32, for 8-bit ``a``, ``b``."""
+
+    first: int
+    second: int
+    addend: int
+    shift: int
+
+
+LINEAR_SEARCH = 6  # each slope tried within this many units of its real value
+LINEAR_SHIFTS = 3  # and the largest shifts that keep every sum in int32, this many of them
+
+
+def linear_add_form(
+    qa: Quant, qb: Quant, out: Quant, clamp: tuple[int, int], dtype: str
+) -> LinearForm | None:
+    """An int32 linear form that gives TFLite's integer ADD (:func:`add_table`) for all
+    65536 pairs of 8-bit inputs, or None. The reference arithmetic is two 64-bit rescales of
+    20-bit-headroom operands and a 64-bit rounding multiply (about 70 vector instructions per
+    16 outputs of a residual epilogue); its result is ``clamp(round(a * s_a + b * s_b + c))``
+    up to roundings far below one output step, so integer slopes near ``s * 2**shift`` and an
+    addend reproduce it almost always: each pair bounds the addend from both sides (its
+    output times ``2**shift``, and the next; one side only where the clamp holds), and a
+    nonempty intersection is a form, checked again on every pair. XNNPACK's ADD has this
+    shape, though rounded its own way; here the table decides, so bridge's ADD stays
+    bit-exact with TFLite's reference."""
+    table = add_table(qa, qb, out, clamp, dtype)
+    low, high = fixed_point.INT_RANGE[dtype]
+    x = np.arange(low, high + 1, dtype=np.int64)
+    slopes = [np.float64(q[0]) / np.float64(out[0]) for q in (qa, qb)]
+    above, below = table > clamp[0], table < clamp[1]
+    extent = max(abs(low), abs(high))
+    steps = sorted(
+        (
+            (i, j)
+            for i in range(-LINEAR_SEARCH, LINEAR_SEARCH + 1)
+            for j in range(-LINEAR_SEARCH, LINEAR_SEARCH + 1)
+        ),
+        key=lambda d: (abs(d[0]) + abs(d[1]), d),
+    )
+    tried = 0
+    for shift in range(30, 4, -1):
+        unit = 1 << shift
+        centre = [round(float(s) * unit) for s in slopes]
+        reach = extent * (sum(centre) + 2 * LINEAR_SEARCH) + (abs(int(out[1])) + 2 * extent) * unit
+        if reach >= 1 << 31 or min(centre) <= LINEAR_SEARCH:
+            continue
+        for i, j in steps:
+            first, second = centre[0] + i, centre[1] + j
+            partial = x[:, None] * first + x[None, :] * second
+            floor = (table * unit - partial)[above].max(initial=-(1 << 40))
+            ceiling = ((table + 1) * unit - partial)[below].min(initial=1 << 40)
+            if floor >= ceiling:
+                continue
+            total = partial + int(floor)
+            if np.abs(total).max() >= 1 << 31:
+                break
+            if np.array_equal(np.clip(total >> shift, *clamp), table):
+                return LinearForm(int(first), int(second), int(floor), shift)
+        tried += 1
+        if tried == LINEAR_SHIFTS:
+            break
+    return None
+
+
+def add_table(qa: Quant, qb: Quant, out: Quant, clamp: tuple[int, int], dtype: str) -> np.ndarray:
+    """TFLite's integer ADD (reference rounding, as :func:`add` computes it) for every pair
+    of 8-bit inputs: ``table[a - min, b - min]``, int64."""
+    low, high = fixed_point.INT_RANGE[dtype]
+    x = np.arange(low, high + 1, dtype=np.int64)
+    twice = 2 * np.float64(max(np.float32(qa[0]), np.float32(qb[0])))
+    wide = (-(1 << 62), 1 << 62)
+    scaled = [
+        multiply_table(
+            (x - int(zp)) << ADD_HEADROOM,
+            fixed_point.quantize_multiplier(np.float64(scale) / twice),
+            0,
+            wide,
+            "int64",
+        )
+        for scale, zp in (qa, qb)
+    ]
+    multiplier = fixed_point.quantize_multiplier(twice / ((1 << ADD_HEADROOM) * np.float64(out[0])))
+    total = scaled[0][:, None] + scaled[1][None, :]
+    return multiply_table(total, multiplier, int(out[1]), clamp, "int64")
+
+
+def linear_add(
+    a: relax.Expr, b: relax.Expr, form: LinearForm, clamp: tuple[int, int], dtype: str
+) -> relax.Expr:
+    """``clamp((a * first + b * second + addend) >> shift)`` as ``dtype`` (two int32
+    products, two adds, a shift and the clamp: :func:`linear_add_form`), broadcasting as
+    Relax's ``add``. In a block builder it is one kernel of its own (:func:`linear_add_compute`)
+    taking both 8-bit tensors, so fusion puts all of it after the convolution that produces
+    one input; as Relax operators, the widening product of the other input would fuse into
+    *its* producer, which would then write it out as int32, four times the bytes."""
+    builder = relax.BlockBuilder.current()
+    if builder is not None and not _nested_builder():
+        compute = functools.partial(linear_add_compute, form=form, clamp=clamp, dtype=dtype)
+        return builder.call_te(compute, a, b, primfunc_name_hint=ADD)
+    terms = [
+        relax.op.multiply(relax.op.astype(x, "int32"), _i32(slope))
+        for x, slope in ((a, form.first), (b, form.second))
+    ]
+    total = relax.op.add(relax.op.add(*terms), _i32(form.addend))
+    shifted = relax.op.right_shift(total, _i32(form.shift))
+    return relax.op.astype(relax.op.clip(shifted, int(clamp[0]), int(clamp[1])), dtype)
+
+
+def linear_add_compute(
+    a: te.Tensor, b: te.Tensor, form: LinearForm, clamp: tuple[int, int], dtype: str
+) -> te.Tensor:
+    """:func:`linear_add` as one elementwise block (named ``ADD``), numpy broadcasting."""
+    shape = _broadcast_shape(a.shape, b.shape)
+
+    def entry(*index):
+        total = tirx.const(form.addend, "int32")
+        for x, slope in ((a, form.first), (b, form.second)):
+            value = tirx.Cast("int32", x(*_broadcast_index(x.shape, shape, index)))
+            total = total + value * tirx.const(slope, "int32")
+        shifted = tirx.shift_right(total, tirx.const(form.shift, "int32"))
+        low, high = (tirx.const(int(v), "int32") for v in clamp)
+        return tirx.Cast(dtype, tirx.max(tirx.min(shifted, high), low))
+
+    return te.compute(shape, entry, name=ADD)
+
+
+def _broadcast_shape(first, second) -> list:
+    """numpy's broadcast of two shapes (a symbolic extent is taken to match the other)."""
+    rank = max(len(first), len(second))
+    padded = [[1] * (rank - len(s)) + list(s) for s in (first, second)]
+    return [y if _is_one(x) else x for x, y in zip(*padded, strict=True)]
+
+
+def _broadcast_index(shape, full: list, index: tuple) -> list:
+    """The index into a tensor of ``shape`` of the element at ``index`` of its broadcast to
+    ``full``."""
+    offset = len(full) - len(shape)
+    return [
+        0 if _is_one(extent) and not _is_one(full[offset + i]) else index[offset + i]
+        for i, extent in enumerate(shape)
+    ]
+
+
+def _is_one(extent) -> bool:
+    return isinstance(extent, int | tirx.IntImm) and int(extent) == 1
 
 
 def scale_operand(x: relax.Expr, zero_point: int, multiplier: fixed_point.Multiplier) -> relax.Expr:
