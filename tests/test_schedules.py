@@ -417,3 +417,60 @@ def test_winograd_tile_follows_the_feature_map(shape, tile):
     attrs = SimpleNamespace(strides=(1, 1), dilation=(1, 1), padding=(1, 1, 1, 1))
     variant = choose(np.zeros((3, 3, shape[3], 64), "float32"), attrs, shape)
     assert (variant.tile if variant else None) == tile
+
+
+def test_vector_rows_are_whole_vectors_of_trailing_axes():
+    from bridge.schedules.common import vector_row
+
+    assert vector_row([8, 224, 224, 3], 16) == 2  # rows of 224 x 3 = 42 vectors
+    assert vector_row([8, 114, 114, 64], 16) == 1
+    assert vector_row([16, 1000], 8) == 1
+    assert vector_row([1, 1, 1, 1280], 16) is None  # one row: no parallel loop
+    assert vector_row([2, 3, 1000], 16) is None  # no trailing axes make whole vectors
+
+
+@pytest.mark.parametrize("kind", ["quantize", "pad"])
+def test_injective_kernels_index_vectors_without_divisions(kind):
+    """An image's QUANTIZE (3 channels) and a padding copy are vectorized along rows of whole
+    vectors, in parallel by row (rows of 32 x 3 and 64 elements): the QUANTIZE's x86 code has
+    no per-lane division left (a multiply by a magic number), the copy computes its indices
+    once per row instead of once per vector; the values are numpy's."""
+    from tvm import te, tirx
+
+    from bridge.schedules.common import vectorize_block
+
+    if kind == "quantize":
+        shape, out_shape = (2, 20, 32, 3), (2, 20, 32, 3)
+        x = te.placeholder(shape, "float32", name="x")
+        y = te.compute(
+            shape, lambda *i: tirx.Cast("int8", tirx.round(x(*i) * tirx.const(50.0))), name="y"
+        )
+    else:
+        shape, out_shape = (2, 20, 20, 64), (2, 22, 22, 64)
+        x = te.placeholder(shape, "int8", name="x")
+        inside = lambda n, h, w, c: tirx.all(h >= 1, h < 21, w >= 1, w < 21)  # noqa: E731
+        y = te.compute(
+            out_shape,
+            lambda n, h, w, c: tirx.if_then_else(
+                inside(n, h, w, c), x[n, h - 1, w - 1, c], tirx.const(-128, "int8")
+            ),
+            name="y",
+        )
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, y]))
+    vectorize_block(sch, sch.get_sblock("y"), 16)
+    rows = int(np.prod(out_shape[:-2])) if kind == "quantize" else int(np.prod(out_shape[:-1]))
+    assert f"T.parallel({rows})" in sch.mod.script() and "T.vectorized(16)" in sch.mod.script()
+    lib = tvm.compile(sch.mod, target=TARGET).mod
+    asm = (lib.imports[0] if lib.imports else lib).inspect_source("asm")
+    assert "vpmuldq" not in asm and "vpmuludq" not in asm
+    rng = np.random.default_rng(0)
+    if kind == "quantize":
+        data = rng.uniform(-2, 2, shape).astype("float32")
+        expected = np.round(data * 50).astype("int8")
+    else:
+        data = rng.integers(-128, 128, shape).astype("int8")
+        expected = np.pad(data, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-128)
+    run = tvm.compile(sch.mod, target="llvm")
+    out = tvm.runtime.tensor(np.zeros(out_shape, expected.dtype))
+    run(tvm.runtime.tensor(data), out)
+    np.testing.assert_array_equal(out.numpy(), expected)

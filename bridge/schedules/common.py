@@ -38,15 +38,30 @@ def reads_bool(sch: s_tir.Schedule, block) -> bool:
     return any(region.source.dtype == "bool" for region in sch.get(block).reads)
 
 
+MIN_ROWS = 8  # vector rows (below: one loop over all elements, parallel by vector)
+
+
 def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Fuse a top-level spatial block's loops; parallel outside, SIMD inside (not for a block
-    loading a bool buffer, e.g. attention masks: TVM 0.27's LLVM codegen loads bool vectors as
-    int8 ones and then refuses to store them)."""
+    """Parallel outside, SIMD inside, for a top-level spatial block (not for a block loading a
+    bool buffer, e.g. attention masks: TVM 0.27's LLVM codegen loads bool vectors as int8 ones
+    and then refuses to store them). The inner loop is a row of the trailing axes whose
+    elements are a whole number of vectors (:func:`vector_row`), the outer loop the rest: each
+    vector's indices are then a row's base plus a constant, where a single loop over all
+    elements leaves TVM's vectorizer one division per lane and axis (8x slower for an
+    ``(8, 224, 224, 3)`` image's QUANTIZE, 2.7x for a padding copy)."""
     loops = sch.get_loops(block)
     if not loops or any(k != DATA_PAR for k in iter_kinds(sch, block)):
         return
     vectorize = not reads_bool(sch, block)
-    if any(loop_extent(sch.get(loop)) is None for loop in loops):
+    extents = [loop_extent(sch.get(loop)) for loop in loops]
+    if any(extent is None for extent in extents):
+        return
+    row = vector_row(extents, lanes) if vectorize else None
+    if row is not None:
+        outer = sch.fuse(*loops[:-row]) if len(loops) - row > 1 else loops[0]
+        inner = sch.fuse(*loops[-row:]) if row > 1 else loops[-1]
+        sch.parallel(outer)
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = loop_extent(sch.get(fused))
@@ -58,6 +73,18 @@ def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(vector)
     elif total > 1:
         sch.parallel(fused)
+
+
+def vector_row(extents: list[int], lanes: int) -> int | None:
+    """How many trailing axes make a row of whole vectors (the fewest whose extents'
+    product ``lanes`` divides), if the axes before them leave at least :data:`MIN_ROWS`
+    rows; else None."""
+    product = 1
+    for row in range(1, len(extents)):
+        product *= extents[-row]
+        if product % lanes == 0:
+            return row if int(np.prod(extents[:-row])) >= MIN_ROWS else None
+    return None
 
 
 def vector_divisor(extent: int | None, lanes: int) -> int | None:
