@@ -419,3 +419,31 @@ def _calls(expr: relax.Expr) -> list[relax.Call]:
         expr, lambda e: found.append(e) if isinstance(e, relax.Call) else None
     )
     return found
+
+
+def test_linear_add_kernel_takes_a_symbolic_batch() -> None:
+    """A dynamic-batch model's ADD (TFLiteConverter.from_keras_model): the kernel's batch is
+    symbolic, and one build runs at any batch, broadcasting the constant-shaped input."""
+    from tvm import tirx
+
+    qa, qb, out, activation, dtype, _ = ADD_CASES[0]
+    clamp = fixed_point.activation_range(activation, out[0], out[1], dtype)
+    batch = tirx.Var("n", "int64")
+    builder = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((batch, 4, 8), dtype))
+    b = relax.Var("b", relax.TensorType((1, 1, 8), dtype))
+    with builder.function("main", [a, b]):
+        with builder.dataflow():
+            y = builder.emit_output(elementwise.add((a, qa), (b, qb), out, clamp, dtype))
+        builder.emit_func_output(y)
+    mod = builder.get()
+    assert elementwise.ADD in [gv.name_hint for gv in mod.functions]
+    vm = relax.VirtualMachine(compile_module(mod, tvm.target.Target(TARGET)), tvm.cpu())
+    table = elementwise.add_table(qa, qb, out, clamp, dtype)
+    rng = np.random.default_rng(5)
+    z = rng.integers(-128, 128, (1, 1, 8)).astype(dtype)
+    for n in (1, 5):
+        x = rng.integers(-128, 128, (n, 4, 8)).astype(dtype)
+        got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(z)).numpy()
+        expected = table[x.astype(np.int64) + 128, z.astype(np.int64) + 128].astype(dtype)
+        np.testing.assert_array_equal(got, expected)
