@@ -88,6 +88,22 @@ def test_which_convolutions_take_tiles(case) -> None:
         assert "tdpbusd" not in asm and "vpdpbusd" in asm, case
 
 
+@pytest.mark.parametrize(("case", "stride"), [(CONVS[0], 1), (CONVS[4], 1), (VNNI_ONLY[0], 2)])
+def test_horizontal_stride_is_read_before_tiling(case, stride: int, capfd) -> None:
+    """The dot's horizontal stride comes from its activation index (a vertical stride does
+    not count); a stride-2 row is refused by it rather than by a failed tensorize, whose
+    mismatch report logs TVMScript printer warnings to stderr during the build."""
+    build, x, _ = conv_build(case)
+    kernel = dot_kernel(build, [x], SPR)
+    sch = tvm.s_tir.Schedule(kernel)
+    root = sch.get_sblock("root")
+    dot = next(b for b in sch.get_child_blocks(root) if sch.get(b).name_hint.startswith("int8_dot"))
+    assert int8_amx.horizontal_stride(sch, dot) == stride
+    capfd.readouterr()
+    assert (int8_amx.AmxKernels().apply(kernel, SPR, False) is None) == (stride != 1)
+    assert "Warning" not in capfd.readouterr().err
+
+
 @AMX
 @pytest.mark.parametrize("case", CONVS + VNNI_ONLY)
 def test_conv_bit_exact(case) -> None:

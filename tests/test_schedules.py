@@ -474,3 +474,28 @@ def test_injective_kernels_index_vectors_without_divisions(kind):
     out = tvm.runtime.tensor(np.zeros(out_shape, expected.dtype))
     run(tvm.runtime.tensor(data), out)
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_find_block_looks_names_up_without_a_failed_lookup(monkeypatch):
+    """A missing block is None without a failed ``get_sblock`` (whose error renders the whole
+    function: printer warnings on stderr for a tensorized kernel)."""
+    from tvm import te
+
+    from bridge.schedules.common import block_names, find_block
+
+    x = te.placeholder((4, 8), "float32", name="x")
+    y = te.compute((4, 8), lambda i, j: x[i, j] * 2, name="y")
+    z = te.compute((4, 8), lambda i, j: y[i, j] + 1, name="z")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, z]))
+    assert block_names(sch) == {"root", "y", "z"}
+    sch.compute_inline(sch.get_sblock("y"))
+    lookup, asked = tvm.s_tir.Schedule.get_sblock, []
+
+    def recorded(self, name, *args, **kwargs):
+        asked.append(name)
+        return lookup(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(tvm.s_tir.Schedule, "get_sblock", recorded)
+    assert find_block(sch, "y") is None
+    assert sch.get(find_block(sch, "z")).name_hint == "z"
+    assert "y" not in asked and "z" in asked

@@ -28,10 +28,29 @@ def largest_divisor(extent: int, limit: int) -> int:
 
 
 def find_block(sch: s_tir.Schedule, name: str):
+    """The block named ``name``, or None (inlined away, or never there). Looked up among the
+    blocks first: a failed ``get_sblock`` renders the whole function into its error, and
+    rendering a tensorized kernel logs TVMScript printer warnings to stderr."""
+    if name not in block_names(sch):
+        return None
     try:
         return sch.get_sblock(name)
-    except Exception:  # inlined away
+    except Exception:  # more than one block of that name
         return None
+
+
+def block_names(sch: s_tir.Schedule) -> set[str]:
+    """The names of every block of the function ``sch`` works on (none without blocks)."""
+    gv = sch.func_working_on or next(iter(sch.mod.functions))
+    realize = sch.mod[gv].body
+    if not isinstance(realize, s_tir.SBlockRealize):
+        return set()
+    names, stack = set(), [sch.get_sblock(realize.block.name_hint)]
+    while stack:
+        block = stack.pop()
+        names.add(sch.get(block).name_hint)
+        stack.extend(sch.get_child_blocks(block))
+    return names
 
 
 def reads_bool(sch: s_tir.Schedule, block) -> bool:

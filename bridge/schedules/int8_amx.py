@@ -27,6 +27,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
+from tvm.sym.pattern import detect_linear_equation
 from tvm.target.codegen import target_has_features
 
 from bridge.schedules.common import largest_divisor
@@ -261,12 +262,25 @@ def intrinsics(pixels: int, channels: int, kt: int, sums: int) -> tuple[str, str
     return init, update
 
 
+def horizontal_stride(sch: s_tir.Schedule, block) -> int | None:
+    """The dot's horizontal stride: the coefficient of its output column in the column it reads
+    from the activations (None where that is not linear)."""
+    stmt = sch.get(block)
+    column = stmt.reads[0].region[2].min
+    coefficients = detect_linear_equation(column, [stmt.iter_vars[2].var])
+    if len(coefficients) != 2 or not isinstance(coefficients[0], tirx.IntImm):
+        return None
+    return int(coefficients[0])
+
+
 def _tile(sch: s_tir.Schedule, block):
     """Split and order the dot's loops for AMX: ``(n, y, x/pixels)`` parallel outside (with
     the output channels' register tiles too when there are few strips), the window, then the
     register tile ``(pixels, 16 x sums, C/4, 4)`` that one update tensorizes. Returns the
     parallel loop, whether it runs by strip, the tile's pixel loop, the window's first loop
     and the intrinsics' parameters."""
+    if horizontal_stride(sch, block) != 1:
+        raise ValueError("a tile's pixels are one row of activations: stride 1 only")
     n, y, x, o, rh, rw, rc, rg = sch.get_loops(block)
     pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS)
     groups = int(sch.get(rc).extent)
