@@ -39,15 +39,21 @@ def add(
         form = linear_add_form(a[1], b[1], out, clamp, dtype)
     if form is not None:
         return linear_add(a[0], b[0], form, clamp, dtype)
-    twice = 2 * np.float64(max(np.float32(a[1][0]), np.float32(b[1][0])))
-    scaled = [
-        scale_operand(x, zp, fixed_point.quantize_multiplier(np.float64(scale) / twice))
-        for x, (scale, zp) in (a, b)
-    ]
-    real = twice / ((1 << ADD_HEADROOM) * np.float64(out[0]))
+    operands, multiplier = add_multipliers(a[1], b[1], out)
+    scaled = [scale_operand(x, zp, m) for (x, (_, zp)), m in zip((a, b), operands, strict=True)]
     total = relax.op.add(*scaled)  # int32: each operand is below 2**28
-    multiplier = fixed_point.quantize_multiplier(real)
     return fixed_point.requantize(total, multiplier, int(out[1]), clamp, dtype, "double")
+
+
+def add_multipliers(
+    qa: Quant, qb: Quant, out: Quant
+) -> tuple[list[fixed_point.Multiplier], fixed_point.Multiplier]:
+    """TFLite's ADD parameters: each input's multiplier to twice the larger input scale, and
+    the sum's (with its 20 bits of headroom) to the output scale."""
+    twice = 2 * np.float64(max(np.float32(qa[0]), np.float32(qb[0])))
+    operands = [fixed_point.quantize_multiplier(np.float64(q[0]) / twice) for q in (qa, qb)]
+    real = twice / ((1 << ADD_HEADROOM) * np.float64(out[0]))
+    return operands, fixed_point.quantize_multiplier(real)
 
 
 @dataclass(frozen=True)
@@ -91,15 +97,21 @@ def linear_add_form(
         ),
         key=lambda d: (abs(d[0]) + abs(d[1]), d),
     )
-    tried = 0
-    for shift in range(30, 4, -1):
-        unit = 1 << shift
-        centre = [round(float(s) * unit) for s in slopes]
-        reach = extent * (sum(centre) + 2 * LINEAR_SEARCH) + (abs(int(out[1])) + 2 * extent) * unit
-        if reach >= 1 << 31 or min(centre) <= LINEAR_SEARCH:
-            continue
+
+    def centre(shift: int) -> list[int]:
+        return [round(float(s) * (1 << shift)) for s in slopes]
+
+    def fits(shift: int) -> bool:  # every sum of the search below 2**31, both slopes positive
+        slope = centre(shift)
+        zero = (abs(int(out[1])) + 2 * extent) << shift
+        reach = extent * (sum(slope) + 2 * LINEAR_SEARCH) + zero
+        return reach < 1 << 31 and min(slope) > LINEAR_SEARCH
+
+    shifts = [shift for shift in range(30, 4, -1) if fits(shift)][:LINEAR_SHIFTS]
+    for shift in shifts:
+        unit, middle = 1 << shift, centre(shift)
         for i, j in steps:
-            first, second = centre[0] + i, centre[1] + j
+            first, second = middle[0] + i, middle[1] + j
             partial = x[:, None] * first + x[None, :] * second
             floor = (table * unit - partial)[above].max(initial=-(1 << 40))
             ceiling = ((table + 1) * unit - partial)[below].min(initial=1 << 40)
@@ -110,9 +122,6 @@ def linear_add_form(
                 break
             if np.array_equal(np.clip(total >> shift, *clamp), table):
                 return LinearForm(int(first), int(second), int(floor), shift)
-        tried += 1
-        if tried == LINEAR_SHIFTS:
-            break
     return None
 
 
@@ -121,19 +130,12 @@ def add_table(qa: Quant, qb: Quant, out: Quant, clamp: tuple[int, int], dtype: s
     of 8-bit inputs: ``table[a - min, b - min]``, int64."""
     low, high = fixed_point.INT_RANGE[dtype]
     x = np.arange(low, high + 1, dtype=np.int64)
-    twice = 2 * np.float64(max(np.float32(qa[0]), np.float32(qb[0])))
+    operands, multiplier = add_multipliers(qa, qb, out)
     wide = (-(1 << 62), 1 << 62)
     scaled = [
-        multiply_table(
-            (x - int(zp)) << ADD_HEADROOM,
-            fixed_point.quantize_multiplier(np.float64(scale) / twice),
-            0,
-            wide,
-            "int64",
-        )
-        for scale, zp in (qa, qb)
+        multiply_table((x - int(q[1])) << ADD_HEADROOM, m, 0, wide, "int64")
+        for q, m in zip((qa, qb), operands, strict=True)
     ]
-    multiplier = fixed_point.quantize_multiplier(twice / ((1 << ADD_HEADROOM) * np.float64(out[0])))
     total = scaled[0][:, None] + scaled[1][None, :]
     return multiply_table(total, multiplier, int(out[1]), clamp, "int64")
 
