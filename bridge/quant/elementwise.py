@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, te, tirx, topi
 
 from bridge.quant import fixed_point
 
@@ -165,40 +165,15 @@ def linear_add(
 def linear_add_compute(
     a: te.Tensor, b: te.Tensor, form: LinearForm, clamp: tuple[int, int], dtype: str
 ) -> te.Tensor:
-    """:func:`linear_add` as one elementwise block (named ``ADD``), numpy broadcasting."""
-    shape = _broadcast_shape(a.shape, b.shape)
-
-    def entry(*index):
-        total = tirx.const(form.addend, "int32")
-        for x, slope in ((a, form.first), (b, form.second)):
-            value = tirx.Cast("int32", x(*_broadcast_index(x.shape, shape, index)))
-            total = total + value * tirx.const(slope, "int32")
-        shifted = tirx.shift_right(total, tirx.const(form.shift, "int32"))
-        low, high = (tirx.const(int(v), "int32") for v in clamp)
-        return tirx.Cast(dtype, tirx.max(tirx.min(shifted, high), low))
-
-    return te.compute(shape, entry, name=ADD)
-
-
-def _broadcast_shape(first, second) -> list:
-    """numpy's broadcast of two shapes (a symbolic extent is taken to match the other)."""
-    rank = max(len(first), len(second))
-    padded = [[1] * (rank - len(s)) + list(s) for s in (first, second)]
-    return [y if _is_one(x) else x for x, y in zip(*padded, strict=True)]
-
-
-def _broadcast_index(shape, full: list, index: tuple) -> list:
-    """The index into a tensor of ``shape`` of the element at ``index`` of its broadcast to
-    ``full``."""
-    offset = len(full) - len(shape)
-    return [
-        0 if _is_one(extent) and not _is_one(full[offset + i]) else index[offset + i]
-        for i, extent in enumerate(shape)
+    """:func:`linear_add` as TE stages (``topi``'s broadcasting ``add``), its last named
+    ``ADD``."""
+    terms = [
+        topi.multiply(topi.cast(x, "int32"), tirx.const(slope, "int32"))
+        for x, slope in ((a, form.first), (b, form.second))
     ]
-
-
-def _is_one(extent) -> bool:
-    return isinstance(extent, int | tirx.IntImm) and int(extent) == 1
+    total = topi.add(topi.add(*terms), tirx.const(form.addend, "int32"))
+    clipped = topi.clip(topi.right_shift(total, tirx.const(form.shift, "int32")), *clamp)
+    return te.compute(clipped.shape, lambda *i: tirx.Cast(dtype, clipped(*i)), name=ADD)
 
 
 def scale_operand(x: relax.Expr, zero_point: int, multiplier: fixed_point.Multiplier) -> relax.Expr:
