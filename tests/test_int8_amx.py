@@ -37,6 +37,7 @@ CONVS = [
     ((1, 8, 28, 40), 24, 3, (1, 1), (0, 1, 2, 1), "int8"),  # 40-byte steps, 14-pixel tiles
     ((1, 12, 12, 128), 32, 3, (2, 1), (1, 1, 1, 1), "int8"),  # vertical stride, 2 steps
     ((1, 6, 8, 272), 80, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 5 x 16 outputs: one tile a time
+    ((2, 7, 7, 512), 256, 3, (1, 1), (1, 1, 1, 1), "int8"),  # 1.1 MiB weights: channels first
 ]
 VNNI_ONLY = [
     ((1, 9, 10, 32), 48, 3, (2, 2), (1, 1, 1, 1), "int8"),  # horizontal stride

@@ -41,6 +41,7 @@ from bridge.schedules.common import (
     reads_bool,
     vector_divisor,
     vectorize_block,
+    weights_first,
 )
 
 MAX_PIXEL_TILE = 8
@@ -167,7 +168,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     if n_spatial >= 2:
         tile = largest_divisor(width, MAX_PIXEL_TILE)
         px_outer, px_inner = sch.split(spatial[-2], [None, tile])
-        outer = [*spatial[:-2], px_outer, ch_outer]
+        outer = _outer_order(sch, block, [*spatial[:-2], px_outer], ch_outer)
         sch.reorder(*outer, *reduce, px_inner, ch_inner)
     else:
         px_inner = None
@@ -185,6 +186,17 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
     return True
+
+
+def _outer_order(sch: s_tir.Schedule, block, pixels: list, ch_outer) -> list:
+    """The tile loops, outermost first: pixel tiles outside channel blocks (each input pixel
+    read once), unless :func:`weights_first` (each channel block's weights swept over every
+    pixel while they sit in cache)."""
+    shared = weights_first(sch, block, len(pixels))
+    if shared is None:
+        return [*pixels, ch_outer]
+    inside = [p for i, p in enumerate(pixels) if i not in shared]
+    return [*[pixels[i] for i in shared], ch_outer, *inside]
 
 
 def schedule_rows(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule | None:

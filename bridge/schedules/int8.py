@@ -29,7 +29,13 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target.codegen import target_has_features
 
-from bridge.schedules.common import find_block, is_reduction, largest_divisor, vectorize_block
+from bridge.schedules.common import (
+    find_block,
+    is_reduction,
+    largest_divisor,
+    vectorize_block,
+    weights_first,
+)
 from bridge.schedules.cpu import _inline_epilogue
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -573,13 +579,15 @@ def _tile(sch: s_tir.Schedule, block, kind: DotKind, by_strip: bool = False):
     o_outer, o_vec, o_lane = sch.split(o, [None, per_tile, kind.lanes])
     x_outer, x_inner = sch.split(x, [None, pixels])
     strips = int(sch.get(n).extent) * int(sch.get(y).extent) * int(sch.get(x_outer).extent)
-    if by_strip and strips >= PARALLEL_MIN:
+    first = weights_first(sch, block, 3) is not None
+    if by_strip and strips >= PARALLEL_MIN and not first:
         sch.reorder(n, y, x_outer, o_outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
         fused = sch.fuse(n, y, x_outer)
         sch.parallel(fused)
         return fused, o_outer, True, x_inner, o_vec, o_lane
-    sch.reorder(n, y, x_outer, o_outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
-    fused = sch.fuse(n, y, x_outer, o_outer)
+    outer = (o_outer, n, y, x_outer) if first else (n, y, x_outer, o_outer)
+    sch.reorder(*outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
+    fused = sch.fuse(*outer)
     sch.parallel(fused)
     return fused, fused, False, x_inner, o_vec, o_lane
 

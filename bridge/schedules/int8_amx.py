@@ -30,7 +30,7 @@ from tvm.script import tirx as T
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target.codegen import target_has_features
 
-from bridge.schedules.common import largest_divisor
+from bridge.schedules.common import largest_divisor, weights_first
 from bridge.schedules.int8 import (
     VNNI,
     Int8Kernels,
@@ -292,10 +292,12 @@ def _tile(sch: s_tir.Schedule, block):
         raise ValueError("tile too small for AMX")
     o_outer, o_tile = sch.split(o, [None, sums * LANES])
     x_outer, x_inner = sch.split(x, [None, pixels])
-    sch.reorder(n, y, x_outer, o_outer, rh, rw, x_inner, o_tile, rc, rg)
     strips = int(sch.get(n).extent) * int(sch.get(y).extent) * int(sch.get(x_outer).extent)
-    by_strip = strips >= PARALLEL_STRIPS
-    fused = sch.fuse(n, y, x_outer) if by_strip else sch.fuse(n, y, x_outer, o_outer)
+    first = weights_first(sch, block, 3) is not None
+    by_strip = strips >= PARALLEL_STRIPS and not first
+    outer = (o_outer, n, y, x_outer) if first else (n, y, x_outer, o_outer)
+    sch.reorder(*outer, rh, rw, x_inner, o_tile, rc, rg)
+    fused = sch.fuse(n, y, x_outer) if by_strip else sch.fuse(*outer)
     sch.parallel(fused)
     return fused, by_strip, x_inner, rh, (pixels, 4 * groups, kt, sums)
 

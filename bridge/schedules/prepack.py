@@ -172,16 +172,8 @@ class _Prepack(relax.PyExprMutator):
         )
 
 
-
-
-
-
-
-
 def _shape(expr: relax.Expr) -> tuple[int, ...]:
     return tuple(int(d) for d in expr.ty.shape.values)
-
-
 
 
 def _conv_weights(call: relax.Call) -> np.ndarray | None:
