@@ -23,6 +23,11 @@ from bridge.cores import usable_cores as _usable_cores
 # otherwise uses half the logical cores on x86 (one thread on a 2-vCPU machine). Default to
 # every core this process may run on; an explicit TVM_NUM_THREADS wins.
 _os.environ.setdefault("TVM_NUM_THREADS", str(_usable_cores()))
+# TVM pins its pool's threads to cores (and, with the pinned main thread, other libraries'
+# pools created later): LiteRT called in the same process ran 2x slower (MobileNetV2 fp32,
+# 2.2 -> 4.4 ms on 2 cores) for no gain to bridge's own kernels. Leave threads to the OS
+# scheduler; TVM_BIND_THREADS=1 restores the pinning.
+_os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 from bridge import errors
 from bridge.runtime import Model, load

@@ -230,6 +230,38 @@ def test_loading_and_running_imports_no_compiler_and_no_h5py(built, tmp_path):
     assert not loaded, f"loading and running a library imported {loaded}"
 
 
+@pytest.mark.parametrize("bind", [None, "1"])
+def test_thread_pool_leaves_threads_to_the_scheduler(built, tmp_path, bind):
+    """``import bridge`` defaults TVM_BIND_THREADS to 0: after a call every thread of the
+    process may still run on every core (TVM's pinning made LiteRT, called in the same
+    process, 2x slower); TVM_BIND_THREADS=1 brings the pinning back."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: nothing to pin")
+    library = built.export(tmp_path / "model.so")
+    inputs, _ = reference(MODEL.with_suffix(".npz"))
+    np.save(tmp_path / "x.npy", inputs[0])
+    env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
+    if bind is not None:
+        env["TVM_BIND_THREADS"] = bind
+    code = f"""
+        import os, numpy as np
+        import bridge
+        model = bridge.load({str(library)!r})
+        for _ in range(3):
+            model(np.load({str(tmp_path / "x.npy")!r}))
+        for task in sorted(os.listdir("/proc/self/task")):
+            print(len(os.sched_getaffinity(int(task))))
+        """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cores = {int(n) for n in result.stdout.split()}
+    full = len(os.sched_getaffinity(0))
+    assert (cores == {full}) == (bind is None), (cores, full)
+
+
 def test_public_names_load_on_first_use():
     result = _run_python(
         """
