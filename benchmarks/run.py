@@ -1,4 +1,4 @@
-"""bridge against LiteRT, ONNX Runtime and Keras 3/JAX: same models, same inputs, interleaved.
+"""bridge against LiteRT, ONNX Runtime and Keras 3/JAX: same models, same inputs, each timed alone.
 
     benchmarks/.venv/bin/python benchmarks/run.py                  # every model, batch 1 and 8
     benchmarks/.venv/bin/python benchmarks/run.py --quick          # smoke test: one small model
@@ -8,11 +8,16 @@ For each model and batch size:
   1. every runtime is built or loaded once in its own subprocess (a "probe"), which records the
      build/convert time, load time, first-call time and the process's peak RSS (VmHWM);
      bridge's probe compiles with bridge.build and exports the library;
-  2. this process then loads every runtime (bridge from the probe's library), checks each output
-     against the Keras reference on the same input, warms each up, and times them in rounds:
-     round r calls each runtime once, in an order rotated by r, so machine noise hits all alike.
-     A runtime leaves the rotation after --rounds calls, or once its timed calls add up to
-     --time-budget seconds (and it has at least --min-rounds), whichever comes first.
+  2. this process then loads every runtime (bridge from the probe's library) and checks each
+     output against the Keras reference on the same input;
+  3. each runtime is timed alone in a fresh subprocess (--timing alone, the default), in two
+     passes (runtimes in order, then in reverse; half the calls each) so drift hits all alike:
+     runtimes sharing a process slow each other (one's thread pool still spinning, or pinned,
+     takes a core from the next: measured 1.6-2x on LiteRT and ONNX Runtime next to TVM).
+     --timing interleaved times them in this process in rounds instead: round r calls each
+     runtime once, in an order rotated by r.
+     A runtime stops after --rounds calls, or once its timed calls add up to --time-budget
+     seconds (and it has at least --min-rounds), whichever comes first.
 Writes results/latest.json, results/latest.md and results/latest.png (see README.md).
 """
 
@@ -323,6 +328,55 @@ def run_probe(key: str, model: str, batch: int, args, timeout: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------- timing
+TIMING_PASSES = 2  # each runtime's subprocess runs, the second pass in reverse order
+
+
+def time_alone(args) -> int:
+    """Subprocess: load one runtime, warm it up and time it with no other runtime loaded."""
+    set_thread_env(args.threads)
+    key, model, batch = args.time_alone, args.model, int(args.batch)
+    x = bench_input(model, batch)
+    runtime = load_runtime(key, model, batch, args.threads)
+    runtime.call(x)  # the first warmup call, as the output check is in interleaved timing
+    samples = measure({key: runtime}, x, args)[key]
+    Path(args.probe_out).write_text(json.dumps(samples) + "\n")
+    return 0
+
+
+def run_alone(key: str, model: str, batch: int, args, passes: int) -> list[float]:
+    """One pass of :func:`time_alone` for ``key``: its share of the rounds and time budget."""
+    out = WORK_DIR / "probes" / f"{model}.b{batch}.{key}.times.json"
+    out.unlink(missing_ok=True)
+    limits = {
+        "--rounds": max(1, -(-args.rounds // passes)),
+        "--min-rounds": max(1, -(-args.min_rounds // passes)),
+        "--time-budget": args.time_budget / passes,
+        "--max-time": args.max_time / passes,
+        "--warmup": args.warmup,
+        "--pause": args.pause,
+        "--threads": args.threads,
+    }
+    command = [sys.executable, str(Path(__file__).resolve()), "--time-alone", key]
+    command += ["--model", model, "--batch", str(batch), "--probe-out", str(out)]
+    command += [str(v) for item in limits.items() for v in item]
+    log_path = out.with_suffix(".log")
+    with open(log_path, "w") as log_file:
+        subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+    if not out.is_file():
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError("timing subprocess failed: " + " | ".join(tail)[-300:])
+    return json.loads(out.read_text())
+
+
+def measure_alone(keys: list[str], model: str, batch: int, args) -> dict[str, list[float]]:
+    """Every runtime timed in its own subprocesses, ``TIMING_PASSES`` passes."""
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for index in range(TIMING_PASSES):
+        for key in keys if index % 2 == 0 else keys[::-1]:
+            times[key] += run_alone(key, model, batch, args, TIMING_PASSES)
+    return times
+
+
 def measure(runtimes: dict[str, Runtime], x: np.ndarray, args) -> dict[str, list[float]]:
     """Warm up, then interleaved rounds with a rotating order; per-runtime stop rules.
 
@@ -477,10 +531,15 @@ def bench_group(model: str, batch: int, keys: list[str], args, tune_supported: b
             log(f"  {key}: {row['status']}")
     if loaded:
         log(
-            f"  timing {len(loaded)} runtimes: up to {args.rounds} rounds, "
+            f"  timing {len(loaded)} runtimes {args.timing}: up to {args.rounds} calls, "
             f"{args.time_budget:g}s budget each"
         )
-        times = measure(loaded, x, args)
+        if args.timing == "alone":
+            for runtime in loaded.values():
+                runtime.close()
+            times = measure_alone(list(loaded), model, batch, args)
+        else:
+            times = measure(loaded, x, args)
         for key, samples in times.items():
             rows[key].update(
                 stats(samples, batch),
@@ -553,6 +612,7 @@ def environment(args) -> dict:
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
         "python": platform.python_version(),
         "threads": args.threads,
+        "timing": args.timing,
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
         "bridge_path": str(bridge_path),
         "git": git,
@@ -598,6 +658,12 @@ def render(results: dict, out: Path) -> str:
     return table
 
 
+TIMING_WORDS = {
+    "alone": "each runtime timed alone in its own process",
+    "interleaved": "runtimes timed interleaved in one process",
+}
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     rows = results["rows"]
@@ -614,7 +680,7 @@ def markdown(results: dict) -> str:
         f"{'/'.join(map(str, env.get('load_average_start', [])))}, at end "
         f"{'/'.join(map(str, env.get('load_average_end', [])))}; this run took "
         f"{env.get('total_seconds', 0) / 60:.0f} min. Median latency per call (ratio to LiteRT "
-        "fp32).",
+        f"fp32); {TIMING_WORDS.get(env.get('timing'), 'runtimes timed interleaved')}.",
         "",
     ]
     by = {(r["model"], r["batch"], r["runtime"]): r for r in rows}
@@ -841,6 +907,12 @@ def parse_args(argv):
         "--pause", type=float, default=0.01, help="idle seconds before each timed call"
     )
     parser.add_argument(
+        "--timing",
+        choices=("alone", "interleaved"),
+        default="alone",
+        help="each runtime in its own subprocess (default), or all in rounds in this one",
+    )
+    parser.add_argument(
         "--tune", default="20m", help="bridge.build(tune=...) for the tuned row: a time or trials"
     )
     parser.add_argument("--build-timeout", type=float, default=1800.0, help="per probe, seconds")
@@ -864,6 +936,7 @@ def parse_args(argv):
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--probe-out", help=argparse.SUPPRESS)
+    parser.add_argument("--time-alone", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batch = QUICK_MODEL, "1"
@@ -878,6 +951,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         args.batch = int(args.batch)
         return probe(args)
+    if args.time_alone:
+        return time_alone(args)
     if args.render:
         table = render(json.loads(Path(args.render).read_text()), Path(args.out))
         log(table)
