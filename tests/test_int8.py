@@ -798,6 +798,53 @@ def test_requantize_edges_bit_exact(rounding: str) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("rounding", [*fixed_point.ROUNDINGS, "mixed"])
+def test_requantize_split_shift_bit_exact(rounding: str) -> None:
+    """Multipliers all below 0.5 shift by 32 or more: the shift splits into the int64's high
+    half and an int32 rest (``fixed_point._shift_in_int32``); on accumulators at +-2**31 and
+    random ones, with a zero point and a clamp, equal to the numpy reference."""
+    real = np.array([2**-32 * 1.7, 2**-20, 0.0003, 0.0625, 0.49, 0.26, 2**-31])
+    mul = fixed_point.quantize_multiplier(real)
+    assert mul.shift.max() <= -1 and mul.shift.min() == -31
+    channels = real.size
+    acc = np.concatenate(
+        [np.repeat(EDGE_ACC[:, None], channels, 1), RNG.integers(-(2**31), 2**31, (60, channels))]
+    ).astype(np.int32)
+    zero_point, clamp = -9, (-128, 127)
+    roundings = fixed_point.simd_roundings(channels, 4) if rounding == "mixed" else rounding
+    per_channel = [roundings[c] if rounding == "mixed" else rounding for c in range(channels)]
+    expected = np.stack(
+        [
+            ref_scale(acc[:, c], mul.significand[c : c + 1], mul.shift[c : c + 1], r)
+            for c, r in enumerate(per_channel)
+        ],
+        axis=1,
+    )
+    expected = np.clip(expected + zero_point, *clamp).astype(np.int8)
+    build = lambda a: fixed_point.requantize(a, mul, zero_point, clamp, "int8", roundings)  # noqa: E731
+    shifts = _shifts(build(relax.Var("acc", relax.TensorType(acc.shape, "int32"))))
+    assert ("int64", 32) in shifts and any(d == "int32" for d, _ in shifts), shifts
+    np.testing.assert_array_equal(run_relax(build, [acc]), expected)
+
+
+def _shifts(expr: relax.Expr) -> list[tuple[str, object]]:
+    """(dtype, value) of every constant shift amount of the ``right_shift`` calls in ``expr``."""
+    found = []
+
+    def visit(node) -> None:
+        if isinstance(node, relax.Call):
+            if node.op.same_as(tvm.ir.Op.get("relax.right_shift")):
+                amount = node.args[1]
+                if isinstance(amount, tvm.ir.expr.Constant):
+                    value = amount.value.numpy()
+                    found.append((str(value.dtype), value.tolist()))
+            for arg in node.args:
+                visit(arg)
+
+    visit(expr)
+    return found
+
+
 def _conv_requantized(data):
     w = np.arange(32 * 16).reshape(32, 1, 1, 16) % 255 - 127
     bias = np.arange(32, dtype=np.int32) * 1000 - 9000
@@ -811,16 +858,18 @@ AVX512_VNNI = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mtriple": "x
 
 def test_requantize_epilogue_is_one_multiply_add_shift() -> None:
     """The int8 convolution's epilogue on AVX-512 (read from the assembly): per 8 lanes one
-    64-bit multiply, one addition and one variable shift; no separate ``>> 31`` of the high
-    multiply (``vpsraq $31``), no bias addition and no correction subtraction (both folded
-    into the addend)."""
+    64-bit multiply and one addition; no separate ``>> 31`` of the high multiply (``vpsraq
+    $31``), no bias addition and no correction subtraction (both folded into the addend).
+    The shift past the product's high half runs on 16 int32 lanes (``vpsravd``), so no
+    64-bit variable shift and no 64-bit clamp is left."""
     from test_int8_schedules import assembly, compile_relax
 
     x = np.zeros((1, 7, 8, 16), np.int8)
     asm = assembly(compile_relax(_conv_requantized, [x], AVX512_VNNI))
     mul = asm.count("vpmullq") + asm.count("vpmuldq")
-    assert mul and asm.count("vpsravq") == mul
-    assert "vpsraq\t$31" not in asm
+    assert mul and asm.count("vpsravd") * 2 == mul
+    assert "vpsraq\t$31" not in asm and "vpsravq" not in asm
+    assert "vpminsq" not in asm and "vpmaxsq" not in asm
     assert asm.count("vpaddq") + asm.count("vpsubq") == mul
 
 
