@@ -88,8 +88,9 @@ def test_check_uses_the_model_constants_and_rejects_an_off_by_one_kernel(fused, 
     assert reference.matches(kernels.build_default(mod, TARGET), executor)
     # the same kernel clipping at 126 instead of 127: saturated outputs one step off
     text = mod.script()
-    assert "T.min(" in text and "T.int64(127)" in text
-    wrong = tvm.script.from_source(text.replace("T.int64(127)", "T.int64(126)", 1))
+    clamp = ", 127), -128)"  # int32 (fixed_point's shift past the product's high half)
+    assert "T.min(" in text and clamp in text
+    wrong = tvm.script.from_source(text.replace(clamp, ", 126), -128)", 1))
     assert not reference.matches(kernels.build_schedule(wrong, TARGET), executor)
 
 
