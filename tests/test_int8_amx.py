@@ -38,6 +38,7 @@ CONVS = [
     ((1, 12, 12, 128), 32, 3, (2, 1), (1, 1, 1, 1), "int8"),  # vertical stride, 2 steps
     ((1, 6, 8, 272), 80, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 5 x 16 outputs: one tile a time
     ((2, 7, 7, 512), 256, 3, (1, 1), (1, 1, 1, 1), "int8"),  # 1.1 MiB weights: channels first
+    ((2, 14, 13, 256), 64, 1, (2, 2), (0, 0, 0, 0), "int8"),  # strided 1x1: a dense copy
 ]
 VNNI_ONLY = [
     ((1, 9, 10, 32), 48, 3, (2, 2), (1, 1, 1, 1), "int8"),  # horizontal stride

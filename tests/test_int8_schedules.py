@@ -80,6 +80,7 @@ CONVS = [
     ((2, 8, 8, 3), 20, 3, (2, 2), (0, 0, 1, 1), "int8"),  # channel and output padding
     ((1, 6, 6, 16), 32, 1, (1, 1), (0, 0, 0, 0), "uint8"),
     ((2, 7, 7, 512), 256, 3, (1, 1), (1, 1, 1, 1), "int8"),  # 1.1 MiB weights: channels first
+    ((1, 9, 11, 20), 24, 1, (2, 3), (0, 0, 0, 0), "int8"),  # strided 1x1: a subsampled copy
 ]
 
 

@@ -209,13 +209,16 @@ def pack_weights(weight_hwio: np.ndarray, kind: DotKind) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(4, 0, 1, 2, 5, 3))
 
 
-def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: DotKind):
+def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: DotKind, step=(1, 1)):
     """The activation copy the dot reads: spatially padded with ``pad_value``, channels
     padded to ``channels`` (their weights are zero), shifted to uint8 for VNNI; ``x`` itself
-    when nothing changes."""
+    when nothing changes. ``step`` (a strided 1x1 convolution's strides, no padding): only
+    every ``step``-th row and column, so the dot reads a dense map with stride 1."""
     n, h, w, c = (int(d) for d in x.shape)
     top, left, bottom, right = padding
     shift = kind.shift and x.dtype == "int8"
+    if step != (1, 1):
+        return _subsampled(x, step, channels, shift)
     if not (any(padding) or channels != c or shift):
         return x
 
@@ -235,6 +238,21 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: Dot
     return te.compute((n, h + top + bottom, w + left + right, channels), value, name=ACT)
 
 
+def _subsampled(x: te.Tensor, step, channels: int, shift: bool) -> te.Tensor:
+    """``x[:, ::sh, ::sw]`` with channels padded to ``channels`` (zeros), shifted to uint8
+    where ``shift``: what a 1x1 convolution of strides ``step`` reads, as a dense map."""
+    n, h, w, c = (int(d) for d in x.shape)
+    sh, sw = step
+
+    def value(b, y, xx, ch):
+        v = x[b, y * sh, xx * sw, tirx.min(ch, c - 1)]
+        v = tirx.if_then_else(ch < c, v, tirx.const(0, x.dtype))
+        return (v.astype("int32") + 128).astype("uint8") if shift else v
+
+    shape = (n, (h - 1) // sh + 1, (w - 1) // sw + 1, channels)
+    return te.compute(shape, value, name=ACT)
+
+
 def dot_conv2d(
     x: te.Tensor,
     w: te.Tensor,
@@ -249,7 +267,10 @@ def dot_conv2d(
     """NHWC convolution with packed weights (:func:`pack_weights`): int32."""
     (sh, sw), (dh, dw) = strides, dilation
     tiles, kh, kw, cg, lanes, group = (int(d) for d in w.shape)
-    xs = _activations(x, padding, pad_value, cg * group, kind)
+    step = (1, 1)
+    if kh == kw == 1 and not any(padding) and (sh, sw) != (1, 1):  # a strided 1x1: subsample
+        step, (sh, sw) = (sh, sw), (1, 1)
+    xs = _activations(x, padding, pad_value, cg * group, kind, step)
     n, h, width, _ = (int(d) for d in xs.shape)
     out_h = (h - (kh - 1) * dh - 1) // sh + 1
     out_w = (width - (kw - 1) * dw - 1) // sw + 1
@@ -679,16 +700,17 @@ def schedule_dot(sch: s_tir.Schedule, kind: DotKind) -> None:
 
 def _strip_copy(sch: s_tir.Schedule) -> bool:
     """The kernel copies its activations without spatial padding (a 1x1 convolution's +128
-    shift), STRIP_COPY_CHANNELS or more of them per pixel: worth a copy per strip of pixels
-    (:func:`_copy_per_strip`). Measured (ResNet50, MobileNetV2, batch 8, one thread): with
-    16..32 channels the tile loop this needs costs more than the copy it saves; a padded
-    copy would copy each strip's halo again."""
+    shift, or its subsample of a strided map), STRIP_COPY_CHANNELS or more of them per pixel:
+    worth a copy per strip of pixels (:func:`_copy_per_strip`). Measured (ResNet50,
+    MobileNetV2, batch 8, one thread): with 16..32 channels the tile loop this needs costs
+    more than the copy it saves; a padded copy would copy each strip's halo again."""
     act = find_block(sch, ACT)
     if act is None:
         return False
     source = [int(d) for d in sch.get(act).reads[0].source.shape]
     copy = [int(d) for d in sch.get(act).writes[0].source.shape]
-    return source[1:3] == copy[1:3] and copy[3] >= STRIP_COPY_CHANNELS
+    unpadded = all(c <= s for c, s in zip(copy[1:3], source[1:3]))  # same, or subsampled
+    return unpadded and copy[3] >= STRIP_COPY_CHANNELS
 
 
 def _copy_per_strip(sch: s_tir.Schedule, fused) -> None:
