@@ -17,7 +17,9 @@ to uint8); only the schedule differs:
 
 Convolutions with a horizontal stride other than 1, under 16 input channels (the first
 convolution), under :data:`MIN_DEPTH` products per output (where VNNI is faster) or under 4
-pixels per row (a dense layer at batch 1) keep the VNNI schedule. Linux
+pixels per row (a dense layer at batch 1) keep the VNNI schedule; a strided 1x1 convolution
+reads a subsampled copy with stride 1 (:func:`~bridge.schedules.int8.dot_conv2d`), so it
+takes tiles too. Linux
 hands AMX state to a process only when asked (``arch_prctl(ARCH_REQ_XCOMP_PERM)``), so every
 AMX kernel asks first (:func:`request_amx`): one system call per kernel call.
 """
