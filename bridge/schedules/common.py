@@ -74,11 +74,15 @@ def weights_first(sch: s_tir.Schedule, block, pixel_axes: int) -> list[int] | No
     stmt = sch.get(block)
     pixel_vars = [iv.var for iv in stmt.iter_vars[:pixel_axes]]
     indexes = lambda read, var: any(uses(r.min, var) for r in read.region)  # noqa: E731
-    weights = [r for r in stmt.reads if not indexes(r, pixel_vars[-1])]
-    data = [r for r in stmt.reads if indexes(r, pixel_vars[-1])]
     nbytes = lambda r: int(np.prod([int(d) for d in r.source.shape])) * r.source.dtype.bits // 8  # noqa: E731
-    swept = sum(map(nbytes, weights))
-    if swept < SWEPT_WEIGHTS or swept <= sum(map(nbytes, data)):
+    weights, swept, data = [], 0, 0
+    for read in stmt.reads:
+        if indexes(read, pixel_vars[-1]):
+            data += nbytes(read)
+        else:
+            weights.append(read)
+            swept += nbytes(read)
+    if swept < SWEPT_WEIGHTS or swept <= data:
         return None
     return [i for i, v in enumerate(pixel_vars) if any(indexes(r, v) for r in weights)]
 

@@ -39,6 +39,7 @@ from bridge.schedules.common import (
     largest_divisor,
     loop_extent,
     reads_bool,
+    uses,
     vector_divisor,
     vectorize_block,
     weights_first,
@@ -236,7 +237,7 @@ def _reduces_innermost(sch: s_tir.Schedule, block) -> bool:
     k = stmt.iter_vars[-1].var
     output = stmt.writes[0].source
     inputs = [r for r in stmt.reads if not r.source.same_as(output)]
-    return bool(inputs) and all(r.region and _uses(r.region[-1].min, k) for r in inputs)
+    return bool(inputs) and all(r.region and uses(r.region[-1].min, k) for r in inputs)
 
 
 def _vector_partials(sch: s_tir.Schedule, block, lanes: int):
@@ -275,13 +276,9 @@ def _contiguous_output_axis(sch: s_tir.Schedule, block, n_spatial: int) -> bool:
     stmt = sch.get(block)
     last = stmt.iter_vars[n_spatial - 1].var
     out = stmt.writes[0].region
-    if not out or not _uses(out[-1].min, last):
+    if not out or not uses(out[-1].min, last):
         return False
-    return any(r.region and _uses(r.region[-1].min, last) for r in stmt.reads)
-
-
-def _uses(expr, var) -> bool:
-    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+    return any(r.region and uses(r.region[-1].min, last) for r in stmt.reads)
 
 
 def _same_shape(sch: s_tir.Schedule, producer, consumer) -> bool:
