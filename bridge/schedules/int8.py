@@ -216,18 +216,18 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: Dot
     every ``step``-th row and column, so the dot reads a dense map with stride 1."""
     n, h, w, c = (int(d) for d in x.shape)
     top, left, bottom, right = padding
+    sh, sw = step
     shift = kind.shift and x.dtype == "int8"
-    if step != (1, 1):
-        return _subsampled(x, step, channels, shift)
-    if not (any(padding) or channels != c or shift):
+    if not (any(padding) or channels != c or shift or step != (1, 1)):
         return x
 
     def value(b, y, xx, ch):
-        inside = tirx.all(y >= top, y < top + h, xx >= left, xx < left + w, ch < c)
+        row, col = y * sh, xx * sw  # in the padded input
+        inside = tirx.all(row >= top, row < top + h, col >= left, col < left + w, ch < c)
         v = x[
             b,
-            tirx.min(tirx.max(y - top, 0), h - 1),
-            tirx.min(tirx.max(xx - left, 0), w - 1),
+            tirx.min(tirx.max(row - top, 0), h - 1),
+            tirx.min(tirx.max(col - left, 0), w - 1),
             tirx.min(ch, c - 1),
         ]
         v = tirx.if_then_else(inside, v, tirx.const(pad_value, x.dtype))
@@ -235,22 +235,8 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: Dot
             return (v.astype("int32") + 128).astype("uint8")
         return v
 
-    return te.compute((n, h + top + bottom, w + left + right, channels), value, name=ACT)
-
-
-def _subsampled(x: te.Tensor, step, channels: int, shift: bool) -> te.Tensor:
-    """``x[:, ::sh, ::sw]`` with channels padded to ``channels`` (zeros), shifted to uint8
-    where ``shift``: what a 1x1 convolution of strides ``step`` reads, as a dense map."""
-    n, h, w, c = (int(d) for d in x.shape)
-    sh, sw = step
-
-    def value(b, y, xx, ch):
-        v = x[b, y * sh, xx * sw, tirx.min(ch, c - 1)]
-        v = tirx.if_then_else(ch < c, v, tirx.const(0, x.dtype))
-        return (v.astype("int32") + 128).astype("uint8") if shift else v
-
-    shape = (n, (h - 1) // sh + 1, (w - 1) // sw + 1, channels)
-    return te.compute(shape, value, name=ACT)
+    rows, cols = (h + top + bottom - 1) // sh + 1, (w + left + right - 1) // sw + 1
+    return te.compute((n, rows, cols, channels), value, name=ACT)
 
 
 def dot_conv2d(
