@@ -152,9 +152,10 @@ def _shift_in_int32(
 ) -> relax.Expr:
     """``clamp(y >> total + zero_after)`` as ``floor(floor(y / 2**32) / 2**(total - 32))``:
     exact (a floor of a floor by powers of two), and ``y >> 32`` of any int64 fits in int32,
-    so the rest of the epilogue runs on 16 int32 lanes instead of 2 x 8 int64 (x86: the high
-    halves picked by one shuffle, then ``vpsravd`` and 32-bit clamps, where the int64 path
-    took two ``vpsravq``, four 64-bit clamps and two narrowings per 16 outputs)."""
+    so the rest of the epilogue runs on 16 int32 lanes instead of 2 x 8 int64 (x86, per 16
+    outputs: the high halves taken by two ``vpsrlq $32`` and narrowed, then one ``vpsravd``
+    and a saturating ``vpmovsdb`` store, where the int64 path took two ``vpsravq`` and four
+    64-bit clamps before narrowing)."""
     high = relax.op.astype(relax.op.right_shift(y, relax.const(HIGH_HALF, "int64")), "int32")
     rest = total - HIGH_HALF
     if np.any(rest):
