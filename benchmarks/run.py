@@ -310,21 +310,30 @@ def run_probe(key: str, model: str, batch: int, args, timeout: float) -> dict:
         "--tune",
         args.tune,
     ]
-    log_path = out.with_suffix(".log")
     started = time.perf_counter()
     try:
-        with open(log_path, "w") as log_file:
-            subprocess.run(
-                command, stdout=log_file, stderr=subprocess.STDOUT, timeout=timeout, check=False
-            )
+        failure = run_logged(command, out, timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"build/load timed out after {timeout:.0f}s"}
-    if not out.is_file():
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        return {"ok": False, "error": "probe crashed: " + " | ".join(tail)[-300:]}
+    if failure:
+        return {"ok": False, "error": "probe crashed: " + failure}
     result = json.loads(out.read_text())
     result["probe_wall_s"] = time.perf_counter() - started
     return result
+
+
+def run_logged(command: list[str], out: Path, timeout: float | None = None) -> str | None:
+    """Run a subprocess of this script with its output in ``out``'s ``.log``; None once it
+    wrote ``out``, else the log's last lines."""
+    log_path = out.with_suffix(".log")
+    with open(log_path, "w") as log_file:
+        subprocess.run(
+            command, stdout=log_file, stderr=subprocess.STDOUT, timeout=timeout, check=False
+        )
+    if out.is_file():
+        return None
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+    return " | ".join(tail)[-300:]
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -359,12 +368,9 @@ def run_alone(key: str, model: str, batch: int, args, passes: int) -> list[float
     command = [sys.executable, str(Path(__file__).resolve()), "--time-alone", key]
     command += ["--model", model, "--batch", str(batch), "--probe-out", str(out)]
     command += [str(v) for item in limits.items() for v in item]
-    log_path = out.with_suffix(".log")
-    with open(log_path, "w") as log_file:
-        subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, check=False)
-    if not out.is_file():
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError("timing subprocess failed: " + " | ".join(tail)[-300:])
+    failure = run_logged(command, out)
+    if failure:
+        raise RuntimeError("timing subprocess failed: " + failure)
     return json.loads(out.read_text())
 
 
