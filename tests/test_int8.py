@@ -763,6 +763,22 @@ def test_zero_point_stays_out_of_a_shift_it_would_overflow() -> None:
     assert after == 0 and int(addend[0]) == 2**30 + 2**35 + (3 << 36)
 
 
+def ref_requantize_channels(acc, mul, roundings, zero_point: int, clamp) -> np.ndarray:
+    """The numpy reference of ``requantize`` to int8 with ``roundings`` one name, or one per
+    channel (the last axis)."""
+    if isinstance(roundings, str):
+        y = ref_scale(acc, mul.significand, mul.shift, roundings)
+    else:
+        y = np.stack(
+            [
+                ref_scale(acc[:, c], mul.significand[c : c + 1], mul.shift[c : c + 1], r)
+                for c, r in enumerate(roundings)
+            ],
+            axis=1,
+        )
+    return np.clip(y + zero_point, *clamp).astype(np.int8)
+
+
 @pytest.mark.parametrize("rounding", [*fixed_point.ROUNDINGS, "mixed"])
 def test_requantize_edges_bit_exact(rounding: str) -> None:
     """The compiled epilogue on accumulators at +-2**31, per-channel multipliers from 2**-40
@@ -778,20 +794,8 @@ def test_requantize_edges_bit_exact(rounding: str) -> None:
     left = np.maximum(mul.shift, 0) if rounding != "single" else np.zeros(channels, np.int64)
     acc = (acc >> left).astype(np.int32)  # no left-shifted product beyond int32, as in TFLite
     zero_point, clamp = 7, (-100, 120)
-    if rounding == "mixed":
-        roundings = fixed_point.simd_roundings(channels, 4)
-        expected = np.stack(
-            [
-                ref_scale(acc[:, c], mul.significand[c : c + 1], mul.shift[c : c + 1], r)
-                for c, r in enumerate(roundings)
-            ],
-            axis=1,
-        )
-        expected = np.clip(expected + zero_point, *clamp).astype(np.int8)
-    else:
-        roundings = rounding
-        y = ref_scale(acc, mul.significand, mul.shift, rounding) + zero_point
-        expected = np.clip(y, *clamp).astype(np.int8)
+    roundings = fixed_point.simd_roundings(channels, 4) if rounding == "mixed" else rounding
+    expected = ref_requantize_channels(acc, mul, roundings, zero_point, clamp)
     got = run_relax(
         lambda a: fixed_point.requantize(a, mul, zero_point, clamp, "int8", roundings), [acc]
     )
@@ -812,15 +816,7 @@ def test_requantize_split_shift_bit_exact(rounding: str) -> None:
     ).astype(np.int32)
     zero_point, clamp = -9, (-128, 127)
     roundings = fixed_point.simd_roundings(channels, 4) if rounding == "mixed" else rounding
-    per_channel = [roundings[c] if rounding == "mixed" else rounding for c in range(channels)]
-    expected = np.stack(
-        [
-            ref_scale(acc[:, c], mul.significand[c : c + 1], mul.shift[c : c + 1], r)
-            for c, r in enumerate(per_channel)
-        ],
-        axis=1,
-    )
-    expected = np.clip(expected + zero_point, *clamp).astype(np.int8)
+    expected = ref_requantize_channels(acc, mul, roundings, zero_point, clamp)
     build = lambda a: fixed_point.requantize(a, mul, zero_point, clamp, "int8", roundings)  # noqa: E731
     shifts = _shifts(build(relax.Var("acc", relax.TensorType(acc.shape, "int32"))))
     assert ("int64", 32) in shifts and any(d == "int32" for d, _ in shifts), shifts
