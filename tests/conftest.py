@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,6 +106,21 @@ def conv_clip_pad_module():
             out = builder.emit_output(y)
         builder.emit_func_output(out)
     return builder.get()
+
+
+def parallel_body_allocations(asm: str) -> dict[str, int]:
+    """Per parallel loop body in ``asm`` (LLVM's ``.L__tvm_parallel_lambda`` functions), its
+    calls to TVM's workspace pool (``TVMBackendAllocWorkspace``), each made once per loop
+    iteration; kernels' top-level buffers (a padded copy) are allocated outside them."""
+    counts: dict[str, int] = {}
+    current = None
+    for line in asm.splitlines():
+        function = re.match(r"\s*\.type\s+([^,]+),@function", line)
+        if function:
+            current = function.group(1)
+        elif current and "parallel_lambda" in current and "TVMBackendAllocWorkspace" in line:
+            counts[current] = counts.get(current, 0) + 1
+    return counts
 
 
 def host_has(feature: str) -> bool:

@@ -14,7 +14,7 @@ from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_disp
 import bridge
 from bridge.compile import bind_weights
 from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
-from tests.conftest import EXAMPLES, KERAS3, conv_clip_pad_module
+from tests.conftest import EXAMPLES, KERAS3, conv_clip_pad_module, runs_here
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"})
 
@@ -576,3 +576,60 @@ def fuse_kernels_named(mod: tvm.IRModule, target, name: str) -> tvm.tirx.PrimFun
 
     (func,) = [f for gv, f in fuse(mod, target).functions.items() if gv.name_hint == name]
     return func
+
+
+def _conv_module(groups: int):
+    """MobileNetV2's convolutions at 14x14 with fewer channels, each with its batch-norm scale
+    and ReLU6: a 1x1 expansion (``groups`` 1) or a 3x3 depthwise one (``groups`` = 64)."""
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 14, 14, 64], "float32"))
+    shape, layout = ((3, 3, 64, 1), "HWOI") if groups > 1 else ((1, 1, 64, 128), "HWIO")
+    w = relax.const(np.random.default_rng(0).standard_normal(shape).astype("float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit(
+                relax.op.nn.conv2d(
+                    x,
+                    w,
+                    padding=1 if groups > 1 else 0,
+                    groups=groups,
+                    data_layout="NHWC",
+                    kernel_layout=layout,
+                )
+            )
+            y = builder.emit(relax.op.clip(relax.op.multiply(y, relax.const(0.5)), 0.0, 6.0))
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+@pytest.mark.parametrize("groups", [1, 64], ids=["conv", "depthwise"])
+def test_tile_accumulators_are_on_the_stack(groups, monkeypatch):
+    """A register tile's accumulators are a stack slot, not a workspace-pool allocation per
+    tile; with bridge.schedules.stack switched off, every tile allocates (the control)."""
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+    from bridge.schedules import stack
+    from tests.conftest import parallel_body_allocations
+
+    def build():
+        executable = compile_module(_conv_module(groups), TARGET)
+        asm = "\n".join(m.inspect_source("asm") for m in executable.mod.imports)
+        return executable, parallel_body_allocations(asm)
+
+    executable, allocations = build()
+    assert allocations == {}
+    with monkeypatch.context() as patch:
+        patch.setattr(stack, "stack_buffers", lambda func: func)
+        control, control_allocations = build()
+    assert control_allocations, "the control build should allocate its tiles from the pool"
+    x = np.random.default_rng(1).standard_normal((1, 14, 14, 64)).astype("float32")
+    if runs_here("x86-64-v4"):
+        got, want = (
+            VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+            for e in (executable, control)
+        )
+        np.testing.assert_array_equal(got, want)

@@ -25,6 +25,7 @@ Kernels these rules do not recognize are left to TVM's dlight CPU rules.
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
@@ -44,8 +45,11 @@ from bridge.schedules.common import (
     vectorize_block,
     weights_first,
 )
+from bridge.schedules.stack import STACK_BYTES
 
 MAX_PIXEL_TILE = 8
+# products per output under which a register tile is kept small enough for the stack
+SHORT_REDUCTION = 256
 
 
 # LLVM answers with the build machine's width for generic x86 CPU names; these are fixed.
@@ -167,7 +171,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     spatial, reduce = loops[:n_spatial], loops[n_spatial:]
     ch_outer, ch_inner = sch.split(spatial[-1], [None, vector])
     if n_spatial >= 2:
-        tile = largest_divisor(width, MAX_PIXEL_TILE)
+        tile = largest_divisor(width, _pixel_tile(sch, block, vector, reduce))
         px_outer, px_inner = sch.split(spatial[-2], [None, tile])
         outer = _outer_order(sch, block, [*spatial[:-2], px_outer], ch_outer)
         sch.reorder(*outer, *reduce, px_inner, ch_inner)
@@ -187,6 +191,21 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
     return True
+
+
+def _pixel_tile(sch: s_tir.Schedule, block, vector: int, reduce: list) -> int:
+    """Pixels per register tile: :data:`MAX_PIXEL_TILE`, or fewer where a short reduction
+    (under :data:`SHORT_REDUCTION` products per output) would otherwise pay a workspace-pool
+    allocation per tile: the tile's accumulators (``pixels x vector``) then stay under
+    :data:`~bridge.schedules.stack.STACK_BYTES`, on the stack. Long reductions keep the larger
+    tile, whose allocation is small beside its work."""
+    products = 1
+    for loop in reduce:
+        products *= loop_extent(sch.get(loop))
+    if products >= SHORT_REDUCTION:
+        return MAX_PIXEL_TILE
+    accumulator = tvm.DataType(sch.get(block).writes[0].source.dtype).bits // 8
+    return max(1, min(MAX_PIXEL_TILE, (STACK_BYTES - 1) // (vector * accumulator)))
 
 
 def _outer_order(sch: s_tir.Schedule, block, pixels: list, ch_outer) -> list:

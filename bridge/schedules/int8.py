@@ -37,6 +37,7 @@ from bridge.schedules.common import (
     weights_first,
 )
 from bridge.schedules.cpu import _inline_epilogue
+from bridge.schedules.stack import STACK_BYTES
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 MATMUL = tvm.ir.Op.get("relax.matmul")
@@ -51,7 +52,6 @@ ACT = "int8_act"  # the activation copy (padding, +128 shift, channel padding)
 # buffer on the stack only in "global" scope and under kMaxStackAlloca (1024 bytes); any other
 # (a "local" one too) is allocated and freed through TVMBackendAllocWorkspace once per tile
 ACC_SCOPE = "global"
-STACK_BYTES = 1024
 # pixel strips a kernel needs to run by strip (:func:`_tile`), enough for the threads
 PARALLEL_MIN = 32
 # input channels from which a copy is made strip by strip (:func:`_copy_per_strip`)

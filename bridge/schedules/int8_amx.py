@@ -8,7 +8,7 @@ the VNNI ones (:func:`~bridge.schedules.int8.prepack_int8`: weights ``[O/16, KH,
 to uint8); only the schedule differs:
 
 * a register tile is ``pixels`` (up to 15, dividing the row, so that its accumulators fit the
-  stack: :data:`~bridge.schedules.int8.STACK_BYTES`) output pixels of one row by 16 output
+  stack: :data:`~bridge.schedules.stack.STACK_BYTES`) output pixels of one row by 16 output
   channels, reduced over the window and the input channels ``kt`` (up to 64) at a time;
 * each step loads the accumulators, the activations (one row of the tile per pixel, strided
   by the channel count) and the weights into tiles, runs one ``tdpbusd`` and stores the sums;

@@ -31,6 +31,7 @@ from bridge.schedules.int8_elementwise import Int8LookupKernels
 from bridge.schedules.lift import BuildRecord, lift_constants, measure_arena
 from bridge.schedules.narrow import inline_widening, narrow_constants
 from bridge.schedules.prepack import prepack_weights
+from bridge.schedules.stack import stack_small_buffers
 
 SCHEDULED_KINDS = ("llvm", "cuda")
 
@@ -85,7 +86,8 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
         return gpu.default_schedule()
     # guarded: dlight's reduction rule fails on symbolic extents such as T - 2 (input_shapes
     # with a symbolic length); such a kernel keeps its plain loops. An AMX kernel asks Linux
-    # for the tiles first (request_amx), wherever the schedule is used
+    # for the tiles first (request_amx), wherever the schedule is used; small scratch buffers
+    # (register tiles' accumulators) then move to the stack (stack_small_buffers)
     rules = dlight.ApplyDefaultSchedule(
         AmxKernels(),
         Int8Kernels(),
@@ -96,7 +98,7 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
         ChannelsLastKernels(),
         gpu.Guarded(dlight.cpu.Reduction()),
     )
-    return tvm.transform.Sequential([rules, request_amx])
+    return tvm.transform.Sequential([rules, request_amx, stack_small_buffers()])
 
 
 def _lowering_passes(target: tvm.target.Target) -> list:
