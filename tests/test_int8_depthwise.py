@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from conftest import runs_here
+from conftest import FIXTURES, parallel_body_allocations, runs_here
 from tvm import relax
 
 from bridge.compile import compile_module
@@ -17,7 +17,12 @@ from bridge.schedules import int8_depthwise
 
 RNG = np.random.default_rng(11)
 # (mcpu, instruction its depthwise kernels must use)
-PRESETS = [("znver4", "vpdpwssd"), ("x86-64-v4", "vpmaddwd"), ("x86-64-v3", "vpmaddwd")]
+PRESETS = [
+    ("znver4", "vpdpwssd"),
+    ("sapphirerapids", "vpdpwssd"),  # Intel: only with the fast-dpwssd tuning (codegen_target)
+    ("x86-64-v4", "vpmaddwd"),
+    ("x86-64-v3", "vpmaddwd"),
+]
 CASES = [
     # (input NHWC, kernel, stride, activation dtype)
     ((1, 11, 13, 32), 3, 1, "int8"),
@@ -97,6 +102,18 @@ def test_widths_per_target() -> None:
     assert int8_depthwise.channel_lanes(20, x86("znver4")) is None
 
 
+def test_codegen_target_adds_fast_dpwssd_on_intel_vnni_only() -> None:
+    """LLVM splits vpdpwssd into vpmaddwd + vpaddd unless the CPU's tuning says it is fast:
+    Intel CPUs with VNNI get that tuning flag for code generation, others stay as they are."""
+    for mcpu in ("sapphirerapids", "emeraldrapids", "alderlake"):
+        mattr = int8_depthwise.codegen_target(x86(mcpu)).attrs.get("mattr", [])
+        assert "+fast-dpwssd" in [str(m) for m in mattr], mcpu
+    for target in (x86("znver4"), x86("x86-64-v4"), x86("x86-64-v3")):
+        assert int8_depthwise.codegen_target(target).same_as(target)
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
+    assert int8_depthwise.codegen_target(arm).same_as(arm)
+
+
 def test_pack_weights_layout() -> None:
     """[C/L, KH, KW, L] int32 words: the int16 weight in the low half, zero in the high."""
     w = RNG.integers(-128, 128, (3, 3, 32)).astype(np.int8)
@@ -148,3 +165,26 @@ def test_average_pool_sum_takes_the_kernel() -> None:
     want = sum(padded[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3))
     if runs_here("znver4"):
         np.testing.assert_array_equal(run(executable, x), want)
+
+
+def test_tile_accumulators_are_on_the_stack(monkeypatch) -> None:
+    """A MobileNet-like int8 model (depthwise, pointwise, average pool): no kernel's parallel
+    loop body allocates from TVM's workspace pool, so each register tile's int32 accumulators
+    are a stack slot; with bridge.schedules.stack switched off, the depthwise tiles allocate
+    theirs (the control)."""
+    import bridge
+    from bridge.compile import compile_model
+    from bridge.schedules import stack
+
+    mod, params = bridge.to_relax(FIXTURES / "tflite" / "mobile_int8.tflite")
+
+    def allocations() -> dict[str, int]:
+        compiled = compile_model(mod, params, x86("znver4"))
+        asm = "\n".join(m.inspect_source("asm") for m in compiled.executable.mod.imports)
+        assert "depthwise_int8" in asm
+        return parallel_body_allocations(asm)
+
+    assert allocations() == {}
+    with monkeypatch.context() as patch:
+        patch.setattr(stack, "stack_buffers", lambda func: func)
+        assert allocations(), "the control build should allocate its tiles from the pool"
