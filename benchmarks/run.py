@@ -374,13 +374,24 @@ def run_alone(key: str, model: str, batch: int, args, passes: int) -> list[float
     return json.loads(out.read_text())
 
 
-def measure_alone(keys: list[str], model: str, batch: int, args) -> dict[str, list[float]]:
-    """Every runtime timed in its own subprocesses, ``TIMING_PASSES`` passes."""
+def measure_alone(
+    keys: list[str], model: str, batch: int, args
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Every runtime timed in its own subprocesses, ``TIMING_PASSES`` passes; returns the
+    times and, per runtime whose subprocess failed (it then leaves the passes), why. One
+    runtime's failure does not end the others' timing."""
     times: dict[str, list[float]] = {k: [] for k in keys}
+    failures: dict[str, str] = {}
     for index in range(TIMING_PASSES):
         for key in keys if index % 2 == 0 else keys[::-1]:
-            times[key] += run_alone(key, model, batch, args, TIMING_PASSES)
-    return times
+            if key in failures:
+                continue
+            try:
+                times[key] += run_alone(key, model, batch, args, TIMING_PASSES)
+            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                failures[key] = str(exc)
+                log(f"    {key}: {exc}")
+    return {k: v for k, v in times.items() if k not in failures}, failures
 
 
 def measure(runtimes: dict[str, Runtime], x: np.ndarray, args) -> dict[str, list[float]]:
@@ -540,12 +551,15 @@ def bench_group(model: str, batch: int, keys: list[str], args, tune_supported: b
             f"  timing {len(loaded)} runtimes {args.timing}: up to {args.rounds} calls, "
             f"{args.time_budget:g}s budget each"
         )
+        failures: dict[str, str] = {}
         if args.timing == "alone":
             for runtime in loaded.values():
                 runtime.close()
-            times = measure_alone(list(loaded), model, batch, args)
+            times, failures = measure_alone(list(loaded), model, batch, args)
         else:
             times = measure(loaded, x, args)
+        for key, why in failures.items():
+            rows[key]["status"] = f"error: {why[:300]}"
         for key, samples in times.items():
             rows[key].update(
                 stats(samples, batch),

@@ -1,0 +1,42 @@
+"""benchmarks/run.py's timing driver (the script itself needs the peers installed; these parts
+do not): one runtime whose timing subprocess fails is reported, the others are still timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def run_script():
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_run", None)
+
+
+def test_a_failed_timing_subprocess_leaves_the_other_runtimes_timed(run_script, monkeypatch):
+    calls = []
+
+    def run_alone(key, model, batch, args, passes):
+        calls.append(key)
+        if key == "onnxruntime":
+            raise RuntimeError("timing subprocess failed: Segmentation fault")
+        return [0.001, 0.002]
+
+    monkeypatch.setattr(run_script, "run_alone", run_alone)
+    monkeypatch.setattr(run_script, "log", lambda *_: None)
+    keys = ["bridge", "onnxruntime", "litert-fp32"]
+    times, failures = run_script.measure_alone(keys, "MobileNetV2", 1, SimpleNamespace())
+    assert set(times) == {"bridge", "litert-fp32"}
+    assert times["bridge"] == [0.001, 0.002] * run_script.TIMING_PASSES
+    assert failures == {"onnxruntime": "timing subprocess failed: Segmentation fault"}
+    assert calls.count("onnxruntime") == 1  # not retried in the later passes
