@@ -5,9 +5,10 @@ TVM lowers every buffer a kernel allocates to ``TVMBackendAllocWorkspace`` /
 (1024 bytes). A register tile's accumulators (a ``cache_write`` in "local" scope: 896 bytes for
 14 pixels x 16 float or int32 lanes) are allocated inside the parallel loop, so every tile of
 every kernel paid an allocation from a thread-local pool (a TLS lookup, a free-list search, a
-free: about 3% of MobileNetV2 int8's CPU time in ``perf``). :func:`stack_small_buffers` moves such buffers to "global" scope, where the LLVM code generator
-makes them stack slots hoisted to the kernel's entry (a parallel loop's body is a function of
-its own). Nothing else changes: "local" means nothing more than "global" on a CPU.
+free: about 3% of MobileNetV2 int8's CPU time in ``perf``). :func:`stack_small_buffers` moves
+such buffers to "global" scope, where the LLVM code generator makes them stack slots hoisted
+to the kernel's entry (a parallel loop's body is a function of its own). Nothing else changes:
+"local" means nothing more than "global" on a CPU.
 """
 
 from __future__ import annotations
