@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -108,19 +107,17 @@ def conv_clip_pad_module():
     return builder.get()
 
 
-def parallel_body_allocations(asm: str) -> dict[str, int]:
-    """Per parallel loop body in ``asm`` (LLVM's ``.L__tvm_parallel_lambda`` functions), its
-    calls to TVM's workspace pool (``TVMBackendAllocWorkspace``), each made once per loop
-    iteration; kernels' top-level buffers (a padded copy) are allocated outside them."""
-    counts: dict[str, int] = {}
-    current = None
+def parallel_bodies(asm: str) -> str:
+    """The parallel loop bodies (``.L__tvm_parallel_lambda*`` functions) of an assembly: a
+    call there (``TVMBackendAllocWorkspace``) runs once per loop iteration."""
+    bodies, inside = [], False
     for line in asm.splitlines():
-        function = re.match(r"\s*\.type\s+([^,]+),@function", line)
-        if function:
-            current = function.group(1)
-        elif current and "parallel_lambda" in current and "TVMBackendAllocWorkspace" in line:
-            counts[current] = counts.get(current, 0) + 1
-    return counts
+        label = line and not line[0].isspace() and line.endswith(":")
+        if label and not line.startswith((".Lt", ".LBB", ".LCPI", ".Lfunc")):
+            inside = line.startswith(".L__tvm_parallel_lambda")
+        if inside:
+            bodies.append(line)
+    return "\n".join(bodies)
 
 
 def host_has(feature: str) -> bool:

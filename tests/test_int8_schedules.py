@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from conftest import runs_here
+from conftest import parallel_bodies, runs_here
 from test_int8 import ref_add, ref_conv2d, ref_dense, ref_requantize
 from tvm import relax, tirx
 
@@ -274,18 +274,6 @@ def test_dense_rows_bit_exact(mcpu: str) -> None:
     np.testing.assert_array_equal(got, want)
 
 
-def parallel_bodies(asm: str) -> str:
-    """The parallel loop bodies (``.L__tvm_parallel_lambda*`` functions) of an assembly."""
-    bodies, inside = [], False
-    for line in asm.splitlines():
-        label = line and not line[0].isspace() and line.endswith(":")
-        if label and not line.startswith((".Lt", ".LBB", ".LCPI", ".Lfunc")):
-            inside = line.startswith(".L__tvm_parallel_lambda")
-        if inside:
-            bodies.append(line)
-    return "\n".join(bodies)
-
-
 def test_tile_allocates_nothing_per_iteration() -> None:
     """The register tile's accumulators live on the stack: no TVMBackendAllocWorkspace call
     (and free) in the parallel loop's body for every tile (a "local" buffer, or one of 1024
@@ -325,7 +313,8 @@ STRIP_CASES = [
     ((2, 14, 14, 96), (1, 1), 0, 1),
     ((2, 14, 14, 32), (1, 1), 0, 2),  # few channels: the copy stays a pass of its own
     ((2, 14, 14, 64), (1, 1), 1, 2),  # padded: so does a padded copy
-    ((1, 7, 7, 64), (1, 1), 0, 2),  # 7 strips: too few for the threads
+    ((1, 7, 7, 64), (1, 1), 0, 1),  # 7 strips: too few for the threads; the copy (3 KB,
+    # under SERIAL_ELEMENTS) then runs on the calling thread, the product in parallel
 ]
 
 
@@ -360,3 +349,48 @@ def test_large_weights_run_channel_blocks_outside_pixels(case, order) -> None:
     build = lambda v: kernels.conv2d(v, w, None, 3, kernels.Window(strides, padding))  # noqa: E731
     sch = tvm.s_tir.Schedule(dot_kernel(build, [x], x86("znver4")))
     assert weights_first(sch, int8._dot_block(sch), 3) == order
+
+
+@pytest.mark.parametrize(
+    ("pixels", "channels", "parallel"),
+    [((1, 1), 1152, False), ((8, 16), 1152, True)],
+    ids=["squeeze-excite-gate", "feature-map"],
+)
+def test_squeeze_excite_sized_kernels_run_on_one_thread(pixels, channels: int, parallel) -> None:
+    """A squeeze-excite gate's expanding 1x1 convolution of one pixel (48 -> 1152 channels:
+    under SERIAL_PRODUCTS multiply-adds) runs on the calling thread, with no parallel launch
+    and join for 36 channel blocks; the same layer over a feature map runs in parallel."""
+    x = RNG.integers(-128, 128, (1, *pixels, 48)).astype(np.int8)
+    w = RNG.integers(-127, 128, (channels, 1, 1, 48)).astype(np.int8)
+    mul = fixed_point.quantize_multiplier(0.004)
+
+    def build(v):
+        acc = kernels.conv2d(v, w, None, 3, kernels.Window())
+        return fixed_point.requantize(acc, mul, 1, (-128, 127), "int8", "double_up")
+
+    asm = assembly(compile_relax(build, [x], x86("znver4")))
+    assert ("__tvm_parallel_lambda" in asm) == parallel
+    if runs_here("x86-64-v4"):
+        got = run(compile_relax(build, [x], x86("x86-64-v4")), [x])
+        acc = ref_conv2d(x, w, None, 3, (1, 1), (0, 0, 0, 0), (1, 1))
+        want = ref_requantize(acc, np.float64(0.004), 1, (-128, 127), "double_up", "int8")
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("shape", "parallel"), [((1, 1, 1, 1152), False), ((1, 56, 56, 144), True)]
+)
+def test_small_elementwise_kernels_run_on_one_thread(shape, parallel: bool) -> None:
+    """Requantizing a squeeze-excite mean (1152 int32 values, under SERIAL_ELEMENTS) runs on
+    the calling thread; a feature map's requantization runs in parallel."""
+    acc = RNG.integers(-50000, 50000, shape).astype(np.int32)
+    mul = fixed_point.quantize_multiplier(0.003)
+
+    def build(v):
+        return fixed_point.requantize(v, mul, -2, (-128, 127), "int8", "double_up")
+
+    executable = compile_relax(build, [acc], x86("x86-64-v4"))
+    assert ("__tvm_parallel_lambda" in assembly(executable)) == parallel
+    if runs_here("x86-64-v4"):
+        want = ref_requantize(acc, np.float64(0.003), -2, (-128, 127), "double_up", "int8")
+        np.testing.assert_array_equal(run(executable, [acc]), want)

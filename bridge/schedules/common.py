@@ -92,6 +92,17 @@ def reads_bool(sch: s_tir.Schedule, block) -> bool:
 
 
 MIN_ROWS = 8  # vector rows (below: one loop over all elements, parallel by vector)
+# Kernels smaller than this run on one thread: a parallel launch and its join (~1 us at two
+# threads) cost more than splitting saves (squeeze-excite vectors and their 1x1 convolutions)
+SERIAL_PRODUCTS = 1 << 16  # multiply-adds of a reduction kernel
+SERIAL_ELEMENTS = 1 << 13  # outputs of an elementwise kernel
+
+
+def parallel_unless_small(sch: s_tir.Schedule, loop, work: int, limit: int) -> None:
+    """``sch.parallel(loop)``, unless the kernel's ``work`` is under ``limit``
+    (:data:`SERIAL_PRODUCTS` or :data:`SERIAL_ELEMENTS`): then it stays one thread's loop."""
+    if work >= limit:
+        sch.parallel(loop)
 
 
 def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
@@ -109,23 +120,25 @@ def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
     extents = [loop_extent(sch.get(loop)) for loop in loops]
     if any(extent is None for extent in extents):
         return
+    total = 1
+    for extent in extents:
+        total *= extent
     row = vector_row(extents, lanes) if vectorize else None
     if row is not None:
         outer = sch.fuse(*loops[:-row]) if len(loops) - row > 1 else loops[0]
         inner = sch.fuse(*loops[-row:]) if row > 1 else loops[-1]
-        sch.parallel(outer)
+        parallel_unless_small(sch, outer, total, SERIAL_ELEMENTS)
         sch.vectorize(sch.split(inner, [None, lanes])[1])
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = loop_extent(sch.get(fused))
     inner = largest_divisor(total, lanes)  # e.g. 15 lanes for a 225x225x3 padded image
     inner = inner if inner >= lanes // 4 else 1
     if vectorize and inner > 1 and total > inner:
         outer, vector = sch.split(fused, [None, inner])
-        sch.parallel(outer)
+        parallel_unless_small(sch, outer, total, SERIAL_ELEMENTS)
         sch.vectorize(vector)
     elif total > 1:
-        sch.parallel(fused)
+        parallel_unless_small(sch, fused, total, SERIAL_ELEMENTS)
 
 
 def vector_row(extents: list[int], lanes: int) -> int | None:

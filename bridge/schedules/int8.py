@@ -30,9 +30,12 @@ from tvm.script import tirx as T
 from tvm.target.codegen import target_has_features
 
 from bridge.schedules.common import (
+    SERIAL_ELEMENTS,
+    SERIAL_PRODUCTS,
     find_block,
     is_reduction,
     largest_divisor,
+    parallel_unless_small,
     vectorize_block,
     weights_first,
 )
@@ -595,7 +598,10 @@ def _tile(sch: s_tir.Schedule, block, kind: DotKind, by_strip: bool = False):
     outer = (o_outer, n, y, x_outer) if first else (n, y, x_outer, o_outer)
     sch.reorder(*outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
     fused = sch.fuse(*outer)
-    sch.parallel(fused)
+    products = 1
+    for loop in sch.get_loops(block):
+        products *= int(sch.get(loop).extent)
+    parallel_unless_small(sch, fused, products, SERIAL_PRODUCTS)
     return fused, fused, False, x_inner, o_vec, o_lane
 
 
@@ -755,7 +761,10 @@ def _schedule_act(sch: s_tir.Schedule, block) -> None:
     a multiple of it (24, the first convolution's 3 padded to 4): LLVM then gathers and
     scatters bytes one by one."""
     b, y, _x, ch = sch.get_loops(block)
-    sch.parallel(sch.fuse(b, y))
+    elements = 1
+    for loop in (b, y, _x, ch):
+        elements *= int(sch.get(loop).extent)
+    parallel_unless_small(sch, sch.fuse(b, y), elements, SERIAL_ELEMENTS)
     _vector_channels(sch, ch)
 
 
