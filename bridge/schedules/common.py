@@ -4,6 +4,8 @@ fused, parallel, vectorized loop of an injective block."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
@@ -39,18 +41,29 @@ def find_block(sch: s_tir.Schedule, name: str):
         return None
 
 
-def block_names(sch: s_tir.Schedule) -> set[str]:
-    """The names of every block of the function ``sch`` works on (none without blocks)."""
+def all_blocks(sch: s_tir.Schedule) -> list:
+    """Every block of the function ``sch`` works on, the root included (none without
+    blocks: hand-written TIR such as the lookup-table kernels)."""
     gv = sch.func_working_on or next(iter(sch.mod.functions))
     realize = sch.mod[gv].body
     if not isinstance(realize, s_tir.SBlockRealize):
-        return set()
-    names, stack = set(), [sch.get_sblock(realize.block.name_hint)]
+        return []
+    found, stack = [], [sch.get_sblock(realize.block.name_hint)]
     while stack:
         block = stack.pop()
-        names.add(sch.get(block).name_hint)
+        found.append(block)
         stack.extend(sch.get_child_blocks(block))
-    return names
+    return found
+
+
+def block_names(sch: s_tir.Schedule) -> set[str]:
+    """The names of every block of the function ``sch`` works on (none without blocks)."""
+    return {sch.get(block).name_hint for block in all_blocks(sch)}
+
+
+def loops_product(sch: s_tir.Schedule, loops) -> int:
+    """The product of ``loops``' (static) extents: a kernel's work, or a tile's reduction."""
+    return math.prod(int(sch.get(loop).extent) for loop in loops)
 
 
 # Weights from which a kernel sweeps each block of output channels over all pixels (if its
@@ -120,9 +133,7 @@ def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
     extents = [loop_extent(sch.get(loop)) for loop in loops]
     if any(extent is None for extent in extents):
         return
-    total = 1
-    for extent in extents:
-        total *= extent
+    total = math.prod(extents)
     row = vector_row(extents, lanes) if vectorize else None
     if row is not None:
         outer = sch.fuse(*loops[:-row]) if len(loops) - row > 1 else loops[0]

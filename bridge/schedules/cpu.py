@@ -39,6 +39,7 @@ from bridge.schedules.common import (
     iter_kinds,
     largest_divisor,
     loop_extent,
+    loops_product,
     reads_bool,
     uses,
     vector_divisor,
@@ -199,10 +200,7 @@ def _pixel_tile(sch: s_tir.Schedule, block, vector: int, reduce: list) -> int:
     allocation per tile: the tile's accumulators (``pixels x vector``) then stay under
     :data:`~bridge.schedules.stack.STACK_BYTES`, on the stack. Long reductions keep the larger
     tile, whose allocation is small beside its work."""
-    products = 1
-    for loop in reduce:
-        products *= loop_extent(sch.get(loop))
-    if products >= SHORT_REDUCTION:
+    if loops_product(sch, reduce) >= SHORT_REDUCTION:
         return MAX_PIXEL_TILE
     accumulator = tvm.DataType(sch.get(block).writes[0].source.dtype).bits // 8
     return max(1, min(MAX_PIXEL_TILE, (STACK_BYTES - 1) // (vector * accumulator)))

@@ -35,6 +35,7 @@ from bridge.schedules.common import (
     find_block,
     is_reduction,
     largest_divisor,
+    loops_product,
     parallel_unless_small,
     vectorize_block,
     weights_first,
@@ -598,9 +599,7 @@ def _tile(sch: s_tir.Schedule, block, kind: DotKind, by_strip: bool = False):
     outer = (o_outer, n, y, x_outer) if first else (n, y, x_outer, o_outer)
     sch.reorder(*outer, rh, rw, rc, x_inner, o_vec, o_lane, rg)
     fused = sch.fuse(*outer)
-    products = 1
-    for loop in sch.get_loops(block):
-        products *= int(sch.get(loop).extent)
+    products = loops_product(sch, sch.get_loops(block))
     parallel_unless_small(sch, fused, products, SERIAL_PRODUCTS)
     return fused, fused, False, x_inner, o_vec, o_lane
 
@@ -761,9 +760,7 @@ def _schedule_act(sch: s_tir.Schedule, block) -> None:
     a multiple of it (24, the first convolution's 3 padded to 4): LLVM then gathers and
     scatters bytes one by one."""
     b, y, _x, ch = sch.get_loops(block)
-    elements = 1
-    for loop in (b, y, _x, ch):
-        elements *= int(sch.get(loop).extent)
+    elements = loops_product(sch, (b, y, _x, ch))
     parallel_unless_small(sch, sch.fuse(b, y), elements, SERIAL_ELEMENTS)
     _vector_channels(sch, ch)
 

@@ -16,17 +16,11 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from bridge.schedules.common import all_blocks
+
 # TVM's kMaxStackAlloca: a "global" buffer strictly smaller stays on the stack; schedules size
 # their register tiles' accumulators under it
 STACK_BYTES = 1024
-
-
-def _blocks(sch: s_tir.Schedule, parent) -> list:
-    found = []
-    for block in sch.get_child_blocks(parent):
-        found.append(block)
-        found.extend(_blocks(sch, block))
-    return found
 
 
 def stack_buffers(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -35,12 +29,8 @@ def stack_buffers(func: tirx.PrimFunc) -> tirx.PrimFunc:
     not checked here: a buffer is compacted to what one loop iteration uses later, and TVM
     decides then (1024 bytes or more still come from the workspace pool)."""
     sch = s_tir.Schedule(func)
-    try:
-        blocks = _blocks(sch, sch.get_sblock("root"))
-    except Exception:  # hand-written TIR without blocks (the lookup-table kernels)
-        return func
     moved = False
-    for block in blocks:
+    for block in all_blocks(sch):
         for index, region in enumerate(sch.get(block).writes):
             if region.source.scope() != "local":
                 continue
