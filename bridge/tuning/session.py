@@ -41,6 +41,7 @@ from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
 from bridge.cores import usable_cores
 from bridge.errors import TargetError, TuningError
+from bridge.schedules import tir_pipeline
 from bridge.tuning import database as db
 from bridge.tuning import kernels
 from bridge.tuning.intrinsics import load_cpu_intrinsics
@@ -174,7 +175,9 @@ class InProcessBuilder(PyBuilder):
             path = str(Path(tempfile.mkdtemp(prefix="bridge-candidate-")) / "kernel.so")
             try:
                 mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                tvm.compile(mod, target=item.target).mod.export_library(path, fcompile=fcompile)
+                pipeline = tir_pipeline(item.target)
+                built = tvm.compile(mod, target=item.target, tir_pipeline=pipeline)
+                built.mod.export_library(path, fcompile=fcompile)
                 results.append(BuilderResult(path, None))
             except Exception as exc:  # a candidate that fails to build is just not measured
                 results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
