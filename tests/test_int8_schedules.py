@@ -394,3 +394,67 @@ def test_small_elementwise_kernels_run_on_one_thread(shape, parallel: bool) -> N
     if runs_here("x86-64-v4"):
         want = ref_requantize(acc, np.float64(0.003), -2, (-128, 127), "double_up", "int8")
         np.testing.assert_array_equal(run(executable, [acc]), want)
+
+
+# --- a producer writing the shifted activations its 1x1 consumer reads -------------------------
+
+CHAIN_Q = ((-7, 5), (0.0012, 0.0009))  # (zero points of x and the middle), requantization scales
+
+
+def chain(x, w1, b1, w2, b2, real1, real2, both: bool):
+    """Two 1x1 convolutions, each requantized: a depthwise-to-projection hand-off. ``both``:
+    the middle tensor is an output too (read twice)."""
+    (zx, zm), _ = CHAIN_Q
+    m1, m2 = (fixed_point.quantize_multiplier(r) for r in (real1, real2))
+    acc1 = kernels.conv2d(x, w1, b1, zx, kernels.Window())
+    middle = fixed_point.requantize(acc1, m1, zm, (-128, 127), "int8", "double_up")
+    acc2 = kernels.conv2d(middle, w2, b2, zm, kernels.Window())
+    out = fixed_point.requantize(acc2, m2, -3, (-128, 127), "int8", "double_up")
+    return relax.Tuple([out, middle]) if both else out
+
+
+def chain_case():
+    x = RNG.integers(-128, 128, (1, 8, 12, 24)).astype(np.int8)
+    w1 = RNG.integers(-127, 128, (48, 1, 1, 24)).astype(np.int8)
+    w2 = RNG.integers(-127, 128, (32, 1, 1, 48)).astype(np.int8)
+    b1, b2 = (RNG.integers(-5000, 5000, n).astype(np.int32) for n in (48, 32))
+    return x, w1, b1, w2, b2, RNG.uniform(0.001, 0.004, 48), RNG.uniform(0.0005, 0.002, 32)
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_producer_writes_the_shifted_activations(both: bool) -> None:
+    """The first kernel ends in ``+128`` to uint8 and the 1x1 consumer reads it with no copy;
+    with the middle tensor read twice, it stays int8 and the consumer copies. Bit-exact with
+    the numpy model either way."""
+    x, w1, b1, w2, b2, real1, real2 = chain_case()
+    target = x86("znver4")
+    bb = relax.BlockBuilder()
+    var = relax.Var("x0", relax.TensorType(x.shape, "int8"))
+    with bb.function("main", [var]):
+        with bb.dataflow():
+            out = bb.emit_output(chain(var, w1, b1, w2, b2, real1, real2, both))
+        bb.emit_func_output(out)
+    fused = fuse(bb.get(), target)
+    dots = [
+        f for f in fused.functions.values() if isinstance(f, tirx.PrimFunc) and int8.DOT in str(f)
+    ]
+    assert len(dots) == 2
+    # the consumer reads the 48-channel middle tensor
+    consumer = next(f for f in dots if int(f.params[0].shape[-1]) == 48)
+    producer = next(f for f in dots if f is not consumer)
+    assert str(producer.params[-1].dtype) == ("int8" if both else "uint8")
+    consumer = str(consumer)
+    assert (int8.ACT in consumer) == both
+    if not runs_here("znver4"):
+        return
+    executable = compile_module(bb.get(), target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x))
+    got = got[0].numpy() if both else got.numpy()
+    (zx, zm), _ = CHAIN_Q
+    acc1 = ref_conv2d(x, w1, b1, zx, (1, 1), (0, 0, 0, 0), (1, 1))
+    middle = ref_requantize(acc1, real1, zm, (-128, 127), "double_up", "int8")
+    acc2 = ref_conv2d(middle, w2, b2, zm, (1, 1), (0, 0, 0, 0), (1, 1))
+    np.testing.assert_array_equal(
+        got, ref_requantize(acc2, real2, -3, (-128, 127), "double_up", "int8")
+    )

@@ -48,6 +48,7 @@ MATMUL = tvm.ir.Op.get("relax.matmul")
 PAD = tvm.ir.Op.get("relax.nn.pad")
 ADD = tvm.ir.Op.get("relax.add")
 ASTYPE = tvm.ir.Op.get("relax.astype")
+CLIP = tvm.ir.Op.get("relax.clip")
 MULTIPLY = tvm.ir.Op.get("relax.multiply")
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 DOT = "int8_dot"  # the product block's name in the kernels built here
@@ -421,6 +422,10 @@ class _Rewrite(relax.PyExprMutator):
         data, padding, value = unpad(self, call.args[0])
         padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
         corr = self._correction(weight, data)
+        if corr is not None and self._plain_copy_only(weight, attrs, padding, data):
+            shifted = self._shifted_producer(data)
+            if shifted is not None:
+                data = shifted
         args = [data, packed_const(pack_weights(weight, self.kind), call.args[1], self.derived)]
 
         def build(x, w, *c):
@@ -437,6 +442,36 @@ class _Rewrite(relax.PyExprMutator):
             )
 
         return self._dot(build, args, corr, "conv2d_int8_dot")
+
+    def _plain_copy_only(self, weight: np.ndarray, attrs, padding, data: relax.Expr) -> bool:
+        """The kernel would copy its activations only to shift them to uint8: a 1x1
+        convolution with stride 1, no padding, input channels a multiple of the dot's group,
+        reading a tensor nothing else reads."""
+        kh, kw, ci, _ = weight.shape
+        return (
+            (kh, kw) == (1, 1)
+            and not any(padding)
+            and all(int(s) == 1 for s in attrs.strides)
+            and ci % self.kind.group == 0
+            and self._uses.get(data, 0) == 1
+        )
+
+    def _shifted_producer(self, data: relax.Expr) -> relax.Expr | None:
+        """``astype(clip(y), int8)`` bound to ``data`` (a requantization's end) as
+        ``astype(clip(y) + 128, uint8)``: the producer writes the activations the dot reads,
+        already shifted (the same bytes the kernel's copy would make), so the product reads
+        them in place; its correction ``128 * sum(w)`` is unchanged."""
+        bound = _bound(self, data)
+        if bound is None or not bound.op.same_as(ASTYPE) or str(bound.attrs.dtype) != "int8":
+            return None
+        clipped = bound.args[0]
+        source = _bound(self, clipped)
+        dtype = str(clipped.ty.dtype) if isinstance(clipped.ty, relax.TensorType) else ""
+        if source is None or not source.op.same_as(CLIP) or dtype not in ("int32", "int64"):
+            return None
+        self.folded = True  # the int8 cast is left unused
+        shifted = self.builder_.emit(relax.op.add(clipped, relax.const(128, dtype)))
+        return self.builder_.emit(relax.op.astype(shifted, "uint8"))
 
     def _fold_bias(self, call: relax.Call) -> relax.Expr | None:
         """``dot - corr + bias`` (the bias :mod:`bridge.quant.kernels` adds to a product) as
