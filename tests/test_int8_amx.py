@@ -162,3 +162,29 @@ def test_uint8_model_bit_exact_with_amx(name: str) -> None:
     got = bridge.build(folder / f"{name}.tflite", target=SPR_DICT)(*inputs)
     for i, g in enumerate(got if isinstance(got, list) else [got]):
         np.testing.assert_array_equal(g, data[f"output_{i}"])
+
+
+@pytest.mark.parametrize("case", [CONVS[0], CONVS[3], CONVS[4]])
+def test_window_runs_in_one_update(case) -> None:
+    """A 3x3 window's positions run inside one update (its loop gone from the schedule,
+    the sums stored once per tile); with that refused, one update per position."""
+    build, x, _ = conv_build(case)
+    kernel = dot_kernel(build, [x], SPR)
+    for whole, loops in ((True, 0), (False, 1)):
+        sch = tvm.s_tir.Schedule(kernel)
+        int8_amx.schedule_amx(sch, whole)
+        assert sch.mod.script().count("for rh") == loops
+
+
+def test_dilated_window_takes_one_update_per_position() -> None:
+    """A dilated window does not match the whole-window update: tiles per position, exact."""
+    x = RNG.integers(-128, 128, (1, 12, 14, 64)).astype(np.int8)
+    w = RNG.integers(-127, 128, (32, 3, 3, 64)).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, 32).astype(np.int32)
+    window = kernels.Window((1, 1), (2, 2, 2, 2), (2, 2))
+    build = lambda v: kernels.conv2d(v, w, bias, -7, window)  # noqa: E731
+    sch = int8_amx.AmxKernels().apply(dot_kernel(build, [x], SPR), SPR, False)
+    assert sch is not None and sch.mod.script().count("for rh") == 1
+    if runs_here("sapphirerapids"):
+        want = ref_conv2d(x, w, bias, -7, (1, 1), (2, 2, 2, 2), (2, 2))
+        np.testing.assert_array_equal(run(compile_relax(build, [x], SPR), [x]), want)

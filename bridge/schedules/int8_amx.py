@@ -10,8 +10,11 @@ to uint8); only the schedule differs:
 * a register tile is ``pixels`` (up to 15, dividing the row, so that its accumulators fit the
   stack: :data:`~bridge.schedules.stack.STACK_BYTES`) output pixels of one row by 16 output
   channels, reduced over the window and the input channels ``kt`` (up to 64) at a time;
-* each step loads the accumulators, the activations (one row of the tile per pixel, strided
-  by the channel count) and the weights into tiles, runs one ``tdpbusd`` and stores the sums;
+* each step loads the activations (one row of the tile per pixel, strided by the channel
+  count) and the weights into tiles and runs one ``tdpbusd`` per sums tile; the sums stay in
+  their tiles over the whole window (every position of an undilated window in one update,
+  :func:`_window_desc`; a dilated one stores them after each position) and are stored once
+  (ResNet50 int8 -2.7% against a store per position, Emerald Rapids, 2 threads);
 * the tile's first step configures the tiles (``ldtilecfg``, per thread) and zeroes them;
 * the elementwise epilogue reads the tile's sums from the stack, as in the VNNI schedule.
 
@@ -241,25 +244,131 @@ def _update_impl(pixels: int, channels: int, kt: int, sums: int):
     return impl
 
 
-_REGISTERED: set[tuple[int, int, int, int]] = set()
+def _window_desc(pixels: int, channels: int, sums: int, kh: int, kw: int):
+    """:func:`_update_desc` over the whole window: ``kh`` rows of ``pixels + kw - 1``
+    activations (stride 1, no dilation), the weights of every window position."""
+    groups = channels // 4
+    cols = pixels + kw - 1
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sr, sa, sb, sc, sh, sw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        A = T.match_buffer(a, (kh, cols, channels), "uint8", strides=[sr, sa, 1], offset_factor=1)
+        B = T.match_buffer(
+            b,
+            (sums, kh, kw, groups, LANES, 4),
+            "int8",
+            strides=[sb, sh, sw, LANES * 4, 4, 1],
+            offset_factor=1,
+        )
+        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(
+                C[0:pixels, 0 : LANES * sums],
+                A[0:kh, 0:cols, 0:channels],
+                B[0:sums, 0:kh, 0:kw, 0:groups, 0:LANES, 0:4],
+            )
+            T.writes(C[0:pixels, 0 : LANES * sums])
+            for r, q, i, j, k, g in T.grid(kh, kw, pixels, LANES * sums, groups, 4):
+                with T.sblock("update"):
+                    vi, vj, vr, vq, vk, vg = T.axis.remap("SSRRRR", [i, j, r, q, k, g])
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vr, vi + vq, vk * 4 + vg], "int32") * T.cast(
+                        B[vj // LANES, vr, vq, vk, vj % LANES, vg], "int32"
+                    )
+
+    return desc
 
 
-def intrinsics(pixels: int, channels: int, kt: int, sums: int) -> tuple[str, str]:
+def _window_impl(pixels: int, channels: int, kt: int, sums: int, kh: int, kw: int):
+    """:func:`_update_impl` for every window position in turn with the sums in their tiles
+    throughout, stored once at the end (per window position, the stores cost as much as the
+    products where a position has 64 input channels)."""
+    groups = channels // 4
+    cols = pixels + kw - 1
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sr, sa, sb, sc, sh, sw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        A = T.match_buffer(a, (kh, cols, channels), "uint8", strides=[sr, sa, 1], offset_factor=1)
+        B = T.match_buffer(
+            b,
+            (sums, kh, kw, groups, LANES, 4),
+            "int8",
+            strides=[sb, sh, sw, LANES * 4, 4, 1],
+            offset_factor=1,
+        )
+        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(
+                C[0:pixels, 0 : LANES * sums],
+                A[0:kh, 0:cols, 0:channels],
+                B[0:sums, 0:kh, 0:kw, 0:groups, 0:LANES, 0:4],
+            )
+            T.writes(C[0:pixels, 0 : LANES * sums])
+            for r, q, s in T.grid(kh, kw, channels // kt):
+                T.evaluate(
+                    _intrin(
+                        "tileloadd64",
+                        T.uint8(A_TILE),
+                        T.address_of(A[r, q, s * kt]),
+                        T.Cast("int64", sa),
+                    )
+                )
+                for t in T.unroll(sums):
+                    T.evaluate(
+                        _intrin(
+                            "tileloadd64",
+                            T.Cast("uint8", 5 + t % 3),
+                            T.address_of(B[t, r, q, s * (kt // 4), 0, 0]),
+                            T.int64(LANES * 4),
+                        )
+                    )
+                    T.evaluate(
+                        _intrin(
+                            "tdpbusd",
+                            T.Cast("uint8", t),
+                            T.uint8(A_TILE),
+                            T.Cast("uint8", 5 + t % 3),
+                        )
+                    )
+            for t in T.unroll(sums):
+                T.evaluate(
+                    _intrin(
+                        "tilestored64",
+                        T.Cast("uint8", t),
+                        T.address_of(C[0, t * LANES]),
+                        T.Cast("int64", sc * 4),
+                    )
+                )
+
+    return impl
+
+
+_REGISTERED: set[tuple[int, ...]] = set()
+
+
+def intrinsics(
+    pixels: int, channels: int, kt: int, sums: int, window: tuple[int, int] | None = None
+) -> tuple[str, str]:
     """The (init, update) tensor intrinsics of a ``pixels`` x ``16 * sums`` register tile
-    over ``channels`` input channels, ``kt`` per step; registered on first use."""
-    key = (pixels, channels, kt, sums)
+    over ``channels`` input channels, ``kt`` per step; with ``window`` ``(kh, kw)`` the update
+    spans the whole window (:func:`_window_desc`). Registered on first use."""
+    key = (pixels, channels, kt, sums, *(window or ()))
     suffix = "_".join(str(k) for k in key)
     init, update = f"bridge_amx_init_{suffix}", f"bridge_amx_update_{suffix}"
     if key not in _REGISTERED:
         s_tir.TensorIntrin.register(
             init, _init_desc(pixels, sums), _init_impl(pixels, kt, sums), override=True
         )
-        s_tir.TensorIntrin.register(
-            update,
-            _update_desc(pixels, channels, sums),
-            _update_impl(pixels, channels, kt, sums),
-            override=True,
-        )
+        if window is None:
+            desc, impl = (
+                _update_desc(pixels, channels, sums),
+                _update_impl(pixels, channels, kt, sums),
+            )
+        else:
+            desc = _window_desc(pixels, channels, sums, *window)
+            impl = _window_impl(pixels, channels, kt, sums, *window)
+        s_tir.TensorIntrin.register(update, desc, impl, override=True)
         _REGISTERED.add(key)
     return init, update
 
@@ -304,7 +413,7 @@ def _tile(sch: s_tir.Schedule, block):
     return fused, by_strip, x_inner, rh, (pixels, 4 * groups, kt, sums)
 
 
-def schedule_amx(sch: s_tir.Schedule) -> None:
+def schedule_amx(sch: s_tir.Schedule, whole_window: bool = True) -> None:
     """:func:`~bridge.schedules.int8.schedule_dot` with AMX tiles for the register tile; the
     sums of a whole strip of pixels (all output channels) go to memory, and the elementwise
     epilogue runs over the strip."""
@@ -326,10 +435,14 @@ def schedule_amx(sch: s_tir.Schedule) -> None:
         _vector_inner(sch, out, LANES)
     if by_strip and _strip_copy(sch):
         _copy_per_strip(sch, fused)
-    init_name, update_name = intrinsics(*params)
+    loops = [sch.get(loop) for loop in sch.get_loops(block)]
+    first = next(i for i, loop in enumerate(loops) if loop.same_as(sch.get(rh)))
+    window = (int(loops[first].extent), int(loops[first + 1].extent))
+    whole_window = whole_window and window != (1, 1)
+    init_name, update_name = intrinsics(*params, window if whole_window else None)
     init = sch.decompose_reduction(block, rh)
     sch.tensorize(sch.get_loops(init)[-2], init_name)
-    sch.tensorize(x_inner, update_name)
+    sch.tensorize(rh if whole_window else x_inner, update_name)
     _vectorize_rest(sch, names, fused, LANES)
     sch.annotate(root, ANNOTATION, 1)
 
@@ -343,12 +456,15 @@ class AmxKernels(Int8Kernels):
             return None
         if not has_amx(target) or "int8_dot" not in str(func):
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            schedule_amx(sch)
-        except Exception:
-            return None
-        return sch
+        # the window in one update where it matches (no dilation), else one per position
+        for whole_window in (True, False):
+            sch = s_tir.Schedule(func)
+            try:
+                schedule_amx(sch, whole_window)
+            except Exception:
+                continue
+            return sch
+        return None
 
 
 def _asks_for_amx(func: tirx.PrimFunc) -> tirx.PrimFunc:
