@@ -8,13 +8,16 @@ the VNNI ones (:func:`~bridge.schedules.int8.prepack_int8`: weights ``[O/16, KH,
 to uint8); only the schedule differs:
 
 * a register tile is ``pixels`` (up to 15, dividing the row, so that its accumulators fit the
-  stack: :data:`~bridge.schedules.stack.STACK_BYTES`) output pixels of one row by 16 output
-  channels, reduced over the window and the input channels ``kt`` (up to 64) at a time;
-* each step loads the activations (one row of the tile per pixel, strided by the channel
-  count) and the weights into tiles and runs one ``tdpbusd`` per sums tile; the sums stay in
-  their tiles over the whole window (every position of an undilated window in one update,
-  :func:`_window_desc`; a dilated one stores them after each position) and are stored once
-  (ResNet50 int8 -2.7% against a store per position, Emerald Rapids, 2 threads);
+  stack: :data:`~bridge.schedules.stack.STACK_BYTES`) output pixels of one row, or of two
+  rows where the output's rows pair up, by 16 output channels per sums tile, reduced over
+  the window and the input channels ``kt`` (up to 64) at a time (:class:`Tile`);
+* one update (:func:`_update_desc`) runs the whole window: at each position and step it
+  loads each row's activations (one tile row per pixel, strided by the channel count) and
+  each sums column's weights into tiles and runs one ``tdpbusd`` per pair. With two rows a
+  weights tile (read from L2: a layer's weights outgrow L1) serves two products instead of
+  one. The sums stay in their tiles over the whole window and are stored once. Measured
+  (ResNet50 int8, Emerald Rapids, 2 threads): storing once -2.7% against a store per
+  window position, two rows a further -2.3%;
 * the tile's first step configures the tiles (``ldtilecfg``, per thread) and zeroes them;
 * the elementwise epilogue reads the tile's sums from the stack, as in the VNNI schedule.
 
@@ -28,6 +31,8 @@ AMX kernel asks first (:func:`request_amx`): one system call per kernel call.
 """
 
 from __future__ import annotations
+
+from dataclasses import astuple, dataclass
 
 import tvm
 from tvm import s_tir, tirx
@@ -59,6 +64,11 @@ MIN_PIXELS = 4
 MIN_DEPTH = 256
 MAX_SUMS = 4  # sums tiles per register tile (tiles 0-3); activations: tile 4; weights: 5-7
 A_TILE, B_TILES = 4, (5, 6, 7)
+# two rows of pixels per register tile (where the output has an even number of rows): sums
+# tiles 0-3 as 2 rows x 2, activations 4-5 (one per row), weights 6-7, so each weights tile
+# loaded (from L2: a layer's weights outgrow L1) serves two products instead of one
+ROWS = 2
+ROW_A_TILES, ROW_B_TILES = (4, 5), (6, 7)
 PARALLEL_STRIPS = 8  # pixel strips from which the strips alone run in parallel
 ANNOTATION = "bridge.amx"
 # Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) through syscall(2)
@@ -77,308 +87,285 @@ def has_amx(target: tvm.target.Target) -> bool:
         return False
 
 
-def tile_config(pixels: int, kt: int, sums: int) -> list[int]:
+def tile_config(pixels: int, kt: int, sums: int, rows: int = 1) -> list[int]:
     """The 64-byte ``ldtilecfg`` operand as 16 little-endian int32 words: palette 1; tiles
-    ``0..sums-1`` the sums (``pixels`` rows of 16 int32), tile 4 the activations (``pixels``
-    rows of ``kt`` bytes), tiles 5-7 the weights (``kt / 4`` rows of 16 x 4 bytes)."""
-    shape = {t: (pixels, LANES * 4) for t in range(sums)}
-    shape[A_TILE] = (pixels, kt)
-    shape.update({t: (kt // 4, LANES * 4) for t in B_TILES})
+    ``0..rows * sums - 1`` the sums (``pixels`` rows of 16 int32), then the activations
+    (``pixels`` rows of ``kt`` bytes: tile 4, or 4-5 for two rows) and the weights (``kt /
+    4`` rows of 16 x 4 bytes: tiles 5-7, or 6-7)."""
+    a_tiles, b_tiles = _tiles(rows)
+    shape = {t: (pixels, LANES * 4) for t in range(rows * sums)}
+    shape.update({t: (pixels, kt) for t in a_tiles})
+    shape.update({t: (kt // 4, LANES * 4) for t in b_tiles})
     words = [0] * 16
     words[0] = 1  # palette 1, start row 0
-    for tile, (rows, row_bytes) in shape.items():
+    for tile, (rows_, row_bytes) in shape.items():
         words[4 + tile // 2] |= row_bytes << 16 * (tile % 2)  # bytes 16 + 2t: u16 per tile
-        words[12 + tile // 4] |= rows << 8 * (tile % 4)  # bytes 48 + t: u8 per tile
+        words[12 + tile // 4] |= rows_ << 8 * (tile % 4)  # bytes 48 + t: u8 per tile
     return words
+
+
+def _tiles(rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(activation tiles, weight tiles) of a register tile of ``rows`` rows."""
+    return ((A_TILE,), B_TILES) if rows == 1 else (ROW_A_TILES, ROW_B_TILES)
 
 
 def _intrin(name: str, *args) -> tirx.PrimExpr:
     return T.call_llvm_intrin("void", f"llvm.x86.{name}", *args)
 
 
-def _init_desc(pixels: int, sums: int):
+@dataclass(frozen=True)
+class Tile:
+    """One register tile's shape: ``rows`` x ``pixels`` output pixels by ``16 x sums``
+    channels, reduced over ``channels`` input channels ``kt`` at a time and the whole
+    ``kh x kw`` window (vertical stride ``sh``, dilation ``dh``, ``dw``; horizontal stride
+    1: a tile row's pixels are one row of activations at a constant stride)."""
+
+    pixels: int
+    channels: int
+    kt: int
+    sums: int
+    kh: int = 1
+    kw: int = 1
+    rows: int = 1
+    sh: int = 1
+    dh: int = 1
+    dw: int = 1
+
+    @property
+    def name(self) -> str:
+        return "_".join(str(v) for v in astuple(self))
+
+    @property
+    def activations(self) -> tuple[int, int, int]:
+        """The activations one update reads: rows, columns, channels."""
+        height = (self.rows - 1) * self.sh + (self.kh - 1) * self.dh + 1
+        return height, self.pixels + (self.kw - 1) * self.dw, self.channels
+
+
+def _init_desc(tile: Tile):
+    rows, pixels, width = tile.rows, tile.pixels, LANES * tile.sums
+
     @T.prim_func(s_tir=True)
     def desc(c: T.handle) -> None:
-        sc = T.int32()
-        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
+        sr, sc = T.int32(), T.int32()
+        C = T.match_buffer(c, (rows, pixels, width), "int32", strides=[sr, sc, 1], offset_factor=1)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:pixels, 0 : LANES * sums])
-            for i, j in T.grid(pixels, LANES * sums):
-                with T.sblock("init"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    C[vi, vj] = T.int32(0)
+            T.writes(C[0:rows, 0:pixels, 0:width])
+            # loops of one iteration are not in the block being matched: none here either
+            if rows == 1:
+                for i, j in T.grid(pixels, width):
+                    with T.sblock("init"):
+                        vi, vj = T.axis.remap("SS", [i, j])
+                        C[0, vi, vj] = T.int32(0)
+            else:
+                for h, i, j in T.grid(rows, pixels, width):
+                    with T.sblock("init"):
+                        vh, vi, vj = T.axis.remap("SSS", [h, i, j])
+                        C[vh, vi, vj] = T.int32(0)
 
     return desc
 
 
-def _init_impl(pixels: int, kt: int, sums: int):
+def _init_impl(tile: Tile):
     """Configure the tiles (the configuration written into the sums' first row, which the
-    last step's store overwrites) and zero the sums tiles, which hold the sums from here to
-    the store."""
-    words = tile_config(pixels, kt, sums)
+    store overwrites) and zero the sums tiles, which hold the sums from here to the store."""
+    rows, pixels, width = tile.rows, tile.pixels, LANES * tile.sums
+    words = tile_config(pixels, tile.kt, tile.sums, rows)
 
     @T.prim_func(s_tir=True)
     def impl(c: T.handle) -> None:
-        sc = T.int32()
-        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
+        sr, sc = T.int32(), T.int32()
+        C = T.match_buffer(c, (rows, pixels, width), "int32", strides=[sr, sc, 1], offset_factor=1)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:pixels, 0 : LANES * sums])
-            C[0, 0] = T.int32(words[0])
-            C[0, 1] = T.int32(words[1])
-            C[0, 2] = T.int32(words[2])
-            C[0, 3] = T.int32(words[3])
-            C[0, 4] = T.int32(words[4])
-            C[0, 5] = T.int32(words[5])
-            C[0, 6] = T.int32(words[6])
-            C[0, 7] = T.int32(words[7])
-            C[0, 8] = T.int32(words[8])
-            C[0, 9] = T.int32(words[9])
-            C[0, 10] = T.int32(words[10])
-            C[0, 11] = T.int32(words[11])
-            C[0, 12] = T.int32(words[12])
-            C[0, 13] = T.int32(words[13])
-            C[0, 14] = T.int32(words[14])
-            C[0, 15] = T.int32(words[15])
-            T.evaluate(_intrin("ldtilecfg", T.address_of(C[0, 0])))
-            for t in T.unroll(sums):
+            T.writes(C[0:rows, 0:pixels, 0:width])
+            C[0, 0, 0] = T.int32(words[0])
+            C[0, 0, 1] = T.int32(words[1])
+            C[0, 0, 2] = T.int32(words[2])
+            C[0, 0, 3] = T.int32(words[3])
+            C[0, 0, 4] = T.int32(words[4])
+            C[0, 0, 5] = T.int32(words[5])
+            C[0, 0, 6] = T.int32(words[6])
+            C[0, 0, 7] = T.int32(words[7])
+            C[0, 0, 8] = T.int32(words[8])
+            C[0, 0, 9] = T.int32(words[9])
+            C[0, 0, 10] = T.int32(words[10])
+            C[0, 0, 11] = T.int32(words[11])
+            C[0, 0, 12] = T.int32(words[12])
+            C[0, 0, 13] = T.int32(words[13])
+            C[0, 0, 14] = T.int32(words[14])
+            C[0, 0, 15] = T.int32(words[15])
+            T.evaluate(_intrin("ldtilecfg", T.address_of(C[0, 0, 0])))
+            for t in T.unroll(rows * tile.sums):
                 T.evaluate(_intrin("tilezero", T.Cast("uint8", t)))
 
     return impl
 
 
-def _update_desc(pixels: int, channels: int, sums: int):
-    groups = channels // 4
+def _update_desc(tile: Tile):
+    """``C[h, i, j] += A[h * sh + r * dh, i + q * dw, k] * B[j / 16, r, q, k / 4, j % 16, k %
+    4]`` over the window and the input channels. Loops of one iteration (one row, a 1x1
+    window) are left out, as the schedule's block has none."""
+    rows, pixels, width, sums = tile.rows, tile.pixels, LANES * tile.sums, tile.sums
+    kh, kw, sh, dh, dw, groups = tile.kh, tile.kw, tile.sh, tile.dh, tile.dw, tile.channels // 4
+    height, cols, channels = tile.activations
+    window = kh * kw > 1
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sa, sb, sc, sh, sw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (pixels, channels), "uint8", strides=[sa, 1], offset_factor=1)
-        B = T.match_buffer(
-            b,
-            (sums, 1, 1, groups, LANES, 4),
-            "int8",
-            strides=[sb, sh, sw, LANES * 4, 4, 1],
-            offset_factor=1,
+        sr, sa, sb, sbh, sbw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        cr, sc = T.int32(), T.int32()
+        A = T.match_buffer(
+            a, (height, cols, channels), "uint8", strides=[sr, sa, 1], offset_factor=1
         )
-        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
-        with T.sblock("root"):
-            T.reads(
-                C[0:pixels, 0 : LANES * sums],
-                A[0:pixels, 0:channels],
-                B[0:sums, 0:1, 0:1, 0:groups, 0:LANES, 0:4],
-            )
-            T.writes(C[0:pixels, 0 : LANES * sums])
-            for i, j, k, g in T.grid(pixels, LANES * sums, groups, 4):
-                with T.sblock("update"):
-                    vi, vj, vk, vg = T.axis.remap("SSRR", [i, j, k, g])
-                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vk * 4 + vg], "int32") * T.cast(
-                        B[vj // LANES, 0, 0, vk, vj % LANES, vg], "int32"
-                    )
-
-    return desc
-
-
-def _update_impl(pixels: int, channels: int, kt: int, sums: int):
-    """All input channels of one window position, ``kt`` at a time: the activations into
-    tile 4, each sums tile's weights into tiles 5-7 in turn, one ``tdpbusd`` per sums tile;
-    then the sums stored (the last window position's store leaves the final sums)."""
-    groups = channels // 4
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sa, sb, sc, sh, sw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (pixels, channels), "uint8", strides=[sa, 1], offset_factor=1)
-        B = T.match_buffer(
-            b,
-            (sums, 1, 1, groups, LANES, 4),
-            "int8",
-            strides=[sb, sh, sw, LANES * 4, 4, 1],
-            offset_factor=1,
-        )
-        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
-        with T.sblock("root"):
-            T.reads(
-                C[0:pixels, 0 : LANES * sums],
-                A[0:pixels, 0:channels],
-                B[0:sums, 0:1, 0:1, 0:groups, 0:LANES, 0:4],
-            )
-            T.writes(C[0:pixels, 0 : LANES * sums])
-            for s in T.serial(channels // kt):
-                T.evaluate(
-                    _intrin(
-                        "tileloadd64",
-                        T.uint8(A_TILE),
-                        T.address_of(A[0, s * kt]),
-                        T.Cast("int64", sa),
-                    )
-                )
-                for t in T.unroll(sums):
-                    T.evaluate(
-                        _intrin(
-                            "tileloadd64",
-                            T.Cast("uint8", 5 + t % 3),
-                            T.address_of(B[t, 0, 0, s * (kt // 4), 0, 0]),
-                            T.int64(LANES * 4),
-                        )
-                    )
-                    T.evaluate(
-                        _intrin(
-                            "tdpbusd",
-                            T.Cast("uint8", t),
-                            T.uint8(A_TILE),
-                            T.Cast("uint8", 5 + t % 3),
-                        )
-                    )
-            for t in T.unroll(sums):
-                T.evaluate(
-                    _intrin(
-                        "tilestored64",
-                        T.Cast("uint8", t),
-                        T.address_of(C[0, t * LANES]),
-                        T.Cast("int64", sc * 4),
-                    )
-                )
-
-    return impl
-
-
-def _window_desc(pixels: int, channels: int, sums: int, kh: int, kw: int):
-    """:func:`_update_desc` over the whole window: ``kh`` rows of ``pixels + kw - 1``
-    activations (stride 1, no dilation), the weights of every window position."""
-    groups = channels // 4
-    cols = pixels + kw - 1
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sr, sa, sb, sc, sh, sw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (kh, cols, channels), "uint8", strides=[sr, sa, 1], offset_factor=1)
         B = T.match_buffer(
             b,
             (sums, kh, kw, groups, LANES, 4),
             "int8",
-            strides=[sb, sh, sw, LANES * 4, 4, 1],
+            strides=[sb, sbh, sbw, LANES * 4, 4, 1],
             offset_factor=1,
         )
-        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
+        C = T.match_buffer(c, (rows, pixels, width), "int32", strides=[cr, sc, 1], offset_factor=1)
         with T.sblock("root"):
             T.reads(
-                C[0:pixels, 0 : LANES * sums],
-                A[0:kh, 0:cols, 0:channels],
+                C[0:rows, 0:pixels, 0:width],
+                A[0:height, 0:cols, 0:channels],
                 B[0:sums, 0:kh, 0:kw, 0:groups, 0:LANES, 0:4],
             )
-            T.writes(C[0:pixels, 0 : LANES * sums])
-            for r, q, i, j, k, g in T.grid(kh, kw, pixels, LANES * sums, groups, 4):
-                with T.sblock("update"):
-                    vi, vj, vr, vq, vk, vg = T.axis.remap("SSRRRR", [i, j, r, q, k, g])
-                    C[vi, vj] = C[vi, vj] + T.cast(A[vr, vi + vq, vk * 4 + vg], "int32") * T.cast(
-                        B[vj // LANES, vr, vq, vk, vj % LANES, vg], "int32"
-                    )
+            T.writes(C[0:rows, 0:pixels, 0:width])
+            if window and rows > 1:
+                for r, q, h, i, j, k, g in T.grid(kh, kw, rows, pixels, width, groups, 4):
+                    with T.sblock("update"):
+                        vh, vi, vj, vr, vq, vk, vg = T.axis.remap("SSSRRRR", [h, i, j, r, q, k, g])
+                        C[vh, vi, vj] = C[vh, vi, vj] + T.cast(
+                            A[vh * sh + vr * dh, vi + vq * dw, vk * 4 + vg], "int32"
+                        ) * T.cast(B[vj // LANES, vr, vq, vk, vj % LANES, vg], "int32")
+            elif window:
+                for r, q, i, j, k, g in T.grid(kh, kw, pixels, width, groups, 4):
+                    with T.sblock("update"):
+                        vi, vj, vr, vq, vk, vg = T.axis.remap("SSRRRR", [i, j, r, q, k, g])
+                        C[0, vi, vj] = C[0, vi, vj] + T.cast(
+                            A[vr * dh, vi + vq * dw, vk * 4 + vg], "int32"
+                        ) * T.cast(B[vj // LANES, vr, vq, vk, vj % LANES, vg], "int32")
+            elif rows > 1:
+                for h, i, j, k, g in T.grid(rows, pixels, width, groups, 4):
+                    with T.sblock("update"):
+                        vh, vi, vj, vk, vg = T.axis.remap("SSSRR", [h, i, j, k, g])
+                        C[vh, vi, vj] = C[vh, vi, vj] + T.cast(
+                            A[vh * sh, vi, vk * 4 + vg], "int32"
+                        ) * T.cast(B[vj // LANES, 0, 0, vk, vj % LANES, vg], "int32")
+            else:
+                for i, j, k, g in T.grid(pixels, width, groups, 4):
+                    with T.sblock("update"):
+                        vi, vj, vk, vg = T.axis.remap("SSRR", [i, j, k, g])
+                        C[0, vi, vj] = C[0, vi, vj] + T.cast(
+                            A[0, vi, vk * 4 + vg], "int32"
+                        ) * T.cast(B[vj // LANES, 0, 0, vk, vj % LANES, vg], "int32")
 
     return desc
 
 
-def _window_impl(pixels: int, channels: int, kt: int, sums: int, kh: int, kw: int):
-    """:func:`_update_impl` for every window position in turn with the sums in their tiles
-    throughout, stored once at the end (per window position, the stores cost as much as the
-    products where a position has 64 input channels)."""
-    groups = channels // 4
-    cols = pixels + kw - 1
+def _update_impl(tile: Tile):
+    """Every window position and input step in turn: each row's activations into its tile
+    (4, or 4-5), each sums column's weights into a tile (5-7 in turn, or 6-7) and one
+    ``tdpbusd`` per row with it; the sums stay in their tiles throughout and are stored once
+    at the end."""
+    rows, pixels, width, sums, kt = tile.rows, tile.pixels, LANES * tile.sums, tile.sums, tile.kt
+    kh, kw, sh, dh, dw, groups = tile.kh, tile.kw, tile.sh, tile.dh, tile.dw, tile.channels // 4
+    height, cols, channels = tile.activations
+    (a_first, *_), b_tiles = _tiles(rows)
+    b_first, b_count = b_tiles[0], len(b_tiles)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sr, sa, sb, sc, sh, sw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (kh, cols, channels), "uint8", strides=[sr, sa, 1], offset_factor=1)
+        sr, sa, sb, sbh, sbw = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        cr, sc = T.int32(), T.int32()
+        A = T.match_buffer(
+            a, (height, cols, channels), "uint8", strides=[sr, sa, 1], offset_factor=1
+        )
         B = T.match_buffer(
             b,
             (sums, kh, kw, groups, LANES, 4),
             "int8",
-            strides=[sb, sh, sw, LANES * 4, 4, 1],
+            strides=[sb, sbh, sbw, LANES * 4, 4, 1],
             offset_factor=1,
         )
-        C = T.match_buffer(c, (pixels, LANES * sums), "int32", strides=[sc, 1], offset_factor=1)
+        C = T.match_buffer(c, (rows, pixels, width), "int32", strides=[cr, sc, 1], offset_factor=1)
         with T.sblock("root"):
             T.reads(
-                C[0:pixels, 0 : LANES * sums],
-                A[0:kh, 0:cols, 0:channels],
+                C[0:rows, 0:pixels, 0:width],
+                A[0:height, 0:cols, 0:channels],
                 B[0:sums, 0:kh, 0:kw, 0:groups, 0:LANES, 0:4],
             )
-            T.writes(C[0:pixels, 0 : LANES * sums])
+            T.writes(C[0:rows, 0:pixels, 0:width])
             for r, q, s in T.grid(kh, kw, channels // kt):
-                T.evaluate(
-                    _intrin(
-                        "tileloadd64",
-                        T.uint8(A_TILE),
-                        T.address_of(A[r, q, s * kt]),
-                        T.Cast("int64", sa),
+                for h in T.unroll(rows):
+                    T.evaluate(
+                        _intrin(
+                            "tileloadd64",
+                            T.Cast("uint8", a_first + h),
+                            T.address_of(A[h * sh + r * dh, q * dw, s * kt]),
+                            T.Cast("int64", sa),
+                        )
                     )
-                )
                 for t in T.unroll(sums):
                     T.evaluate(
                         _intrin(
                             "tileloadd64",
-                            T.Cast("uint8", 5 + t % 3),
+                            T.Cast("uint8", b_first + t % b_count),
                             T.address_of(B[t, r, q, s * (kt // 4), 0, 0]),
                             T.int64(LANES * 4),
                         )
                     )
+                    for h in T.unroll(rows):
+                        T.evaluate(
+                            _intrin(
+                                "tdpbusd",
+                                T.Cast("uint8", h * sums + t),
+                                T.Cast("uint8", a_first + h),
+                                T.Cast("uint8", b_first + t % b_count),
+                            )
+                        )
+            for h in T.unroll(rows):
+                for t in T.unroll(sums):
                     T.evaluate(
                         _intrin(
-                            "tdpbusd",
-                            T.Cast("uint8", t),
-                            T.uint8(A_TILE),
-                            T.Cast("uint8", 5 + t % 3),
+                            "tilestored64",
+                            T.Cast("uint8", h * sums + t),
+                            T.address_of(C[h, 0, t * LANES]),
+                            T.Cast("int64", sc * 4),
                         )
                     )
-            for t in T.unroll(sums):
-                T.evaluate(
-                    _intrin(
-                        "tilestored64",
-                        T.Cast("uint8", t),
-                        T.address_of(C[0, t * LANES]),
-                        T.Cast("int64", sc * 4),
-                    )
-                )
 
     return impl
 
 
-_REGISTERED: set[tuple[int, ...]] = set()
+_REGISTERED: set[Tile] = set()
 
 
-def intrinsics(
-    pixels: int, channels: int, kt: int, sums: int, window: tuple[int, int] | None = None
-) -> tuple[str, str]:
-    """The (init, update) tensor intrinsics of a ``pixels`` x ``16 * sums`` register tile
-    over ``channels`` input channels, ``kt`` per step; with ``window`` ``(kh, kw)`` the update
-    spans the whole window (:func:`_window_desc`). Registered on first use."""
-    key = (pixels, channels, kt, sums, *(window or ()))
-    suffix = "_".join(str(k) for k in key)
-    init, update = f"bridge_amx_init_{suffix}", f"bridge_amx_update_{suffix}"
-    if key not in _REGISTERED:
-        s_tir.TensorIntrin.register(
-            init, _init_desc(pixels, sums), _init_impl(pixels, kt, sums), override=True
-        )
-        if window is None:
-            desc, impl = (
-                _update_desc(pixels, channels, sums),
-                _update_impl(pixels, channels, kt, sums),
-            )
-        else:
-            desc = _window_desc(pixels, channels, sums, *window)
-            impl = _window_impl(pixels, channels, kt, sums, *window)
-        s_tir.TensorIntrin.register(update, desc, impl, override=True)
-        _REGISTERED.add(key)
+def intrinsics(tile: Tile) -> tuple[str, str]:
+    """The (init, update) tensor intrinsics of ``tile``, registered on first use."""
+    init, update = f"bridge_amx_init_{tile.name}", f"bridge_amx_update_{tile.name}"
+    if tile not in _REGISTERED:
+        s_tir.TensorIntrin.register(init, _init_desc(tile), _init_impl(tile), override=True)
+        s_tir.TensorIntrin.register(update, _update_desc(tile), _update_impl(tile), override=True)
+        _REGISTERED.add(tile)
     return init, update
 
 
 def horizontal_stride(sch: s_tir.Schedule, block) -> int | None:
     """The dot's horizontal stride: the coefficient of its output column in the column it reads
     from the activations (None where that is not linear)."""
+    return _coefficient(sch, block, 2, 2)
+
+
+def _coefficient(sch: s_tir.Schedule, block, axis: int, var: int) -> int | None:
+    """The constant coefficient of the block's ``var``-th iterator in the index of axis
+    ``axis`` of the activations it reads (None where that is not linear)."""
     stmt = sch.get(block)
-    column = stmt.reads[0].region[2].min
-    coefficients = detect_linear_equation(column, [stmt.iter_vars[2].var])
+    index = stmt.reads[0].region[axis].min
+    coefficients = detect_linear_equation(index, [stmt.iter_vars[var].var])
     if len(coefficients) != 2 or not isinstance(coefficients[0], tirx.IntImm):
         return None
     return int(coefficients[0])
@@ -386,34 +373,46 @@ def horizontal_stride(sch: s_tir.Schedule, block) -> int | None:
 
 def _tile(sch: s_tir.Schedule, block):
     """Split and order the dot's loops for AMX: ``(n, y, x/pixels)`` parallel outside (with
-    the output channels' register tiles too when there are few strips), the window, then the
-    register tile ``(pixels, 16 x sums, C/4, 4)`` that one update tensorizes. Returns the
-    parallel loop, whether it runs by strip, the tile's pixel loop, the window's first loop
-    and the intrinsics' parameters."""
+    the output channels' register tiles too when there are few strips), then the register
+    tile: the window, ``ROWS`` rows where they divide the output's, the pixels, ``16 x sums``
+    channels and the input channels, which one update tensorizes. Returns the parallel loop,
+    whether it runs by strip, the loop the update tensorizes, the window's first loop (where
+    the sums are zeroed) and the :class:`Tile`."""
     if horizontal_stride(sch, block) != 1:
         raise ValueError("a tile's pixels are one row of activations: stride 1 only")
+    # the block's iterators: n, y, x, o, rh, rw, rc, rg
+    sh, dh, dw = (_coefficient(sch, block, axis, var) for axis, var in ((1, 1), (1, 4), (2, 5)))
+    if None in (sh, dh, dw):
+        raise ValueError("rows or window positions read at no constant stride")
     n, y, x, o, rh, rw, rc, rg = sch.get_loops(block)
+    kh, kw = int(sch.get(rh).extent), int(sch.get(rw).extent)
     pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS)
     groups = int(sch.get(rc).extent)
     kt = 4 * largest_divisor(groups, MAX_KT // 4)
-    tiles = int(sch.get(o).extent) // LANES
-    sums = largest_divisor(tiles, MAX_SUMS)
-    depth = 4 * groups * int(sch.get(rh).extent) * int(sch.get(rw).extent)
-    if pixels < MIN_PIXELS or kt < MIN_KT or depth < MIN_DEPTH or int(sch.get(rg).extent) != 4:
+    rows = ROWS if int(sch.get(y).extent) % ROWS == 0 else 1
+    sums = largest_divisor(int(sch.get(o).extent) // LANES, MAX_SUMS // rows)
+    if pixels < MIN_PIXELS or kt < MIN_KT or 4 * groups * kh * kw < MIN_DEPTH:
         raise ValueError("tile too small for AMX")
+    if int(sch.get(rg).extent) != 4:
+        raise ValueError("weights not in groups of 4")
     o_outer, o_tile = sch.split(o, [None, sums * LANES])
     x_outer, x_inner = sch.split(x, [None, pixels])
-    strips = int(sch.get(n).extent) * int(sch.get(y).extent) * int(sch.get(x_outer).extent)
+    y_outer, inner = y, [x_inner]
+    if rows > 1:
+        y_outer, y_inner = sch.split(y, [None, rows])
+        inner.insert(0, y_inner)
+    strips = int(sch.get(n).extent) * int(sch.get(y_outer).extent) * int(sch.get(x_outer).extent)
     first = weights_first(sch, block, 3) is not None
     by_strip = strips >= PARALLEL_STRIPS and not first
-    outer = (o_outer, n, y, x_outer) if first else (n, y, x_outer, o_outer)
-    sch.reorder(*outer, rh, rw, x_inner, o_tile, rc, rg)
-    fused = sch.fuse(n, y, x_outer) if by_strip else sch.fuse(*outer)
+    outer = (o_outer, n, y_outer, x_outer) if first else (n, y_outer, x_outer, o_outer)
+    sch.reorder(*outer, rh, rw, *inner, o_tile, rc, rg)
+    fused = sch.fuse(n, y_outer, x_outer) if by_strip else sch.fuse(*outer)
     sch.parallel(fused)
-    return fused, by_strip, x_inner, rh, (pixels, 4 * groups, kt, sums)
+    tile = Tile(pixels, 4 * groups, kt, sums, kh, kw, rows, sh, dh, dw)
+    return fused, by_strip, rh if kh * kw > 1 else inner[0], rh, tile
 
 
-def schedule_amx(sch: s_tir.Schedule, whole_window: bool = True) -> None:
+def schedule_amx(sch: s_tir.Schedule) -> None:
     """:func:`~bridge.schedules.int8.schedule_dot` with AMX tiles for the register tile; the
     sums of a whole strip of pixels (all output channels) go to memory, and the elementwise
     epilogue runs over the strip."""
@@ -428,21 +427,17 @@ def schedule_amx(sch: s_tir.Schedule, whole_window: bool = True) -> None:
         raise ValueError("no epilogue output")
     for name in epilogue[: epilogue.index(output)] if output else []:
         sch.compute_inline(sch.get_sblock(name))
-    fused, by_strip, x_inner, rh, params = _tile(sch, block)
+    fused, by_strip, update_loop, rh, tile = _tile(sch, block)
     if output is not None:
         out = sch.get_sblock(output)
         sch.reverse_compute_at(out, fused)
         _vector_inner(sch, out, LANES)
     if by_strip and _strip_copy(sch):
         _copy_per_strip(sch, fused)
-    loops = [sch.get(loop) for loop in sch.get_loops(block)]
-    first = next(i for i, loop in enumerate(loops) if loop.same_as(sch.get(rh)))
-    window = (int(loops[first].extent), int(loops[first + 1].extent))
-    whole_window = whole_window and window != (1, 1)
-    init_name, update_name = intrinsics(*params, window if whole_window else None)
+    init_name, update_name = intrinsics(tile)
     init = sch.decompose_reduction(block, rh)
-    sch.tensorize(sch.get_loops(init)[-2], init_name)
-    sch.tensorize(rh if whole_window else x_inner, update_name)
+    sch.tensorize(sch.get_loops(init)[-3 if tile.rows > 1 else -2], init_name)
+    sch.tensorize(update_loop, update_name)
     _vectorize_rest(sch, names, fused, LANES)
     sch.annotate(root, ANNOTATION, 1)
 
@@ -456,15 +451,12 @@ class AmxKernels(Int8Kernels):
             return None
         if not has_amx(target) or "int8_dot" not in str(func):
             return None
-        # the window in one update where it matches (no dilation), else one per position
-        for whole_window in (True, False):
-            sch = s_tir.Schedule(func)
-            try:
-                schedule_amx(sch, whole_window)
-            except Exception:
-                continue
-            return sch
-        return None
+        sch = s_tir.Schedule(func)
+        try:
+            schedule_amx(sch)
+        except Exception:
+            return None
+        return sch
 
 
 def _asks_for_amx(func: tirx.PrimFunc) -> tirx.PrimFunc:
