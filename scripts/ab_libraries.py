@@ -5,9 +5,10 @@
     TVM_NUM_THREADS=2 python scripts/ab_libraries.py old/M.so new/M.so [--calls 30]
 
 Loads every library (bridge.load), checks that all give the first one's outputs bit for bit on
-one random input, then times them in rounds (each library called once per round, in turn) and
-prints each median and its ratio to the first. Compare ratios from one run, not times across
-runs.
+one random input, then times them in rounds (each library called once per round, in turn, each
+round starting with the next one) and prints each median and its ratio to the first. Compare
+ratios from one run, not times across runs; list one library twice (a copy with its sidecars)
+to see the noise.
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ def main() -> None:
         same = all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
         print(f"{path}: {'bit-exact with' if same else 'DIFFERS from'} the first")
     times: dict[str, list[float]] = {path: [] for path in models}
-    for _ in range(args.calls):
-        for path, model in models.items():
+    order = list(models)
+    for call in range(args.calls):
+        # each round starts with the next library: the first of a round measured 1-2% slower
+        # (the same file loaded twice, listed first and third)
+        for path in order[call % len(order) :] + order[: call % len(order)]:
             start = time.perf_counter()
-            model(*inputs)
+            models[path](*inputs)
             times[path].append(time.perf_counter() - start)
     base = float(np.median(times[args.libraries[0]]))
     for path, values in times.items():

@@ -200,3 +200,16 @@ def test_even_rows_share_the_weights_tile(case, rows: int) -> None:
     asm = assembly(compile_relax(build, [x], SPR))
     second_row = re.search(r"tdpbusd\s+%tmm[67], %tmm5, %tmm[0-3]", asm)
     assert (second_row is not None) == (rows == 2), case
+
+
+@pytest.mark.parametrize("case", [CONVS[0], CONVS[2]])
+def test_tiles_configured_once_per_parallel_iteration(case) -> None:
+    """``ldtilecfg`` runs at the top of the parallel loop's body, outside the register tiles
+    (which only zero their sums), and the kernel asks Linux for the tiles before the loop."""
+    build, x, _ = conv_build(case)
+    sch = int8_amx.AmxKernels().apply(dot_kernel(build, [x], SPR), SPR, False)
+    mod = int8_amx.request_amx(sch.mod)
+    script = mod.script()
+    assert script.count("ldtilecfg") == 1
+    assert script.index("syscall") < script.index("T.parallel") < script.index("ldtilecfg")
+    assert script.index("ldtilecfg") < script.index("tilezero")
