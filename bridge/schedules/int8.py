@@ -7,7 +7,9 @@ innermost step is one SIMD dot instruction, and :class:`Int8Kernels` schedules t
 
 * AVX-512 VNNI (``vpdpbusd``: 4 u8 x i8 products summed into each of 16 int32 lanes): signed
   activations are shifted by +128 to uint8 and ``128 * sum(w)`` is subtracted per output
-  channel afterwards; weights are packed ``[O/16, KH, KW, C/4, 16, 4]``;
+  channel afterwards; weights are packed ``[O/16, KH, KW, C/4, 16, 4]``. The shift is a copy
+  in the kernel, unless a 1x1 product's input is a requantization nothing else reads: that
+  requantization then writes the shifted uint8 bytes itself (:meth:`_Rewrite._shifted_producer`);
 * AVX-512BW / AVX2 without VNNI (``vpmovsxbw`` + ``vpmaddwd``: 2 i16 x i16 products summed into
   each of 16 / 8 int32 lanes, exact; ``vpmaddubsw`` would saturate int16): weights packed
   ``[O/L, KH, KW, C/2, L, 2]``, activations used as they are.
