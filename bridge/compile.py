@@ -11,8 +11,7 @@ import tvm
 from tvm import relax
 
 from bridge.errors import CompileError
-from bridge.schedules import relax_pipeline, tir_pipeline
-from bridge.schedules.int8_depthwise import codegen_target
+from bridge.schedules import compile_options, relax_pipeline
 from bridge.schedules.lift import BuildRecord, weight_names
 from bridge.schedules.pipeline import SCHEDULED_KINDS
 from bridge.schedules.prepack import OPTIMIZE_FOR
@@ -41,12 +40,7 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target, database=None):
 def _compile(mod: tvm.IRModule, target: tvm.target.Target, database, pipeline):
     try:
         with target, database if database is not None else contextlib.nullcontext():
-            return tvm.compile(
-                mod,
-                target=codegen_target(target),
-                relax_pipeline=pipeline,
-                tir_pipeline=tir_pipeline(target),
-            )
+            return tvm.compile(mod, relax_pipeline=pipeline, **compile_options(target))
     except Exception as exc:
         raise CompileError(f"TVM failed to compile the model for {target}: {exc}") from exc
 

@@ -23,10 +23,15 @@ from bridge.kernels_map import with_observers
 from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
 from bridge.schedules.fused_block import FusedBlockKernels, fuse_expand_depthwise
+from bridge.schedules.high_multiply import tir_pipeline
 from bridge.schedules.int8 import Int8Kernels, prepack_int8
 from bridge.schedules.int8_amx import AmxKernels, request_amx
 from bridge.schedules.int8_arm import Int8ArmKernels, prepack_int8_arm
-from bridge.schedules.int8_depthwise import Int8DepthwiseKernels, prepack_int8_depthwise
+from bridge.schedules.int8_depthwise import (
+    Int8DepthwiseKernels,
+    codegen_target,
+    prepack_int8_depthwise,
+)
 from bridge.schedules.int8_elementwise import Int8LookupKernels
 from bridge.schedules.lift import BuildRecord, lift_constants, measure_arena
 from bridge.schedules.narrow import inline_widening, narrow_constants
@@ -99,6 +104,15 @@ def default_schedule(target: tvm.target.Target) -> tvm.transform.Pass:
         gpu.Guarded(dlight.cpu.Reduction()),
     )
     return tvm.transform.Sequential([rules, request_amx, stack_small_buffers()])
+
+
+def compile_options(target: tvm.target.Target) -> dict:
+    """``tvm.compile``'s code generation arguments for ``target``'s kernels: the target as
+    LLVM's code generator should see it (:func:`~bridge.schedules.int8_depthwise.codegen_target`)
+    and the TIR pipeline (:func:`~bridge.schedules.high_multiply.tir_pipeline`). The build, the
+    tuner's candidates and its numeric check all compile with them, so the tuner measures the
+    code a build ships."""
+    return {"target": codegen_target(target), "tir_pipeline": tir_pipeline(target)}
 
 
 def _lowering_passes(target: tvm.target.Target) -> list:

@@ -21,9 +21,8 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from bridge.schedules import tir_pipeline
+from bridge.schedules import compile_options
 from bridge.schedules.cpu import is_reduction
-from bridge.schedules.int8_depthwise import codegen_target
 from bridge.schedules.pipeline import default_schedule
 
 
@@ -155,13 +154,11 @@ def build_default(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.M
     copy = tvm.IRModule(dict(mod.functions.items()))  # dlight assigns into its input module
     with target:
         scheduled = default_schedule(target)(copy)
-    return tvm.compile(
-        scheduled, target=codegen_target(target), tir_pipeline=tir_pipeline(target)
-    ).mod
+    return tvm.compile(scheduled, **compile_options(target)).mod
 
 
 def build_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Module:
-    return tvm.compile(mod, target=target, tir_pipeline=tir_pipeline(target)).mod
+    return tvm.compile(mod, **compile_options(target)).mod
 
 
 @dataclass

@@ -41,7 +41,7 @@ from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
 from bridge.cores import usable_cores
 from bridge.errors import TargetError, TuningError
-from bridge.schedules import tir_pipeline
+from bridge.schedules import compile_options
 from bridge.tuning import database as db
 from bridge.tuning import kernels
 from bridge.tuning.intrinsics import load_cpu_intrinsics
@@ -175,8 +175,7 @@ class InProcessBuilder(PyBuilder):
             path = str(Path(tempfile.mkdtemp(prefix="bridge-candidate-")) / "kernel.so")
             try:
                 mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                pipeline = tir_pipeline(item.target)
-                built = tvm.compile(mod, target=item.target, tir_pipeline=pipeline)
+                built = tvm.compile(mod, **compile_options(item.target))
                 built.mod.export_library(path, fcompile=fcompile)
                 results.append(BuilderResult(path, None))
             except Exception as exc:  # a candidate that fails to build is just not measured
