@@ -428,13 +428,8 @@ def test_producer_writes_the_shifted_activations(both: bool) -> None:
     the numpy model either way."""
     x, w1, b1, w2, b2, real1, real2 = chain_case()
     target = x86("znver4")
-    bb = relax.BlockBuilder()
-    var = relax.Var("x0", relax.TensorType(x.shape, "int8"))
-    with bb.function("main", [var]):
-        with bb.dataflow():
-            out = bb.emit_output(chain(var, w1, b1, w2, b2, real1, real2, both))
-        bb.emit_func_output(out)
-    fused = fuse(bb.get(), target)
+    mod = relax_main(lambda v: chain(v, w1, b1, w2, b2, real1, real2, both), [x])
+    fused = fuse(mod, target)
     dots = [
         f for f in fused.functions.values() if isinstance(f, tirx.PrimFunc) and int8.DOT in str(f)
     ]
@@ -447,8 +442,7 @@ def test_producer_writes_the_shifted_activations(both: bool) -> None:
     assert (int8.ACT in consumer) == both
     if not runs_here("znver4"):
         return
-    executable = compile_module(bb.get(), target)
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    vm = relax.VirtualMachine(compile_module(mod, target), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x))
     got = got[0].numpy() if both else got.numpy()
     (zx, zm), _ = CHAIN_Q

@@ -101,9 +101,9 @@ def tile_config(pixels: int, kt: int, sums: int, rows: int = 1) -> list[int]:
     shape.update({t: (kt // 4, LANES * 4) for t in b_tiles})
     words = [0] * 16
     words[0] = 1  # palette 1, start row 0
-    for tile, (rows_, row_bytes) in shape.items():
+    for tile, (tile_rows, row_bytes) in shape.items():
         words[4 + tile // 2] |= row_bytes << 16 * (tile % 2)  # bytes 16 + 2t: u16 per tile
-        words[12 + tile // 4] |= rows_ << 8 * (tile % 4)  # bytes 48 + t: u8 per tile
+        words[12 + tile // 4] |= tile_rows << 8 * (tile % 4)  # bytes 48 + t: u8 per tile
     return words
 
 
