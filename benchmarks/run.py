@@ -10,8 +10,10 @@ For each model and batch size:
      bridge's probe compiles with bridge.build and exports the library;
   2. this process then loads every runtime (bridge from the probe's library) and checks each
      output against the Keras reference on the same input;
-  3. each runtime is timed alone in a fresh subprocess (--timing alone, the default), in two
-     passes (runtimes in order, then in reverse; half the calls each) so drift hits all alike:
+  3. each runtime is timed alone in a fresh subprocess (--timing alone, the default), in
+     --passes passes (2 by default; runtimes in order, then in reverse, and so on; an equal
+     share of the calls and time budget each) so drift hits all alike (on a machine whose
+     speed changes from minute to minute, more passes spread each runtime over the run):
      runtimes sharing a process slow each other (one's thread pool still spinning, or pinned,
      takes a core from the next: measured 1.6-2x on LiteRT and ONNX Runtime next to TVM).
      --timing interleaved times them in this process in rounds instead: round r calls each
@@ -337,7 +339,7 @@ def run_logged(command: list[str], out: Path, timeout: float | None = None) -> s
 
 
 # ---------------------------------------------------------------------------------- timing
-TIMING_PASSES = 2  # each runtime's subprocess runs, the second pass in reverse order
+TIMING_PASSES = 2  # default --passes: each runtime's subprocess runs, every other in reverse
 
 
 def time_alone(args) -> int:
@@ -377,17 +379,18 @@ def run_alone(key: str, model: str, batch: int, args, passes: int) -> list[float
 def measure_alone(
     keys: list[str], model: str, batch: int, args
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Every runtime timed in its own subprocesses, ``TIMING_PASSES`` passes; returns the
-    times and, per runtime whose subprocess failed (it then leaves the passes), why. One
-    runtime's failure does not end the others' timing."""
+    """Every runtime timed in its own subprocesses, ``args.passes`` passes (every other one in
+    reverse order); returns the times and, per runtime whose subprocess failed (it then leaves
+    the passes), why. One runtime's failure does not end the others' timing."""
     times: dict[str, list[float]] = {k: [] for k in keys}
     failures: dict[str, str] = {}
-    for index in range(TIMING_PASSES):
+    passes = getattr(args, "passes", TIMING_PASSES)
+    for index in range(passes):
         for key in keys if index % 2 == 0 else keys[::-1]:
             if key in failures:
                 continue
             try:
-                times[key] += run_alone(key, model, batch, args, TIMING_PASSES)
+                times[key] += run_alone(key, model, batch, args, passes)
             except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
                 failures[key] = str(exc)
                 log(f"    {key}: {exc}")
@@ -633,6 +636,7 @@ def environment(args) -> dict:
         "python": platform.python_version(),
         "threads": args.threads,
         "timing": args.timing,
+        "passes": args.passes if args.timing == "alone" else None,
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
         "bridge_path": str(bridge_path),
         "git": git,
@@ -686,6 +690,7 @@ TIMING_WORDS = {
 
 def markdown(results: dict) -> str:
     env = results["environment"]
+    passes = f", in {env['passes']} passes" if env.get("passes") else ""
     rows = results["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     batches = sorted({r["batch"] for r in rows})
@@ -700,7 +705,8 @@ def markdown(results: dict) -> str:
         f"{'/'.join(map(str, env.get('load_average_start', [])))}, at end "
         f"{'/'.join(map(str, env.get('load_average_end', [])))}; this run took "
         f"{env.get('total_seconds', 0) / 60:.0f} min. Median latency per call (ratio to LiteRT "
-        f"fp32); {TIMING_WORDS.get(env.get('timing'), 'runtimes timed interleaved')}.",
+        f"fp32); {TIMING_WORDS.get(env.get('timing'), 'runtimes timed interleaved')}"
+        f"{passes}.",
         "",
     ]
     by = {(r["model"], r["batch"], r["runtime"]): r for r in rows}
@@ -931,6 +937,13 @@ def parse_args(argv):
         choices=("alone", "interleaved"),
         default="alone",
         help="each runtime in its own subprocess (default), or all in rounds in this one",
+    )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=TIMING_PASSES,
+        help="--timing alone: subprocesses per runtime, each with an equal share of the calls "
+        "(more spread each runtime over a noisy machine's minutes)",
     )
     parser.add_argument(
         "--tune", default="20m", help="bridge.build(tune=...) for the tuned row: a time or trials"
