@@ -188,3 +188,50 @@ def test_tile_accumulators_are_on_the_stack(monkeypatch) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(stack, "stack_buffers", lambda func: func)
         assert allocates(), "the control build should allocate its tiles from the pool"
+
+
+LOOKUP_CASES = [
+    # (input NHWC, kernel, stride, input dtype, table dtype, fused: rows of whole 64-byte vectors)
+    ((1, 8, 8, 32), 3, 1, "int8", "int8", True),
+    ((1, 12, 12, 48), 3, 2, "int8", "int8", True),
+    ((2, 9, 8, 16), 5, 1, "uint8", "uint8", True),
+    ((1, 6, 8, 16), 3, 2, "int8", "uint8", True),
+    ((1, 7, 7, 24), 3, 1, "int8", "int8", False),  # a row of 168 bytes: the lookup kernel
+]
+
+
+def lookup_depthwise_model(shape, k: int, stride: int, dtype: str, table_dtype: str):
+    """A table lookup (a quantized activation: swish before MBConv's depthwise layer) feeding
+    a padded depthwise layer."""
+    from bridge.quant import elementwise
+
+    low = -128 if dtype == "int8" else 0
+    info = np.iinfo(table_dtype)
+    table = RNG.integers(info.min, info.max + 1, 256).astype(table_dtype)
+    depthwise = depthwise_model(shape, k, stride, table_dtype)
+    return lambda x: depthwise(elementwise.lookup(x, table, low))
+
+
+@pytest.mark.parametrize("case", LOOKUP_CASES, ids=lambda c: "x".join(map(str, c[0])) + c[3] + c[4])
+@pytest.mark.parametrize("mcpu", ["znver4", "sapphirerapids", "x86-64-v4"])
+def test_a_lookup_before_the_depthwise_layer_is_done_in_its_copy(mcpu, case, monkeypatch):
+    """With AVX-512 VBMI the lookup runs inside the depthwise kernel, each padded row looked
+    up (vpermi2b) as it is copied, and no lookup kernel of its own remains; bit-exact with the
+    lookup and depthwise layer on the generic path."""
+    shape, k, stride, dtype, table_dtype, fused = case
+    if not runs_here(mcpu):
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    x = random_input(shape, dtype)
+    build = lookup_depthwise_model(shape, k, stride, dtype, table_dtype)
+    packed = compile_relax(build, x, x86(mcpu))
+    with monkeypatch.context() as patch:
+        patch.setattr(int8_depthwise, "widths", lambda _target: ())
+        generic = compile_relax(build, x, x86(mcpu))
+    asm = assembly(packed)
+    fused = fused and mcpu != "x86-64-v4"  # no VBMI there
+    assert ("bridge_lookup" not in asm) == fused
+    assert "depthwise_int8" in asm
+    if fused:  # LLVM writes vpermi2b as vpermt2b where that saves a register move
+        assert "vpermt2b" in asm or "vpermi2b" in asm
+        assert "vpinsrb" not in asm  # a gather byte by byte
+    np.testing.assert_array_equal(run(packed, x), run(generic, x))

@@ -322,7 +322,7 @@ def prepack_int8(target: tvm.target.Target, derived: dict | None = None) -> tvm.
         rewriter = _Rewrite(mod, kind, derived)
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
-                rewriter._uses = _use_counts(func)
+                rewriter._uses = use_counts(func)
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
         mod = rewriter.builder_.get()
         # a product whose bias add was folded into its correction is left unused
@@ -821,7 +821,7 @@ def _under(sch: s_tir.Schedule, block, loop) -> bool:
     return any(sch.get(lp).same_as(sch.get(loop)) for lp in sch.get_loops(block))
 
 
-def _use_counts(func: relax.Function) -> dict:
+def use_counts(func: relax.Function) -> dict:
     """How many times each variable of ``func`` is read."""
     counts: dict = {}
 

@@ -34,13 +34,19 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target.codegen import target_has_features
 
+from bridge.quant.elementwise import EIGHT_BIT, LOOKUP, TABLE
 from bridge.schedules.common import largest_divisor
 from bridge.schedules.cpu import _inline_epilogue
-from bridge.schedules.int8 import packed_const, static_8bit, unpad
+from bridge.schedules.int8 import packed_const, static_8bit, unpad, use_counts
+from bridge.schedules.int8_elementwise import LANES as LOOKUP_LANES
+from bridge.schedules.int8_elementwise import has_vbmi
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 PRODUCT = "int8_dw"  # the product block's name in the kernels built here
 COPY = "int8_dw_pad"  # the padded activation copy
+LOOKED_UP = "int8_dw_lookup"  # a table lookup before the depthwise convolution, row by row
+CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+OUT_EWISE_FUSABLE = 4  # TVM's OpPatternKind: an elementwise epilogue fuses into the kernel
 # output pixels per register tile, by lanes: 14 zmm accumulators (32 registers), 8 ymm (16)
 MAX_PIXELS = {16: 14, 8: 8}
 _LLVM_WD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd"}
@@ -166,27 +172,55 @@ def pack_weights(weight_hwc: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(words.reshape(kh, kw, c // lanes, lanes).transpose(2, 0, 1, 3))
 
 
-def _padded(x: te.Tensor, padding, pad_value: int) -> te.Tensor:
-    """``x`` with its spatial padding filled with ``pad_value`` (``x`` itself without)."""
-    n, h, w, c = (int(d) for d in x.shape)
+def _padded(shape, dtype: str, read, padding, pad_value: int) -> te.Tensor:
+    """The NHWC tensor of ``shape`` that ``read(b, y, x, c)`` reads, with its spatial padding
+    filled with ``pad_value``."""
+    n, h, w, c = shape
     top, left, bottom, right = padding
-    if not any(padding):
-        return x
 
     def value(b, y, xx, ch):
         inside = tirx.all(y >= top, y < top + h, xx >= left, xx < left + w)
-        v = x[b, tirx.min(tirx.max(y - top, 0), h - 1), tirx.min(tirx.max(xx - left, 0), w - 1), ch]
-        return tirx.if_then_else(inside, v, tirx.const(pad_value, x.dtype))
+        row = tirx.min(tirx.max(y - top, 0), h - 1)
+        column = tirx.min(tirx.max(xx - left, 0), w - 1)
+        v = read(b, row, column, ch)
+        return tirx.if_then_else(inside, v, tirx.const(pad_value, dtype))
 
     return te.compute((n, h + top + bottom, w + left + right, c), value, name=COPY)
 
 
-def depthwise(x: te.Tensor, w: te.Tensor, strides, padding, dilation, pad_value: int) -> te.Tensor:
+def _source(x: te.Tensor, table: te.Tensor | None, channels: int | None):
+    """(shape, dtype, read) of the depthwise input: ``x`` itself, or, with a ``table``, the
+    lookup ``table[uint8(x)]`` of ``x`` given as rows ``[N, H, W * channels]`` (a stage of
+    its own: :func:`schedule_depthwise` computes it row by row, each row whole)."""
+    if table is None:
+        return tuple(int(d) for d in x.shape), str(x.dtype), lambda *i: x[i]
+    n, h, row = (int(d) for d in x.shape)
+    looked = te.compute(
+        (n, h, row),
+        lambda b, y, i: table[tirx.Cast("int32", tirx.Cast("uint8", x[b, y, i]))],
+        name=LOOKED_UP,
+    )
+    read = lambda b, y, xx, ch: looked[b, y, xx * channels + ch]  # noqa: E731
+    return (n, h, row // channels, channels), str(table.dtype), read
+
+
+def depthwise(
+    x: te.Tensor,
+    w: te.Tensor,
+    strides,
+    padding,
+    dilation,
+    pad_value: int,
+    table: te.Tensor | None = None,
+    channels: int | None = None,
+) -> te.Tensor:
     """NHWC depthwise convolution (multiplier 1) with weights packed by :func:`pack_weights`:
-    int32."""
+    int32. With a ``table`` (and padding), the input is ``table[uint8(x)]`` of ``x`` given as
+    rows ``[N, H, W * channels]``, looked up as it is copied into the padded buffer."""
     (sh, sw), (dh, dw) = strides, dilation
     _, kh, kw, lanes = (int(d) for d in w.shape)
-    xs = _padded(x, padding, pad_value)
+    shape, dtype, read = _source(x, table, channels)
+    xs = _padded(shape, dtype, read, padding, pad_value) if any(padding) else x
     n, h, width, c = (int(d) for d in xs.shape)
     out_h = (h - (kh - 1) * dh - 1) // sh + 1
     out_w = (width - (kw - 1) * dw - 1) // sw + 1
@@ -219,6 +253,7 @@ def prepack_int8_depthwise(
         rewriter = _Rewrite(mod, target, derived)
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
+                rewriter.uses = use_counts(func)
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
         return rewriter.builder_.get()
 
@@ -252,6 +287,7 @@ class _Rewrite(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, derived: dict | None):
         super().__init__(mod)
         self.target, self.derived = target, derived
+        self.uses: dict = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -264,19 +300,59 @@ class _Rewrite(relax.PyExprMutator):
         attrs = call.attrs
         data, padding, value = unpad(self, call.args[0])
         padding = tuple(a + int(b) for a, b in zip(padding, attrs.padding, strict=True))
+        arguments = [data, packed_const(pack_weights(weight, lanes), call.args[1], self.derived)]
+        looked_up = self._lookup(call.args[0], data) if any(padding) else None
+        channels = weight.shape[2]
+        if looked_up is not None:
+            x, table = looked_up
+            n, h, w, _ = (int(d) for d in x.ty.shape.values)
+            rows = self.builder_.emit(relax.op.reshape(x, (n, h, w * channels)))
+            arguments = [rows, arguments[1], table]
         return self.builder_.call_te(
-            lambda x, w: depthwise(
+            lambda x, w, *table: depthwise(
                 x,
                 w,
                 [int(s) for s in attrs.strides],
                 padding,
                 [int(d) for d in attrs.dilation],
                 value,
+                *table,
+                channels=channels,
             ),
-            data,
-            packed_const(pack_weights(weight, lanes), call.args[1], self.derived),
+            *arguments,
             primfunc_name_hint="depthwise_int8",
+            # the requantization after it fuses in, as without a lookup (whose gather would
+            # make TVM's pattern analysis call the kernel opaque)
+            primfunc_attrs={"op_pattern": OUT_EWISE_FUSABLE},
         )
+
+    def _lookup(self, padded: relax.Expr, data: relax.Expr) -> tuple[relax.Expr, relax.Expr] | None:
+        """``(x, table)`` when ``data`` is a constant-table lookup of ``x`` read only by this
+        depthwise convolution (through its pad, ``padded``) on a CPU with AVX-512 VBMI, and
+        each row of ``x`` is whole 64-byte vectors: the kernel then looks the rows up as it
+        copies them into its padded buffer, instead of the lookup writing a tensor of its own
+        that the copy reads back."""
+        if not has_vbmi(self.target) or not isinstance(data, relax.Var):
+            return None
+        if self.uses.get(data, 0) != 1 or self.uses.get(padded, 0) != 1:
+            return None
+        bound = self.lookup_binding(data)
+        if not (
+            isinstance(bound, relax.Call)
+            and bound.op.same_as(CALL_TIR)
+            and str(bound.args[0].name_hint).startswith(LOOKUP)
+        ):
+            return None
+        x, table = bound.args[1].fields
+        if not (
+            isinstance(table, tvm.ir.expr.Constant)
+            and str(table.ty.dtype) in EIGHT_BIT
+            and [int(d) for d in table.ty.shape.values] == [TABLE]
+            and static_8bit(x)
+        ):
+            return None
+        _, _, w, c = (int(d) for d in x.ty.shape.values)
+        return (x, table) if (w * c) % LOOKUP_LANES == 0 else None
 
 
 # --- the schedule ------------------------------------------------------------------------------
@@ -345,6 +421,9 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
     copy = _block(sch, COPY)
     if copy is not None:
         _schedule_copy(sch, copy, lanes)
+        looked = _block(sch, LOOKED_UP)
+        if looked is not None:
+            _schedule_lookup(sch, looked, copy)
 
 
 def _schedule_copy(sch: s_tir.Schedule, block, lanes: int) -> None:
@@ -356,3 +435,14 @@ def _schedule_copy(sch: s_tir.Schedule, block, lanes: int) -> None:
     vector = largest_divisor(channels, 64)
     vector = vector if vector % lanes == 0 else lanes
     sch.vectorize(sch.split(c, [None, vector])[1])
+
+
+def _schedule_lookup(sch: s_tir.Schedule, block, copy) -> None:
+    """Each padded row's source row looked up whole just before it is copied (while it is in
+    L1), in vectors of 64 bytes: gathers from a 256-byte table, which the TIR pipeline's
+    :func:`~bridge.schedules.int8_elementwise.permute_lookups` makes ``vpermi2b`` pairs."""
+    _, vector = sch.split(sch.get_loops(block)[-1], [None, LOOKUP_LANES])
+    # blockized before compute_at: a padding row reads no source row, so compute_at puts a
+    # predicate on the block it moves (one per 64 bytes here, not per byte)
+    sch.compute_at(sch.blockize(vector), sch.get_loops(copy)[0])
+    sch.vectorize(sch.get_loops(block)[-1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
@@ -66,19 +67,32 @@ def lookup_buffers(func: tirx.PrimFunc) -> tuple[tirx.Buffer, tirx.Buffer, tirx.
     return x, table, y
 
 
+def permuted(table, index: tirx.PrimExpr, index_dtype: str) -> tirx.PrimExpr:
+    """``table[uint8(index)]`` for a vector of ``LANES`` bytes: two ``vpermi2b``, one per
+    128-byte half of the table, and each byte's top bit choosing between them (below zero
+    for int8 indexes, from 128 up for uint8)."""
+    vector = f"{table.dtype}x{LANES}"
+    if index_dtype == "int8":
+        top = index < tirx.Broadcast(tirx.const(0, "int8"), LANES)
+    else:
+        top = index >= tirx.Broadcast(tirx.const(128, "uint8"), LANES)
+
+    def half(start: int) -> tirx.PrimExpr:
+        low, high = (
+            tirx.BufferLoad(table, [tirx.Ramp(tirx.const(start + k * LANES, "int32"), 1, LANES)])
+            for k in (0, 1)
+        )
+        return tirx.call_llvm_pure_intrin(vector, VPERMI2B, low, index, high)
+
+    return tirx.Select(top, half(128), half(0))
+
+
 def vbmi_lookup(shape: tuple[int, ...], index_dtype: str, dtype: str) -> tirx.PrimFunc:
     """The lookup kernel of an input of ``shape`` with ``vpermi2b``: ``y = table[uint8(x)]``,
     64 bytes per step, parallel over the steps from ``PARALLEL_BYTES`` up."""
     size = int(np.prod(shape))
     blocks, tail = divmod(size, LANES)
     steps = T.parallel if size >= PARALLEL_BYTES else T.serial  # a thread launch costs more
-    vector = f"{dtype}x{LANES}"
-    # a byte's top bit: below zero for int8, from 128 up for uint8
-    high = T.int8(0) if index_dtype == "int8" else T.uint8(128)
-
-    def top_half(v):
-        bound = T.broadcast(high, LANES)
-        return v < bound if index_dtype == "int8" else v >= bound
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(
@@ -89,27 +103,61 @@ def vbmi_lookup(shape: tuple[int, ...], index_dtype: str, dtype: str) -> tirx.Pr
         yf = T.decl_buffer((size,), dtype, data=y.data)
         for b in steps(blocks):
             # one expression: a named vector would be a workspace allocation per step
-            yf[T.ramp(b * LANES, 1, LANES)] = T.Select(
-                top_half(xf[T.ramp(b * LANES, 1, LANES)]),
-                T.call_llvm_pure_intrin(
-                    vector,
-                    VPERMI2B,
-                    table[T.ramp(128, 1, LANES)],
-                    xf[T.ramp(b * LANES, 1, LANES)],
-                    table[T.ramp(192, 1, LANES)],
-                ),
-                T.call_llvm_pure_intrin(
-                    vector,
-                    VPERMI2B,
-                    table[T.ramp(0, 1, LANES)],
-                    xf[T.ramp(b * LANES, 1, LANES)],
-                    table[T.ramp(64, 1, LANES)],
-                ),
+            yf[T.ramp(b * LANES, 1, LANES)] = permuted(
+                table, xf[T.ramp(b * LANES, 1, LANES)], index_dtype
             )
         for i in range(tail):
             yf[blocks * LANES + i] = table[T.Cast("int32", T.Cast("uint8", xf[blocks * LANES + i]))]
 
     return kernel
+
+
+def _byte_vector(expr: tirx.PrimExpr) -> str | None:
+    """The dtype ("int8" or "uint8") of a vector of ``LANES`` such bytes, else None."""
+    dtype = expr.ty.dtype
+    if dtype.lanes != LANES or dtype.bits != 8 or dtype.type_code not in (0, 1):  # int, uint
+        return None
+    return "int8" if dtype.type_code == 0 else "uint8"
+
+
+def _gathered_index(load) -> tuple[tirx.PrimExpr, str] | None:
+    """``(v, dtype)`` when ``load`` gathers ``LANES`` bytes from a 256-entry 8-bit table at
+    ``uint8(v)`` (``v`` a vector of bytes), as a vectorized lookup does; else None."""
+    table = load.source
+    if _byte_vector(load) is None or [int(d) for d in table.shape] != [TABLE]:
+        return None
+    if len(load.indices) != 1 or not isinstance(load.indices[0], tirx.Cast):
+        return None
+    inner = load.indices[0].value
+    if isinstance(inner, tirx.Cast) and _byte_vector(inner) == "uint8":
+        inner = inner.value
+    dtype = _byte_vector(inner)
+    return None if dtype is None else (inner, dtype)
+
+
+def _permuted_load(load) -> tirx.PrimExpr:
+    matched = _gathered_index(load)
+    return load if matched is None else permuted(load.source, *matched)
+
+
+@tvm.transform.module_pass(opt_level=0, name="bridge.PermuteLookups")
+def permute_lookups(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Every vector gather of ``LANES`` bytes from a 256-byte table (a lookup vectorized
+    inside a larger kernel) as :func:`permuted` ``vpermi2b`` pairs, in kernels whose target
+    has AVX-512 VBMI (a TIR pass after vectorization)."""
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+            continue
+        target = func.attrs.get("target")
+        if target is None or not has_vbmi(target):
+            continue
+        new = tvm_ffi.structural_map(func, (tvm.ir.expr.TensorLoad, _permuted_load))
+        if not new.same_as(func):
+            updates[gv] = new
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
 
 
 class Int8LookupKernels(CPUScheduleRule):

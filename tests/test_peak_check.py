@@ -1,0 +1,49 @@
+"""scripts/peak_check.py: its two C loops compile with the system compiler and report rates
+that are plausible for one core (a loop the compiler optimized away would report absurd ones)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "peak_check.py"
+
+
+@pytest.fixture(scope="module")
+def peak_check():
+    spec = importlib.util.spec_from_file_location("peak_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peak_check"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("peak_check", None)
+
+
+def test_the_loops_report_plausible_rates(peak_check, tmp_path):
+    if not peak_check._has_avx512() or not shutil.which("taskset"):
+        pytest.skip("needs AVX-512 VNNI and taskset")
+    for name, (kind, flag) in peak_check.KINDS.items():
+        binary = peak_check._compile(tmp_path, kind, flag)
+        (rate,) = peak_check._run(binary, [0], 0.05)
+        # one core: a few GFLOP/s even under load, never above ~16 lanes x 2 ops x 2 pipes x
+        # 6 GHz (fp32) or 4x that (int8 dot products)
+        ceiling = 400 if kind == "0" else 1600
+        assert 5 < rate < ceiling, (name, rate)
+
+
+def test_the_script_runs_end_to_end(peak_check):
+    if not peak_check._has_avx512() or not shutil.which("taskset"):
+        pytest.skip("needs AVX-512 VNNI and taskset")
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seconds", "0.05", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = [line for line in out.splitlines() if "one core" in line]
+    assert [line.split(":")[0] for line in lines] == list(peak_check.KINDS)
