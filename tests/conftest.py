@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,29 @@ KERAS3 = FIXTURES / "keras3"
 KERAS2 = FIXTURES / "keras2"
 APPS = FIXTURES / "apps"
 EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def load_script(path: Path, name: str, register: bool = False):
+    """Import a script (not a package module) from its file; ``register`` puts it in
+    ``sys.modules`` under ``name`` (needed where it pickles or dataclasses its own types)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def script_fixture(path: Path, name: str):
+    """A module-scoped fixture giving the script at ``path`` imported as ``name`` (in
+    ``sys.modules`` while the module's tests run)."""
+
+    @pytest.fixture(scope="module")
+    def fixture():
+        yield load_script(path, name, register=True)
+        sys.modules.pop(name, None)
+
+    return fixture
 
 
 def reference(npz: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -3,24 +3,15 @@ do not): one runtime whose timing subprocess fails is reported, the others are s
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
+from tests.conftest import script_fixture
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
-@pytest.fixture(scope="module")
-def run_script():
-    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_run", None)
+run_script = script_fixture(SCRIPT, "bench_run")
 
 
 def test_a_failed_timing_subprocess_leaves_the_other_runtimes_timed(run_script, monkeypatch):

@@ -4,25 +4,20 @@ Lambda; tests/fixtures/generate.py ``gen_custom``). Tolerance as in test_layers.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 import bridge
 from bridge.cli import main
 from bridge.errors import UnsupportedModelError
-from tests.conftest import EXAMPLES, KERAS2, KERAS3, assert_matches, reference
+from tests.conftest import EXAMPLES, KERAS2, KERAS3, assert_matches, load_script, reference
 
 CONVERTERS = EXAMPLES / "custom_layer" / "converters.py"
 FILES = [KERAS3 / "custom" / "custom_scale.keras", KERAS2 / "custom" / "custom_scale.h5"]
 
 
 def example_converters() -> dict:
-    spec = importlib.util.spec_from_file_location("custom_layer_converters", CONVERTERS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CUSTOM_LAYERS
+    return load_script(CONVERTERS, "custom_layer_converters").CUSTOM_LAYERS
 
 
 @pytest.mark.parametrize("model_file", FILES, ids=lambda p: p.parent.parent.name)

@@ -3,7 +3,6 @@ that are plausible for one core (a loop the compiler optimized away would report
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -11,17 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import script_fixture
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "peak_check.py"
 
 
-@pytest.fixture(scope="module")
-def peak_check():
-    spec = importlib.util.spec_from_file_location("peak_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peak_check"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("peak_check", None)
+peak_check = script_fixture(SCRIPT, "peak_check")
 
 
 def test_the_loops_report_plausible_rates(peak_check, tmp_path):

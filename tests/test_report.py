@@ -4,7 +4,6 @@ through scripts/report_screenshots.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -18,7 +17,7 @@ import pytest
 
 from bridge import report
 from bridge.errors import InputError
-from tests.conftest import needs_tools, run_bundle
+from tests.conftest import load_script, needs_tools, run_bundle
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "report_screenshots.py"
 
@@ -291,9 +290,7 @@ def test_build_facts_measure_library_and_memory(tmp_path):
 def screenshots(out: Path, models: str) -> None:
     """Run scripts/report_screenshots.py in this process (bridge already imported)."""
     needs_tools(None, "chromium")
-    spec = importlib.util.spec_from_file_location("report_screenshots", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "report_screenshots")
     assert module.main(["--out", str(out), "--models", models]) == 0
 
 
