@@ -410,8 +410,10 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
     pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS[lanes])
     c_outer, c_lane = sch.split(c, [None, lanes])
     x_outer, x_inner = sch.split(x, [None, pixels])
-    copy = _block(sch, COPY)
-    band = _band_rows(sch, copy, int(sch.get(n).extent), int(sch.get(y).extent))
+    copy, looked = _block(sch, COPY), _block(sch, LOOKED_UP)
+    band = None
+    if copy is not None and looked is None:
+        band = _band_rows(int(sch.get(n).extent), int(sch.get(y).extent))
     if band:
         y_outer, y_inner = sch.split(y, [None, band])
         sch.reorder(n, y_outer, y_inner, x_outer, c_outer, rh, rw, x_inner, c_lane)
@@ -436,20 +438,16 @@ def schedule_depthwise(sch: s_tir.Schedule) -> None:
         _vectorize_copy(sch, copy, lanes)
     elif copy is not None:
         _schedule_copy(sch, copy, lanes)
-        looked = _block(sch, LOOKED_UP)
         if looked is not None:
             _schedule_lookup(sch, looked, copy)
 
 
-def _band_rows(sch: s_tir.Schedule, copy, batch: int, rows: int) -> int | None:
+def _band_rows(batch: int, rows: int) -> int:
     """Output rows per band, where each band copies the padded input rows it reads just
     before its products (one parallel loop, the rows in cache) rather than after one copy
-    pass over the whole tensor (two parallel loops). None (the copy pass) without a copy or
-    with a table lookup in it: looking up the rows bands share twice measured slower
-    (EfficientNetB0 int8's depthwise kernels 1.05x-1.5x), banding the others faster
-    (MobileNetV2's 0.88x), on Zen 4."""
-    if copy is None or _block(sch, LOOKED_UP) is not None:
-        return None
+    pass over the whole tensor (two parallel loops). Only for a copy without a table lookup
+    in it: looking up the rows bands share twice measured slower (EfficientNetB0 int8's
+    depthwise kernels 1.05x-1.5x), banding the others faster (MobileNetV2's 0.88x), on Zen 4."""
     return largest_divisor(rows, max(1, min(MAX_BAND, rows * batch // MIN_BANDS)))
 
 
