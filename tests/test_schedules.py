@@ -13,7 +13,7 @@ from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_disp
 
 import bridge
 from bridge.compile import bind_weights
-from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
+from bridge.schedules.cpu import ChannelsLastKernels, register_tile, simd_lanes, vector_registers
 from tests.conftest import EXAMPLES, KERAS3, conv_clip_pad_module, runs_here
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"})
@@ -44,11 +44,73 @@ def test_conv_dense_pool_kernels_are_tiled_vectorized_parallel(model):
     assert checked >= 3
 
 
+def _x86(mcpu: str | None = None) -> tvm.target.Target:
+    return tvm.target.Target(
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", **({"mcpu": mcpu} if mcpu else {})}
+    )
+
+
 def test_simd_width_follows_target():
-    assert simd_lanes(TARGET) == 16
+    assert (simd_lanes(TARGET), vector_registers(TARGET)) == (16, 32)
     assert simd_lanes(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})) == 8
+    # CPU names by their features (TVM's llvm_get_vector_width says 512 for all of them)
+    for mcpu in ("znver3", "haswell"):
+        assert (simd_lanes(_x86(mcpu)), vector_registers(_x86(mcpu))) == (8, 16), mcpu
+    for mcpu in ("znver4", "skylake-avx512"):
+        assert (simd_lanes(_x86(mcpu)), vector_registers(_x86(mcpu))) == (16, 32), mcpu
+    assert simd_lanes(_x86()) == 4  # no CPU named: LLVM's baseline x86-64 (SSE2)
     neon = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
-    assert simd_lanes(neon) == 4
+    assert (simd_lanes(neon), vector_registers(neon)) == (4, 32)
+
+
+@pytest.mark.parametrize(
+    "width, channels, lanes, registers, want",
+    [
+        (112, 96, 8, 16, (4, 16)),  # AVX2: two vectors leave room for 6 pixels; 4 divide 112
+        (14, 96, 8, 16, (7, 8)),  # one vector x 7 pixels beats two x 2
+        (7, 32, 8, 16, (7, 8)),
+        (56, 24, 8, 16, (8, 8)),  # 24 channels: one vector is the block
+        (112, 96, 16, 32, (8, 32)),  # AVX-512 as before: two vectors x 8 pixels
+        (7, 32, 16, 32, (7, 32)),
+    ],
+)
+def test_register_tile_fits_the_register_file(width, channels, lanes, registers, want):
+    pixels, block = register_tile(width, channels, lanes, registers, 8)
+    assert (pixels, block) == want
+    vectors = -(-block // lanes)
+    assert pixels * vectors + vectors + 1 <= registers
+
+
+def _stack_vectors(executable, register: str) -> int:
+    """Vector register stores to and loads from the stack in the parallel loop bodies."""
+    import re
+
+    from tests.conftest import parallel_bodies
+
+    asm = "\n".join(m.inspect_source("asm") for m in executable.mod.imports)
+    spill = re.compile(rf"{register}\d+.*\(%r[sb]p\)|\(%r[sb]p\).*{register}\d+")
+    return sum(1 for line in parallel_bodies(asm).splitlines() if spill.search(line))
+
+
+@pytest.mark.parametrize("groups", [1, 64], ids=["conv", "depthwise"])
+def test_avx2_tiles_stay_in_registers(groups):
+    """Built for an AVX2 CPU (16 ymm registers), a convolution's register tile spills no
+    vector to the stack; tiled for AVX-512's 32 registers (TVM's vector width for every x86
+    CPU name) the 1x1 kernel spilled 72 times and the depthwise one 376. Where the host runs
+    AVX2, the kernel gives what the baseline x86-64 build gives."""
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+
+    avx2 = compile_module(_conv_module(groups), _x86("znver3"))
+    assert _stack_vectors(avx2, "%ymm") == 0
+    if runs_here("x86-64-v3"):
+        x = np.random.default_rng(2).standard_normal((1, 14, 14, 64)).astype("float32")
+        got, want = (
+            VirtualMachine(e, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+            for e in (avx2, compile_module(_conv_module(groups), _x86("x86-64")))
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_gpu_pipeline_keeps_padding_out_of_conv_epilogues():

@@ -6,7 +6,8 @@ shape of a fast channels_last CPU kernel:
 
 * a reduction kernel (convolution, depthwise convolution, dense/matmul, pooling, mean) whose
   innermost output axis is contiguous (channels, units): a register tile of ``T`` output pixels x
-  ``F`` channels accumulated in registers (``F`` a multiple of the SIMD width), the reduction
+  ``F`` channels accumulated in registers (``F`` a multiple of the SIMD width; ``T x F`` sized
+  to the target's vector registers, :func:`register_tile`), the reduction
   loops inside the tile, the output-channel axis vectorized, the pixel axis unrolled, and the
   outer loops fused and run in parallel; the fused epilogue (bias, batch norm, activation,
   residual add) is inlined into the tile's write-back so it runs on data still in registers;
@@ -29,7 +30,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
-from tvm.target.codegen import llvm_get_vector_width
+from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
 from bridge.schedules import winograd
 from bridge.schedules.common import (
@@ -58,15 +59,59 @@ X86_LEVEL_BITS = {"x86-64": 128, "x86-64-v2": 128, "x86-64-v3": 256, "x86-64-v4"
 
 
 def simd_lanes(target: Target, bits: int = 32) -> int:
-    """float32 lanes of the target's widest vector register (16 with AVX-512, 4 with NEON)."""
+    """float32 lanes of the target's widest vector register (16 with AVX-512, 8 with AVX2,
+    4 with NEON)."""
     mcpu = str(target.attrs.get("mcpu", ""))
-    width = X86_LEVEL_BITS.get(mcpu)
+    width = X86_LEVEL_BITS.get(mcpu) or _x86_bits(target)
     if width is None:
         try:
             width = int(llvm_get_vector_width(target))
         except Exception:  # an LLVM target TVM cannot query
             width = -1
     return max(1, (width if width > 0 else 128) // bits)
+
+
+def _x86_bits(target: Target) -> int | None:
+    """An x86 target's vector width from its features (None off x86): TVM 0.27's
+    ``llvm_get_vector_width`` answers 512 for every x86 CPU name, AVX2-only ones (``znver3``,
+    ``haswell``) included, which tiled their kernels for 32 zmm registers they lack."""
+    if target.kind.name != "llvm":
+        return None
+    if not str(target.attrs.get("mtriple", "x86_64")).startswith(("x86_64", "i686", "i386")):
+        return None
+    try:
+        for feature, bits in (("avx512f", 512), ("avx", 256)):
+            if target_has_features(feature, target):
+                return bits
+    except Exception:  # a target LLVM cannot describe
+        return None
+    return 128
+
+
+def vector_registers(target: Target) -> int:
+    """SIMD registers the code generator allocates: 32 on AArch64 and with AVX-512, 16 on
+    other x86 (AVX2's ymm) and 32-bit ARM."""
+    if str(target.attrs.get("mtriple", "")).startswith(("aarch64", "arm64")):
+        return 32
+    return 32 if simd_lanes(target) >= 16 else 16
+
+
+def register_tile(width: int, channels: int, lanes: int, registers: int, most: int) -> tuple:
+    """``(pixels, channels)`` of a register tile over an output row of ``width`` pixels and
+    ``channels`` channels: the channel block :func:`channel_block` picks, or half of it, with
+    up to ``most`` pixels (a divisor of ``width``), whichever holds more accumulators once
+    one vector per channel block (the weights) and one broadcast input stay in registers
+    beside them. With 32 registers the full block always wins; with AVX2's 16, two vectors of
+    channels leave room for 6 pixels (a 14-pixel row gets 2 x 2 vectors), one vector for 14
+    (a 14-pixel row gets 7 x 1, the larger tile)."""
+    block = channel_block(channels, lanes)
+    best = (0, 0, 0)
+    for vector in (block, block // 2) if block == 2 * lanes else (block,):
+        vectors = -(-vector // lanes)
+        room = (registers - vectors - 1) // vectors
+        pixels = largest_divisor(width, max(1, min(most, room)))
+        best = max(best, (pixels * vectors, vector, pixels))
+    return best[2], best[1]
 
 
 def _static(func: tirx.PrimFunc) -> bool:
@@ -111,7 +156,7 @@ class ChannelsLastKernels(CPUScheduleRule):
         if root is None:  # hand-written TIR without blocks (sort, scan): nothing to do
             return None
         blocks = sch.get_child_blocks(root)
-        lanes = simd_lanes(target)
+        lanes, registers = simd_lanes(target), vector_registers(target)
         names = {sch.get(b).name_hint for b in blocks}
         for stage in ("input", "output"):
             if f"winograd_{stage}" in names:
@@ -120,7 +165,7 @@ class ChannelsLastKernels(CPUScheduleRule):
         if not reductions:
             return schedule_injective(sch, blocks, lanes)
         others = [sch.get(b).name_hint for b in blocks if not is_reduction(sch, b)]
-        if len(reductions) == 1 and tile_reduction(sch, reductions[0], lanes):
+        if len(reductions) == 1 and tile_reduction(sch, reductions[0], lanes, registers):
             for name in others:  # stages neither inlined nor folded into the tile (e.g. pads)
                 block = find_block(sch, name)
                 if block is not None:
@@ -148,8 +193,9 @@ def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedul
     return sch
 
 
-def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
-    """Register-tile one reduction block whose last spatial axis is contiguous in its output."""
+def tile_reduction(sch: s_tir.Schedule, block, lanes: int, registers: int = 32) -> bool:
+    """Register-tile one reduction block whose last spatial axis is contiguous in its output
+    (a tile for ``registers`` vector registers)."""
     kinds = iter_kinds(sch, block)
     loops = sch.get_loops(block)
     n_spatial = kinds.index(COMM_REDUCE)
@@ -170,9 +216,11 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int) -> bool:
 
     loops = sch.get_loops(block)
     spatial, reduce = loops[:n_spatial], loops[n_spatial:]
+    if n_spatial >= 2:
+        most = _pixel_tile(sch, block, vector, reduce)
+        tile, vector = register_tile(width, channels, lanes, registers, most)
     ch_outer, ch_inner = sch.split(spatial[-1], [None, vector])
     if n_spatial >= 2:
-        tile = largest_divisor(width, _pixel_tile(sch, block, vector, reduce))
         px_outer, px_inner = sch.split(spatial[-2], [None, tile])
         outer = _outer_order(sch, block, [*spatial[:-2], px_outer], ch_outer)
         sch.reorder(*outer, *reduce, px_inner, ch_inner)

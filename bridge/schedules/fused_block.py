@@ -33,12 +33,19 @@ from bridge.schedules.common import (
     find_block,
     float32_constant,
     float32_out,
-    largest_divisor,
     loop_extent,
     static_float32,
     tensor_constant,
 )
-from bridge.schedules.cpu import _inline_epilogue, _static, _try, channel_block, simd_lanes
+from bridge.schedules.cpu import (
+    _inline_epilogue,
+    _static,
+    _try,
+    channel_block,
+    register_tile,
+    simd_lanes,
+    vector_registers,
+)
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 PAD = tvm.ir.Op.get("relax.nn.pad")
@@ -348,7 +355,7 @@ class FusedBlockKernels(CPUScheduleRule):
         sch = s_tir.Schedule(func)
         if find_block(sch, "root") is None or not is_fused(sch):
             return None
-        if _try(schedule, sch, simd_lanes(target)):
+        if _try(schedule, sch, simd_lanes(target), vector_registers(target)):
             return sch
         return s_tir.Schedule(func)
 
@@ -374,9 +381,10 @@ def band_rows(out_h: int, stride: int, taps: int, row_bytes: int, batch: int) ->
     return best
 
 
-def schedule(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule:
+def schedule(sch: s_tir.Schedule, lanes: int, registers: int = 32) -> s_tir.Schedule:
     """Bands of output rows in parallel; in each, the expanded rows it reads (register-tiled
-    1x1 products, epilogue applied) then the depthwise tiles (taps unrolled)."""
+    1x1 products, epilogue applied) then the depthwise tiles (taps unrolled), both tiles sized
+    for ``registers`` vector registers (:func:`~bridge.schedules.cpu.register_tile`)."""
     expand, dw = sch.get_sblock("fused_expand"), sch.get_sblock("fused_depthwise")
     stride = _row_stride(sch.get(dw))
     pad = find_block(sch, "fused_pad")
@@ -392,9 +400,11 @@ def schedule(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule:
     taps = loop_extent(sch.get(rh))
     e_shape = [int(d) for d in sch.get(expand).writes[0].source.shape]
     rows = band_rows(out_h, stride, taps, e_shape[2] * e_shape[3] * 4, batch)
-    vec = channel_block(loop_extent(sch.get(c)), lanes)
+    pixels, vec = register_tile(
+        loop_extent(sch.get(x)), loop_extent(sch.get(c)), lanes, registers, MAX_PIXEL_TILE
+    )
     y_o, y_i = sch.split(y, [None, rows])
-    x_o, x_i = sch.split(x, [None, largest_divisor(loop_extent(sch.get(x)), MAX_PIXEL_TILE)])
+    x_o, x_i = sch.split(x, [None, pixels])
     c_o, c_i = sch.split(c, [None, vec])
     sch.reorder(n, y_o, y_i, x_o, c_o, rh, rw, x_i, c_i)
     band = sch.fuse(n, y_o)
@@ -410,8 +420,11 @@ def schedule(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule:
 
     sch.compute_at(e_wb, band)
     h, w, ce = sch.get_loops(e_wb)[-3:]
-    w_o, w_i = sch.split(w, [None, largest_divisor(loop_extent(sch.get(w)) or 1, MAX_PIXEL_TILE)])
-    ce_o, ce_i = sch.split(ce, [None, channel_block(e_shape[3], lanes)])
+    pixels, vec = register_tile(
+        loop_extent(sch.get(w)) or 1, e_shape[3], lanes, registers, MAX_PIXEL_TILE
+    )
+    w_o, w_i = sch.split(w, [None, pixels])
+    ce_o, ce_i = sch.split(ce, [None, vec])
     sch.reorder(h, w_o, ce_o, w_i, ce_i)
     sch.compute_at(expand, ce_o)
     ew, ec, rc = sch.get_loops(expand)[-3:]
