@@ -4,6 +4,8 @@ assembly, and stay bit-exact against the numpy model of TFLite's integer product
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -207,13 +209,14 @@ def in_tile(sch, block) -> bool:
 def test_residual_epilogue_runs_in_the_tile(mcpu: str) -> None:
     """The residual kernel's whole epilogue (the shift's correction, requantization, the
     residual's rescale, the add and its requantization) is one vectorized block in the
-    register tile's loop: the only buffer in memory is the activation copy (int8/uint8),
-    no int32 sums or int64 intermediates."""
+    register tile's loop: the only buffer in memory is the activation copy (uint8 for
+    VNNI, int16 pairs for vpmaddwd), no int32 sums or int64 intermediates."""
     x, r, w, bias, real = residual_case()
     func = dot_kernel(lambda a, b: residual_block(a, b, w, bias, real), [x, r], x86(mcpu))
     sch = int8.Int8Kernels().apply(func, x86(mcpu), False)
     assert sch is not None
-    assert all(b.endswith(("int8", "uint8")) for b in global_intermediates(sch))
+    copy = "int16" if int8.dot_kind(x86(mcpu)).widen else "uint8"
+    assert global_intermediates(sch) == [f"{int8.ACT}:{copy}"]
     out = output_block(sch)
     assert in_tile(sch, out) and vectorized(sch, out)
 
@@ -452,3 +455,37 @@ def test_producer_writes_the_shifted_activations(both: bool) -> None:
     np.testing.assert_array_equal(
         got, ref_requantize(acc2, real2, -3, (-128, 127), "double_up", "int8")
     )
+
+
+@pytest.mark.parametrize("mcpu", ["x86-64-v3", "x86-64-v4"])
+def test_pmaddwd_activations_are_widened_once(mcpu: str) -> None:
+    """Without VNNI the copy widens the activations to int16 pairs once, and each register
+    tile broadcasts a pair with one load (``vpbroadcastd`` from memory); before, every tile
+    of output channels sign-extended each pair again (``vmovd`` from a general register,
+    ``vpmovsxbw``, ``vpbroadcastd``: three vector uops per pixel and step). Bit-exact."""
+    x = RNG.integers(-128, 128, (1, 14, 14, 96)).astype(np.int8)
+    w = RNG.integers(-127, 128, (64, 1, 1, 96)).astype(np.int8)
+    build = lambda v: kernels.conv2d(v, w, None, 3, kernels.Window())  # noqa: E731
+    exe = compile_relax(build, [x], x86(mcpu))
+    body = parallel_bodies(assembly(exe))
+    assert "vpmaddwd" in body
+    assert not re.search(r"vmovd\t%e|vpmovsxbw\t%xmm\d+, %xmm", body)
+    assert re.search(r"vpbroadcastd\t-?\d*\(", body)
+    if runs_here(mcpu):
+        np.testing.assert_array_equal(
+            run(exe, [x]), ref_conv2d(x, w, None, 3, (1, 1), (0,) * 4, (1, 1))
+        )
+
+
+@pytest.mark.parametrize(
+    ("kind", "width", "tile"),
+    [
+        (int8.AVX2_WD, 14, (7, 1)),  # 7 pixels x 1 vector, not 2 x 2
+        (int8.AVX2_WD, 7, (7, 1)),  # not 1 x 2
+        (int8.AVX2_WD, 112, (4, 2)),
+        (int8.VNNI, 14, (7, 2)),  # 24 accumulators: as before
+        (int8.VNNI, 112, (7, 2)),  # (the stack's 1 KiB bounds it)
+    ],
+)
+def test_register_tile_holds_the_most_accumulators(kind, width: int, tile) -> None:
+    assert int8._tile_shape(width, 96, kind) == tile

@@ -74,14 +74,15 @@ class DotKind:
     shift: bool  # int8 activations shifted to uint8 (vpdpbusd multiplies u8 x i8)
     name: str  # the tensor intrinsic's name prefix
     registers: int  # accumulators a register tile may hold (32 zmm, 16 ymm registers)
+    widen: bool = False  # activations copied as int16 pairs (vpmaddwd's operand), once
 
     def intrin(self, act_dtype: str) -> str:
         return f"{self.name}_{act_dtype}"
 
 
 VNNI = DotKind(16, 4, True, "bridge_vnni", 24)
-AVX512_WD = DotKind(16, 2, False, "bridge_avx512_pmaddwd", 24)
-AVX2_WD = DotKind(8, 2, False, "bridge_avx2_pmaddwd", 10)
+AVX512_WD = DotKind(16, 2, False, "bridge_avx512_pmaddwd", 24, widen=True)
+AVX2_WD = DotKind(8, 2, False, "bridge_avx2_pmaddwd", 10, widen=True)
 _LLVM_WD = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd"}
 
 
@@ -154,7 +155,8 @@ def _vnni_impl():
 
 
 def _pmaddwd_impl(lanes: int, act_dtype: str):
-    """Pairs widened to int16 (``vpmovsxbw``/``vpmovzxbw``), then one ``vpmaddwd``: exact."""
+    """Weights widened to int16 (``vpmovsxbw``), the activations' int16 pair broadcast (one
+    32-bit load: the copy widened them), then one ``vpmaddwd``: exact."""
     wide = 2 * lanes
     llvm = _LLVM_WD[lanes]
 
@@ -191,7 +193,7 @@ def _pmaddwd_impl(lanes: int, act_dtype: str):
 def _register() -> None:
     s_tir.TensorIntrin.register(VNNI.intrin("uint8"), _dot_desc(16, 4, "uint8"), _vnni_impl())
     for kind in (AVX512_WD, AVX2_WD):
-        for dtype in ("int8", "uint8"):
+        for dtype in ("int8", "uint8", "int16"):
             desc = _dot_desc(kind.lanes, 2, dtype)
             s_tir.TensorIntrin.register(kind.intrin(dtype), desc, _pmaddwd_impl(kind.lanes, dtype))
 
@@ -218,14 +220,16 @@ def pack_weights(weight_hwio: np.ndarray, kind: DotKind) -> np.ndarray:
 
 def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: DotKind, step=(1, 1)):
     """The activation copy the dot reads: spatially padded with ``pad_value``, channels
-    padded to ``channels`` (their weights are zero), shifted to uint8 for VNNI; ``x`` itself
-    when nothing changes. ``step`` (a strided 1x1 convolution's strides, no padding): only
-    every ``step``-th row and column, so the dot reads a dense map with stride 1."""
+    padded to ``channels`` (their weights are zero), shifted to uint8 for VNNI, widened to
+    int16 for ``vpmaddwd`` (each activation widened once, not once per tile of output
+    channels that reads it); ``x`` itself when nothing changes. ``step`` (a strided 1x1
+    convolution's strides, no padding): only every ``step``-th row and column, so the dot
+    reads a dense map with stride 1."""
     n, h, w, c = (int(d) for d in x.shape)
     top, left, bottom, right = padding
     sh, sw = step
     shift = kind.shift and x.dtype == "int8"
-    if not (any(padding) or channels != c or shift or step != (1, 1)):
+    if not (any(padding) or channels != c or shift or kind.widen or step != (1, 1)):
         return x
 
     def value(b, y, xx, ch):
@@ -240,7 +244,7 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: Dot
         v = tirx.if_then_else(inside, v, tirx.const(pad_value, x.dtype))
         if shift:
             return (v.astype("int32") + 128).astype("uint8")
-        return v
+        return v.astype("int16") if kind.widen else v
 
     rows, cols = (h + top + bottom - 1) // sh + 1, (w + left + right - 1) // sw + 1
     return te.compute((n, rows, cols, channels), value, name=ACT)
@@ -618,12 +622,7 @@ def _tile(sch: s_tir.Schedule, block, kind: DotKind, by_strip: bool = False):
     parallel loop, the loop of one register tile (the parallel one when a tile is one
     iteration), whether it runs by strip, and the tile's (pixel, vector, lane) loops."""
     n, y, x, o, rh, rw, rc, rg = sch.get_loops(block)
-    width = int(sch.get(x).extent)
-    vectors = int(sch.get(o).extent) // kind.lanes
-    per_tile = 2 if vectors % 2 == 0 else 1
-    # the accumulators' buffer on the stack (ACC_SCOPE)
-    on_stack = (STACK_BYTES - 1) // (per_tile * kind.lanes * 4)
-    pixels = largest_divisor(width, min(kind.registers // per_tile, on_stack))
+    pixels, per_tile = _tile_shape(int(sch.get(x).extent), int(sch.get(o).extent), kind)
     o_outer, o_vec, o_lane = sch.split(o, [None, per_tile, kind.lanes])
     x_outer, x_inner = sch.split(x, [None, pixels])
     strips = int(sch.get(n).extent) * int(sch.get(y).extent) * int(sch.get(x_outer).extent)
@@ -639,6 +638,21 @@ def _tile(sch: s_tir.Schedule, block, kind: DotKind, by_strip: bool = False):
     products = loops_product(sch, sch.get_loops(block))
     parallel_unless_small(sch, fused, products, SERIAL_PRODUCTS)
     return fused, fused, False, x_inner, o_vec, o_lane
+
+
+def _tile_shape(width: int, channels: int, kind: DotKind) -> tuple[int, int]:
+    """``(pixels, vectors)`` of the register tile: two vectors of output channels (or one,
+    for an odd count) by as many pixels as ``kind.registers`` accumulators allow (a divisor
+    of the row's ``width``), or one vector by twice the pixels where that holds more
+    accumulators: with AVX2's 10, a 7- or 14-pixel row gets 7 x 1 rather than 1 x 2 or
+    2 x 2. The accumulators' buffer stays on the stack (ACC_SCOPE, STACK_BYTES)."""
+    vectors = channels // kind.lanes
+    best = (0, 0, 0)
+    for per_tile in (2, 1) if vectors % 2 == 0 else (1,):
+        on_stack = (STACK_BYTES - 1) // (per_tile * kind.lanes * 4)
+        pixels = largest_divisor(width, min(kind.registers // per_tile, on_stack))
+        best = max(best, (pixels * per_tile, per_tile, pixels))
+    return best[2], best[1]
 
 
 def _tensorize(sch: s_tir.Schedule, block, kind: DotKind, act_dtype: str, tile) -> None:
