@@ -3,15 +3,17 @@
     python scripts/peak_check.py [--seconds 0.5] [--repeat 3]
 
 Compiles two tiny C loops with the system compiler (the one that links exported libraries):
-AVX-512 fp32 FMAs (``vfmadd``) and int8 dot products (``vpdpbusd``), each on twenty
-independent accumulators, and runs each on one core alone, then on every core at once (one
-process per core, pinned). Prints GFLOP/s and GOP/s per core: the ceilings a kernel's GFLOP/s
+fp32 FMAs (``vfmadd``) and int8 dot products, each on independent accumulators, and runs each
+on one core alone, then on every core at once (one process per core, pinned). With AVX-512
+VNNI: zmm FMAs and ``vpdpbusd`` (twenty accumulators); with AVX2 and FMA only: ymm FMAs and
+``vpmaddwd`` + ``vpaddd``, the int8 products of bridge's kernels there (ten accumulators: 16
+ymm registers). Prints GFLOP/s and GOP/s per core: the ceilings a kernel's GFLOP/s
 in ``scripts/kernel_breakdown.py`` or ``scripts/int8_breakdown.py`` can be read against, and,
 when the all-cores figure per core falls well below the one-core figure, a warning that the
 machine's cores are contended (on a virtual machine: its vCPUs share physical cores with each
 other or with a neighbour), so any latency measured meanwhile is unreliable.
 
-x86-64 with AVX-512 only (the loops use zmm intrinsics); elsewhere it says so and exits.
+x86-64 with AVX-512 VNNI or AVX2 + FMA; elsewhere it says so and exits.
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <time.h>
 
+#if KIND < 2
 #define ACC 20
 #define EACH(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) \
     M(14) M(15) M(16) M(17) M(18) M(19)
+#else
+#define ACC 10
+#define EACH(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9)
+#endif
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -50,11 +57,22 @@ int main(int argc, char **argv) {
 #define DECLARE(i) __m512 c##i = _mm512_setzero_ps();
 #define STEP(i) c##i = _mm512_fmadd_ps(c##i, a, b); __asm__ volatile("" : "+v"(c##i));
 #define OPS 32.0 /* 16 lanes x (multiply + add) */
-#else
+#elif KIND == 1
     __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
 #define DECLARE(i) __m512i c##i = _mm512_setzero_si512();
 #define STEP(i) c##i = _mm512_dpbusd_epi32(c##i, a, b); __asm__ volatile("" : "+v"(c##i));
 #define OPS 128.0 /* 64 byte products + 64 adds */
+#elif KIND == 2
+    __m256 a = _mm256_set1_ps(1.0001f), b = _mm256_set1_ps(0.9999f);
+#define DECLARE(i) __m256 c##i = _mm256_setzero_ps();
+#define STEP(i) c##i = _mm256_fmadd_ps(c##i, a, b); __asm__ volatile("" : "+v"(c##i));
+#define OPS 16.0 /* 8 lanes x (multiply + add) */
+#else
+    __m256i a = _mm256_set1_epi16(1), b = _mm256_set1_epi16(2);
+#define DECLARE(i) __m256i c##i = _mm256_setzero_si256();
+#define STEP(i) c##i = _mm256_add_epi32(c##i, _mm256_madd_epi16(a, b)); \
+    __asm__ volatile("" : "+v"(c##i));
+#define OPS 32.0 /* 16 int16 products + 16 adds */
 #endif
     EACH(DECLARE)
     for (;;) {
@@ -71,16 +89,23 @@ int main(int argc, char **argv) {
 }
 """
 
-KINDS = {"fp32 FMA (GFLOP/s)": ("0", "-mavx512f"), "int8 VNNI (GOP/s)": ("1", "-mavx512vnni")}
+# name: (KIND, compiler flags), by the instructions the host has
+AVX512_KINDS = {
+    "fp32 FMA (GFLOP/s)": ("0", ["-mavx512f"]),
+    "int8 VNNI (GOP/s)": ("1", ["-mavx512f", "-mavx512vnni"]),
+}
+AVX2_KINDS = {
+    "fp32 FMA (GFLOP/s)": ("2", ["-mavx2", "-mfma"]),
+    "int8 vpmaddwd (GOP/s)": ("3", ["-mavx2"]),
+}
 
 
-def _compile(directory: Path, kind: str, flag: str) -> Path:
+def _compile(directory: Path, kind: str, flags: list[str]) -> Path:
     source, binary = directory / f"peak{kind}.c", directory / f"peak{kind}"
     source.write_text(SOURCE)
     compiler = shutil.which("cc") or shutil.which("gcc") or "g++"
     subprocess.run(
-        [compiler, "-O2", "-mavx512f", flag, f"-DKIND={kind}", str(source), "-o", str(binary)],
-        check=True,
+        [compiler, "-O2", *flags, f"-DKIND={kind}", str(source), "-o", str(binary)], check=True
     )
     return binary
 
@@ -98,12 +123,18 @@ def _run(binary: Path, cores: list[int], seconds: float) -> list[float]:
     return [float(p.communicate()[0]) for p in processes]
 
 
-def _has_avx512() -> bool:
+def host_kinds() -> dict[str, tuple[str, list[str]]]:
+    """The loops this host can run (AVX-512 VNNI's, else AVX2's); empty off x86 or without
+    AVX2 and FMA."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return {"avx512f", "avx512_vnni"} <= flags
+        return {}
+    if {"avx512f", "avx512_vnni"} <= flags:
+        return AVX512_KINDS
+    if {"avx2", "fma"} <= flags:
+        return AVX2_KINDS
+    return {}
 
 
 def main() -> int:
@@ -111,14 +142,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
     parser.add_argument("--repeat", type=int, default=3, help="measurements of each")
     args = parser.parse_args()
-    if not _has_avx512() or not shutil.which("taskset"):
-        print("needs an x86-64 CPU with AVX-512 VNNI and taskset", file=sys.stderr)
+    kinds = host_kinds()
+    if not kinds or not shutil.which("taskset"):
+        print("needs an x86-64 CPU with AVX-512 VNNI or AVX2 + FMA, and taskset", file=sys.stderr)
         return 1
     cores = sorted(os.sched_getaffinity(0))
     contended = False
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (kind, flag) in KINDS.items():
-            binary = _compile(Path(tmp), kind, flag)
+        for name, (kind, flags) in kinds.items():
+            binary = _compile(Path(tmp), kind, flags)
             for _ in range(args.repeat):
                 alone = _run(binary, cores[:1], args.seconds)[0]
                 together = _run(binary, cores, args.seconds)
