@@ -695,3 +695,33 @@ def test_tile_accumulators_are_on_the_stack(groups, monkeypatch):
             for e in (executable, control)
         )
         np.testing.assert_array_equal(got, want)
+
+
+def test_padded_image_copies_each_pixel_as_a_short_vector():
+    """A 3-channel image's padding copy (225 x 225 x 3: no row of whole 8-lane vectors) runs
+    in parallel by row, pixel by pixel, each pixel's 3 channels one short vector, its indices
+    without any division (a loop over all elements in vectors of 5 divided every lane's
+    index by 675 and by 3); the values are numpy's."""
+    from tvm import te, tirx
+
+    from bridge.schedules.common import vectorize_block
+
+    shape, out_shape = (1, 224, 224, 3), (1, 225, 225, 3)
+    x = te.placeholder(shape, "float32", name="x")
+    y = te.compute(
+        out_shape,
+        lambda n, h, w, c: tirx.if_then_else(
+            tirx.all(h < 224, w < 224), x[n, h, w, c], tirx.const(0.0, "float32")
+        ),
+        name="y",
+    )
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, y]))
+    vectorize_block(sch, sch.get_sblock("y"), 8)
+    script = sch.mod.script()
+    assert "T.parallel(225)" in script and "T.vectorized(3)" in script, script
+    asm = tvm.compile(sch.mod, target=_x86("znver3")).mod.inspect_source("asm")
+    assert "vpmuldq" not in asm and "vpmuludq" not in asm
+    data = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    out = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
+    tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(data), out)
+    np.testing.assert_array_equal(out.numpy(), np.pad(data, ((0, 0), (0, 1), (0, 1), (0, 0))))

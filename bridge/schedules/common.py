@@ -141,6 +141,13 @@ def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
         parallel_unless_small(sch, outer, total, SERIAL_ELEMENTS)
         sch.vectorize(sch.split(inner, [None, lanes])[1])
         return
+    if vectorize and _pixels_of_few_channels(extents, lanes):
+        # e.g. a 225x225x3 padded image: parallel rows, pixels in order, each pixel's
+        # channels one short vector (a fused loop's vector would divide every lane's index)
+        outer = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
+        parallel_unless_small(sch, outer, total, SERIAL_ELEMENTS)
+        sch.vectorize(loops[-1])
+        return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     inner = largest_divisor(total, lanes)  # e.g. 15 lanes for a 225x225x3 padded image
     inner = inner if inner >= lanes // 4 else 1
@@ -150,6 +157,17 @@ def vectorize_block(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(vector)
     elif total > 1:
         parallel_unless_small(sch, fused, total, SERIAL_ELEMENTS)
+
+
+def _pixels_of_few_channels(extents: list[int], lanes: int) -> bool:
+    """Rows of pixels of fewer channels than a vector's lanes (an image's 3), with at least
+    :data:`MIN_ROWS` rows."""
+    return (
+        len(extents) >= 3
+        and 1 < extents[-1] < lanes
+        and extents[-2] > 1
+        and math.prod(extents[:-2]) >= MIN_ROWS
+    )
 
 
 def vector_row(extents: list[int], lanes: int) -> int | None:
