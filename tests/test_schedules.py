@@ -13,6 +13,7 @@ from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_disp
 
 import bridge
 from bridge.compile import bind_weights
+from bridge.schedules.common import most_accumulators
 from bridge.schedules.cpu import ChannelsLastKernels, register_tile, simd_lanes, vector_registers
 from tests.conftest import EXAMPLES, KERAS3, conv_clip_pad_module, runs_here
 
@@ -79,6 +80,19 @@ def test_register_tile_fits_the_register_file(width, channels, lanes, registers,
     assert (pixels, block) == want
     vectors = -(-block // lanes)
     assert pixels * vectors + vectors + 1 <= registers
+
+
+@pytest.mark.parametrize(
+    "width, limits, want",
+    [
+        (14, {2: 6, 1: 13}, (7, 1)),  # 7 x 1 holds more than 2 x 2
+        (12, {2: 6, 1: 14}, (6, 2)),  # a tie (12 each): more vectors
+        (7, {2: 0, 1: 0}, (1, 2)),  # no room: one pixel still
+        (13, {2: 8}, (1, 2)),  # a prime row: one pixel per tile
+    ],
+)
+def test_most_accumulators_picks_the_largest_tile(width, limits, want):
+    assert most_accumulators(width, limits) == want
 
 
 def _stack_vectors(executable, register: str) -> int:

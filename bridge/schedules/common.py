@@ -29,6 +29,14 @@ def largest_divisor(extent: int, limit: int) -> int:
     return next(d for d in range(min(limit, extent), 0, -1) if extent % d == 0)
 
 
+def most_accumulators(width: int, limits: dict[int, int]) -> tuple[int, int]:
+    """``(pixels, vectors)`` of the register tile holding the most accumulators: for each
+    count of vectors of output channels, up to ``limits[vectors]`` pixels (a divisor of the
+    row's ``width``, at least one); more vectors on a tie (fewer broadcasts per product)."""
+    choices = [(largest_divisor(width, max(1, most)), vectors) for vectors, most in limits.items()]
+    return max(choices, key=lambda choice: (choice[0] * choice[1], choice[1]))
+
+
 def find_block(sch: s_tir.Schedule, name: str):
     """The block named ``name``, or None (inlined away, or never there). Looked up among the
     blocks first: a failed ``get_sblock`` renders the whole function into its error, and

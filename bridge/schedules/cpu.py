@@ -41,6 +41,7 @@ from bridge.schedules.common import (
     largest_divisor,
     loop_extent,
     loops_product,
+    most_accumulators,
     reads_bool,
     uses,
     vector_divisor,
@@ -105,13 +106,11 @@ def register_tile(width: int, channels: int, lanes: int, registers: int, most: i
     channels leave room for 6 pixels (a 14-pixel row gets 2 x 2 vectors), one vector for 14
     (a 14-pixel row gets 7 x 1, the larger tile)."""
     block = channel_block(channels, lanes)
-    best = (0, 0, 0)
-    for vector in (block, block // 2) if block == 2 * lanes else (block,):
-        vectors = -(-vector // lanes)
-        room = (registers - vectors - 1) // vectors
-        pixels = largest_divisor(width, max(1, min(most, room)))
-        best = max(best, (pixels * vectors, vector, pixels))
-    return best[2], best[1]
+    sizes = (block, block // 2) if block == 2 * lanes else (block,)
+    by_vectors = {-(-size // lanes): size for size in sizes}
+    limits = {v: min(most, (registers - v - 1) // v) for v in by_vectors}
+    pixels, vectors = most_accumulators(width, limits)
+    return pixels, by_vectors[vectors]
 
 
 def _static(func: tirx.PrimFunc) -> bool:

@@ -36,8 +36,8 @@ from bridge.schedules.common import (
     SERIAL_PRODUCTS,
     find_block,
     is_reduction,
-    largest_divisor,
     loops_product,
+    most_accumulators,
     parallel_unless_small,
     vectorize_block,
     weights_first,
@@ -646,13 +646,9 @@ def _tile_shape(width: int, channels: int, kind: DotKind) -> tuple[int, int]:
     of the row's ``width``), or one vector by twice the pixels where that holds more
     accumulators: with AVX2's 10, a 7- or 14-pixel row gets 7 x 1 rather than 1 x 2 or
     2 x 2. The accumulators' buffer stays on the stack (ACC_SCOPE, STACK_BYTES)."""
-    vectors = channels // kind.lanes
-    best = (0, 0, 0)
-    for per_tile in (2, 1) if vectors % 2 == 0 else (1,):
-        on_stack = (STACK_BYTES - 1) // (per_tile * kind.lanes * 4)
-        pixels = largest_divisor(width, min(kind.registers // per_tile, on_stack))
-        best = max(best, (pixels * per_tile, per_tile, pixels))
-    return best[2], best[1]
+    on_stack = (STACK_BYTES - 1) // (kind.lanes * 4)  # accumulators, over vectors
+    counts = (2, 1) if (channels // kind.lanes) % 2 == 0 else (1,)
+    return most_accumulators(width, {v: min(kind.registers // v, on_stack // v) for v in counts})
 
 
 def _tensorize(sch: s_tir.Schedule, block, kind: DotKind, act_dtype: str, tile) -> None:
