@@ -23,6 +23,16 @@ NOTABLE_FEATURES = (
     "avx512bf16", "avx512fp16", "amx-int8", "amx-bf16",
     "neon", "fullfp16", "dotprod", "i8mm", "bf16", "sve", "sve2",
 )  # fmt: skip
+# SIMD extensions /proc/cpuinfo may list (its spelling -> LLVM's) that ``mcpu: native`` takes
+# from the CPU itself rather than from LLVM's model of the CPU it names: a virtual machine may
+# report an older model than it runs on (an Intel Xeon with AMX named "rocketlake") or mask an
+# extension its model has.
+X86_HOST_FEATURES = {
+    "avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512_vnni": "avx512vnni",
+    "avx_vnni": "avxvnni", "avx512_bf16": "avx512bf16", "avx512_fp16": "avx512fp16",
+    "amx_tile": "amx-tile", "amx_int8": "amx-int8", "amx_bf16": "amx-bf16",
+}  # fmt: skip
 PORTABLE = {
     "x86_64": "--target x86-64 (any x86-64 CPU) or --target x86-64-v3 (AVX2, most since 2015)",
     "aarch64": "--target aarch64 (any 64-bit ARM CPU)",
@@ -87,10 +97,42 @@ class TargetSpec:
 
 
 def _native(target: dict[str, Any] | str) -> dict[str, Any] | str:
-    """Replace ``mcpu: native`` with this machine's CPU name."""
+    """Replace ``mcpu: native`` with this machine's CPU name, and the SIMD extensions LLVM's
+    model of that CPU misstates with the CPU's own (:func:`host_mattr`)."""
     if isinstance(target, dict) and target.get("mcpu") == "native":
-        return target | {"mcpu": host_cpu()}
+        cpu = host_cpu()
+        mattr = [*target.get("mattr", []), *host_mattr(cpu)]
+        return target | {"mcpu": cpu} | ({"mattr": mattr} if mattr else {})
     return target
+
+
+def cpuinfo_flags() -> set[str] | None:
+    """This x86 Linux machine's CPU flags (/proc/cpuinfo's spelling), or None elsewhere."""
+    if host_arch() != "x86_64":
+        return None
+    try:
+        with open("/proc/cpuinfo") as info:
+            line = next((row for row in info if row.startswith("flags")), None)
+    except OSError:
+        return None
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def host_mattr(cpu: str) -> list[str]:
+    """``+feature`` for each SIMD extension of :data:`X86_HOST_FEATURES` this CPU has and
+    LLVM's ``cpu`` lacks, ``-feature`` for each it lacks and ``cpu`` has (what clang's
+    ``-march=native`` does from the CPU's own feature bits); empty off x86 Linux."""
+    flags = cpuinfo_flags()
+    if flags is None:
+        return []
+    import tvm
+    from tvm.target import codegen
+
+    named = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu})
+    modelled = set(map(str, codegen.llvm_get_cpu_features(named)))
+    added = [f"+{llvm}" for flag, llvm in X86_HOST_FEATURES.items() if flag in flags]
+    removed = [f"-{llvm}" for flag, llvm in X86_HOST_FEATURES.items() if flag not in flags]
+    return [f for f in added if f[1:] not in modelled] + [f for f in removed if f[1:] in modelled]
 
 
 def _llvm_cpu(target: Any) -> tuple[str, str] | None:

@@ -124,3 +124,33 @@ def test_native_reports_its_cpu_features():
     assert "avx2" in cpu_features(resolve("x86-64-v3"))
     assert "avx2" not in cpu_features(resolve("x86-64"))
     assert "neon" in cpu_features(resolve("rpi4"))
+
+
+def test_native_takes_the_cpus_own_simd_extensions(monkeypatch):
+    """A VM may name an older CPU than it runs on (an AMX Xeon reported as "rocketlake", whose
+    LLVM model has no AMX) or mask an extension: ``native`` follows /proc/cpuinfo."""
+    from bridge import targets
+
+    amx = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+    amx |= {"amx_tile", "amx_int8"}
+    monkeypatch.setattr(targets, "cpuinfo_flags", lambda: amx)
+    assert targets.host_mattr("rocketlake") == ["+amx-tile", "+amx-int8"]
+    monkeypatch.setattr(targets, "cpuinfo_flags", lambda: {"avx2", "fma"})  # AVX-512 masked
+    assert "-avx512f" in targets.host_mattr("skylake-avx512")
+    assert targets.host_mattr("haswell") == []
+    monkeypatch.setattr(targets, "cpuinfo_flags", lambda: None)  # not x86 Linux
+    assert targets.host_mattr("rocketlake") == []
+
+
+@pytest.mark.skipif(host_arch() != "x86_64", reason="reads /proc/cpuinfo on x86")
+def test_native_target_has_what_the_host_has():
+    from bridge.schedules.int8_amx import has_amx
+    from bridge.targets import NOTABLE_FEATURES, X86_HOST_FEATURES, cpu_features, cpuinfo_flags
+
+    flags = cpuinfo_flags() or set()
+    has = {X86_HOST_FEATURES[f] for f in flags if f in X86_HOST_FEATURES}
+    lacks = set(X86_HOST_FEATURES.values()) - has
+    features = set(cpu_features(resolve("native")))
+    assert has & set(NOTABLE_FEATURES) <= features
+    assert not lacks & features
+    assert has_amx(resolve("native").tvm_target()) == ({"amx_tile", "amx_int8"} <= flags)
