@@ -739,3 +739,39 @@ def test_padded_image_copies_each_pixel_as_a_short_vector():
     out = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
     tvm.compile(sch.mod, target="llvm")(tvm.runtime.tensor(data), out)
     np.testing.assert_array_equal(out.numpy(), np.pad(data, ((0, 0), (0, 1), (0, 1), (0, 0))))
+
+
+def test_per_channel_operand_of_an_rgb_row_is_read_as_constant_vectors():
+    """An RGB input's normalization, ``(x - mean[c]) / std[c]`` over (1, 224, 224, 3): a row
+    of 16-lane vectors would index mean and std by each lane's channel (a modulo and a gather
+    per vector); the row runs 3 vectors unrolled per step instead (48 elements: the channels'
+    period), whose channels are constants. No index division (``vpmuldq``) nor vectors built
+    lane by lane (``vinsertps``) in the code, which the old schedule had; the values are
+    numpy's."""
+    import re
+
+    from tvm import te
+
+    from bridge.schedules.common import channel_period, vectorize_block
+
+    shape = (1, 224, 224, 3)
+    x = te.placeholder(shape, "float32", name="x")
+    mean = te.placeholder((3,), "float32", name="mean")
+    std = te.placeholder((3,), "float32", name="std")
+    y = te.compute(shape, lambda n, h, w, c: (x[n, h, w, c] - mean[c]) / std[c], name="y")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, mean, std, y]))
+    block = sch.get_sblock("y")
+    assert channel_period(sch, block, list(shape), 16) == 3
+    assert channel_period(sch, block, list(shape), 4) == 3
+    vectorize_block(sch, block, 16)
+    assert "* 48 +" in sch.mod.script()
+    built = tvm.compile(sch.mod, target=TARGET)
+    assert not re.search(r"vpmuldq|vinsertps|gather", built.mod.inspect_source("asm"))
+
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal(s).astype("float32") for s in (shape, (3,), (3,))]
+    data[2] = np.abs(data[2]) + 0.5
+    out = tvm.runtime.tensor(np.zeros(shape, "float32"))
+    if runs_here("x86-64-v4"):
+        built(*map(tvm.runtime.tensor, data), out)
+        np.testing.assert_allclose(out.numpy(), (data[0] - data[1]) / data[2], rtol=1e-6)
