@@ -7,6 +7,7 @@ the device it computes on, and the cross compiler that links it when that is not
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import platform
 import sys
@@ -106,8 +107,10 @@ def _native(target: dict[str, Any] | str) -> dict[str, Any] | str:
     return target
 
 
-def cpuinfo_flags() -> set[str] | None:
-    """This x86 Linux machine's CPU flags (/proc/cpuinfo's spelling), or None elsewhere."""
+@functools.cache
+def cpuinfo_flags() -> frozenset[str] | None:
+    """This x86 Linux machine's CPU flags (/proc/cpuinfo's spelling), or None elsewhere; read
+    once per process."""
     if host_arch() != "x86_64":
         return None
     try:
@@ -115,7 +118,7 @@ def cpuinfo_flags() -> set[str] | None:
             line = next((row for row in info if row.startswith("flags")), None)
     except OSError:
         return None
-    return set(line.split(":", 1)[1].split()) if line else None
+    return frozenset(line.split(":", 1)[1].split()) if line else None
 
 
 def host_mattr(cpu: str) -> list[str]:

@@ -146,12 +146,10 @@ def parallel_bodies(asm: str) -> str:
 
 
 def host_has(feature: str) -> bool:
-    """The build machine's CPU lists ``feature`` (/proc/cpuinfo's spelling)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return feature in info.read().split()
-    except OSError:
-        return False
+    """The build machine's CPU lists ``feature`` (/proc/cpuinfo's spelling; x86 Linux)."""
+    from bridge.targets import cpuinfo_flags
+
+    return feature in (cpuinfo_flags() or ())
 
 
 # /proc/cpuinfo flags a CPU needs to run code built for an -mcpu: LLVM's znver4 code may use
