@@ -206,6 +206,41 @@ def test_numeric_inputs_of_other_dtypes_still_cast(built):
     built(np.zeros((2, 16, 16, 3), dtype=bool))
 
 
+def test_calls_reuse_staged_inputs_and_stay_independent(built):
+    """Inputs are copied into tensors the model keeps: a later call neither changes an earlier
+    result nor sees an earlier input, and calls from several threads each get their own."""
+    import threading
+
+    rng = np.random.default_rng(3)
+    shape = [int(d) for d in built.inputs[0].shape]
+    xs = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(4)]
+    first = built(xs[0])
+    staged = built._staged[0]
+    want = [built(x).copy() for x in xs]
+    assert built._staged[0] is staged  # the same tensor, refilled
+    np.testing.assert_array_equal(want[0], first)
+    assert not np.array_equal(want[0], want[1])
+    got: dict[int, list[np.ndarray]] = {}
+
+    def calls(index: int) -> None:
+        got[index] = [built(xs[index]) for _ in range(200)]
+
+    threads = [threading.Thread(target=calls, args=(i,)) for i in range(len(xs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, results in got.items():
+        for result in results:
+            np.testing.assert_array_equal(result, want[index])
+
+
+def test_num_threads_set_later_is_checked(built):
+    with pytest.raises(DeviceError, match="num_threads must be an integer"):
+        built.num_threads = 0
+    assert built.num_threads is None
+
+
 # --- the lazy top level --------------------------------------------------------------------------
 
 
