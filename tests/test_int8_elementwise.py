@@ -14,6 +14,7 @@ from tvm import relax
 import bridge
 from bridge.compile import compile_module
 from bridge.quant import elementwise, fixed_point
+from bridge.schedules.pipeline import default_schedule, fuse
 
 TARGET = "llvm"
 BLOCK = FIXTURES / "tflite" / "int8ops" / "efficient_block"  # make_int8_swish.py
@@ -115,7 +116,7 @@ def _activation_products(mod: tvm.IRModule) -> int:
 def test_efficient_block_against_litert() -> None:
     """EfficientNet-like block (swish = LOGISTIC then MUL, squeeze-excite with a sigmoid gate):
     LiteRT's output exactly, with the three swishes as tables (only the squeeze-excite MUL
-    multiplies two activations)."""
+    multiplies two activations: the map by the gate's two per-channel factors)."""
     from bridge.tflite.reader import read_tflite
     from bridge.tflite.translate import translate
 
@@ -123,7 +124,7 @@ def test_efficient_block_against_litert() -> None:
     got = bridge.build(f"{BLOCK}.tflite", target=TARGET)(data["input_0"])
     np.testing.assert_array_equal(got, data["output_0"].reshape(got.shape))
     translation = translate(read_tflite(f"{BLOCK}.tflite"))
-    assert _activation_products(translation.mod) == 1
+    assert _activation_products(translation.mod) == 2
 
 
 # --- lookup kernels (bridge.schedules.int8_elementwise) ----------------------------------------
@@ -251,6 +252,71 @@ def test_int32_requantize_matches_int64(real: float) -> None:
         [product],
     )
     np.testing.assert_array_equal(got, reference)
+
+
+CHANNEL_CASES = [  # (real multiplier, full dtype and zero point, gate dtype and zero point)
+    (0.7071, ("int8", -3), ("int8", -128)),
+    (0.5, ("int8", 127), ("int8", -128)),  # |a - zp| reaches 255
+    (0.0123456, ("uint8", 0), ("uint8", 255)),
+    (0.00390625, ("int8", -128), ("int8", 127)),  # both reach 255
+    (3.1e-5, ("int8", 10), ("uint8", 0)),
+    (1.1e-9, ("int8", 0), ("int8", 0)),  # too small a multiplier: the int32 product form
+]
+
+
+@pytest.mark.parametrize(("real", "full", "gate"), CHANNEL_CASES)
+def test_channel_gate_multiply_on_every_pair(real: float, full, gate) -> None:
+    """A map times a per-channel gate (squeeze-and-excite) with the gate folded into the
+    significand per channel (``elementwise._channel_scaled``) gives the reference rounding
+    (``multiply_table``, the numpy form of TFLite's) for all 65536 value pairs: clamped to
+    int8, and unclamped in int32 so that every rounding shows. Its factors are one kernel
+    stage computed per channel (:data:`CHANNEL_FACTOR`), also at batch 2."""
+    multiplier = fixed_point.quantize_multiplier(real)
+    (dtype_a, zp_a), (dtype_b, zp_b) = full, gate
+    a_values = np.arange(fixed_point.INT_RANGE[dtype_a][0], fixed_point.INT_RANGE[dtype_a][1] + 1)
+    b_values = np.arange(fixed_point.INT_RANGE[dtype_b][0], fixed_point.INT_RANGE[dtype_b][1] + 1)
+    for batch in (1, 2):
+        a = np.broadcast_to(a_values[None, :, None, None], (batch, 256, 3, 256)).astype(dtype_a)
+        b = np.stack([np.roll(b_values, 7 * n) for n in range(batch)])[:, None, None, :]
+        b = b.astype(dtype_b)
+        product = (a.astype(np.int64) - zp_a) * (b.astype(np.int64) - zp_b)
+        for zero, clamp, out in ((4, (-128, 127), "int8"), (0, (-(2**31), 2**31 - 1), "int32")):
+
+            def build(x, g, zero=zero, clamp=clamp, out=out):
+                return elementwise.multiply(
+                    (x, (1.0, zp_a)), (g, (real, zp_b)), (1.0, zero), clamp, out
+                )
+
+            mod = build_main(build, [a, b], emit_args=True)
+            folded = elementwise.CHANNEL_FACTOR in {gv.name_hint for gv in mod.functions}
+            assert folded == (real > 1e-6)
+            want = elementwise.multiply_table(product, multiplier, zero, clamp, out)
+            np.testing.assert_array_equal(run(mod, [a, b]), want)
+
+
+def test_channel_factors_are_computed_once_per_channel() -> None:
+    """The CPU schedule keeps the gate's factors a stage of their own (over the gate's
+    shape, outside the parallel loop over the map), not inlined into every element."""
+    a = np.zeros((1, 8, 8, 144), "int8")
+    g = np.zeros((1, 1, 1, 144), "int8")
+
+    def build(x, y):
+        return elementwise.multiply(
+            (x, (0.05, -3)), (y, (1 / 256, -128)), (0.04, 2), (-128, 127), "int8"
+        )
+
+    mod = relax.transform.LegalizeOps()(build_main(build, [a, g], emit_args=True))
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    fused = fuse(mod, target)
+    kernels = [f for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    with target:
+        scheduled = default_schedule(target)(
+            tvm.IRModule({"main": next(f for f in kernels if elementwise.CHANNEL_FACTOR in str(f))})
+        )
+    sch = tvm.s_tir.Schedule(scheduled["main"])
+    roots = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    assert sum(name.startswith(elementwise.CHANNEL_FACTOR) for name in roots) == 2
+    assert len(roots) == 3
 
 
 def test_multiply_uses_int32_lanes() -> None:

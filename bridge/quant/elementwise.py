@@ -18,6 +18,7 @@ from bridge.quant import fixed_point
 TABLE = 256  # entries of an 8-bit lookup table
 LOOKUP = "bridge_lookup"  # the lookup kernel's name and block (lookup_compute)
 ADD = "bridge_add"  # the linear ADD's kernel and block (linear_add_compute)
+CHANNEL_FACTOR = "bridge_channel_factor"  # a per-channel factor block (_channel_factors)
 EIGHT_BIT = ("int8", "uint8")
 ADD_HEADROOM = 20  # TFLite's left shift for 8-bit ADD operands
 Quant = tuple[float, int]
@@ -222,6 +223,10 @@ def multiply(a: Operand, b: Operand, out: Quant, clamp: tuple[int, int], dtype: 
         relax.op.subtract(relax.op.astype(x, "int32"), relax.const(int(zp), "int32"))
         for x, (_, zp) in (a, b)
     ]
+    if narrow_multiplier(multiplier):
+        scaled = _channel_scaled(a, b, centred, multiplier, int(out[1]), clamp, dtype)
+        if scaled is not None:
+            return scaled
     product = relax.op.multiply(*centred)
     if narrow_multiplier(multiplier):
         return requantize_product(product, multiplier, int(out[1]), clamp, dtype)
@@ -256,6 +261,105 @@ def requantize_product(
     if zero_point:
         y = relax.op.add(y, _i32(zero_point))
     return relax.op.astype(relax.op.clip(y, int(clamp[0]), int(clamp[1])), dtype)
+
+
+def _channel_scaled(
+    a: Operand, b: Operand, centred: list, multiplier, zero_point: int, clamp, dtype: str
+) -> relax.Expr | None:
+    """:func:`requantize_product` of ``a * b`` where one operand holds one value per channel
+    (squeeze-and-excite's scale: ``(1, 1, 1, C)``) and the other is a full tensor, folding
+    the channel's factor into the significand: with ``M = (b - zp_b) * m`` split as
+    ``Mh * 2**16 + Ml`` (``0 <= Ml < 2**16``, both computed per channel, in int32),
+    ``(p * m + 2**30) >> 31 == (x * Mh + ((x * Ml) >> 16) + 2**14) >> 15`` for the full
+    operand's ``x = a - zp_a``, and the rounding divide by ``2**right`` (halves away from
+    zero) joins the same shift: ``(t + 2**(14 + right) - 2**15 * [t < 0]) >> (15 + right)``.
+    Exact where no sum leaves int32 (checked from the zero points); else None."""
+    shapes = [_static_shape(x) for x, _ in (a, b)]
+    if None in shapes or len(shapes[0]) != len(shapes[1]) or len(shapes[0]) < 2:
+        return None
+    full = next((i for i in (0, 1) if _per_channel(shapes[1 - i], shapes[i])), None)
+    if full is None:
+        return None
+    x, channel = centred[full], centred[1 - full]
+    x_max, c_max = _centred_bound((a, b)[full]), _centred_bound((a, b)[1 - full])
+    significand, right = int(multiplier.significand[0]), -int(multiplier.shift[0])
+    high = c_max * significand >> 16
+    if x_max * (high + 1) + x_max + (1 << 14) + (1 << (14 + right)) + (1 << 15) >= 1 << 31:
+        return None
+    factor_high, factor_low = _channel_factors(channel, significand)
+    t = relax.op.add(
+        relax.op.add(
+            relax.op.multiply(x, factor_high),
+            relax.op.right_shift(relax.op.multiply(x, factor_low), _i32(16)),
+        ),
+        _i32(1 << 14),
+    )
+    if right > 0:
+        below = relax.op.bitwise_and(relax.op.right_shift(t, _i32(31)), _i32(-(1 << 15)))
+        t = relax.op.add(relax.op.add(t, _i32(1 << (14 + right))), below)
+    y = relax.op.right_shift(t, _i32(15 + right))
+    if zero_point:
+        y = relax.op.add(y, _i32(zero_point))
+    return relax.op.astype(relax.op.clip(y, int(clamp[0]), int(clamp[1])), dtype)
+
+
+def _channel_factors(channel: relax.Expr, significand: int) -> tuple[relax.Expr, relax.Expr]:
+    """``(Mh, Ml)`` of :func:`_channel_scaled` for the centred per-channel operand: ``M = c *
+    m = Mh * 2**16 + Ml`` in int32 pieces (``Mh = c * (m >> 16) + ((c * (m & 0xFFFF)) >>
+    16)``). In a block builder each is a kernel of its own (block :data:`CHANNEL_FACTOR`) that
+    fusion joins to the product's kernel and the CPU schedule computes once per channel
+    before the product's loop, instead of once per element."""
+    low = relax.op.multiply(channel, _i32(significand & 0xFFFF))
+    high = relax.op.add(
+        relax.op.multiply(channel, _i32(significand >> 16)), relax.op.right_shift(low, _i32(16))
+    )
+    factors = (high, relax.op.bitwise_and(low, _i32(0xFFFF)))
+    builder = relax.BlockBuilder.current()
+    if builder is None or _nested_builder():
+        return factors
+    return tuple(
+        builder.call_te(_copy_compute, builder.emit(factor), primfunc_name_hint=CHANNEL_FACTOR)
+        for factor in factors
+    )
+
+
+def _copy_compute(x: te.Tensor) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: x(*i), name=CHANNEL_FACTOR)
+
+
+def _tensor_type(x: relax.Expr) -> relax.TensorType | None:
+    """``x``'s tensor type, normalizing an unnormalized call in the current block builder."""
+    ty = getattr(x, "ty", None)
+    builder = relax.BlockBuilder.current()
+    if ty is None and builder is not None:
+        ty = getattr(builder.normalize(x), "ty", None)
+    return ty if isinstance(ty, relax.TensorType) else None
+
+
+def _static_shape(x: relax.Expr) -> tuple[int, ...] | None:
+    values = getattr(getattr(_tensor_type(x), "shape", None), "values", None)
+    if values is None or not all(isinstance(v, tirx.IntImm) for v in values):
+        return None
+    return tuple(int(v) for v in values)
+
+
+def _per_channel(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
+    """``small`` holds one value per channel (and batch) of ``full``: every other axis 1, and
+    ``full`` has more than one position per channel."""
+    return (
+        small[-1] == full[-1]
+        and all(s == 1 for s in small[1:-1])
+        and small[0] in (1, full[0])
+        and int(np.prod(full[1:-1])) > 1
+    )
+
+
+def _centred_bound(operand: Operand) -> int:
+    """The largest ``|x - zero_point|`` of an 8-bit operand."""
+    x, (_, zero_point) = operand
+    dtype = str(getattr(_tensor_type(x), "dtype", None))
+    low, high = fixed_point.INT_RANGE[dtype] if dtype in EIGHT_BIT else (-128, 255)
+    return max(abs(low - int(zero_point)), abs(high - int(zero_point)))
 
 
 def _i32(value: int) -> relax.Expr:

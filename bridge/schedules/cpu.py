@@ -32,6 +32,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
+from bridge.quant.elementwise import CHANNEL_FACTOR
 from bridge.schedules import winograd
 from bridge.schedules.common import (
     COMM_REDUCE,
@@ -184,9 +185,12 @@ def schedule_winograd(func: tirx.PrimFunc, sch: s_tir.Schedule, stage: str, lane
 
 
 def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedule:
-    """Inline intermediate stages, then fuse + parallelize + vectorize what remains."""
+    """Inline intermediate stages, then fuse + parallelize + vectorize what remains. A
+    per-channel factor (:data:`~bridge.quant.elementwise.CHANNEL_FACTOR`) stays a stage of
+    its own: computed once per channel, before the loop that reads it per element."""
     for block in blocks[:-1]:
-        _try(sch.compute_inline, block)
+        if not sch.get(block).name_hint.startswith(CHANNEL_FACTOR):
+            _try(sch.compute_inline, block)
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         vectorize_block(sch, block, lanes)
     return sch
