@@ -775,3 +775,45 @@ def test_per_channel_operand_of_an_rgb_row_is_read_as_constant_vectors():
     if runs_here("x86-64-v4"):
         built(*map(tvm.runtime.tensor, data), out)
         np.testing.assert_allclose(out.numpy(), (data[0] - data[1]) / data[2], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "split"),
+    [
+        ((1, 56, 56, 144), True),
+        ((1, 14, 14, 32), True),
+        ((1, 7, 7, 64), False),
+        ((2, 28, 28, 16), False),
+    ],
+)
+def test_integer_global_sum_runs_over_pixels_in_parallel(shape, split):
+    """A sum of an 8-bit map over all its pixels into one int32 per channel (the mean of
+    global pooling and squeeze-and-excite, batch 1) is split into runs of rows added in
+    parallel (an ``rfactor``), not run channel vector by channel vector; under 64 pixels, or
+    with more than one output position per channel, the register-tile rule keeps it. Equal
+    to numpy either way."""
+    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "int8"))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            wide = relax.op.astype(x, "int32")
+            out = builder.emit_output(relax.op.sum(wide, axis=[1, 2], keepdims=True))
+        builder.emit_func_output(out)
+    mod = builder.get()
+    target = _x86("skylake-avx512")
+    kernels = fused_kernels_of(mod)
+    (name,) = [n for n in kernels if "sum" in n]
+    with target:
+        scheduled = ChannelsLastKernels().apply(kernels[name], target, False)
+    text = scheduled.mod["main"].script()
+    assert ("_rf" in text) == split, text
+    assert "T.parallel" in text
+    values = np.random.default_rng(1).integers(-128, 128, shape).astype("int8")
+    vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(values)).numpy()
+    np.testing.assert_array_equal(got, values.astype(np.int64).sum((1, 2), keepdims=True))

@@ -49,6 +49,7 @@ from bridge.schedules.common import (
     vectorize_block,
     weights_first,
 )
+from bridge.schedules.global_sum import schedule_global_sum
 from bridge.schedules.stack import STACK_BYTES
 
 MAX_PIXEL_TILE = 8
@@ -164,6 +165,11 @@ class ChannelsLastKernels(CPUScheduleRule):
         reductions = [b for b in blocks if is_reduction(sch, b)]
         if not reductions:
             return schedule_injective(sch, blocks, lanes)
+        if len(reductions) == 1:
+            trial = s_tir.Schedule(func)
+            name = sch.get(reductions[0]).name_hint
+            if schedule_global_sum(trial, find_block(trial, name), lanes):
+                return trial
         others = [sch.get(b).name_hint for b in blocks if not is_reduction(sch, b)]
         if len(reductions) == 1 and tile_reduction(sch, reductions[0], lanes, registers):
             for name in others:  # stages neither inlined nor folded into the tile (e.g. pads)
