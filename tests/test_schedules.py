@@ -817,3 +817,32 @@ def test_integer_global_sum_runs_over_pixels_in_parallel(shape, split):
     vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(values)).numpy()
     np.testing.assert_array_equal(got, values.astype(np.int64).sum((1, 2), keepdims=True))
+
+
+def test_float_global_mean_runs_over_pixels_in_parallel():
+    """A float global average pooling (sum, then the divide after it) at batch 1 takes the
+    same runs of rows, the divide per vector of channels; equal to numpy within float
+    rounding (the sum adds in another order)."""
+    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+
+    shape = (1, 28, 28, 96)
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "float32"))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            out = builder.emit_output(relax.op.mean(x, axis=[1, 2]))
+        builder.emit_func_output(out)
+    mod = builder.get()
+    target = _x86("skylake-avx512")
+    kernels = fused_kernels_of(mod)
+    (name,) = [n for n in kernels if "mean" in n]
+    with target:
+        text = ChannelsLastKernels().apply(kernels[name], target, False).mod["main"].script()
+    assert "_rf" in text and "T.parallel" in text
+    values = np.random.default_rng(2).standard_normal(shape).astype("float32")
+    vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(values)).numpy()
+    np.testing.assert_allclose(got, values.astype(np.float64).mean((1, 2)), rtol=1e-5, atol=1e-6)

@@ -11,6 +11,9 @@ shape of a fast channels_last CPU kernel:
   loops inside the tile, the output-channel axis vectorized, the pixel axis unrolled, and the
   outer loops fused and run in parallel; the fused epilogue (bias, batch norm, activation,
   residual add) is inlined into the tile's write-back so it runs on data still in registers;
+* a sum over every pixel into one value per channel at batch 1 (global average pooling,
+  squeeze-and-excite's mean): runs of rows summed in parallel, then added
+  (:mod:`bridge.schedules.global_sum`);
 * a depthwise convolution (a window, no input channels to sum): the same tile, reading its
   padding in place and with the window's taps unrolled so neighbouring pixels share loads;
 * an injective kernel (elementwise chains, padding, concatenation, reshapes): intermediate

@@ -6,8 +6,9 @@ channels in parallel. With a single output pixel that leaves a handful of parall
 (9 for 144 channels), each sweeping the whole map with a stride of the channel count: rows the
 other core wrote, read 16 bytes at a time. Here the pixels are cut into :data:`CHUNKS` runs of
 whole rows (``rfactor``): in parallel each run adds its pixels in memory order into a row of
-per-channel partial sums, and the partial sums are then added up, channels vectorized. Integer
-sums are exact, so the result is the same bit for bit (float sums associate differently).
+per-channel partial sums, and the partial sums are then added up, channels vectorized, with
+what follows the sum (a mean's divide) per vector of channels. Integer sums are exact, so the
+result is the same bit for bit; float sums add in another order (runs of rows, then the runs).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ MIN_PIXELS = 64  # fewer pixels per channel: the per-channel rule is as good
 
 def schedule_global_sum(sch: s_tir.Schedule, block, lanes: int) -> bool:
     """Schedule ``block`` (the kernel's only reduction, writing its output) when it sums at
-    least :data:`MIN_PIXELS` pixels of an integer map into one output position per channel
-    (every spatial axis but the contiguous channel axis of extent 1) and ``lanes`` divides
-    the channels; False otherwise (its elementwise producers may then be inlined already:
-    try it on a schedule of its own)."""
+    least :data:`MIN_PIXELS` pixels into one output position per channel (every spatial axis
+    but the contiguous channel axis of extent 1), ``lanes`` divides the channels and only
+    elementwise blocks follow; False otherwise (its elementwise producers may then be
+    inlined already: try it on a schedule of its own)."""
     kinds = iter_kinds(sch, block)
     loops = sch.get_loops(block)
     if COMM_REDUCE not in kinds or len(loops) != len(kinds):
@@ -40,11 +41,9 @@ def schedule_global_sum(sch: s_tir.Schedule, block, lanes: int) -> bool:
     channels, pixels = extents[n_spatial - 1], math.prod(extents[n_spatial:])
     if math.prod(extents[: n_spatial - 1]) != 1 or channels % lanes or pixels < MIN_PIXELS:
         return False
-    if not str(sch.get(block).writes[0].source.dtype).startswith(("int", "uint")):
-        return False
-    for producer in sch.get_producers(block):  # the 8-bit map's widening
+    for producer in sch.get_producers(block):  # e.g. the 8-bit map's widening
         _inline(sch, producer)
-    if sch.get_consumers(block) or sch.get_producers(block):
+    if sch.get_producers(block) or not _elementwise_chain(sch, block):
         return False
     chunks = largest_divisor(extents[n_spatial], CHUNKS)  # whole rows per run
     if chunks < 2:
@@ -54,6 +53,16 @@ def schedule_global_sum(sch: s_tir.Schedule, block, lanes: int) -> bool:
     partial = sch.rfactor(run, 0)
     _schedule_partial(sch, partial, len(spatial), lanes)
     _schedule_total(sch, block, len(spatial), lanes)
+    return True
+
+
+def _elementwise_chain(sch: s_tir.Schedule, block) -> bool:
+    """The blocks after ``block`` (a mean's divide, a cast) form one chain of spatial blocks."""
+    consumers = sch.get_consumers(block)
+    while consumers:
+        if len(consumers) > 1 or COMM_REDUCE in iter_kinds(sch, consumers[0]):
+            return False
+        consumers = sch.get_consumers(consumers[0])
     return True
 
 
@@ -77,11 +86,17 @@ def _schedule_partial(sch: s_tir.Schedule, partial, n_spatial: int, lanes: int) 
 
 
 def _schedule_total(sch: s_tir.Schedule, block, n_spatial: int, vector: int) -> None:
-    """The runs' partial sums added per channel, channels vectorized (a few hundred adds)."""
+    """The runs' partial sums added per channel, channels vectorized (a few hundred adds),
+    and the blocks after it (a mean's divide) computed per vector of channels."""
     loops = sch.get_loops(block)
     channel, runs = loops[n_spatial - 1], loops[n_spatial:]
     ch_outer, ch_inner = sch.split(channel, [None, vector])
     sch.reorder(ch_outer, *runs, ch_inner)
     sch.vectorize(ch_inner)
+    consumers = sch.get_consumers(block)
+    while consumers:
+        sch.reverse_compute_at(consumers[0], ch_outer)
+        sch.vectorize(sch.get_loops(consumers[0])[-1])
+        consumers = sch.get_consumers(consumers[0])
     init = sch.decompose_reduction(block, runs[0])
     sch.vectorize(sch.get_loops(init)[-1])
