@@ -55,8 +55,9 @@ class KernelRecord:
 
     layers: list[tuple[str, str]] = field(default_factory=list)  # (name, class) by index
     sites: list[Site] = field(default_factory=list)
-    # operator calls before fusion (observe_ops): key -> (variable, layer), and by loose key
-    ops: dict[tuple, tuple] = field(default_factory=dict)
+    # operator calls before fusion (observe_ops): key -> [(variable, layer), ...] in model
+    # order (one operator on the same values may be called by several layers), and by loose key
+    ops: dict[tuple, list] = field(default_factory=dict)
     loose: dict[tuple, list] = field(default_factory=dict)
 
 
@@ -214,7 +215,7 @@ def observe_ops(mod: Any, record: KernelRecord) -> None:
         key = _call_key(binding.value, {})
         if key is not None:
             entry = (binding.var, _layer_of(binding.var))
-            record.ops[key] = entry
+            record.ops.setdefault(key, []).append(entry)
             record.loose.setdefault(_loose(key), []).append(entry)
 
 
@@ -348,8 +349,8 @@ def _replay(
     """One operator call: find it before fusion, note its variable and add its FLOPs to its
     layer's (UNKNOWN when it is not found or was not named after a layer)."""
     key = _call_key(call, env)
-    found = record.ops.get(key)
-    if found is None or id(found) in used:
+    found = next((e for e in record.ops.get(key, []) if id(e) not in used), None)
+    if found is None:
         candidates = [e for e in record.loose.get(_loose(key), []) if id(e) not in used]
         found = candidates[0] if candidates else None
     layer = UNKNOWN

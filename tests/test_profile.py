@@ -401,3 +401,16 @@ def test_a_kernel_call_of_no_layer_is_unattributed():
     }
     profile = render(_raw([("k", 2.0)]), metadata)
     assert [(r.layer, r.us) for r in profile.layers] == [(UNATTRIBUTED_ROW, 2.0)]
+
+
+def test_one_operator_on_the_same_values_in_two_layers_keeps_both():
+    """Squeeze-and-excite reads one map twice: its mean and its gated MUL each widen it to
+    int32 (the same operator on the same tensor). Each kernel keeps its own layer: the mean's
+    sum is the MEAN's, the product the MUL's (the second call no longer takes the first's
+    place)."""
+    built = bridge.build(FIXTURES / "tflite" / "int8ops" / "efficient_block.tflite")
+    kernels = built.metadata["kernels"]
+    (mean,) = [v["layers"] for k, v in kernels.items() if k.endswith("_sum")]
+    (gate,) = [v["layers"] for k, v in kernels.items() if "channel_factor" in k]
+    assert mean == ["#6 functional_1/se_pool_1/Mean"]
+    assert gate == ["#12 functional_1/se_mul_1/Mul"]
