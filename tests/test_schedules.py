@@ -846,3 +846,56 @@ def test_float_global_mean_runs_over_pixels_in_parallel():
     vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(values)).numpy()
     np.testing.assert_allclose(got, values.astype(np.float64).mean((1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def _gated_projection(shape, outputs: int, extra_reader: bool = False) -> tvm.IRModule:
+    """A squeeze-and-excite block's end: ``conv2d(x * sigmoid(mean(x)), W)``."""
+    from tvm import relax
+
+    rng = np.random.default_rng(5)
+    w = relax.const(rng.standard_normal((1, 1, shape[3], outputs)).astype("float32"))
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "float32"))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            gate = builder.emit(relax.op.sigmoid(relax.op.mean(x, axis=[1, 2], keepdims=True)))
+            gated = builder.emit(relax.op.multiply(x, gate))
+            y = builder.emit(relax.op.nn.conv2d(gated, w, data_layout="NHWC", kernel_layout="HWIO"))
+            if extra_reader:
+                y = builder.emit(relax.op.add(y, relax.op.sum(gated, axis=[3], keepdims=True)))
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+@pytest.mark.parametrize(
+    ("shape", "outputs", "extra_reader", "folded"),
+    [
+        ((1, 16, 16, 32), 8, False, True),
+        ((1, 2, 2, 32), 8, False, False),  # 4 pixels, 8 outputs: the map is the cheaper
+        ((2, 16, 16, 32), 8, False, False),  # a gate per sample
+        ((1, 16, 16, 32), 8, True, False),  # the gated map is read again
+    ],
+)
+def test_channel_gate_is_folded_into_the_projection_weights(shape, outputs, extra_reader, folded):
+    """``conv2d(x * g, W)`` with a per-channel gate at batch 1 becomes ``conv2d(x, W * g)``
+    where the map has more pixels than the convolution has outputs and nothing else reads
+    the gated map; results equal TVM's own lowering within float rounding either way."""
+    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+    from bridge.schedules.gate_fold import fold_gates
+
+    mod = _gated_projection(shape, outputs, extra_reader)
+    text = relax.transform.DeadCodeElimination()(fold_gates(mod))["main"].script()
+    assert ("R.nn.conv2d(x," in text) == folded, text  # the convolution reads the map itself
+    assert ("R.multiply(x, lv" not in text) == folded, text  # and nothing scales it
+    target = tvm.target.Target("llvm")
+    values = np.random.default_rng(6).standard_normal(shape).astype("float32")
+    a = tvm.runtime.tensor(values)
+    got = VirtualMachine(compile_module(mod, target), tvm.cpu())["main"](a).numpy()
+    with target:
+        reference = tvm.compile(mod, target=target)
+    want = VirtualMachine(reference, tvm.cpu())["main"](a).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

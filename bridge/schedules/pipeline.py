@@ -23,6 +23,7 @@ from bridge.kernels_map import with_observers
 from bridge.schedules import gpu
 from bridge.schedules.cpu import ChannelsLastKernels, simd_lanes
 from bridge.schedules.fused_block import FusedBlockKernels, fuse_expand_depthwise
+from bridge.schedules.gate_fold import fold_gates
 from bridge.schedules.high_multiply import tir_pipeline
 from bridge.schedules.int8 import Int8Kernels, prepack_int8
 from bridge.schedules.int8_amx import AmxKernels, request_amx
@@ -66,6 +67,7 @@ def _fusion_passes(target: tvm.target.Target, optimize_for: str, derived: dict |
             relax.transform.FuseTIR(),
         ]
     return [
+        fold_gates,  # before packing: makes a projection's weights a product of the gate
         prepack_int8(target, derived),
         prepack_int8_depthwise(target, derived),
         prepack_int8_arm(target, derived),
