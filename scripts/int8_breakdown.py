@@ -57,7 +57,7 @@ def _unfused(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Mod
     gv, func = next((g, f) for g, f in kernel.functions.items() if isinstance(f, tirx.PrimFunc))
     sch = s_tir.Schedule(func)
     schedule_dot_unfused(sch, dot_kind(target))
-    return tvm.compile(tvm.IRModule({gv: sch.mod["main"]}), target=target).mod
+    return kernels.build_schedule(tvm.IRModule({gv: sch.mod["main"]}), target)
 
 
 def _by_int8_rule(kernel: tvm.IRModule, target: tvm.target.Target) -> bool:
@@ -87,7 +87,7 @@ def main() -> None:
         scheduled = _scheduled(kernel, target)
         if args.dump is not None and args.dump in task.task_name:
             print(scheduled.script())
-        lib = tvm.compile(scheduled, target=target).mod
+        lib = kernels.build_schedule(scheduled, target)  # with the build's TIR pipeline
         ms_total = executor.time(lib, arrays) * 1e3 * task.weight
         if args.check and DOT in task.task_name:
             want = executor.run(_unfused(kernel, target), arrays)
