@@ -270,7 +270,8 @@ def test_channel_gate_multiply_on_every_pair(real: float, full, gate) -> None:
     significand per channel (``elementwise._channel_scaled``) gives the reference rounding
     (``multiply_table``, the numpy form of TFLite's) for all 65536 value pairs: clamped to
     int8, and unclamped in int32 so that every rounding shows. Its factors are one kernel
-    stage computed per channel (:data:`CHANNEL_FACTOR`), also at batch 2."""
+    stage computed per channel (:data:`CHANNEL_FACTOR`), also at batch 2 and with the gate
+    as the first operand."""
     multiplier = fixed_point.quantize_multiplier(real)
     (dtype_a, zp_a), (dtype_b, zp_b) = full, gate
     a_values = np.arange(fixed_point.INT_RANGE[dtype_a][0], fixed_point.INT_RANGE[dtype_a][1] + 1)
@@ -287,11 +288,17 @@ def test_channel_gate_multiply_on_every_pair(real: float, full, gate) -> None:
                     (x, (1.0, zp_a)), (g, (real, zp_b)), (1.0, zero), clamp, out
                 )
 
-            mod = build_main(build, [a, b], emit_args=True)
-            folded = elementwise.CHANNEL_FACTOR in {gv.name_hint for gv in mod.functions}
-            assert folded == (real > 1e-6)
+            def gate_first(x, g, zero=zero, clamp=clamp, out=out):
+                return elementwise.multiply(
+                    (g, (real, zp_b)), (x, (1.0, zp_a)), (1.0, zero), clamp, out
+                )
+
             want = elementwise.multiply_table(product, multiplier, zero, clamp, out)
-            np.testing.assert_array_equal(run(mod, [a, b]), want)
+            for form in (build, gate_first):
+                mod = build_main(form, [a, b], emit_args=True)
+                folded = elementwise.CHANNEL_FACTOR in {gv.name_hint for gv in mod.functions}
+                assert folded == (real > 1e-6)
+                np.testing.assert_array_equal(run(mod, [a, b]), want)
 
 
 def test_channel_factors_are_computed_once_per_channel() -> None:

@@ -777,6 +777,30 @@ def test_per_channel_operand_of_an_rgb_row_is_read_as_constant_vectors():
         np.testing.assert_allclose(out.numpy(), (data[0] - data[1]) / data[2], rtol=1e-6)
 
 
+def _global_reduction(shape, dtype: str, reduce, name: str, values: np.ndarray):
+    """``reduce(x)`` of an NHWC input as one kernel: its schedule's TIR (AVX-512) and its
+    output on ``values`` (built for this CPU)."""
+    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
+
+    from bridge.compile import compile_module
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), dtype))
+    with builder.function("main", [x], attrs={"num_input": 1}):
+        with builder.dataflow():
+            out = builder.emit_output(reduce(x))
+        builder.emit_func_output(out)
+    mod = builder.get()
+    target = _x86("skylake-avx512")
+    kernels = fused_kernels_of(mod)
+    (kernel,) = [n for n in kernels if name in n]
+    with target:
+        text = ChannelsLastKernels().apply(kernels[kernel], target, False).mod["main"].script()
+    vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
+    return text, vm["main"](tvm.runtime.tensor(values)).numpy()
+
+
 @pytest.mark.parametrize(
     ("shape", "split"),
     [
@@ -793,29 +817,15 @@ def test_integer_global_sum_runs_over_pixels_in_parallel(shape, split):
     with more than one output position per channel, the register-tile rule keeps it. Equal
     to numpy either way."""
     from tvm import relax
-    from tvm.runtime.vm import VirtualMachine
 
-    from bridge.compile import compile_module
+    values = np.random.default_rng(1).integers(-128, 128, shape).astype("int8")
 
-    builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(list(shape), "int8"))
-    with builder.function("main", [x], attrs={"num_input": 1}):
-        with builder.dataflow():
-            wide = relax.op.astype(x, "int32")
-            out = builder.emit_output(relax.op.sum(wide, axis=[1, 2], keepdims=True))
-        builder.emit_func_output(out)
-    mod = builder.get()
-    target = _x86("skylake-avx512")
-    kernels = fused_kernels_of(mod)
-    (name,) = [n for n in kernels if "sum" in n]
-    with target:
-        scheduled = ChannelsLastKernels().apply(kernels[name], target, False)
-    text = scheduled.mod["main"].script()
+    def reduce(x):
+        return relax.op.sum(relax.op.astype(x, "int32"), axis=[1, 2], keepdims=True)
+
+    text, got = _global_reduction(shape, "int8", reduce, "sum", values)
     assert ("_rf" in text) == split, text
     assert "T.parallel" in text
-    values = np.random.default_rng(1).integers(-128, 128, shape).astype("int8")
-    vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(values)).numpy()
     np.testing.assert_array_equal(got, values.astype(np.int64).sum((1, 2), keepdims=True))
 
 
@@ -824,27 +834,13 @@ def test_float_global_mean_runs_over_pixels_in_parallel():
     same runs of rows, the divide per vector of channels; equal to numpy within float
     rounding (the sum adds in another order)."""
     from tvm import relax
-    from tvm.runtime.vm import VirtualMachine
-
-    from bridge.compile import compile_module
 
     shape = (1, 28, 28, 96)
-    builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(list(shape), "float32"))
-    with builder.function("main", [x], attrs={"num_input": 1}):
-        with builder.dataflow():
-            out = builder.emit_output(relax.op.mean(x, axis=[1, 2]))
-        builder.emit_func_output(out)
-    mod = builder.get()
-    target = _x86("skylake-avx512")
-    kernels = fused_kernels_of(mod)
-    (name,) = [n for n in kernels if "mean" in n]
-    with target:
-        text = ChannelsLastKernels().apply(kernels[name], target, False).mod["main"].script()
-    assert "_rf" in text and "T.parallel" in text
     values = np.random.default_rng(2).standard_normal(shape).astype("float32")
-    vm = VirtualMachine(compile_module(mod, tvm.target.Target("llvm")), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(values)).numpy()
+    text, got = _global_reduction(
+        shape, "float32", lambda x: relax.op.mean(x, axis=[1, 2]), "mean", values
+    )
+    assert "_rf" in text and "T.parallel" in text
     np.testing.assert_allclose(got, values.astype(np.float64).mean((1, 2)), rtol=1e-5, atol=1e-6)
 
 
