@@ -277,6 +277,8 @@ def _channel_scaled(
     shapes = [_static_shape(x) for x, _ in (a, b)]
     if None in shapes or len(shapes[0]) != len(shapes[1]) or len(shapes[0]) < 2:
         return None
+    if any(str(getattr(_tensor_type(x), "dtype", None)) not in EIGHT_BIT for x, _ in (a, b)):
+        return None  # the int32 bounds below are for 8-bit operands
     full = next((i for i in (0, 1) if _per_channel(shapes[1 - i], shapes[i])), None)
     if full is None:
         return None
@@ -357,8 +359,7 @@ def _per_channel(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
 def _centred_bound(operand: Operand) -> int:
     """The largest ``|x - zero_point|`` of an 8-bit operand."""
     x, (_, zero_point) = operand
-    dtype = str(getattr(_tensor_type(x), "dtype", None))
-    low, high = fixed_point.INT_RANGE[dtype] if dtype in EIGHT_BIT else (-128, 255)
+    low, high = fixed_point.INT_RANGE[str(_tensor_type(x).dtype)]
     return max(abs(low - int(zero_point)), abs(high - int(zero_point)))
 
 
