@@ -274,16 +274,17 @@ def _channel_scaled(
     operand's ``x = a - zp_a``, and the rounding divide by ``2**right`` (halves away from
     zero) joins the same shift: ``(t + 2**(14 + right) - 2**15 * [t < 0]) >> (15 + right)``.
     Exact where no sum leaves int32 (checked from the zero points); else None."""
-    shapes = [_static_shape(x) for x, _ in (a, b)]
+    types = [_tensor_type(x) for x, _ in (a, b)]
+    if any(ty is None or str(ty.dtype) not in EIGHT_BIT for ty in types):
+        return None  # the int32 bounds below are for 8-bit operands
+    shapes = [_static_shape(ty) for ty in types]
     if None in shapes or len(shapes[0]) != len(shapes[1]) or len(shapes[0]) < 2:
         return None
-    if any(str(getattr(_tensor_type(x), "dtype", None)) not in EIGHT_BIT for x, _ in (a, b)):
-        return None  # the int32 bounds below are for 8-bit operands
     full = next((i for i in (0, 1) if _per_channel(shapes[1 - i], shapes[i])), None)
     if full is None:
         return None
     x, channel = centred[full], centred[1 - full]
-    x_max, c_max = _centred_bound((a, b)[full]), _centred_bound((a, b)[1 - full])
+    x_max, c_max = (_centred_bound(str(types[i].dtype), (a, b)[i][1][1]) for i in (full, 1 - full))
     significand, right = int(multiplier.significand[0]), -int(multiplier.shift[0])
     high = c_max * significand >> 16
     if x_max * (high + 1) + x_max + (1 << 14) + (1 << (14 + right)) + (1 << 15) >= 1 << 31:
@@ -338,8 +339,8 @@ def _tensor_type(x: relax.Expr) -> relax.TensorType | None:
     return ty if isinstance(ty, relax.TensorType) else None
 
 
-def _static_shape(x: relax.Expr) -> tuple[int, ...] | None:
-    values = getattr(getattr(_tensor_type(x), "shape", None), "values", None)
+def _static_shape(ty: relax.TensorType) -> tuple[int, ...] | None:
+    values = getattr(getattr(ty, "shape", None), "values", None)
     if values is None or not all(isinstance(v, tirx.IntImm) for v in values):
         return None
     return tuple(int(v) for v in values)
@@ -356,10 +357,9 @@ def _per_channel(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
     )
 
 
-def _centred_bound(operand: Operand) -> int:
-    """The largest ``|x - zero_point|`` of an 8-bit operand."""
-    x, (_, zero_point) = operand
-    low, high = fixed_point.INT_RANGE[str(_tensor_type(x).dtype)]
+def _centred_bound(dtype: str, zero_point: int) -> int:
+    """The largest ``|x - zero_point|`` of an 8-bit ``dtype``."""
+    low, high = fixed_point.INT_RANGE[dtype]
     return max(abs(low - int(zero_point)), abs(high - int(zero_point)))
 
 

@@ -262,3 +262,26 @@ def static_float32(expr: relax.Expr) -> bool:
         and isinstance(info.shape, relax.ShapeExpr)
         and all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values)
     )
+
+
+def use_counts(func: relax.Function) -> dict:
+    """How many times each variable of ``func`` is read."""
+    counts: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    for param in func.params:  # post_order_visit does not count definitions
+        counts[param] = counts.get(param, 0)
+    return counts
+
+
+def attempt(action, *args) -> bool:
+    """``action(*args)`` (a schedule primitive), True if it did not refuse."""
+    try:
+        action(*args)
+        return True
+    except Exception:  # a primitive refusing is an expected outcome: the block stays as is
+        return False

@@ -39,6 +39,7 @@ from bridge.quant.elementwise import CHANNEL_FACTOR
 from bridge.schedules import winograd
 from bridge.schedules.common import (
     COMM_REDUCE,
+    attempt,
     find_block,
     is_reduction,
     iter_kinds,
@@ -52,7 +53,7 @@ from bridge.schedules.common import (
     vectorize_block,
     weights_first,
 )
-from bridge.schedules.global_sum import schedule_global_sum
+from bridge.schedules.global_sum import schedule_global_sum, sums_every_pixel
 from bridge.schedules.stack import STACK_BYTES
 
 MAX_PIXEL_TILE = 8
@@ -139,14 +140,6 @@ def _has_condition(sch: s_tir.Schedule, block) -> bool:
     return "if_then_else" in str(sch.get(block).body)
 
 
-def _try(action, *args) -> bool:
-    try:
-        action(*args)
-        return True
-    except Exception:  # a primitive refusing is an expected outcome: the block stays as is
-        return False
-
-
 class ChannelsLastKernels(CPUScheduleRule):
     """Register-tiled, vectorized, parallel schedules for channels_last CPU kernels."""
 
@@ -168,7 +161,7 @@ class ChannelsLastKernels(CPUScheduleRule):
         reductions = [b for b in blocks if is_reduction(sch, b)]
         if not reductions:
             return schedule_injective(sch, blocks, lanes)
-        if len(reductions) == 1:
+        if len(reductions) == 1 and sums_every_pixel(sch, reductions[0], lanes):
             trial = s_tir.Schedule(func)
             name = sch.get(reductions[0]).name_hint
             if schedule_global_sum(trial, find_block(trial, name), lanes):
@@ -187,7 +180,7 @@ def schedule_winograd(func: tirx.PrimFunc, sch: s_tir.Schedule, stage: str, lane
     """A Winograd transform kernel (``stage``: input or output) by its rule in
     :mod:`bridge.schedules.winograd`; should that rule refuse (a fused shape it does not
     expect), the generic injective schedule: never a failed build."""
-    if _try(getattr(winograd, f"schedule_{stage}"), sch, lanes):
+    if attempt(getattr(winograd, f"schedule_{stage}"), sch, lanes):
         return sch
     sch = s_tir.Schedule(func)
     return schedule_injective(sch, sch.get_child_blocks(sch.get_sblock("root")), lanes)
@@ -199,7 +192,7 @@ def schedule_injective(sch: s_tir.Schedule, blocks, lanes: int) -> s_tir.Schedul
     its own: computed once per channel, before the loop that reads it per element."""
     for block in blocks[:-1]:
         if not sch.get(block).name_hint.startswith(CHANNEL_FACTOR):
-            _try(sch.compute_inline, block)
+            attempt(sch.compute_inline, block)
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         vectorize_block(sch, block, lanes)
     return sch
@@ -222,7 +215,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int, registers: int = 32) 
     window = loop_extent(sch.get(loops[-1])) == 1  # depthwise: no input channels to sum
     for producer in sch.get_producers(block):  # pure copies (e.g. a zero-size pad): inline
         if not is_reduction(sch, producer) and (window or not _has_condition(sch, producer)):
-            _try(sch.compute_inline, producer)
+            attempt(sch.compute_inline, producer)
     write_back = sch.cache_write(block, 0, "local")
     _inline_epilogue(sch, write_back)
 
@@ -375,7 +368,7 @@ def _inline_epilogue(sch: s_tir.Schedule, write_back) -> None:
         # producer's domain: out of bounds.
         if not _same_shape(sch, write_back, consumers[0]):
             return
-        if not _try(sch.reverse_compute_inline, consumers[0]):
+        if not attempt(sch.reverse_compute_inline, consumers[0]):
             return
 
 
@@ -394,7 +387,7 @@ def _merge_elementwise_chain(sch: s_tir.Schedule, write_back) -> None:
             and _same_shape(sch, write_back, block)
             and len(sch.get_consumers(block)) <= 2
         ):
-            _try(sch.compute_inline, block)
+            attempt(sch.compute_inline, block)
 
 
 def _unroll_taps(sch: s_tir.Schedule, reduce) -> None:

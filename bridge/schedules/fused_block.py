@@ -30,6 +30,7 @@ from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
 from bridge.schedules.common import (
+    attempt,
     find_block,
     float32_constant,
     float32_out,
@@ -40,7 +41,6 @@ from bridge.schedules.common import (
 from bridge.schedules.cpu import (
     _inline_epilogue,
     _static,
-    _try,
     channel_block,
     register_tile,
     simd_lanes,
@@ -355,7 +355,7 @@ class FusedBlockKernels(CPUScheduleRule):
         sch = s_tir.Schedule(func)
         if find_block(sch, "root") is None or not is_fused(sch):
             return None
-        if _try(schedule, sch, simd_lanes(target), vector_registers(target)):
+        if attempt(schedule, sch, simd_lanes(target), vector_registers(target)):
             return sch
         return s_tir.Schedule(func)
 

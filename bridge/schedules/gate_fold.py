@@ -19,7 +19,7 @@ import math
 import tvm
 from tvm import relax
 
-from bridge.schedules.common import tensor_constant
+from bridge.schedules.common import tensor_constant, use_counts
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 MULTIPLY = tvm.ir.Op.get("relax.multiply")
@@ -32,7 +32,7 @@ def fold_gates(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModu
     rewriter = _FoldGates(mod)
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
-            rewriter.uses = _use_counts(func)
+            rewriter.uses = use_counts(func)
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     return rewriter.builder_.get()
 
@@ -111,15 +111,3 @@ def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
 def _dtype(expr: relax.Expr) -> str | None:
     dtype = getattr(getattr(expr, "ty", None), "dtype", None)
     return None if dtype is None else str(dtype)
-
-
-def _use_counts(func: relax.Function) -> dict:
-    """How many times each variable is read in ``func``."""
-    counts: dict = {}
-
-    def visit(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return counts

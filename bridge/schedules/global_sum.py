@@ -13,23 +13,27 @@ result is the same bit for bit; float sums add in another order (runs of rows, t
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 from tvm import s_tir
 
-from bridge.schedules.common import COMM_REDUCE, iter_kinds, largest_divisor, loop_extent
+from bridge.schedules.common import (
+    COMM_REDUCE,
+    attempt,
+    iter_kinds,
+    largest_divisor,
+    loop_extent,
+)
 
 CHUNKS = 8  # runs of pixels summed in parallel (a divisor of the pixel count, at least 2)
 MIN_PIXELS = 64  # fewer pixels per channel: the per-channel rule is as good
 
 
-def schedule_global_sum(sch: s_tir.Schedule, block, lanes: int) -> bool:
-    """Schedule ``block`` (the kernel's only reduction, writing its output) when it sums at
-    least :data:`MIN_PIXELS` pixels into one output position per channel (every spatial axis
-    but the contiguous channel axis of extent 1), ``lanes`` divides the channels and only
-    elementwise blocks follow; False otherwise (its elementwise producers may then be
-    inlined already: try it on a schedule of its own)."""
+def sums_every_pixel(sch: s_tir.Schedule, block, lanes: int) -> bool:
+    """``block`` (the kernel's only reduction) sums at least :data:`MIN_PIXELS` pixels, in
+    whole rows that split into runs, into one output position per channel (every spatial
+    axis but the contiguous channel axis of extent 1), ``lanes`` divides the channels and
+    only elementwise blocks follow: what :func:`schedule_global_sum` takes. Changes nothing."""
     kinds = iter_kinds(sch, block)
     loops = sch.get_loops(block)
     if COMM_REDUCE not in kinds or len(loops) != len(kinds):
@@ -41,14 +45,22 @@ def schedule_global_sum(sch: s_tir.Schedule, block, lanes: int) -> bool:
     channels, pixels = extents[n_spatial - 1], math.prod(extents[n_spatial:])
     if math.prod(extents[: n_spatial - 1]) != 1 or channels % lanes or pixels < MIN_PIXELS:
         return False
-    for producer in sch.get_producers(block):  # e.g. the 8-bit map's widening
-        _inline(sch, producer)
-    if sch.get_producers(block) or not _elementwise_chain(sch, block):
+    return largest_divisor(extents[n_spatial], CHUNKS) >= 2 and _elementwise_chain(sch, block)
+
+
+def schedule_global_sum(sch: s_tir.Schedule, block, lanes: int) -> bool:
+    """Schedule ``block``, which :func:`sums_every_pixel`, once its elementwise producers (the
+    8-bit map's widening) are inlined; False if one is not (it may have inlined others: give
+    it a schedule of its own)."""
+    for producer in sch.get_producers(block):
+        attempt(sch.compute_inline, producer)
+    if sch.get_producers(block):
         return False
-    chunks = largest_divisor(extents[n_spatial], CHUNKS)  # whole rows per run
-    if chunks < 2:
-        return False
+    kinds = iter_kinds(sch, block)
+    n_spatial = kinds.index(COMM_REDUCE)
+    loops = sch.get_loops(block)
     spatial, reduce = loops[:n_spatial], loops[n_spatial:]
+    chunks = largest_divisor(loop_extent(sch.get(reduce[0])), CHUNKS)  # whole rows per run
     run, _ = sch.split(reduce[0], [chunks, None])
     partial = sch.rfactor(run, 0)
     _schedule_partial(sch, partial, len(spatial), lanes)
@@ -64,11 +76,6 @@ def _elementwise_chain(sch: s_tir.Schedule, block) -> bool:
             return False
         consumers = sch.get_consumers(consumers[0])
     return True
-
-
-def _inline(sch: s_tir.Schedule, block) -> None:
-    with contextlib.suppress(Exception):  # a producer that does not inline: the rule declines
-        sch.compute_inline(block)
 
 
 def _schedule_partial(sch: s_tir.Schedule, partial, n_spatial: int, lanes: int) -> None:

@@ -39,6 +39,7 @@ from bridge.schedules.common import (
     loops_product,
     most_accumulators,
     parallel_unless_small,
+    use_counts,
     vectorize_block,
     weights_first,
 )
@@ -829,20 +830,6 @@ def _vector_channels(sch: s_tir.Schedule, ch) -> None:
 
 def _under(sch: s_tir.Schedule, block, loop) -> bool:
     return any(sch.get(lp).same_as(sch.get(loop)) for lp in sch.get_loops(block))
-
-
-def use_counts(func: relax.Function) -> dict:
-    """How many times each variable of ``func`` is read."""
-    counts: dict = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    for param in func.params:  # post_order_visit does not count definitions
-        counts[param] = counts.get(param, 0)
-    return counts
 
 
 def _bound(mutator: relax.PyExprMutator, expr: relax.Expr) -> relax.Call | None:

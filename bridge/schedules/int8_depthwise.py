@@ -38,9 +38,9 @@ from tvm.script import tirx as T
 from tvm.target.codegen import target_has_features
 
 from bridge.quant.elementwise import EIGHT_BIT, LOOKUP, TABLE
-from bridge.schedules.common import largest_divisor
+from bridge.schedules.common import largest_divisor, use_counts
 from bridge.schedules.cpu import _inline_epilogue
-from bridge.schedules.int8 import packed_const, static_8bit, unpad, use_counts
+from bridge.schedules.int8 import packed_const, static_8bit, unpad
 from bridge.schedules.int8_elementwise import LANES as LOOKUP_LANES
 from bridge.schedules.int8_elementwise import has_vbmi
 
