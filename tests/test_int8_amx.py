@@ -15,6 +15,7 @@ from test_int8_schedules import (
     assembly,
     compile_relax,
     dot_kernel,
+    output_block,
     residual_block,
     residual_case,
     residual_expected,
@@ -23,7 +24,7 @@ from test_int8_schedules import (
 
 import bridge
 from bridge.quant import kernels
-from bridge.schedules import int8_amx
+from bridge.schedules import int8, int8_amx
 
 SPR_DICT = {"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"}
 SPR = tvm.target.Target(SPR_DICT)
@@ -213,3 +214,103 @@ def test_tiles_configured_once_per_parallel_iteration(case) -> None:
     assert script.count("ldtilecfg") == 1
     assert script.index("syscall") < script.index("T.parallel") < script.index("ldtilecfg")
     assert script.index("ldtilecfg") < script.index("tilezero")
+
+
+@pytest.mark.parametrize(
+    ("out_h", "out_w", "cols", "flat"),
+    [
+        (7, 7, 9, True),  # 49 of 64 tile rows against 7 of 16
+        (7, 7, 7, True),
+        (6, 6, 6, True),
+        (14, 14, 16, False),  # 14 of 16 either way
+        (56, 56, 56, False),
+        (28, 28, 30, False),
+        (3, 3, 5, False),  # 3-pixel rows stay on VNNI
+    ],
+)
+def test_flat_form_where_it_fills_tiles_better(out_h, out_w, cols, flat: bool) -> None:
+    assert int8.flat_fills_better(out_h, out_w, cols) is flat
+
+
+FLAT = [  # each small map read as one flat row of pixels (int8.FLAT)
+    CONVS[1],  # 6x6, 1x1, uint8
+    CONVS[5],  # 6x8, 5 x 16 outputs
+    CONVS[6],  # 7x7, 3x3, batch 2, weights first
+    ((1, 7, 7, 2048), 64, 1, (1, 1), (0, 0, 0, 0), "int8"),  # ResNet50's 7x7 1x1
+    ((1, 14, 14, 512), 48, 1, (2, 2), (0, 0, 0, 0), "int8"),  # strided 1x1: its subsample
+    ((2, 6, 6, 64), 32, 3, (1, 1), (2, 2, 2, 2), "int8"),  # dilation 2, pixels first
+]
+
+
+def _blocks(func) -> list[str]:
+    sch = tvm.s_tir.Schedule(func)
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
+def _dilated(case):
+    """conv_build, with dilation 2 for the dilated case of FLAT."""
+    if case is not FLAT[5]:
+        return conv_build(case)
+    shape, out_c, k, strides, padding, _ = case
+    w = RNG.integers(-127, 128, (out_c, k, k, shape[3])).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, out_c).astype(np.int32)
+    x = RNG.integers(-128, 128, shape).astype(np.int8)
+    want = ref_conv2d(x, w, bias, -7, strides, padding, (2, 2))
+    window = kernels.Window(strides, padding, (2, 2))
+    return (lambda v: kernels.conv2d(v, w, bias, -7, window)), x, want
+
+
+@pytest.mark.parametrize("case", FLAT)
+def test_small_maps_take_the_flat_form(case) -> None:
+    """A map whose rows fill AMX tiles poorly is one flat row of pixels: two tiles of 16 per
+    register tile, each image's sums and epilogue in one parallel iteration, exact."""
+    build, x, want = _dilated(case)
+    kernel = dot_kernel(build, [x], SPR)
+    assert int8.FLAT in _blocks(kernel)
+    sch = int8_amx.AmxKernels().apply(kernel, SPR, False)
+    assert sch is not None
+    assert sch.mod.script().count("T.parallel") == 2  # the activation copy's, the product's
+    dot = sch.get_sblock(f"{int8.FLAT}_update_o")
+    out_loop, dot_loop = sch.get_loops(output_block(sch))[0], sch.get_loops(dot)[0]
+    assert sch.get(out_loop).same_as(sch.get(dot_loop))
+    if runs_here("sapphirerapids"):
+        np.testing.assert_array_equal(run(compile_relax(build, [x], SPR), [x]), want)
+
+
+@pytest.mark.parametrize("case", [CONVS[0], CONVS[2], CONVS[4], VNNI_ONLY[2]])
+def test_row_form_elsewhere(case) -> None:
+    build, x, _ = conv_build(case)
+    assert int8.FLAT not in _blocks(dot_kernel(build, [x], SPR))
+
+
+def test_flat_form_only_with_amx() -> None:
+    build, x, _ = conv_build(CONVS[6])
+    assert int8.FLAT not in _blocks(dot_kernel(build, [x], ZEN4))
+
+
+@AMX
+def test_flat_product_on_vnni_if_amx_refuses(monkeypatch) -> None:
+    """Should the AMX schedule refuse a flat product, the VNNI rule's schedule (its epilogue
+    as a pass of its own) computes it exactly."""
+    build, x, want = conv_build(CONVS[6])
+
+    def refuse(_sch) -> None:
+        raise ValueError("refused")
+
+    monkeypatch.setattr(int8_amx, "schedule_amx", refuse)
+    executable = compile_relax(build, [x], SPR)
+    assert "tdpbusd" not in assembly(executable) and "vpdpbusd" in assembly(executable)
+    np.testing.assert_array_equal(run(executable, [x]), want)
+
+
+@AMX
+def test_flat_residual_epilogue_bit_exact() -> None:
+    """Requantization, the residual's rescale and add over a flat 7x7 map's sums."""
+    _, _, _, bias, real = residual_case()
+    x = RNG.integers(-128, 128, (1, 7, 7, 256)).astype(np.int8)
+    r = RNG.integers(-128, 128, (1, 7, 7, 24)).astype(np.int8)
+    w = RNG.integers(-127, 128, (24, 1, 1, 256)).astype(np.int8)
+    build = lambda a, b: residual_block(a, b, w, bias, real)  # noqa: E731
+    assert int8.FLAT in _blocks(dot_kernel(build, [x, r], SPR))
+    executable = compile_relax(build, [x, r], SPR)
+    np.testing.assert_array_equal(run(executable, [x, r]), residual_expected(x, r, w, bias, real))

@@ -36,6 +36,7 @@ from bridge.schedules.common import (
     SERIAL_PRODUCTS,
     find_block,
     is_reduction,
+    largest_divisor,
     loops_product,
     most_accumulators,
     parallel_unless_small,
@@ -64,6 +65,16 @@ ACC_SCOPE = "global"
 PARALLEL_MIN = 32
 # input channels from which a copy is made strip by strip (:func:`_copy_per_strip`)
 STRIP_COPY_CHANNELS = 64
+# AMX (bridge.schedules.int8_amx): an activation tile holds up to AMX_ROWS pixels; products
+# over fewer than AMX_MIN_CHANNELS input channels, AMX_MIN_DEPTH terms (window x channels) or
+# AMX_MIN_PIXELS pixels per tile stay on VNNI. Depth measured per kernel, interleaved, 2
+# threads, batch 8, Sapphire Rapids: 16-192 terms took 1.1-2.4x VNNI's time (the tile set-up
+# and the sums' trip through memory outweigh the product), 256-4608 0.38-1.0x
+AMX_ROWS, AMX_MIN_CHANNELS, AMX_MIN_DEPTH, AMX_MIN_PIXELS = 16, 16, 256, 4
+# A map whose rows fill AMX tiles poorly (7 pixels a row: 7 of 16 tile rows) is read as one
+# flat row of pixels (:func:`_flat_dot`) where that fills them FLAT_GAIN times better
+FLAT_GAIN = 1.25
+FLAT = "int8_dot_flat"  # the flat product's block (a DOT block)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,18 @@ def dot_kind(target: tvm.target.Target) -> DotKind | None:
     except Exception:  # a target LLVM cannot describe
         return None
     return None
+
+
+def has_amx(target: tvm.target.Target) -> bool:
+    """The target is an x86 CPU with AMX-INT8 tiles (and the VNNI kernels they replace)."""
+    if dot_kind(target) is not VNNI:
+        return False
+    try:
+        return bool(target_has_features("amx-int8", target)) and bool(
+            target_has_features("amx-tile", target)
+        )
+    except Exception:  # a target LLVM cannot describe
+        return False
 
 
 def _dot_desc(lanes: int, group: int, act_dtype: str):
@@ -219,22 +242,31 @@ def pack_weights(weight_hwio: np.ndarray, kind: DotKind) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(4, 0, 1, 2, 5, 3))
 
 
-def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: DotKind, step=(1, 1)):
+def _activations(
+    x: te.Tensor,
+    padding,
+    pad_value: int,
+    channels: int,
+    kind: DotKind,
+    step=(1, 1),
+    flat: int = 0,
+):
     """The activation copy the dot reads: spatially padded with ``pad_value``, channels
     padded to ``channels`` (their weights are zero), shifted to uint8 for VNNI, widened to
     int16 for ``vpmaddwd`` (each activation widened once, not once per tile of output
     channels that reads it); ``x`` itself when nothing changes. ``step`` (a strided 1x1
     convolution's strides, no padding): only every ``step``-th row and column, so the dot
-    reads a dense map with stride 1."""
+    reads a dense map with stride 1. ``flat``: the padded map's pixels as one row
+    ``[n, 1, flat, channels]``, row after row, pad values past its end."""
     n, h, w, c = (int(d) for d in x.shape)
     top, left, bottom, right = padding
     sh, sw = step
     shift = kind.shift and x.dtype == "int8"
-    if not (any(padding) or channels != c or shift or kind.widen or step != (1, 1)):
+    if not (any(padding) or channels != c or shift or kind.widen or step != (1, 1) or flat):
         return x
 
     def value(b, y, xx, ch):
-        row, col = y * sh, xx * sw  # in the padded input
+        row, col = y * sh, xx * sw  # in the padded input (rows past its end: padding)
         inside = tirx.all(row >= top, row < top + h, col >= left, col < left + w, ch < c)
         v = x[
             b,
@@ -248,7 +280,24 @@ def _activations(x: te.Tensor, padding, pad_value: int, channels: int, kind: Dot
         return v.astype("int16") if kind.widen else v
 
     rows, cols = (h + top + bottom - 1) // sh + 1, (w + left + right - 1) // sw + 1
+    if flat:
+        return te.compute(
+            (n, 1, flat, channels),
+            lambda b, _, p, ch: value(b, p // cols, p % cols, ch),
+            name=ACT,
+        )
     return te.compute((n, rows, cols, channels), value, name=ACT)
+
+
+def flat_fills_better(out_h: int, out_w: int, cols: int) -> bool:
+    """AMX tiles over the map's pixels as one flat row (:func:`_flat_dot`: ``out_h`` rows of
+    ``cols`` pixels, the last ``cols - out_w`` of each computed and dropped) fill their rows
+    FLAT_GAIN times better than tiles of a divisor of ``out_w`` pixels, which AMX takes."""
+    pixels = largest_divisor(out_w, AMX_ROWS)
+    if pixels < AMX_MIN_PIXELS:
+        return False
+    flat_fill = out_h * out_w / _round_up(out_h * cols, 2 * AMX_ROWS)
+    return flat_fill >= FLAT_GAIN * pixels / AMX_ROWS
 
 
 def dot_conv2d(
@@ -261,17 +310,34 @@ def dot_conv2d(
     dilation,
     pad_value: int,
     kind: DotKind,
+    amx: bool = False,
 ) -> te.Tensor:
-    """NHWC convolution with packed weights (:func:`pack_weights`): int32."""
+    """NHWC convolution with packed weights (:func:`pack_weights`): int32. ``amx``: the
+    target has AMX tiles, and a map they would fill poorly takes the flat form."""
     (sh, sw), (dh, dw) = strides, dilation
     tiles, kh, kw, cg, lanes, group = (int(d) for d in w.shape)
     step = (1, 1)
     if kh == kw == 1 and not any(padding) and (sh, sw) != (1, 1):  # a strided 1x1: subsample
         step, (sh, sw) = (sh, sw), (1, 1)
+    n, h, width = (int(d) for d in x.shape[:3])
+    top, left, bottom, right = padding
+    rows = (h + top + bottom - 1) // step[0] + 1
+    cols = (width + left + right - 1) // step[1] + 1
+    out_h = (rows - (kh - 1) * dh - 1) // sh + 1
+    out_w = (cols - (kw - 1) * dw - 1) // sw + 1
+    depth = kh * kw * cg * group
+    if (
+        amx
+        and (sh, sw) == (1, 1)
+        and cg * group >= AMX_MIN_CHANNELS
+        and depth >= AMX_MIN_DEPTH
+        and flat_fills_better(out_h, out_w, cols)
+    ):
+        geometry = (out_h, out_w, cols)
+        return _flat_dot(
+            x, w, corr, out_channels, geometry, padding, dilation, pad_value, kind, step
+        )
     xs = _activations(x, padding, pad_value, cg * group, kind, step)
-    n, h, width, _ = (int(d) for d in xs.shape)
-    out_h = (h - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width - (kw - 1) * dw - 1) // sw + 1
     rh, rw, rc, rg = (
         te.reduce_axis((0, e), name)
         for e, name in ((kh, "rh"), (kw, "rw"), (cg, "rc"), (group, "rg"))
@@ -286,6 +352,53 @@ def dot_conv2d(
         name=DOT,
     )
     return _finish(acc, corr, out_channels)
+
+
+def _flat_dot(
+    x: te.Tensor,
+    w: te.Tensor,
+    corr: te.Tensor | None,
+    out_channels: int,
+    geometry: tuple[int, int, int],
+    padding,
+    dilation,
+    pad_value: int,
+    kind: DotKind,
+    step,
+) -> te.Tensor:
+    """A stride-1 convolution over the padded map's pixels as one flat row (``geometry``:
+    ``out_h, out_w``, and ``cols`` pixels per padded row): output pixel ``q = y * cols + x``
+    sums activation pixels ``q + r * dh * cols + s * dw`` (window position ``r, s``), so AMX_ROWS
+    consecutive outputs read AMX_ROWS pixels at one stride whatever rows they span, and a
+    7x7 map fills 49 of 64 tile rows instead of 7 of 16. The outputs past each row's end (the
+    window wrapping into the next row) are computed and dropped. The sums are laid out
+    ``[n, Q / AMX_ROWS, AMX_ROWS, O]`` (``Q``: the flat outputs rounded up to two tiles), so
+    the AMX schedule sees rows of one tile each, two to a register tile."""
+    (dh, dw), tiles, kh, kw, cg, lanes, group = dilation, *(int(d) for d in w.shape)
+    out_h, out_w, cols = geometry
+    span = _round_up(out_h * cols, 2 * AMX_ROWS)
+    reach = (kh - 1) * dh * cols + (kw - 1) * dw
+    xs = _activations(x, padding, pad_value, cg * group, kind, step, flat=span + reach)
+    rh, rw, rc, rg = (
+        te.reduce_axis((0, e), name)
+        for e, name in ((kh, "rh"), (kw, "rw"), (cg, "rc"), (group, "rg"))
+    )
+    acc = te.compute(
+        (int(x.shape[0]), span // AMX_ROWS, AMX_ROWS, tiles * lanes),
+        lambda b, y, xx, o: te.sum(
+            xs[b, 0, y * AMX_ROWS + xx + rh * dh * cols + rw * dw, rc * group + rg].astype("int32")
+            * w[o // lanes, rh, rw, rc, o % lanes, rg].astype("int32"),
+            axis=[rh, rw, rc, rg],
+        ),
+        name=FLAT,
+    )
+
+    def pixel(b, y, xx, o):
+        q = y * cols + xx
+        sums = acc[b, q // AMX_ROWS, q % AMX_ROWS, o]
+        return sums if corr is None else sums - corr[o]
+
+    return te.compute((int(x.shape[0]), out_h, out_w, out_channels), pixel, name="int8_out")
 
 
 def dot_matmul(
@@ -324,7 +437,7 @@ def prepack_int8(target: tvm.target.Target, derived: dict | None = None) -> tvm.
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if kind is None:
             return mod
-        rewriter = _Rewrite(mod, kind, derived)
+        rewriter = _Rewrite(mod, kind, derived, has_amx(target))
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
                 rewriter._uses = use_counts(func)
@@ -384,9 +497,9 @@ def packed_const(array: np.ndarray, source: relax.Expr, derived: dict | None) ->
 
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, kind: DotKind, derived: dict | None):
+    def __init__(self, mod: tvm.IRModule, kind: DotKind, derived: dict | None, amx: bool):
         super().__init__(mod)
-        self.kind, self.derived = kind, derived
+        self.kind, self.derived, self.amx = kind, derived, amx
         self.folded = False
         self._plain: dict[str, object] = {}  # a dot's kernel name -> the same dot without corr
         self._uses: dict = {}
@@ -446,6 +559,7 @@ class _Rewrite(relax.PyExprMutator):
                 [int(d) for d in attrs.dilation],
                 value,
                 self.kind,
+                self.amx,
             )
 
         return self._dot(build, args, corr, "conv2d_int8_dot")
@@ -687,9 +801,12 @@ def _same_pixels(dot: list[int], shape: list[int]) -> bool:
     return dot[:2] == [1, 1] and shape[-2:-1] == dot[2:3] and all(d == 1 for d in shape[:-2])
 
 
-def _epilogue_output(sch: s_tir.Schedule, dot, epilogue: list[str]) -> str | None:
+def _epilogue_output(
+    sch: s_tir.Schedule, dot, epilogue: list[str], flat: bool = False
+) -> str | None:
     """The last epilogue block that writes one value per pixel and output channel of the
-    dot (the requantized int8 output, before any pad of it)."""
+    dot (the requantized int8 output, before any pad of it). ``flat``: the dot's sums are
+    a flat map's (:func:`_flat_dot`), the output the map's ``[n, h, w, channels]``."""
     dot_shape = _shape(sch, dot)
     chosen = None
     for name in epilogue:
@@ -697,7 +814,11 @@ def _epilogue_output(sch: s_tir.Schedule, dot, epilogue: list[str]) -> str | Non
         if is_reduction(sch, block):
             break
         shape = _shape(sch, block)
-        if _same_pixels(dot_shape, shape) and shape[-1] <= dot_shape[-1]:
+        if flat:
+            per_pixel = len(shape) == 4 and shape[0] == dot_shape[0]
+        else:
+            per_pixel = _same_pixels(dot_shape, shape)
+        if per_pixel and shape[-1] <= dot_shape[-1]:
             chosen = name
     return chosen
 
@@ -802,14 +923,16 @@ def _vectorize_rest(sch: s_tir.Schedule, names: list[str], fused, lanes: int) ->
 
 
 def _schedule_act(sch: s_tir.Schedule, block) -> None:
-    """The activation copy by rows (parallel), pixel by pixel, the channels of a pixel in
-    byte vectors (64, 32 ... 4 wide, whichever divides them; unrolled otherwise). One vector
+    """The activation copy by rows (a flat map's by pixels: parallel), pixel by pixel, the
+    channels of a pixel in byte vectors (64, 32 ... 4 wide, whichever divides them; unrolled
+    otherwise). One vector
     over the fused pixels and channels would straddle pixels whenever the channels are not
     a multiple of it (24, the first convolution's 3 padded to 4): LLVM then gathers and
     scatters bytes one by one."""
-    b, y, _x, ch = sch.get_loops(block)
-    elements = loops_product(sch, (b, y, _x, ch))
-    parallel_unless_small(sch, sch.fuse(b, y), elements, SERIAL_ELEMENTS)
+    b, y, x, ch = sch.get_loops(block)
+    elements = loops_product(sch, (b, y, x, ch))
+    rows = sch.fuse(b, y, x) if int(sch.get(y).extent) == 1 else sch.fuse(b, y)  # flat: pixels
+    parallel_unless_small(sch, rows, elements, SERIAL_ELEMENTS)
     _vector_channels(sch, ch)
 
 

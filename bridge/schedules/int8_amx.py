@@ -20,7 +20,12 @@ to uint8); only the schedule differs:
   window position, two rows a further -2.3%;
 * the tiles are configured (``ldtilecfg``: per thread) once per parallel iteration, a strip
   of pixels (:func:`_configures_tiles`), and each register tile's first step zeroes its sums;
-* the elementwise epilogue reads the tile's sums from the stack, as in the VNNI schedule.
+* the elementwise epilogue reads the tile's sums from the stack, as in the VNNI schedule;
+* a small map (7x7: 7 of a tile's 16 rows used) is read as one flat row of pixels
+  (:func:`~bridge.schedules.int8._flat_dot`: 49 of 64 rows), two tiles of 16 per register
+  tile, each parallel iteration an image and a register tile of channels, its epilogue
+  merged in (:func:`_merge_image`). ResNet50 int8 batch 1 (7x7 stage) 0.96-0.97x, batch 8
+  0.94x (Xeon with AMX, 2 threads).
 
 Convolutions with a horizontal stride other than 1, under 16 input channels (the first
 convolution), under :data:`MIN_DEPTH` products per output (where VNNI is faster) or under 4
@@ -40,12 +45,15 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.sym.pattern import detect_linear_equation
-from tvm.target.codegen import target_has_features
 
 from bridge.schedules.common import largest_divisor, weights_first
 from bridge.schedules.int8 import (
+    AMX_MIN_CHANNELS,
+    AMX_MIN_DEPTH,
+    AMX_MIN_PIXELS,
+    AMX_ROWS,
     DOT,
-    VNNI,
+    FLAT,
     Int8Kernels,
     _copy_per_strip,
     _dot_block,
@@ -53,18 +61,15 @@ from bridge.schedules.int8 import (
     _strip_copy,
     _vector_inner,
     _vectorize_rest,
-    dot_kind,
+    has_amx,
 )
 
 LANES = 16  # output channels per sums tile (64 bytes of int32 per row)
-MAX_PIXELS = 16  # rows per tile
+MAX_PIXELS = AMX_ROWS  # rows per tile
 MAX_KT = 64  # input channels per step (64 bytes per activation tile row)
-MIN_KT = 16  # fewer input channels: a tdpbusd does too little, VNNI does better
-MIN_PIXELS = 4
-# products summing fewer terms (window x input channels) stay on VNNI: per kernel, interleaved,
-# 2 threads, batch 8, Sapphire Rapids: depth 16-192 took 1.1-2.4x VNNI's time (the tile set-up
-# and the sums' trip through memory outweigh the product), 256-4608 0.38-1.0x
-MIN_DEPTH = 256
+MIN_KT = AMX_MIN_CHANNELS  # fewer input channels: a tdpbusd does too little, VNNI does better
+MIN_PIXELS = AMX_MIN_PIXELS
+MIN_DEPTH = AMX_MIN_DEPTH  # products summing fewer terms stay on VNNI
 MAX_SUMS = 4  # sums tiles per register tile (tiles 0-3); activations: tile 4; weights: 5-7
 A_TILE, B_TILES = 4, (5, 6, 7)
 # two rows of pixels per register tile (where the output has an even number of rows): sums
@@ -76,18 +81,6 @@ PARALLEL_STRIPS = 8  # pixel strips from which the strips alone run in parallel
 ANNOTATION = "bridge.amx"
 # Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) through syscall(2)
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
-
-
-def has_amx(target: tvm.target.Target) -> bool:
-    """The target is an x86 CPU with AMX-INT8 tiles (and the VNNI kernels they replace)."""
-    if dot_kind(target) is not VNNI:
-        return False
-    try:
-        return bool(target_has_features("amx-int8", target)) and bool(
-            target_has_features("amx-tile", target)
-        )
-    except Exception:  # a target LLVM cannot describe
-        return False
 
 
 def tile_config(pixels: int, kt: int, sums: int, rows: int = 1) -> list[int]:
@@ -116,12 +109,26 @@ def _intrin(name: str, *args) -> tirx.PrimExpr:
     return T.call_llvm_intrin("void", f"llvm.x86.{name}", *args)
 
 
+def _load(tile, element, stride) -> tirx.PrimExpr:
+    """``tileloadd``: the tile's rows from ``element``'s address on, ``stride`` bytes apart."""
+    return _intrin(
+        "tileloadd64", T.Cast("uint8", tile), T.address_of(element), T.Cast("int64", stride)
+    )
+
+
+def _dot(sums, a, b) -> tirx.PrimExpr:
+    """``tdpbusd``: tile ``sums`` += tile ``a`` (uint8) x tile ``b`` (int8)."""
+    return _intrin("tdpbusd", T.Cast("uint8", sums), T.Cast("uint8", a), T.Cast("uint8", b))
+
+
 @dataclass(frozen=True)
 class Tile:
     """One register tile's shape: ``rows`` x ``pixels`` output pixels by ``16 x sums``
     channels, reduced over ``channels`` input channels ``kt`` at a time and the whole
     ``kh x kw`` window (vertical stride ``sh``, dilation ``dh``, ``dw``; horizontal stride
-    1: a tile row's pixels are one row of activations at a constant stride)."""
+    1: a tile row's pixels are one row of activations at a constant stride). A flat map
+    (:func:`~bridge.schedules.int8._flat_dot`) has one row of activations: its tile rows and
+    window rows step along it, ``ch`` and ``cr`` pixels each."""
 
     pixels: int
     channels: int
@@ -133,6 +140,8 @@ class Tile:
     sh: int = 1
     dh: int = 1
     dw: int = 1
+    ch: int = 0
+    cr: int = 0
 
     @property
     def name(self) -> str:
@@ -142,7 +151,15 @@ class Tile:
     def activations(self) -> tuple[int, int, int]:
         """The activations one update reads: rows, columns, channels."""
         height = (self.rows - 1) * self.sh + (self.kh - 1) * self.dh + 1
-        return height, self.pixels + (self.kw - 1) * self.dw, self.channels
+        cols = (self.rows - 1) * self.ch + (self.kh - 1) * self.cr + self.pixels
+        return height, cols + (self.kw - 1) * self.dw, self.channels
+
+    def at(self, h, i, r, q, c) -> tuple:
+        """The activation (row, column, channel ``c``) tile row ``h``'s pixel ``i`` reads at
+        window position ``(r, q)`` (terms of a zero step left out: the matched block has none)."""
+        row = sum(v * k for v, k in ((h, self.sh), (r, self.dh)) if k)
+        col = sum((v * k for v, k in ((h, self.ch), (r, self.cr), (q, self.dw)) if k), i)
+        return row, col, c
 
 
 def _init_desc(tile: Tile):
@@ -193,7 +210,7 @@ def _update_desc(tile: Tile):
     4]`` over the window and the input channels. Loops of one iteration (one row, a 1x1
     window) are left out, as the schedule's block has none."""
     rows, pixels, width, sums = tile.rows, tile.pixels, LANES * tile.sums, tile.sums
-    kh, kw, sh, dh, dw, groups = tile.kh, tile.kw, tile.sh, tile.dh, tile.dw, tile.channels // 4
+    kh, kw, groups = tile.kh, tile.kw, tile.channels // 4
     height, cols, channels = tile.activations
     window = kh * kw > 1
 
@@ -224,28 +241,28 @@ def _update_desc(tile: Tile):
                     with T.sblock("update"):
                         vh, vi, vj, vr, vq, vk, vg = T.axis.remap("SSSRRRR", [h, i, j, r, q, k, g])
                         C[vh, vi, vj] = C[vh, vi, vj] + T.cast(
-                            A[vh * sh + vr * dh, vi + vq * dw, vk * 4 + vg], "int32"
+                            A[tile.at(vh, vi, vr, vq, vk * 4 + vg)], "int32"
                         ) * T.cast(B[vj // LANES, vr, vq, vk, vj % LANES, vg], "int32")
             elif window:
                 for r, q, i, j, k, g in T.grid(kh, kw, pixels, width, groups, 4):
                     with T.sblock("update"):
                         vi, vj, vr, vq, vk, vg = T.axis.remap("SSRRRR", [i, j, r, q, k, g])
                         C[0, vi, vj] = C[0, vi, vj] + T.cast(
-                            A[vr * dh, vi + vq * dw, vk * 4 + vg], "int32"
+                            A[tile.at(0, vi, vr, vq, vk * 4 + vg)], "int32"
                         ) * T.cast(B[vj // LANES, vr, vq, vk, vj % LANES, vg], "int32")
             elif rows > 1:
                 for h, i, j, k, g in T.grid(rows, pixels, width, groups, 4):
                     with T.sblock("update"):
                         vh, vi, vj, vk, vg = T.axis.remap("SSSRR", [h, i, j, k, g])
                         C[vh, vi, vj] = C[vh, vi, vj] + T.cast(
-                            A[vh * sh, vi, vk * 4 + vg], "int32"
+                            A[tile.at(vh, vi, 0, 0, vk * 4 + vg)], "int32"
                         ) * T.cast(B[vj // LANES, 0, 0, vk, vj % LANES, vg], "int32")
             else:
                 for i, j, k, g in T.grid(pixels, width, groups, 4):
                     with T.sblock("update"):
                         vi, vj, vk, vg = T.axis.remap("SSRR", [i, j, k, g])
                         C[0, vi, vj] = C[0, vi, vj] + T.cast(
-                            A[0, vi, vk * 4 + vg], "int32"
+                            A[tile.at(0, vi, 0, 0, vk * 4 + vg)], "int32"
                         ) * T.cast(B[vj // LANES, 0, 0, vk, vj % LANES, vg], "int32")
 
     return desc
@@ -257,7 +274,7 @@ def _update_impl(tile: Tile):
     ``tdpbusd`` per row with it; the sums stay in their tiles throughout and are stored once
     at the end."""
     rows, pixels, width, sums, kt = tile.rows, tile.pixels, LANES * tile.sums, tile.sums, tile.kt
-    kh, kw, sh, dh, dw, groups = tile.kh, tile.kw, tile.sh, tile.dh, tile.dw, tile.channels // 4
+    kh, kw, groups = tile.kh, tile.kw, tile.channels // 4
     height, cols, channels = tile.activations
     (a_first, *_), b_tiles = _tiles(rows)
     b_first, b_count = b_tiles[0], len(b_tiles)
@@ -286,32 +303,17 @@ def _update_impl(tile: Tile):
             T.writes(C[0:rows, 0:pixels, 0:width])
             for r, q, s in T.grid(kh, kw, channels // kt):
                 for h in T.unroll(rows):
-                    T.evaluate(
-                        _intrin(
-                            "tileloadd64",
-                            T.Cast("uint8", a_first + h),
-                            T.address_of(A[h * sh + r * dh, q * dw, s * kt]),
-                            T.Cast("int64", sa),
-                        )
-                    )
+                    T.evaluate(_load(a_first + h, A[tile.at(h, 0, r, q, s * kt)], sa))
                 for t in T.unroll(sums):
                     T.evaluate(
-                        _intrin(
-                            "tileloadd64",
-                            T.Cast("uint8", b_first + t % b_count),
-                            T.address_of(B[t, r, q, s * (kt // 4), 0, 0]),
-                            T.int64(LANES * 4),
+                        _load(
+                            b_first + t % b_count,
+                            B[t, r, q, s * (kt // 4), 0, 0],
+                            LANES * 4,
                         )
                     )
                     for h in T.unroll(rows):
-                        T.evaluate(
-                            _intrin(
-                                "tdpbusd",
-                                T.Cast("uint8", h * sums + t),
-                                T.Cast("uint8", a_first + h),
-                                T.Cast("uint8", b_first + t % b_count),
-                            )
-                        )
+                        T.evaluate(_dot(h * sums + t, a_first + h, b_first + t % b_count))
             for h in T.unroll(rows):
                 for t in T.unroll(sums):
                     T.evaluate(
@@ -356,19 +358,22 @@ def _coefficient(sch: s_tir.Schedule, block, axis: int, var: int) -> int | None:
     return int(coefficients[0])
 
 
-def _tile(sch: s_tir.Schedule, block):
+def _tile(sch: s_tir.Schedule, block, out=None):
     """Split and order the dot's loops for AMX: ``(n, y, x/pixels)`` parallel outside (with
-    the output channels' register tiles too when there are few strips), then the register
-    tile: the window, ``ROWS`` rows where they divide the output's, the pixels, ``16 x sums``
-    channels and the input channels, which one update tensorizes. Returns the parallel loop,
-    whether it runs by strip, the loop the update tensorizes, the window's first loop (where
-    the sums are zeroed) and the :class:`Tile`."""
+    the output channels' register tiles too when there are few strips; a flat map's image
+    and register tiles of channels, its epilogue ``out`` merged in: :func:`_merge_image`),
+    then the register tile: the window, ``ROWS`` rows where they divide the output's, the
+    pixels, ``16 x sums`` channels and the input channels, which one update tensorizes.
+    Returns the parallel loop, whether it runs by strip, the loop the update tensorizes, the
+    window's first loop (where the sums are zeroed) and the :class:`Tile`."""
     if horizontal_stride(sch, block) != 1:
         raise ValueError("a tile's pixels are one row of activations: stride 1 only")
-    # the block's iterators: n, y, x, o, rh, rw, rc, rg
-    sh, dh, dw = (_coefficient(sch, block, axis, var) for axis, var in ((1, 1), (1, 4), (2, 5)))
-    if None in (sh, dh, dw):
+    # the block's iterators: n, y, x, o, rh, rw, rc, rg; activations' axes: n, row, column, c
+    steps = ((1, 1), (1, 4), (2, 5), (2, 1), (2, 4))  # sh, dh, dw, ch, cr: (axis, iterator)
+    sh, dh, dw, ch, cr = (_coefficient(sch, block, axis, var) for axis, var in steps)
+    if None in (sh, dh, dw, ch, cr):
         raise ValueError("rows or window positions read at no constant stride")
+    flat = sch.get(block).name_hint.startswith(FLAT)
     n, y, x, o, rh, rw, rc, rg = sch.get_loops(block)
     kh, kw = int(sch.get(rh).extent), int(sch.get(rw).extent)
     pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS)
@@ -388,13 +393,31 @@ def _tile(sch: s_tir.Schedule, block):
         inner.insert(0, y_inner)
     strips = int(sch.get(n).extent) * int(sch.get(y_outer).extent) * int(sch.get(x_outer).extent)
     first = weights_first(sch, block, 3) is not None
-    by_strip = strips >= PARALLEL_STRIPS and not first
+    by_strip = strips >= PARALLEL_STRIPS and not first and not flat
     outer = (o_outer, n, y_outer, x_outer) if first else (n, y_outer, x_outer, o_outer)
-    sch.reorder(*outer, rh, rw, *inner, o_tile, rc, rg)
+    if flat:  # a whole image per parallel iteration: its outputs are no box of the sums
+        outer = (o_outer, n) if first else (n, o_outer)
+        sch.reorder(*outer, y_outer, x_outer, rh, rw, *inner, o_tile, rc, rg)
+    else:
+        sch.reorder(*outer, rh, rw, *inner, o_tile, rc, rg)
     fused = sch.fuse(n, y_outer, x_outer) if by_strip else sch.fuse(*outer)
+    if flat and out is not None:
+        fused = _merge_image(sch, out, fused, sums * LANES, first)
     sch.parallel(fused)
-    tile = Tile(pixels, 4 * groups, kt, sums, kh, kw, rows, sh, dh, dw)
+    tile = Tile(pixels, 4 * groups, kt, sums, kh, kw, rows, sh, dh, dw, ch, cr)
     return fused, by_strip, rh if kh * kw > 1 else inner[0], rh, tile
+
+
+def _merge_image(sch: s_tir.Schedule, out, fused, channels: int, first: bool):
+    """The epilogue ``out`` of a flat map's dot by image and ``channels`` output channels,
+    those loops merged with the dot's parallel loop ``fused`` (the same image and channels,
+    in the same order): each iteration requantizes the sums it made. The epilogue reads the
+    sums at ``y * cols + x``, which ``reverse_compute_at`` cannot invert."""
+    b, y, x, o = sch.get_loops(out)
+    o_outer, o_inner = sch.split(o, [None, channels])
+    order = (o_outer, b) if first else (b, o_outer)
+    sch.reorder(*order, y, x, o_inner)
+    return sch.merge(fused, sch.fuse(*order))
 
 
 def schedule_amx(sch: s_tir.Schedule) -> None:
@@ -407,15 +430,17 @@ def schedule_amx(sch: s_tir.Schedule) -> None:
         raise ValueError("AMX multiplies uint8 activations")
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
     epilogue = names[names.index(sch.get(block).name_hint) + 1 :]
-    output = _epilogue_output(sch, block, epilogue)
+    flat = sch.get(block).name_hint.startswith(FLAT)
+    output = _epilogue_output(sch, block, epilogue, flat)
     if epilogue and output is None:
         raise ValueError("no epilogue output")
     for name in epilogue[: epilogue.index(output)] if output else []:
         sch.compute_inline(sch.get_sblock(name))
-    fused, by_strip, update_loop, rh, tile = _tile(sch, block)
-    if output is not None:
-        out = sch.get_sblock(output)
-        sch.reverse_compute_at(out, fused)
+    out = None if output is None else sch.get_sblock(output)
+    fused, by_strip, update_loop, rh, tile = _tile(sch, block, out)
+    if out is not None:
+        if not flat:  # a flat map's epilogue is merged in already
+            sch.reverse_compute_at(out, fused)
         _vector_inner(sch, out, LANES)
     if by_strip and _strip_copy(sch):
         _copy_per_strip(sch, fused)
