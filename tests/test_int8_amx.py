@@ -211,9 +211,31 @@ def test_tiles_configured_once_per_parallel_iteration(case) -> None:
     sch = int8_amx.AmxKernels().apply(dot_kernel(build, [x], SPR), SPR, False)
     mod = int8_amx.request_amx(sch.mod)
     script = mod.script()
-    assert script.count("ldtilecfg") == 1
-    assert script.index("syscall") < script.index("T.parallel") < script.index("ldtilecfg")
-    assert script.index("ldtilecfg") < script.index("tilezero")
+    assert script.count("ldtilecfg") == 1 and script.count("sttilecfg") == 1
+    assert script.index("syscall") < script.index("T.parallel") < script.index("sttilecfg")
+    assert script.index("sttilecfg") < script.index("ldtilecfg") < script.index("tilezero")
+    # loaded only where the thread's tiles are configured otherwise
+    assert re.search(
+        r"if .*amx_current\[0\] != .*\n\s*T\.call_llvm_intrin\([^\n]*ldtilecfg", script
+    )
+
+
+@AMX
+def test_kernels_of_other_tile_shapes_in_turn_bit_exact() -> None:
+    """Kernels of different tile configurations called in turn on the same threads: each
+    finds the other's configuration in place and loads its own (an unchanged one is kept)."""
+    cases = [CONVS[0], CONVS[2], CONVS[6]]  # 10-pixel tiles; 14 pixels, 4 sums; flat
+    builds = [conv_build(case) for case in cases]
+    configs = set()
+    for build, x, _ in builds:
+        sch = int8_amx.AmxKernels().apply(dot_kernel(build, [x], SPR), SPR, False)
+        root = sch.get(sch.get_sblock("root"))
+        configs.add(tuple(int(w) for w in root.annotations[int8_amx.ANNOTATION]))
+    assert len(configs) == len(cases)
+    executables = [compile_relax(build, [x], SPR) for build, x, _ in builds]
+    for _ in range(3):
+        for executable, (_, x, want) in zip(executables, builds, strict=True):
+            np.testing.assert_array_equal(run(executable, [x]), want)
 
 
 @pytest.mark.parametrize(
