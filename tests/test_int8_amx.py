@@ -42,11 +42,12 @@ CONVS = [
     ((1, 6, 8, 272), 80, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 5 x 16 outputs: one tile a time
     ((2, 7, 7, 512), 256, 3, (1, 1), (1, 1, 1, 1), "int8"),  # 1.1 MiB weights: channels first
     ((2, 14, 13, 256), 64, 1, (2, 2), (0, 0, 0, 0), "int8"),  # strided 1x1: a dense copy
+    ((1, 14, 14, 96), 64, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 96 products per output
 ]
 VNNI_ONLY = [
     ((1, 9, 10, 32), 48, 3, (2, 2), (1, 1, 1, 1), "int8"),  # horizontal stride
     ((1, 16, 16, 3), 16, 3, (1, 1), (1, 1, 1, 1), "int8"),  # 3 channels (4 padded)
-    ((1, 14, 14, 96), 64, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 96 products per output
+    ((1, 14, 14, 48), 64, 1, (1, 1), (0, 0, 0, 0), "int8"),  # 48 products per output
 ]
 
 
@@ -81,7 +82,7 @@ def test_amx_only_where_the_target_has_it() -> None:
 
 @pytest.mark.parametrize("case", CONVS + VNNI_ONLY)
 def test_which_convolutions_take_tiles(case) -> None:
-    """Stride-1 rows of 4+ pixels over 16+ channels, 256+ products per output: AMX tiles,
+    """Stride-1 rows of 4+ pixels over 16+ channels, 64+ products per output: AMX tiles,
     the tiles configured per thread, Linux asked for them once per call; others: VNNI."""
     build, x, _ = conv_build(case)
     asm = assembly(compile_relax(build, [x], SPR))

@@ -67,10 +67,12 @@ PARALLEL_MIN = 32
 STRIP_COPY_CHANNELS = 64
 # AMX (bridge.schedules.int8_amx): an activation tile holds up to AMX_ROWS pixels; products
 # over fewer than AMX_MIN_CHANNELS input channels, AMX_MIN_DEPTH terms (window x channels) or
-# AMX_MIN_PIXELS pixels per tile stay on VNNI. Depth measured per kernel, interleaved, 2
-# threads, batch 8, Sapphire Rapids: 16-192 terms took 1.1-2.4x VNNI's time (the tile set-up
-# and the sums' trip through memory outweigh the product), 256-4608 0.38-1.0x
-AMX_ROWS, AMX_MIN_CHANNELS, AMX_MIN_DEPTH, AMX_MIN_PIXELS = 16, 16, 256, 4
+# AMX_MIN_PIXELS pixels per tile stay on VNNI. Depth measured on whole models (Xeon with AMX,
+# 2 threads), the tiles configured only where a thread's are not already: from 256 down to 64
+# terms, ResNet50 int8 0.96x (b1) and 0.95x (b8), MobileNetV2 0.95x / 0.93x, EfficientNetB0
+# 0.93x / 0.92x; down to 16 slower again (MobileNetV2 b1 0.97x). With a configuration per
+# strip of pixels, 16-192 terms had taken 1.1-2.4x VNNI's time (per kernel, batch 8)
+AMX_ROWS, AMX_MIN_CHANNELS, AMX_MIN_DEPTH, AMX_MIN_PIXELS = 16, 16, 64, 4
 # A map whose rows fill AMX tiles poorly (7 pixels a row: 7 of 16 tile rows) is read as one
 # flat row of pixels (:func:`_flat_dot`) where that fills them FLAT_GAIN times better
 FLAT_GAIN = 1.25

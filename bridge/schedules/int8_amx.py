@@ -28,7 +28,7 @@ to uint8); only the schedule differs:
   0.94x (Xeon with AMX, 2 threads).
 
 Convolutions with a horizontal stride other than 1, under 16 input channels (the first
-convolution), under :data:`MIN_DEPTH` products per output (where VNNI is faster) or under 4
+convolution), under :data:`MIN_DEPTH` (64) products per output (where VNNI is faster) or under 4
 pixels per row (a dense layer at batch 1) keep the VNNI schedule; a strided 1x1 convolution
 reads a subsampled copy with stride 1 (:func:`~bridge.schedules.int8.dot_conv2d`), so it
 takes tiles too. Linux
