@@ -253,15 +253,26 @@ def float32_out(attrs) -> bool:
     return dtype is None or str(dtype) in ("", "void", "float32")
 
 
+def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    """The shape of the Relax tensor ``expr`` when every dimension is a constant; None for a
+    symbolic dimension, an unknown shape or a value that is no tensor."""
+    info = getattr(expr, "ty", None)
+    if not isinstance(info, relax.TensorType) or not isinstance(info.shape, relax.ShapeExpr):
+        return None
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values):
+        return None
+    return tuple(int(d) for d in info.shape.values)
+
+
+def static_tensor(expr: relax.Expr, dtypes: tuple[str, ...]) -> bool:
+    """Whether ``expr`` is a tensor of static shape (:func:`static_shape`) of one of
+    ``dtypes``."""
+    return static_shape(expr) is not None and str(expr.ty.dtype) in dtypes
+
+
 def static_float32(expr: relax.Expr) -> bool:
     """Whether ``expr`` is a float32 tensor of static shape."""
-    info = expr.ty
-    return (
-        isinstance(info, relax.TensorType)
-        and str(info.dtype) == "float32"
-        and isinstance(info.shape, relax.ShapeExpr)
-        and all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values)
-    )
+    return static_tensor(expr, ("float32",))
 
 
 def use_counts(func: relax.Function) -> dict:

@@ -36,6 +36,7 @@ from bridge.schedules.common import (
     float32_out,
     loop_extent,
     static_float32,
+    static_shape,
     tensor_constant,
 )
 from bridge.schedules.cpu import (
@@ -173,7 +174,7 @@ def _match(depthwise: relax.Call, values: dict, uses: dict) -> _Group | None:
                 return None
             expand = value
             continue
-        if value.op.name not in ELEMENTWISE or _shape(value) != _shape(expanded):
+        if value.op.name not in ELEMENTWISE or static_shape(value) != static_shape(expanded):
             return None
         steps.append((var, value))
         for arg in value.args:
@@ -224,7 +225,7 @@ def _spatial_zero_pad(call: relax.Call) -> bool:
 
 def _expanded_bytes(depthwise: relax.Call, pad) -> int:
     data = pad.args[0] if pad is not None else depthwise.args[0]
-    return int(np.prod(_shape(data))) * 4
+    return int(np.prod(static_shape(data))) * 4
 
 
 def _padding(group: _Group) -> list[int]:
@@ -336,10 +337,6 @@ class _Plan:
             result = topi.clip(args[0], args[1], args[2])
         memo.append((call, result))
         return result
-
-
-def _shape(expr: relax.Expr) -> tuple[int, ...]:
-    return tuple(int(d) for d in expr.ty.shape.values)
 
 
 class FusedBlockKernels(CPUScheduleRule):

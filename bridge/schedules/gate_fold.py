@@ -19,7 +19,7 @@ import math
 import tvm
 from tvm import relax
 
-from bridge.schedules.common import tensor_constant, use_counts
+from bridge.schedules.common import static_float32, static_shape, tensor_constant, use_counts
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 MULTIPLY = tvm.ir.Op.get("relax.multiply")
@@ -64,13 +64,13 @@ class _FoldGates(relax.PyExprMutator):
         bound = self.lookup_binding(data)
         if not (isinstance(bound, relax.Call) and bound.op.same_as(MULTIPLY)):
             return None
-        if not tensor_constant(weights) or _dtype(weights) != "float32":
+        if not tensor_constant(weights) or not static_float32(weights):
             return None
         split = _map_and_gate(*bound.args)
         if split is None:
             return None
         x, gate = split
-        map_shape, outputs = _shape(x), int(weights.ty.shape.values[3])
+        map_shape, outputs = static_shape(x), int(weights.ty.shape.values[3])
         if math.prod(map_shape[1:3]) <= outputs:
             return None  # scaling the weights would cost more than scaling the map
         channels = map_shape[3]
@@ -92,22 +92,10 @@ class _FoldGates(relax.PyExprMutator):
 def _map_and_gate(a: relax.Expr, b: relax.Expr) -> tuple[relax.Expr, relax.Expr] | None:
     """``(map, gate)`` of a float32 product of an NHWC map at batch 1 and one value per
     channel, in either order; None for any other product."""
-    shapes = [_shape(a), _shape(b)]
-    if None in shapes or any(_dtype(v) != "float32" for v in (a, b)):
+    if not (static_float32(a) and static_float32(b)):
         return None
+    shapes = [static_shape(a), static_shape(b)]
     for (x, gate), (x_shape, g_shape) in (((a, b), shapes), ((b, a), shapes[::-1])):
         if len(x_shape) == 4 and x_shape[0] == 1 and g_shape == (1, 1, 1, x_shape[3]):
             return x, gate
     return None
-
-
-def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    values = getattr(getattr(getattr(expr, "ty", None), "shape", None), "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return tuple(int(v) for v in values)
-
-
-def _dtype(expr: relax.Expr) -> str | None:
-    dtype = getattr(getattr(expr, "ty", None), "dtype", None)
-    return None if dtype is None else str(dtype)

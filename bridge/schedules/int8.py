@@ -40,6 +40,7 @@ from bridge.schedules.common import (
     loops_product,
     most_accumulators,
     parallel_unless_small,
+    static_tensor,
     use_counts,
     vectorize_block,
     weights_first,
@@ -460,13 +461,7 @@ def _int8_const(expr: relax.Expr, rank: int) -> np.ndarray | None:
 
 def static_8bit(expr: relax.Expr) -> bool:
     """An int8/uint8 tensor of static shape."""
-    info = expr.ty
-    return (
-        isinstance(info, relax.TensorType)
-        and str(info.dtype) in ("int8", "uint8")
-        and isinstance(info.shape, relax.ShapeExpr)
-        and all(isinstance(d, tirx.IntImm) for d in info.shape.values)
-    )
+    return static_tensor(expr, ("int8", "uint8"))
 
 
 def unpad(

@@ -26,7 +26,13 @@ import tvm
 from tvm import relax, te, topi
 
 from bridge.schedules import winograd
-from bridge.schedules.common import float32_constant, float32_out, static_float32, tensor_constant
+from bridge.schedules.common import (
+    float32_constant,
+    float32_out,
+    static_float32,
+    static_shape,
+    tensor_constant,
+)
 from bridge.schedules.cpu import channel_block, simd_lanes
 
 CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -83,7 +89,7 @@ def _winograd_layers(mod: tvm.IRModule, optimize_for: str) -> list[relax.Expr] |
             weights = _conv_weights(expr)
             if weights is None:
                 return
-            data_shape = _shape(expr.args[0])
+            data_shape = static_shape(expr.args[0])
             variant = winograd.choose(weights, expr.attrs, data_shape)
             if variant is not None:
                 padding = [int(p) for p in expr.attrs.padding]
@@ -172,10 +178,6 @@ class _Prepack(relax.PyExprMutator):
         )
 
 
-def _shape(expr: relax.Expr) -> tuple[int, ...]:
-    return tuple(int(d) for d in expr.ty.shape.values)
-
-
 def _conv_weights(call: relax.Call) -> np.ndarray | None:
     """The HWIO float32 weights of an NHWC, ungrouped, float32 convolution of a statically
     shaped input: what this pass packs; None for any other convolution."""
@@ -208,7 +210,9 @@ def _conv2d(
     if weights is None:
         return None
     block = channel_block(weights.shape[3], lanes)
-    variant = winograd.choose(weights, attrs, _shape(call.args[0])) if winograd_allowed else None
+    variant = (
+        winograd.choose(weights, attrs, static_shape(call.args[0])) if winograd_allowed else None
+    )
     if variant is not None:
         return winograd.rewrite(builder, call.args[0], weights, attrs, block, variant, const)
     if weights.shape[3] == block:
