@@ -18,8 +18,9 @@ to uint8); only the schedule differs:
   one. The sums stay in their tiles over the whole window and are stored once. Measured
   (ResNet50 int8, Emerald Rapids, 2 threads): storing once -2.7% against a store per
   window position, two rows a further -2.3%;
-* the tiles are configured (``ldtilecfg``: per thread) once per parallel iteration, a strip
-  of pixels (:func:`_configures_tiles`), and each register tile's first step zeroes its sums;
+* the tiles are configured (``ldtilecfg``: per thread) at the top of a parallel iteration, a
+  strip of pixels, unless the thread's are configured so already (:func:`_configures_tiles`),
+  and each register tile's first step zeroes its sums;
 * the elementwise epilogue reads the tile's sums from the stack, as in the VNNI schedule;
 * a small map (7x7: 7 of a tile's 16 rows used) is read as one flat row of pixels
   (:func:`~bridge.schedules.int8._flat_dot`: 49 of 64 rows), two tiles of 16 per register
