@@ -337,3 +337,36 @@ def test_flat_residual_epilogue_bit_exact() -> None:
     assert int8.FLAT in _blocks(dot_kernel(build, [x, r], SPR))
     executable = compile_relax(build, [x, r], SPR)
     np.testing.assert_array_equal(run(executable, [x, r]), residual_expected(x, r, w, bias, real))
+
+
+@pytest.mark.slow
+@AMX
+def test_tuned_flat_product_matches_the_default(tmp_path) -> None:
+    """A flat product tuned in bridge's int8 search space (a few MetaSchedule trials): the
+    best candidate computes what the default AMX schedule does, bit for bit."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from bridge.tuning.kernels import build_schedule
+    from bridge.tuning.session import _with_cores
+    from bridge.tuning.space import space
+
+    target = _with_cores(SPR)
+    build, x, _ = conv_build(CONVS[6])
+    kernel = dot_kernel(build, [x], SPR).with_attr("global_symbol", "main")
+    mod = tvm.IRModule({"main": kernel})
+    database = ms.tir_integration.tune_tir(
+        mod, target, str(tmp_path), max_trials_global=6, num_trials_per_iter=3, space=space(mod)
+    )
+    tuned = ms.tir_integration.compile_tir(database, mod, target)
+    default = int8_amx.AmxKernels().apply(kernel, SPR, False)
+    assert tuned is not None and default is not None
+    arrays = [
+        RNG.integers(-100, 100, [int(d) for d in p.shape]).astype(str(p.dtype))
+        for p in kernel.params
+    ]
+    outputs = []
+    for scheduled in (tuned.mod, int8_amx.request_amx(default.mod)):
+        tensors = [tvm.runtime.tensor(a) for a in arrays]
+        build_schedule(scheduled, target)["main"](*tensors)
+        outputs.append(tensors[-1].numpy())
+    np.testing.assert_array_equal(*outputs)
