@@ -245,6 +245,14 @@ def pack_weights(weight_hwio: np.ndarray, kind: DotKind) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(4, 0, 1, 2, 5, 3))
 
 
+def _copy_size(x: te.Tensor, padding, step) -> tuple[int, int]:
+    """(rows, columns) of ``x``'s activation copy (:func:`_activations`): padded, then every
+    ``step``-th row and column."""
+    h, w = (int(d) for d in x.shape[1:3])
+    top, left, bottom, right = padding
+    return (h + top + bottom - 1) // step[0] + 1, (w + left + right - 1) // step[1] + 1
+
+
 def _activations(
     x: te.Tensor,
     padding,
@@ -262,7 +270,7 @@ def _activations(
     reads a dense map with stride 1. ``flat``: the padded map's pixels as one row
     ``[n, 1, flat, channels]``, row after row, pad values past its end."""
     n, h, w, c = (int(d) for d in x.shape)
-    top, left, bottom, right = padding
+    top, left, _, _ = padding
     sh, sw = step
     shift = kind.shift and x.dtype == "int8"
     if not (any(padding) or channels != c or shift or kind.widen or step != (1, 1) or flat):
@@ -282,7 +290,7 @@ def _activations(
             return (v.astype("int32") + 128).astype("uint8")
         return v.astype("int16") if kind.widen else v
 
-    rows, cols = (h + top + bottom - 1) // sh + 1, (w + left + right - 1) // sw + 1
+    rows, cols = _copy_size(x, padding, step)
     if flat:
         return te.compute(
             (n, 1, flat, channels),
@@ -322,10 +330,8 @@ def dot_conv2d(
     step = (1, 1)
     if kh == kw == 1 and not any(padding) and (sh, sw) != (1, 1):  # a strided 1x1: subsample
         step, (sh, sw) = (sh, sw), (1, 1)
-    n, h, width = (int(d) for d in x.shape[:3])
-    top, left, bottom, right = padding
-    rows = (h + top + bottom - 1) // step[0] + 1
-    cols = (width + left + right - 1) // step[1] + 1
+    n = int(x.shape[0])
+    rows, cols = _copy_size(x, padding, step)
     out_h = (rows - (kh - 1) * dh - 1) // sh + 1
     out_w = (cols - (kw - 1) * dw - 1) // sw + 1
     depth = kh * kw * cg * group

@@ -360,7 +360,7 @@ def _coefficient(sch: s_tir.Schedule, block, axis: int, var: int) -> int | None:
     return int(coefficients[0])
 
 
-def _tile(sch: s_tir.Schedule, block, out=None):
+def _tile(sch: s_tir.Schedule, block, flat: bool, out=None):
     """Split and order the dot's loops for AMX: ``(n, y, x/pixels)`` parallel outside (with
     the output channels' register tiles too when there are few strips; a flat map's image
     and register tiles of channels, its epilogue ``out`` merged in: :func:`_merge_image`),
@@ -375,7 +375,6 @@ def _tile(sch: s_tir.Schedule, block, out=None):
     sh, dh, dw, ch, cr = (_coefficient(sch, block, axis, var) for axis, var in steps)
     if None in (sh, dh, dw, ch, cr):
         raise ValueError("rows or window positions read at no constant stride")
-    flat = sch.get(block).name_hint.startswith(FLAT)
     n, y, x, o, rh, rw, rc, rg = sch.get_loops(block)
     kh, kw = int(sch.get(rh).extent), int(sch.get(rw).extent)
     pixels = largest_divisor(int(sch.get(x).extent), MAX_PIXELS)
@@ -439,7 +438,7 @@ def schedule_amx(sch: s_tir.Schedule) -> None:
     for name in epilogue[: epilogue.index(output)] if output else []:
         sch.compute_inline(sch.get_sblock(name))
     out = None if output is None else sch.get_sblock(output)
-    fused, by_strip, update_loop, rh, tile = _tile(sch, block, out)
+    fused, by_strip, update_loop, rh, tile = _tile(sch, block, flat, out)
     if out is not None:
         if not flat:  # a flat map's epilogue is merged in already
             sch.reverse_compute_at(out, fused)
