@@ -506,7 +506,8 @@ def _configures_tiles(body: tirx.Stmt, words: list[int]) -> tirx.Stmt:
     operand on the stack; measured: ResNet50 int8 -3.4%, Emerald Rapids, 2 threads). And only
     where the thread's tiles are configured otherwise: ``sttilecfg`` reads the configuration
     in place (3 ns here), which stays from one iteration, and one kernel, to the next, where
-    ``ldtilecfg`` takes 75 ns (Xeon with AMX), some 2,000 times per ResNet50 inference."""
+    ``ldtilecfg`` takes 75 ns (Xeon with AMX; ``scripts/amx_costs.py``), some 2,000 times per
+    ResNet50 inference (the AMX kernels' parallel iterations, counted from their shapes)."""
 
     def loop(op: tirx.For) -> tirx.Stmt:
         if op.kind != tirx.ForKind.PARALLEL or not _runs_dot(op.body):
