@@ -6,6 +6,8 @@ Numeric correctness of every scheduled kernel is covered by the layer/model/appl
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -185,34 +187,89 @@ def test_channel_slice_after_pool_stays_in_bounds():
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
-def _exp_kernel(target: dict, lanes: int = 16):
+def _unary_kernel(op, target: dict, lanes: int = 16, dtype: str = "float32"):
     from tvm import te
 
-    a = te.placeholder((4096,), "float32", name="a")
-    b = te.compute((4096,), lambda i: te.exp(a[i]), name="b")
+    a = te.placeholder((4096,), dtype, name="a")
+    b = te.compute((4096,), lambda i: op(a[i]), name="b")
     sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
     (loop,) = sch.get_loops(sch.get_sblock("b"))
     sch.vectorize(sch.split(loop, [None, lanes])[1])
     return tvm.compile(sch.mod, target=target).mod
 
 
-def test_exp_is_vector_arithmetic_and_accurate():
-    import bridge.schedules  # noqa: F401  (registers the exp lowering)
-
-    lib = _exp_kernel({"kind": "llvm", "mcpu": "x86-64-v3"}, lanes=8)
-    source = lib.inspect_source("ll")
-    assert "expf" not in source and "llvm.exp" not in source  # no libm call per lane
-    specials = [np.nan, np.inf, -np.inf, 0, 89, -90, 88.75, -87.5]
-    x = np.concatenate([np.linspace(-86, 88.72, 4096 - len(specials)), specials])
-    x = x.astype("float32")
+def _run_unary(lib, x: np.ndarray) -> np.ndarray:
     y = tvm.runtime.tensor(np.zeros_like(x))
     lib["main"](tvm.runtime.tensor(x), y)
-    got = y.numpy()
+    return y.numpy()
+
+
+SPECIALS = [np.nan, np.inf, -np.inf, 0, 89, -90, 88.75, -87.5, 1e30, -1e30]
+
+
+@pytest.mark.parametrize("mcpu, lanes", [("x86-64-v3", 8), ("x86-64-v4", 32)])
+def test_exp_is_vector_arithmetic_and_accurate(mcpu, lanes):
+    """``exp`` as vector arithmetic (no libm call per lane), within 5e-7 of float64 and exact
+    on the special values (NaN, infinities, overflow to inf, underflow to 0), in vectors of
+    one register and of two."""
+    from tvm import te
+
+    import bridge.schedules  # noqa: F401  (registers the exp lowering)
+
+    if not runs_here(mcpu):
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    lib = _unary_kernel(te.exp, {"kind": "llvm", "mcpu": mcpu}, lanes)
+    source = lib.inspect_source("ll")
+    assert "expf" not in source and "llvm.exp" not in source  # no libm call per lane
+    x = np.concatenate([np.linspace(-86, 88.72, 4096 - len(SPECIALS)), SPECIALS])
+    got = _run_unary(lib, x.astype("float32"))
     with np.errstate(over="ignore"):
-        want = np.exp(x.astype("float64"))
-    n = 4096 - len(specials)
+        want = np.exp(x.astype("float32").astype("float64"))
+    n = 4096 - len(SPECIALS)
     assert np.max(np.abs(got[:n] - want[:n]) / want[:n]) < 5e-7
-    np.testing.assert_array_equal(got[n:], [np.nan, np.inf, 0, 1, np.inf, 0, np.inf, 0])
+    np.testing.assert_array_equal(got[n:], [np.nan, np.inf, 0, 1, np.inf, 0, np.inf, 0, np.inf, 0])
+
+
+@pytest.mark.parametrize("mcpu, lanes", [("x86-64-v3", 8), ("x86-64-v4", 32)])
+def test_sigmoid_folds_the_negation_and_is_accurate(mcpu, lanes):
+    """``sigmoid`` as ``1 / (1 + exp(-x))`` with the negation folded into exp's constants
+    (no subtraction from zero before the clamp), within 3e-7 of float64 (relative, and
+    absolute below 1e-30) and exact on the special values."""
+    from tvm import te
+
+    import bridge.schedules  # noqa: F401
+
+    if not runs_here(mcpu):
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    lib = _unary_kernel(te.sigmoid, {"kind": "llvm", "mcpu": mcpu}, lanes)
+    negations = re.findall(
+        r"fsub <\d+ x float> (?:zeroinitializer|splat \(float -?0\.0+e\+00\))",
+        lib.inspect_source("ll"),
+    )
+    assert not negations
+    x = np.concatenate([np.linspace(-90, 20, 4096 - len(SPECIALS)), SPECIALS])
+    got = _run_unary(lib, x.astype("float32"))
+    with np.errstate(over="ignore"):
+        want = 1 / (1 + np.exp(-x.astype("float32").astype("float64")))
+    n = 4096 - len(SPECIALS)
+    error = np.abs(got[:n] - want[:n])
+    assert np.all((error <= 3e-7 * want[:n]) | (error < 1e-30))
+    np.testing.assert_allclose(got[n:], want[n:], rtol=3e-7, atol=1e-37)  # NaN stays NaN
+    assert np.isnan(got[n]) and got[n + 1] == 1 and got[n + 2] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_exp_and_sigmoid_of_other_types_keep_llvms_exp(dtype):
+    """float16 and float64 ``exp`` and ``sigmoid`` compile (to LLVM's exp) with bridge's
+    float32 lowering registered: its rule answers for every type."""
+    from tvm import te
+
+    import bridge.schedules  # noqa: F401
+
+    x = np.linspace(-5, 5, 4096).astype(dtype)
+    for op, want in ((te.exp, np.exp(x)), (te.sigmoid, 1 / (1 + np.exp(-x)))):
+        got = _run_unary(_unary_kernel(op, {"kind": "llvm"}, 8, dtype), x)
+        np.testing.assert_allclose(got, want, rtol=2e-3 if dtype == "float16" else 1e-12)
 
 
 def test_row_kernels_are_vectorized_per_row_and_exact():
