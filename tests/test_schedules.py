@@ -16,7 +16,13 @@ from tvm.relax.backend.cpu_generic.pipeline import legalize_passes, library_disp
 import bridge
 from bridge.compile import bind_weights
 from bridge.schedules.common import most_accumulators
-from bridge.schedules.cpu import ChannelsLastKernels, register_tile, simd_lanes, vector_registers
+from bridge.schedules.cpu import (
+    MAX_ACCUMULATORS,
+    ChannelsLastKernels,
+    register_tile,
+    simd_lanes,
+    vector_registers,
+)
 from tests.conftest import EXAMPLES, KERAS3, conv_clip_pad_module, runs_here
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"})
@@ -71,17 +77,21 @@ def test_simd_width_follows_target():
     [
         (112, 96, 8, 16, (4, 16)),  # AVX2: two vectors leave room for 6 pixels; 4 divide 112
         (14, 96, 8, 16, (7, 8)),  # one vector x 7 pixels beats two x 2
+        (22, 96, 8, 16, (11, 8)),  # one vector: up to 12 pixels (4 registers spare)
         (7, 32, 8, 16, (7, 8)),
         (56, 24, 8, 16, (8, 8)),  # 24 channels: one vector is the block
-        (112, 96, 16, 32, (8, 32)),  # AVX-512 as before: two vectors x 8 pixels
+        (112, 96, 16, 32, (8, 32)),  # AVX-512: two vectors x 8 pixels (a tie with 16 x 1)
         (7, 32, 16, 32, (7, 32)),
+        (14, 112, 16, 32, (14, 16)),  # 112 channels: one vector is the block, 14 pixels
+        (56, 12, 4, 32, (14, 4)),  # NEON, 12 channels: one vector x 14 pixels
     ],
 )
 def test_register_tile_fits_the_register_file(width, channels, lanes, registers, want):
-    pixels, block = register_tile(width, channels, lanes, registers, 8)
+    pixels, block = register_tile(width, channels, lanes, registers, MAX_ACCUMULATORS)
     assert (pixels, block) == want
     vectors = -(-block // lanes)
     assert pixels * vectors + vectors + 1 <= registers
+    assert pixels * vectors <= min(MAX_ACCUMULATORS, registers - 4)
 
 
 @pytest.mark.parametrize(

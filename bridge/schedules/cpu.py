@@ -56,7 +56,13 @@ from bridge.schedules.common import (
 from bridge.schedules.global_sum import schedule_global_sum, sums_every_pixel
 from bridge.schedules.stack import STACK_BYTES
 
-MAX_PIXEL_TILE = 8
+# accumulator vectors per register tile: 8 pixels x 2 vectors of channels, or 16 x 1 where
+# one vector is the block (a 7-8 pixel tile of one vector, 7-8 accumulators, left the FMA
+# units waiting on their latency and the loads: EfficientNetB0's 40-112 channel projections)
+MAX_ACCUMULATORS = 16
+# registers a tile leaves beside its accumulators (its weights, a broadcast input, the
+# epilogue's temporaries: AVX2's 16 ymm with 14 accumulators spilled)
+SPARE_REGISTERS = 4
 # products per output under which a register tile is kept small enough for the stack
 SHORT_REDUCTION = 256
 
@@ -106,15 +112,16 @@ def vector_registers(target: Target) -> int:
 def register_tile(width: int, channels: int, lanes: int, registers: int, most: int) -> tuple:
     """``(pixels, channels)`` of a register tile over an output row of ``width`` pixels and
     ``channels`` channels: the channel block :func:`channel_block` picks, or half of it, with
-    up to ``most`` pixels (a divisor of ``width``), whichever holds more accumulators once
-    one vector per channel block (the weights) and one broadcast input stay in registers
-    beside them. With 32 registers the full block always wins; with AVX2's 16, two vectors of
-    channels leave room for 6 pixels (a 14-pixel row gets 2 x 2 vectors), one vector for 14
-    (a 14-pixel row gets 7 x 1, the larger tile)."""
+    pixels (a divisor of ``width``) up to ``most`` accumulator vectors in all, whichever holds
+    more accumulators, at most all registers but :data:`SPARE_REGISTERS`. With 32 registers
+    the full block always wins; with AVX2's 16, two vectors of channels leave room for 6
+    pixels (a 14-pixel row gets 2 x 2 vectors), one vector for 12 (a 14-pixel row gets 7 x 1,
+    the larger tile)."""
     block = channel_block(channels, lanes)
     sizes = (block, block // 2) if block == 2 * lanes else (block,)
     by_vectors = {-(-size // lanes): size for size in sizes}
-    limits = {v: min(most, (registers - v - 1) // v) for v in by_vectors}
+    most = min(most, registers - SPARE_REGISTERS)
+    limits = {v: min(most // v, (registers - v - 1) // v) for v in by_vectors}
     pixels, vectors = most_accumulators(width, limits)
     return pixels, by_vectors[vectors]
 
@@ -222,7 +229,7 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int, registers: int = 32) 
     loops = sch.get_loops(block)
     spatial, reduce = loops[:n_spatial], loops[n_spatial:]
     if n_spatial >= 2:
-        most = _pixel_tile(sch, block, vector, reduce)
+        most = _accumulators(sch, block, lanes, reduce)
         tile, vector = register_tile(width, channels, lanes, registers, most)
     ch_outer, ch_inner = sch.split(spatial[-1], [None, vector])
     if n_spatial >= 2:
@@ -247,16 +254,16 @@ def tile_reduction(sch: s_tir.Schedule, block, lanes: int, registers: int = 32) 
     return True
 
 
-def _pixel_tile(sch: s_tir.Schedule, block, vector: int, reduce: list) -> int:
-    """Pixels per register tile: :data:`MAX_PIXEL_TILE`, or fewer where a short reduction
-    (under :data:`SHORT_REDUCTION` products per output) would otherwise pay a workspace-pool
-    allocation per tile: the tile's accumulators (``pixels x vector``) then stay under
+def _accumulators(sch: s_tir.Schedule, block, lanes: int, reduce: list) -> int:
+    """Accumulator vectors per register tile: :data:`MAX_ACCUMULATORS`, or fewer where a short
+    reduction (under :data:`SHORT_REDUCTION` products per output) would otherwise pay a
+    workspace-pool allocation per tile: the tile's accumulators then stay under
     :data:`~bridge.schedules.stack.STACK_BYTES`, on the stack. Long reductions keep the larger
     tile, whose allocation is small beside its work."""
     if loops_product(sch, reduce) >= SHORT_REDUCTION:
-        return MAX_PIXEL_TILE
+        return MAX_ACCUMULATORS
     accumulator = tvm.DataType(sch.get(block).writes[0].source.dtype).bits // 8
-    return max(1, min(MAX_PIXEL_TILE, (STACK_BYTES - 1) // (vector * accumulator)))
+    return max(1, min(MAX_ACCUMULATORS, (STACK_BYTES - 1) // (lanes * accumulator)))
 
 
 def _outer_order(sch: s_tir.Schedule, block, pixels: list, ch_outer) -> list:

@@ -40,6 +40,7 @@ from bridge.schedules.common import (
     tensor_constant,
 )
 from bridge.schedules.cpu import (
+    MAX_ACCUMULATORS,
     _inline_epilogue,
     _static,
     channel_block,
@@ -52,7 +53,6 @@ CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
 PAD = tvm.ir.Op.get("relax.nn.pad")
 SCALARS = (tvm.ir.prim.expr.FloatImm, tvm.ir.prim.expr.IntImm)
 OUT_EWISE_FUSABLE = 4  # TVM's OpPatternKind: the depthwise epilogue fuses into the kernel
-MAX_PIXEL_TILE = 8
 MIN_EXPANDED_BYTES = 1 << 19  # smaller expanded tensors (whole batch) stay in L2 anyway
 # depthwise windows fused: 5x5 ones (EfficientNetB0) measured slower fused (whole model at
 # batch 8: 1.18x the unfused build; its 3x3 blocks alone: 1.0x)
@@ -398,7 +398,7 @@ def schedule(sch: s_tir.Schedule, lanes: int, registers: int = 32) -> s_tir.Sche
     e_shape = [int(d) for d in sch.get(expand).writes[0].source.shape]
     rows = band_rows(out_h, stride, taps, e_shape[2] * e_shape[3] * 4, batch)
     pixels, vec = register_tile(
-        loop_extent(sch.get(x)), loop_extent(sch.get(c)), lanes, registers, MAX_PIXEL_TILE
+        loop_extent(sch.get(x)), loop_extent(sch.get(c)), lanes, registers, MAX_ACCUMULATORS
     )
     y_o, y_i = sch.split(y, [None, rows])
     x_o, x_i = sch.split(x, [None, pixels])
@@ -418,7 +418,7 @@ def schedule(sch: s_tir.Schedule, lanes: int, registers: int = 32) -> s_tir.Sche
     sch.compute_at(e_wb, band)
     h, w, ce = sch.get_loops(e_wb)[-3:]
     pixels, vec = register_tile(
-        loop_extent(sch.get(w)) or 1, e_shape[3], lanes, registers, MAX_PIXEL_TILE
+        loop_extent(sch.get(w)) or 1, e_shape[3], lanes, registers, MAX_ACCUMULATORS
     )
     w_o, w_i = sch.split(w, [None, pixels])
     ce_o, ce_i = sch.split(ce, [None, vec])
