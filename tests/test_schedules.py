@@ -645,13 +645,14 @@ def test_find_block_looks_names_up_without_a_failed_lookup(monkeypatch):
 
 
 def _reduction_order(func: tvm.tirx.PrimFunc, pixel_axes: int):
-    """:func:`weights_first` on the one reduction block of an unscheduled kernel."""
-    from bridge.schedules.common import is_reduction, weights_first
+    """:func:`weights_first` on the one reduction block of an unscheduled float kernel (with
+    the float threshold, as :mod:`bridge.schedules.cpu` asks)."""
+    from bridge.schedules.common import SWEPT_FLOAT_WEIGHTS, is_reduction, weights_first
 
     sch = tvm.s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     (block,) = [b for b in blocks if is_reduction(sch, b)]
-    return weights_first(sch, block, pixel_axes)
+    return weights_first(sch, block, pixel_axes, SWEPT_FLOAT_WEIGHTS)
 
 
 @pytest.mark.parametrize(
@@ -659,13 +660,15 @@ def _reduction_order(func: tvm.tirx.PrimFunc, pixel_axes: int):
     [
         ((1, 7, 7, 1024), 1, 320, []),  # 1.25 MiB of weights over a 7x7 map: channels first
         ((1, 6, 6, 256), 3, 128, []),  # 1.1 MiB, 3x3 stride 2 (no Winograd)
-        ((1, 7, 7, 160), 1, 960, None),  # 0.6 MiB: below SWEPT_WEIGHTS, pixels first
+        ((1, 7, 7, 160), 1, 960, []),  # 0.6 MiB: float weights from SWEPT_FLOAT_WEIGHTS
+        ((1, 7, 7, 48), 1, 960, None),  # 0.18 MiB: below SWEPT_FLOAT_WEIGHTS, pixels first
         ((1, 56, 56, 512), 1, 512, None),  # 1 MiB of weights, a 6 MiB input: pixels first
     ],
 )
 def test_large_weights_sweep_each_channel_block_over_all_pixels(shape, kernel, channels_out, order):
-    """A product whose weights reach SWEPT_WEIGHTS and outweigh its input runs channel blocks
-    outside the pixel tiles (ResNet50 fp32 25-30% faster); results equal TVM's lowering."""
+    """A float product whose weights reach SWEPT_FLOAT_WEIGHTS and outweigh its input runs
+    channel blocks outside the pixel tiles (ResNet50 fp32 25-30% faster); results equal TVM's
+    lowering."""
     from tvm import relax
     from tvm.runtime.vm import VirtualMachine
 

@@ -75,9 +75,14 @@ def loops_product(sch: s_tir.Schedule, loops) -> int:
 
 
 # Weights from which a kernel sweeps each block of output channels over all pixels (if its
-# input is smaller). Below it the pixel order wins: MobileNetV2's 0.1-0.6 MiB 1x1 convolutions
-# ran 4-25% slower channel block first (the next kernel then reads rows the other core wrote).
+# input is smaller). Below it the pixel order wins: MobileNetV2's 0.1-0.6 MiB int8 1x1
+# convolutions ran 4-25% slower channel block first (the next kernel then reads rows the other
+# core wrote), and ResNet50 int8 2-4% slower at 256 KiB. Float kernels sweep from 256 KiB
+# (EfficientNetB0's and ResNet50's 0.3-0.9 MiB 1x1 convolutions over 14x14 and 7x7 maps, read
+# from memory by both cores otherwise): EfficientNetB0 and ResNet50 fp32 0.98x, MobileNetV2
+# unchanged (Xeon, 2 threads, batch 1).
 SWEPT_WEIGHTS = 1 << 20
+SWEPT_FLOAT_WEIGHTS = 1 << 18
 
 
 def uses(expr, var) -> bool:
@@ -85,13 +90,16 @@ def uses(expr, var) -> bool:
     return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
 
 
-def weights_first(sch: s_tir.Schedule, block, pixel_axes: int) -> list[int] | None:
+def weights_first(
+    sch: s_tir.Schedule, block, pixel_axes: int, least: int = SWEPT_WEIGHTS
+) -> list[int] | None:
     """Whether a tiled product should run channel blocks outside pixel tiles: its weights (the
-    reads not indexed by the innermost of its ``pixel_axes`` leading iterators) reach
-    ``SWEPT_WEIGHTS`` and outweigh its input, as in ResNet50's late 3x3 and 1x1 convolutions
-    (1-9 MiB of weights over a 7x7 or 14x14 map, otherwise re-read from past the L2 cache for
-    every row of pixels). Returns the pixel axes the weights are indexed by (kept outside the
-    channel blocks: Winograd's tile positions), or None for pixels first."""
+    reads not indexed by the innermost of its ``pixel_axes`` leading iterators) reach ``least``
+    bytes (:data:`SWEPT_WEIGHTS`, :data:`SWEPT_FLOAT_WEIGHTS`) and outweigh its input, as in
+    ResNet50's late 3x3 and 1x1 convolutions (1-9 MiB of weights over a 7x7 or 14x14 map,
+    otherwise re-read from past the L2 cache for every row of pixels). Returns the pixel axes
+    the weights are indexed by (kept outside the channel blocks: Winograd's tile positions), or
+    None for pixels first."""
     stmt = sch.get(block)
     pixel_vars = [iv.var for iv in stmt.iter_vars[:pixel_axes]]
     indexes = lambda read, var: any(uses(r.min, var) for r in read.region)  # noqa: E731
@@ -103,7 +111,7 @@ def weights_first(sch: s_tir.Schedule, block, pixel_axes: int) -> list[int] | No
         else:
             weights.append(read)
             swept += nbytes(read)
-    if swept < SWEPT_WEIGHTS or swept <= data:
+    if swept < least or swept <= data:
         return None
     return [i for i, v in enumerate(pixel_vars) if any(indexes(r, v) for r in weights)]
 

@@ -39,6 +39,7 @@ from bridge.quant.elementwise import CHANNEL_FACTOR
 from bridge.schedules import winograd
 from bridge.schedules.common import (
     COMM_REDUCE,
+    SWEPT_FLOAT_WEIGHTS,
     attempt,
     find_block,
     is_reduction,
@@ -270,7 +271,7 @@ def _outer_order(sch: s_tir.Schedule, block, pixels: list, ch_outer) -> list:
     """The tile loops, outermost first: pixel tiles outside channel blocks (each input pixel
     read once), unless :func:`weights_first` (each channel block's weights swept over every
     pixel while they sit in cache)."""
-    shared = weights_first(sch, block, len(pixels))
+    shared = weights_first(sch, block, len(pixels), SWEPT_FLOAT_WEIGHTS)
     if shared is None:
         return [*pixels, ch_outer]
     inside = [p for i, p in enumerate(pixels) if i not in shared]
