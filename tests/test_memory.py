@@ -20,6 +20,7 @@ import bridge
 from bridge.compile import compile_model
 from bridge.export import BuiltModel
 from bridge.runtime import metadata_path, params_path
+from bridge.schedules import winograd
 from bridge.schedules.prepack import WINOGRAD_BUDGET, _winograd_layers
 from bridge.signature import TensorInfo
 from bridge.targets import resolve
@@ -182,12 +183,41 @@ def test_balanced_spends_its_budget_where_winograd_saves_most():
         builder.emit_func_output(out)
     mod = builder.get()
     chosen = _winograd_layers(mod, "balanced")
-    assert len(chosen) == 1 and chosen[0].same_as(small)
+    assert len(chosen) == 1 and next(iter(chosen)).same_as(small)
+    assert next(iter(chosen.values())) is winograd.F4
     assert (
         WINOGRAD_BUDGET * (small.value.numpy().nbytes + big.value.numpy().nbytes)
         >= 27 * 16 * 16 * 4
     )
-    assert _winograd_layers(mod, "speed") is None and _winograd_layers(mod, "size") == []
+    assert _winograd_layers(mod, "speed") is None and _winograd_layers(mod, "size") == {}
+
+
+def test_balanced_takes_the_smaller_tile_where_the_larger_does_not_fit():
+    """A 3x3 conv on a 14x14 map whose F(4, 3) weights (4x) exceed the budget and F(2, 3)'s
+    (1.8x) do not: "balanced" transforms it with F(2, 3) (it took none before: ResNet50's
+    14x14 stage, 0.93x at batch 1, 0.92x at batch 8)."""
+    x = relax.Var("x", relax.TensorType([1, 14, 14, 64], "float32"))
+    conv3x3 = relax.const(RNG.standard_normal((3, 3, 64, 64)).astype("float32"))
+    conv1x1 = relax.const(RNG.standard_normal((1, 1, 64, 4096)).astype("float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit(
+                relax.op.nn.conv2d(
+                    x, conv3x3, padding=[1] * 4, data_layout="NHWC", kernel_layout="HWIO"
+                )
+            )
+            y = builder.emit(
+                relax.op.nn.conv2d(y, conv1x1, data_layout="NHWC", kernel_layout="HWIO")
+            )
+            out = builder.emit_output(y)
+        builder.emit_func_output(out)
+    mod = builder.get()
+    budget = WINOGRAD_BUDGET * (conv3x3.value.numpy().nbytes + conv1x1.value.numpy().nbytes)
+    assert 7 * 64 * 64 * 4 <= budget < 27 * 64 * 64 * 4  # F(2, 3) fits, F(4, 3) does not
+    chosen = _winograd_layers(mod, "balanced")
+    assert len(chosen) == 1 and next(iter(chosen)).same_as(conv3x3)
+    assert next(iter(chosen.values())) is winograd.F2
 
 
 LOAD_AND_RUN = textwrap.dedent(

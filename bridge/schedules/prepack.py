@@ -73,13 +73,19 @@ def prepack_weights(
     return _pass
 
 
-def _winograd_layers(mod: tvm.IRModule, optimize_for: str) -> list[relax.Expr] | None:
-    """The weight constants whose convolutions may use Winograd (None: every one)."""
+def _winograd_layers(mod: tvm.IRModule, optimize_for: str) -> dict | None:
+    """The Winograd variant of each weight constant whose convolution may use one (None: every
+    convolution its largest tile, :func:`winograd.choose`). "balanced" spends
+    ``WINOGRAD_BUDGET`` in two rounds, most work saved per added byte first: F(2, 3) (1.8x the
+    weights, 2.25x fewer products) where it pays, then, with what remains, F(4, 3) (4x the
+    weights, 4x fewer) in place of it, ranked by the work it saves beyond F(2, 3) per byte it
+    adds beyond it (ResNet50 at batch 8: 0.9x, its 14x14 stage on F(2, 3) where the largest
+    tiles took the whole budget on three convolutions)."""
     if optimize_for == "speed":
         return None
     if optimize_for == "size":
-        return []
-    candidates, total = [], 0
+        return {}
+    convolutions, total = [], 0
 
     def visit(expr: relax.Expr) -> None:
         nonlocal total
@@ -87,29 +93,37 @@ def _winograd_layers(mod: tvm.IRModule, optimize_for: str) -> list[relax.Expr] |
             total += expr.value.numpy().nbytes
         elif isinstance(expr, relax.Call) and expr.op.same_as(CONV2D):
             weights = _conv_weights(expr)
-            if weights is None:
-                return
-            data_shape = static_shape(expr.args[0])
-            variant = winograd.choose(weights, expr.attrs, data_shape)
-            if variant is not None:
-                padding = [int(p) for p in expr.attrs.padding]
-                saved, extra = winograd.payoff(weights.shape, data_shape, padding, variant)
-                candidates.append((saved / extra, extra, expr.args[1]))
+            if weights is not None:
+                convolutions.append((expr, weights))
 
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
-    chosen, spent = [], 0
-    for _, extra, const in sorted(candidates, key=lambda c: -c[0]):
-        if spent + extra <= WINOGRAD_BUDGET * total:
-            chosen.append(const)
-            spent += extra
-    return chosen
+    chosen: dict = {}  # weight constant -> (variant, work saved, bytes added)
+    budget = WINOGRAD_BUDGET * total
+    for variant in (winograd.F2, winograd.F4):
+        candidates = []
+        for call, weights in convolutions:
+            data_shape = static_shape(call.args[0])
+            if winograd.choose(weights, call.attrs, data_shape, (variant,)) is None:
+                continue
+            padding = [int(p) for p in call.attrs.padding]
+            saved, extra = winograd.payoff(weights.shape, data_shape, padding, variant)
+            _, saved_before, extra_before = chosen.get(call.args[1], (None, 0, 0))
+            if (variant is winograd.F2) == (call.args[1] in chosen) or saved <= saved_before:
+                continue  # F(2, 3) first; F(4, 3) only in place of a chosen F(2, 3)
+            gain, cost = saved - saved_before, extra - extra_before
+            candidates.append((gain / cost, cost, call.args[1], (variant, saved, extra)))
+        for _, cost, const, choice in sorted(candidates, key=lambda c: -c[0]):
+            if cost <= budget:
+                chosen[const] = choice
+                budget -= cost
+    return {const: variant for const, (variant, _, _) in chosen.items()}
 
 
 @relax.expr_functor.mutator
 class _Prepack(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, lanes: int, winograd_layers: list | None, derived):
+    def __init__(self, mod: tvm.IRModule, lanes: int, winograd_layers: dict | None, derived):
         super().__init__(mod)
         self.lanes = lanes
         self.winograd_layers = winograd_layers
@@ -126,19 +140,21 @@ class _Prepack(relax.PyExprMutator):
 
         return make
 
-    def _winograd_allowed(self, weights: relax.Expr) -> bool:
+    def _winograd_variants(self, weights: relax.Expr) -> tuple:
+        """The Winograd variants ``weights``' convolution may use (none, one, or any)."""
         if self.winograd_layers is None:
-            return True
-        return any(weights.same_as(const) for const in self.winograd_layers)
+            return (winograd.F4, winograd.F2)
+        chosen = next((v for c, v in self.winograd_layers.items() if weights.same_as(c)), None)
+        return () if chosen is None else (chosen,)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         packed = None
         if call.op.same_as(CONV2D):
             call = self._absorb_padding(call)
-            allowed = self._winograd_allowed(call.args[1])
+            variants = self._winograd_variants(call.args[1])
             make = self._constants_from(call.args[1])
-            packed = _conv2d(self.builder_, call, self.lanes, allowed, make)
+            packed = _conv2d(self.builder_, call, self.lanes, variants, make)
         elif call.op.same_as(MATMUL):
             packed = _matmul(self.builder_, call, self.lanes, self._constants_from(call.args[1]))
         return call if packed is None else packed
@@ -202,7 +218,7 @@ def _conv2d(
     builder: relax.BlockBuilder,
     call: relax.Call,
     lanes: int,
-    winograd_allowed: bool = True,
+    variants: tuple = (winograd.F4, winograd.F2),
     const: MakeConst = _plain_const,
 ) -> relax.Expr | None:
     attrs = call.attrs
@@ -210,9 +226,7 @@ def _conv2d(
     if weights is None:
         return None
     block = channel_block(weights.shape[3], lanes)
-    variant = (
-        winograd.choose(weights, attrs, static_shape(call.args[0])) if winograd_allowed else None
-    )
+    variant = winograd.choose(weights, attrs, static_shape(call.args[0]), variants)
     if variant is not None:
         return winograd.rewrite(builder, call.args[0], weights, attrs, block, variant, const)
     if weights.shape[3] == block:

@@ -93,16 +93,18 @@ F2 = Variant(
 VARIANTS = {v.tile: v for v in (F4, F2)}
 
 
-def choose(weights: np.ndarray, attrs, data_shape: tuple[int, ...]) -> Variant | None:
+def choose(
+    weights: np.ndarray, attrs, data_shape: tuple[int, ...], variants: tuple = (F4, F2)
+) -> Variant | None:
     """For a 3x3, stride-1, undilated convolution with enough input channels: the largest
-    output tile that still gives ``MIN_TILES`` tiles; None when no variant pays."""
+    output tile among ``variants`` that still gives ``MIN_TILES`` tiles; None when none pays."""
     kh, kw, ci, _ = weights.shape
     if (kh, kw) != (3, 3) or [int(s) for s in attrs.strides] != [1, 1]:
         return None
     if [int(d) for d in attrs.dilation] != [1, 1] or ci < MIN_CHANNELS:
         return None
     padding = [int(p) for p in attrs.padding]
-    for variant in (F4, F2):
+    for variant in variants:
         if _tile_count(data_shape, padding, variant.tile) >= MIN_TILES:
             return variant
     return None
