@@ -53,6 +53,8 @@ def test_x86_bundle_runs_without_python(tmp_path):
         ("rpi4", "models/seq_cnn"),
         ("aarch64", "models/seq_cnn"),
         ("aarch64", "layers/conv2d_winograd"),  # Winograd kernels with NEON's 4 lanes
+        ("aarch64", "layers/activation_swish"),  # bridge's sigmoid and exp on NEON
+        ("aarch64", "layers/activation_exponential"),
     ],
 )
 def test_aarch64_bundle_runs_under_qemu(preset, model, tmp_path):
