@@ -56,19 +56,17 @@ def fast_sigmoid(x: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
 
 
 def _exp(x: tirx.PrimExpr, dtype: str, sign: float) -> tirx.PrimExpr:
-    """``exp(sign * x)``, ``sign`` 1 or -1."""
+    """``exp(sign * x)``, ``sign`` 1 or -1. Each intermediate value is bound once (``Let``):
+    written as one expression tree, ``x`` appeared a dozen times, and nested in another
+    function that reads its argument several times (mish: ``tanh(log(1 + exp(x)))``) the
+    tree grew multiplicatively (one layer took 7 s to compile)."""
     lanes = _split(dtype)[1]
     c = lambda v: _const(v, dtype)  # noqa: E731
     low, high = (LOW, HIGH) if sign > 0 else (-HIGH, -LOW)
-    # selects whose comparisons are false for NaN, so NaN passes both (x86: one vminps and
-    # one vmaxps, operands ordered so; min/max intrinsics would turn NaN into a bound)
-    clamped = tirx.Select(x > c(high), c(high), x)
-    clamped = tirx.Select(clamped < c(low), c(low), clamped)
+    value, above, clamped, biased, r = (tirx.Var(n, dtype) for n in ("x", "a", "c", "b", "r"))
     # n = round(sign x log2 e) + 126 lands in the low bits of ``biased``'s significand (MAGIC's
     # ulp is 1), whose bits shifted left by 23 are then the float 2**(n - 1)
-    biased = clamped * c(sign * LOG2E) + c(MAGIC)
     n = biased - c(MAGIC)
-    r = clamped * c(sign) - n * c(LN2_HI) - n * c(LN2_LO)
     # 2 * exp(r) = 2 + 2r + r**2 (2 P(r) + 1), P the polynomial above: the doubled
     # coefficients are exact, and 2**n = 2 * 2**(n - 1) (n reaches 128 below the threshold)
     poly = c(2 * POLY[0])
@@ -77,7 +75,19 @@ def _exp(x: tirx.PrimExpr, dtype: str, sign: float) -> tirx.PrimExpr:
     poly = (poly * r + c(1.0)) * (r * r) + (r * c(2.0) + c(2.0))
     int_type = "int32" if lanes == 1 else f"int32x{lanes}"
     bits = tirx.shift_left(tirx.reinterpret(int_type, biased), _const(23, int_type))
-    return poly * tirx.reinterpret(dtype, bits)
+    result = poly * tirx.reinterpret(dtype, bits)
+    # selects whose comparisons are false for NaN, so NaN passes both (x86: one vminps and
+    # one vmaxps, operands ordered so; min/max intrinsics would turn NaN into a bound)
+    bindings = [
+        (value, x),
+        (above, tirx.Select(value > c(high), c(high), value)),
+        (clamped, tirx.Select(above < c(low), c(low), above)),
+        (biased, clamped * c(sign * LOG2E) + c(MAGIC)),
+        (r, clamped * c(sign) - n * c(LN2_HI) - n * c(LN2_LO)),
+    ]
+    for var, bound in reversed(bindings):
+        result = tirx.Let(var, bound, result)
+    return result
 
 
 def _lower_exp(op: tirx.Call) -> tirx.PrimExpr:
