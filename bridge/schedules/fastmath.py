@@ -7,13 +7,14 @@ classic range reduction ``exp(x) = 2**n * exp(r)``, ``|r| <= ln2/2``, with a deg
 polynomial for ``exp(r)`` (the Cephes coefficients): about 1 ulp from libm, vector code only.
 NaN propagates and ``x > 88.72`` gives ``inf``; results below float32's smallest normal number
 (``x < -86.6``, ``exp(x) < 1.2e-38``) flush to 0. Both limits come from clamping the input
-alone, with selects whose comparisons NaN fails (so NaN passes the clamp, no test of its
-bits), and ``n`` is rounded by adding a constant whose ulp is 1, which leaves ``n`` in the
-low bits of the sum: one shift makes ``2**(n - 1)`` (no float-to-int conversion). It is the
-hot path of every sigmoid and swish: ``sigmoid(x) = 1 / (1 + exp(-x))`` folds the negation into
-exp's constants. Per 16 lanes of a swish epilogue on AVX-512: 19 vector instructions where the
-first version (floor, conversion, NaN test, negation) took 25; EfficientNetB0 0.94x (Xeon,
-AVX-512, 2 threads, batch 1), bit-exact with it. Other float types keep LLVM's ``exp``.
+alone, the bound as min's and max's first operand (whose comparison NaN fails, so NaN passes
+the clamp: no test of its bits), and ``n`` is rounded by adding a constant whose ulp is 1,
+which leaves ``n`` in the low bits of the sum: one shift makes ``2**(n - 1)`` (no float-to-int
+conversion). It is the hot path of every sigmoid and swish: ``sigmoid(x) = 1 / (1 + exp(-x))``
+folds the negation into exp's constants. Per 16 lanes of a swish epilogue on AVX-512: 19
+vector instructions where the first version (floor, conversion, NaN test, negation) took 25;
+EfficientNetB0 0.94x (Xeon, AVX-512, 2 threads, batch 1), bit-exact with it. Other float types
+keep LLVM's ``exp``.
 
 The rules are registered with TVM when this module is imported (by ``bridge.schedules``); they
 apply to every ``llvm`` compile in the process.
@@ -56,17 +57,20 @@ def fast_sigmoid(x: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
 
 
 def _exp(x: tirx.PrimExpr, dtype: str, sign: float) -> tirx.PrimExpr:
-    """``exp(sign * x)``, ``sign`` 1 or -1. Each intermediate value is bound once (``Let``):
-    written as one expression tree, ``x`` appeared a dozen times, and nested in another
-    function that reads its argument several times (mish: ``tanh(log(1 + exp(x)))``) the
-    tree grew multiplicatively (one layer took 7 s to compile)."""
+    """``exp(sign * x)``, ``sign`` 1 or -1."""
     lanes = _split(dtype)[1]
     c = lambda v: _const(v, dtype)  # noqa: E731
     low, high = (LOW, HIGH) if sign > 0 else (-HIGH, -LOW)
-    value, above, clamped, biased, r = (tirx.Var(n, dtype) for n in ("x", "a", "c", "b", "r"))
+    # the bound first: min(high, x) is ``high < x ? high : x``, false for NaN, so NaN passes
+    # both (x86: one vminps and one vmaxps). Selects on ``x > high`` did the same but, x read
+    # twice in each, nested in a function reading its argument several times (mish's
+    # ``tanh(log(1 + exp(x)))``) the mish layer took 7 s to compile instead of 0.1.
+    clamped = tirx.max(c(low), tirx.min(c(high), x))
     # n = round(sign x log2 e) + 126 lands in the low bits of ``biased``'s significand (MAGIC's
     # ulp is 1), whose bits shifted left by 23 are then the float 2**(n - 1)
+    biased = clamped * c(sign * LOG2E) + c(MAGIC)
     n = biased - c(MAGIC)
+    r = tirx.Var("r", dtype)  # bound once: the polynomial reads it eight times
     # 2 * exp(r) = 2 + 2r + r**2 (2 P(r) + 1), P the polynomial above: the doubled
     # coefficients are exact, and 2**n = 2 * 2**(n - 1) (n reaches 128 below the threshold)
     poly = c(2 * POLY[0])
@@ -75,19 +79,8 @@ def _exp(x: tirx.PrimExpr, dtype: str, sign: float) -> tirx.PrimExpr:
     poly = (poly * r + c(1.0)) * (r * r) + (r * c(2.0) + c(2.0))
     int_type = "int32" if lanes == 1 else f"int32x{lanes}"
     bits = tirx.shift_left(tirx.reinterpret(int_type, biased), _const(23, int_type))
-    result = poly * tirx.reinterpret(dtype, bits)
-    # selects whose comparisons are false for NaN, so NaN passes both (x86: one vminps and
-    # one vmaxps, operands ordered so; min/max intrinsics would turn NaN into a bound)
-    bindings = [
-        (value, x),
-        (above, tirx.Select(value > c(high), c(high), value)),
-        (clamped, tirx.Select(above < c(low), c(low), above)),
-        (biased, clamped * c(sign * LOG2E) + c(MAGIC)),
-        (r, clamped * c(sign) - n * c(LN2_HI) - n * c(LN2_LO)),
-    ]
-    for var, bound in reversed(bindings):
-        result = tirx.Let(var, bound, result)
-    return result
+    reduced = clamped * c(sign) - n * c(LN2_HI) - n * c(LN2_LO)
+    return tirx.Let(r, reduced, poly * tirx.reinterpret(dtype, bits))
 
 
 def _lower_exp(op: tirx.Call) -> tirx.PrimExpr:
