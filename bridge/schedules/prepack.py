@@ -144,8 +144,8 @@ class _Prepack(relax.PyExprMutator):
     def _winograd_variants(self, weights: relax.Expr) -> tuple:
         """The Winograd variants ``weights``' convolution may use (none, one, or any)."""
         if self.winograd_layers is None:
-            return (winograd.F4, winograd.F2)
-        chosen = next((v for c, v in self.winograd_layers.items() if weights.same_as(c)), None)
+            return winograd.LARGEST_FIRST
+        chosen = self.winograd_layers.get(weights)
         return () if chosen is None else (chosen,)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -219,7 +219,7 @@ def _conv2d(
     builder: relax.BlockBuilder,
     call: relax.Call,
     lanes: int,
-    variants: tuple = (winograd.F4, winograd.F2),
+    variants: tuple = winograd.LARGEST_FIRST,
     const: MakeConst = _plain_const,
 ) -> relax.Expr | None:
     attrs = call.attrs

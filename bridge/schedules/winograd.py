@@ -90,11 +90,12 @@ F2 = Variant(
     np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64),
     np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64),
 )
-VARIANTS = {v.tile: v for v in (F4, F2)}
+LARGEST_FIRST = (F4, F2)  # the order :func:`choose` tries variants in, by default
+VARIANTS = {v.tile: v for v in LARGEST_FIRST}
 
 
 def choose(
-    weights: np.ndarray, attrs, data_shape: tuple[int, ...], variants: tuple = (F4, F2)
+    weights: np.ndarray, attrs, data_shape: tuple[int, ...], variants: tuple = LARGEST_FIRST
 ) -> Variant | None:
     """For a 3x3, stride-1, undilated convolution with enough input channels: the largest
     output tile among ``variants`` that still gives ``MIN_TILES`` tiles; None when none pays."""
